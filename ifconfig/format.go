@@ -1,0 +1,70 @@
+package ifconfig
+
+import (
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/erspan-linux/erspan/erspan"
+)
+
+// WriteStatus prints one interface in OpenBSD's ifconfig layout
+// (spec/erspan.md §2, ifconfig output), followed by its counters.
+func WriteStatus(w io.Writer, s *Status) {
+	fmt.Fprintf(w, "%s: flags=%x<%s> mtu %d\n", s.Name, s.Flags, strings.Join(s.FlagSet, ","), s.MTU)
+	fmt.Fprintf(w, "\tlladdr %s\n", s.LLAddr)
+	fmt.Fprintf(w, "\tindex %d priority 0 llprio 3\n", s.Index)
+	if s.Rdomain != "" {
+		// OpenBSD prints the interface's routing domain; ours is the
+		// network namespace it was moved to.
+		fmt.Fprintf(w, "\trdomain %s\n", s.Rdomain)
+	}
+	vnetid := "none"
+	if s.VNetID != nil {
+		vnetid = fmt.Sprint(*s.VNetID)
+	}
+	fmt.Fprintf(w, "\tencap: vnetid %s txprio %s rxprio %s\n", vnetid, s.TxPrio, s.RxPrio)
+	fmt.Fprintf(w, "\tgroups: erspan\n")
+	if t := s.Tunnel; t != nil {
+		fmt.Fprintf(w, "\ttunnel: %s %s", t.Family, t.Src)
+		if t.Dst != "" {
+			fmt.Fprintf(w, " --> %s", t.Dst)
+		}
+		df := "nodf"
+		if s.DF {
+			df = "df"
+		}
+		fmt.Fprintf(w, " ttl %d %s", s.TTL, df)
+		if s.TunnelDomain != "" {
+			fmt.Fprintf(w, " rdomain %s", s.TunnelDomain)
+		}
+		fmt.Fprintln(w)
+	} else {
+		fmt.Fprintf(w, "\ttunnel: (unset)\n")
+	}
+	c := &s.Counters
+	fmt.Fprintf(w, "\tinput: %d packets, %d bytes (type I %d, II %d, III %d)\n",
+		c.RxPackets, c.RxBytes, c.TypeI, c.TypeII, c.TypeIII)
+	fmt.Fprintf(w, "\tinput truncated (T bit): %d\n", c.RxTruncated)
+	fmt.Fprintf(w, "\tinput drops: %d capture-only without monitor, %d not Ethernet, %d short frames, %d TAP errors\n",
+		c.RxCaptureOnly, c.RxFrameType, c.RxInnerShort, c.RxErrors)
+}
+
+// WriteDaemon prints the daemon-wide counters.
+func WriteDaemon(w io.Writer, d *DaemonStatus) {
+	fmt.Fprintf(w, "erspand: %d GRE packets received, %d matched no interface, %d dropped by the kernel (socket buffer full)\n",
+		d.RxPackets, d.Unmatched, d.KernelDrops)
+	var parts []string
+	for e := erspan.Error(1); e < erspan.NumErrors; e++ {
+		parts = append(parts, fmt.Sprintf("%s %d", e.Name(), d.Drops[e.Name()]))
+	}
+	fmt.Fprintf(w, "\tmalformed: %s\n", strings.Join(parts, ", "))
+}
+
+// WriteAll prints every interface, then the daemon's counters.
+func WriteAll(w io.Writer, a *All) {
+	for i := range a.Interfaces {
+		WriteStatus(w, &a.Interfaces[i])
+	}
+	WriteDaemon(w, &a.Daemon)
+}

@@ -1,0 +1,117 @@
+package ifconfig
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"net"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// serve runs the registry's protocol over an in-memory connection and
+// returns a client for it.
+func serve(t *testing.T, r *Registry) *Client {
+	t.Helper()
+	a, b := net.Pipe()
+	go r.Serve(a)
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return &Client{conn: b, br: bufio.NewReader(b)}
+}
+
+func TestProtocolRoundTrip(t *testing.T) {
+	r := NewRegistry(newFake())
+	c := serve(t, r)
+	if err := c.Create("erspan0"); err != nil {
+		t.Fatal(err)
+	}
+	ss, _ := ParseSettings("erspan0", []string{"tunnel", "2001:db8::2", "2001:db8::1", "vnetid", "300", "up", "tunnelttl", "9"})
+	if err := c.Set("erspan0", ss); err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.Status("erspan0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := r.Status("erspan0")
+	if !equalJSON(t, got, want) {
+		t.Errorf("over the wire:\n%+v\nlocally:\n%+v", got, want)
+	}
+	// Errors keep their errno, interface, setting and advice.
+	ss, _ = ParseSettings("erspan0", []string{"vnetid", "5"})
+	err = c.Set("erspan0", ss)
+	var e *Error
+	if !errors.As(err, &e) || e.Errno != syscall.EBUSY || e.Iface != "erspan0" || e.Setting != "vnetid 5" || !strings.Contains(e.Msg, "down") {
+		t.Errorf("error over the wire: %#v", err)
+	}
+	// The connection still works after an error.
+	all, err := c.All()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all.Interfaces) != 1 || all.Daemon.Unmatched != 2 || len(all.Daemon.Drops) == 0 {
+		t.Errorf("all: %+v", all)
+	}
+	if err := c.Destroy("erspan0"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Status("erspan0"); !errors.Is(err, syscall.ENXIO) {
+		t.Errorf("status after destroy: %v", err)
+	}
+}
+
+func TestProtocolByHand(t *testing.T) {
+	r := NewRegistry(newFake())
+	if got := r.Handle("create=erspan3\n\n"); got != "errno=0\n\n" {
+		t.Errorf("create: %q", got)
+	}
+	got := r.Handle("set=erspan3\nvnetid=2000\n\n")
+	if !strings.HasSuffix(got, "errno=22\n\n") || !strings.Contains(got, "setting=vnetid 2000\n") {
+		t.Errorf("set: %q", got)
+	}
+	if got := r.Handle("frob=erspan3\n\n"); !strings.Contains(got, "errno=95") {
+		t.Errorf("unknown operation: %q", got)
+	}
+	if got := r.Handle("set=erspan3\nno equals sign\n\n"); !strings.Contains(got, "errno=22") {
+		t.Errorf("malformed line: %q", got)
+	}
+	if got := r.Handle("get=erspan3\n\n"); !strings.Contains(got, "interface=erspan3\n") || !strings.HasSuffix(got, "errno=0\n\n") {
+		t.Errorf("get: %q", got)
+	}
+}
+
+// TestFormat checks the OpenBSD ifconfig layout of spec/erspan.md §2.
+func TestFormat(t *testing.T) {
+	v := 5
+	s := Status{Name: "erspan0", Index: 7, Up: true, Monitor: true, LLAddr: "fe:e1:ba:d0:12:34", MTU: 1500,
+		VNetID: &v, Tunnel: &TunnelStatus{Family: "inet", Src: "192.0.2.1", Dst: "192.0.2.2"},
+		TTL: 64, TxPrio: "packet", RxPrio: "payload"}
+	s.Flags, s.FlagSet = flags(true, true)
+	var b bytes.Buffer
+	WriteStatus(&b, &s)
+	want := "erspan0: flags=1028843<UP,BROADCAST,RUNNING,SIMPLEX,MULTICAST,MONITOR> mtu 1500\n" +
+		"\tlladdr fe:e1:ba:d0:12:34\n" +
+		"\tindex 7 priority 0 llprio 3\n" +
+		"\tencap: vnetid 5 txprio packet rxprio payload\n" +
+		"\tgroups: erspan\n" +
+		"\ttunnel: inet 192.0.2.1 --> 192.0.2.2 ttl 64 nodf\n"
+	if !strings.HasPrefix(b.String(), want) {
+		t.Errorf("got:\n%s\nwant prefix:\n%s", b.String(), want)
+	}
+	s.VNetID, s.Tunnel = nil, nil
+	b.Reset()
+	WriteStatus(&b, &s)
+	for _, line := range []string{"\tencap: vnetid none txprio packet rxprio payload\n", "\ttunnel: (unset)\n"} {
+		if !strings.Contains(b.String(), line) {
+			t.Errorf("missing %q in:\n%s", line, b.String())
+		}
+	}
+	s.Tunnel = &TunnelStatus{Family: "inet6", Src: "2001:db8::2"}
+	s.TunnelDomain, s.DF, s.TTL = "sensor", true, 3
+	b.Reset()
+	WriteStatus(&b, &s)
+	if line := "\ttunnel: inet6 2001:db8::2 ttl 3 df rdomain sensor\n"; !strings.Contains(b.String(), line) {
+		t.Errorf("missing %q in:\n%s", line, b.String())
+	}
+}

@@ -1,0 +1,425 @@
+package ifconfig
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/erspan-linux/erspan/tunnel"
+)
+
+// Defaults at create, as OpenBSD's erspan(4) (spec/erspan.md §2).
+const (
+	DefaultMTU = 1500
+	DefaultTTL = 64
+	MinMTU     = 46
+	MaxMTU     = 65435
+	MaxSession = 1023
+)
+
+// Backend realises interface configurations: tunnel.Host in the daemon, a
+// double in tests.
+type Backend interface {
+	Create(cfg tunnel.Config) (tunnel.Link, error)
+	Update(cfg tunnel.Config) error
+	Destroy(name string) error
+	Counters(name string) tunnel.IfCounters
+	DaemonCounters() tunnel.DaemonCounters
+	// CheckNamespace returns an error wrapping ENOENT when there is no
+	// network namespace of that name.
+	CheckNamespace(name string) error
+}
+
+type entry struct {
+	cfg  tunnel.Config
+	link tunnel.Link
+}
+
+// Registry holds the settings of every interface and enforces OpenBSD's
+// rules on them, one operation per ioctl; each accepted change is handed to
+// the Backend before it is recorded, so the two never disagree. Safe for
+// concurrent use.
+type Registry struct {
+	mu  sync.Mutex
+	b   Backend
+	ifs map[string]*entry
+}
+
+// NewRegistry returns an empty registry over b.
+func NewRegistry(b Backend) *Registry {
+	return &Registry{b: b, ifs: make(map[string]*entry)}
+}
+
+// Create makes interface name with erspan(4)'s defaults: down, monitor
+// mode, MTU 1500, a random fe:e1:ba:dX:XX:XX address, no tunnel, no session.
+func (r *Registry) Create(name string) error {
+	if err := checkName(name); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.ifs[name]; ok {
+		return newError(syscall.EEXIST, name, "create", "the interface exists already")
+	}
+	cfg := tunnel.Config{
+		Name:    name,
+		Monitor: true,
+		VNetID:  tunnel.NoSession,
+		MTU:     DefaultMTU,
+		LLAddr:  tunnel.RandomMAC(),
+		TTL:     DefaultTTL,
+		TxPrio:  tunnel.TxPrioPacket,
+	}
+	link, err := r.b.Create(cfg)
+	if err != nil {
+		e := asError(err, name, "create")
+		if e.Errno == syscall.EEXIST && e.Msg == "" {
+			e.Msg = "a link of that name exists and erspand did not make it (ip_gre's fallback erspan0, say): remove or rename it, or pick another unit number"
+		}
+		return e
+	}
+	// An adopted TAP keeps its own address and MTU.
+	cfg.LLAddr, cfg.MTU = link.MAC, link.MTU
+	r.ifs[name] = &entry{cfg: cfg, link: link}
+	return nil
+}
+
+// Destroy removes interface name and its TAP.
+func (r *Registry) Destroy(name string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, err := r.lookup(name, "destroy"); err != nil {
+		return err
+	}
+	if err := r.b.Destroy(name); err != nil {
+		return asError(err, name, "destroy")
+	}
+	delete(r.ifs, name)
+	return nil
+}
+
+func (r *Registry) lookup(name, setting string) (*entry, error) {
+	if err := checkName(name); err != nil {
+		return nil, err
+	}
+	e, ok := r.ifs[name]
+	if !ok {
+		return nil, newError(syscall.ENXIO, name, setting,
+			"no such interface; create it with: erspanctl create %s", name)
+	}
+	return e, nil
+}
+
+// Set applies one setting to interface name, with OpenBSD's checks and
+// errnos (spec/erspan.md §2, Settings and their errors).
+func (r *Registry) Set(name string, s Setting) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, err := r.lookup(name, s.String())
+	if err != nil {
+		return err
+	}
+	kw, ok := keywords[s.Name]
+	if !ok || len(s.Args) != kw.args {
+		// ParseSettings catches this on the command line; the protocol
+		// can still carry anything.
+		if _, err := ParseSettings(name, append([]string{s.Name}, s.Args...)); err != nil {
+			return err
+		}
+		return newError(syscall.EINVAL, name, s.String(), "malformed setting")
+	}
+	cfg := e.cfg
+	busy := func() error {
+		return newError(syscall.EBUSY, name, s.String(),
+			"%s is up; take it down first (erspanctl %s down), change it, then bring it up", name, name)
+	}
+	switch s.Name {
+	case "tunnel", "tunneladdr":
+		if cfg.Up {
+			return busy()
+		}
+		src, dst, err := parseTunnel(name, s)
+		if err != nil {
+			return err
+		}
+		cfg.Src, cfg.Dst = src, dst
+	case "-tunnel":
+		if cfg.Up {
+			return busy()
+		}
+		cfg.Src, cfg.Dst = netip.Addr{}, netip.Addr{}
+	case "vnetid":
+		if cfg.Up {
+			return busy()
+		}
+		n, err := strconv.Atoi(s.Args[0])
+		if err != nil || n < 0 || n > MaxSession {
+			return newError(syscall.EINVAL, name, s.String(), "the session ID (vnetid) is a number from 0 to %d", MaxSession)
+		}
+		cfg.VNetID = n
+	case "-vnetid":
+		if cfg.Up {
+			return busy()
+		}
+		cfg.VNetID = tunnel.NoSession
+	case "up":
+		if cfg.Up {
+			return nil
+		}
+		if err := r.checkUp(name, s, &cfg); err != nil {
+			return err
+		}
+		cfg.Up = true
+	case "down":
+		cfg.Up = false
+	case "monitor":
+		cfg.Monitor = true
+	case "-monitor":
+		cfg.Monitor = false
+	case "tunnelttl":
+		n, err := strconv.Atoi(s.Args[0])
+		if err != nil || n < 1 || n > 255 {
+			return newError(syscall.EINVAL, name, s.String(), "the tunnel TTL is a number from 1 to 255")
+		}
+		cfg.TTL = n
+	case "tunneldf":
+		cfg.DF = true
+	case "-tunneldf":
+		cfg.DF = false
+	case "txprio":
+		if s.Args[0] == "packet" {
+			cfg.TxPrio = tunnel.TxPrioPacket
+			break
+		}
+		n, err := strconv.Atoi(s.Args[0])
+		if err != nil || n < 0 || n > 7 {
+			return newError(syscall.EINVAL, name, s.String(), "txprio is a priority from 0 to 7, or packet (the frame's own priority)")
+		}
+		cfg.TxPrio = n
+	case "mtu":
+		n, err := strconv.Atoi(s.Args[0])
+		if err != nil || n < MinMTU || n > MaxMTU {
+			return newError(syscall.EINVAL, name, s.String(), "the MTU is a number from %d to %d", MinMTU, MaxMTU)
+		}
+		cfg.MTU = n
+	case "lladdr":
+		mac, err := net.ParseMAC(s.Args[0])
+		if err != nil || len(mac) != 6 || mac[0]&1 != 0 || isZero(mac) {
+			return newError(syscall.EINVAL, name, s.String(), "lladdr is a unicast Ethernet address such as fe:e1:ba:d0:12:34")
+		}
+		cfg.LLAddr = mac
+	case "tunneldomain", "-tunneldomain":
+		if cfg.Up {
+			return busy()
+		}
+		ns, err := r.namespace(name, s)
+		if err != nil {
+			return err
+		}
+		cfg.TunnelDomain = ns
+	case "rdomain", "-rdomain":
+		ns, err := r.namespace(name, s)
+		if err != nil {
+			return err
+		}
+		cfg.Rdomain = ns
+	}
+	if err := r.b.Update(cfg); err != nil {
+		return asError(err, name, s.String())
+	}
+	e.cfg = cfg
+	return nil
+}
+
+func isZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// namespace maps a routing domain argument to a network namespace name:
+// OpenBSD's 0 (and "default", and the - forms) is the daemon's own
+// namespace, "".
+func (r *Registry) namespace(name string, s Setting) (string, error) {
+	if len(s.Args) == 0 || s.Args[0] == "0" || s.Args[0] == "default" {
+		return "", nil
+	}
+	ns := s.Args[0]
+	if strings.ContainsAny(ns, "/\x00") || ns == "." || ns == ".." {
+		return "", newError(syscall.EINVAL, name, s.String(), "%q is not a network namespace name", ns)
+	}
+	if err := r.b.CheckNamespace(ns); err != nil {
+		e := asError(err, name, s.String())
+		e.Msg = fmt.Sprintf("no network namespace %q (see ip netns list; create it with ip netns add %s)", ns, ns)
+		return "", e
+	}
+	return ns, nil
+}
+
+// checkUp applies erspan_up's rules: EDESTADDRREQ without a local address,
+// or with a destination but no session; EADDRINUSE when another up
+// interface has the same (local, remote, session) key.
+func (r *Registry) checkUp(name string, s Setting, cfg *tunnel.Config) error {
+	if !cfg.Src.IsValid() {
+		return newError(syscall.EDESTADDRREQ, name, s.String(),
+			"no tunnel addresses: set them first with tunnel SRC DST (one switch) or tunneladdr SRC (a collector for any switch)")
+	}
+	if cfg.Dst.IsValid() && cfg.VNetID == tunnel.NoSession {
+		return newError(syscall.EDESTADDRREQ, name, s.String(),
+			"a tunnel with a destination needs a session: set vnetid 0..%d, or use tunneladdr SRC to collect every session", MaxSession)
+	}
+	for other, o := range r.ifs {
+		if other == name || !o.cfg.Up {
+			continue
+		}
+		if o.cfg.Src == cfg.Src && o.cfg.Dst == cfg.Dst && o.cfg.VNetID == cfg.VNetID {
+			return newError(syscall.EADDRINUSE, name, s.String(),
+				"%s is up with the same tunnel addresses and vnetid; take it down or change the tunnel or vnetid of one of them", other)
+		}
+	}
+	return nil
+}
+
+// parseTunnel checks tunnel addresses as gre_set_tunnel does: both of one
+// family, neither unspecified nor multicast.
+func parseTunnel(name string, s Setting) (src, dst netip.Addr, err error) {
+	addrs := make([]netip.Addr, len(s.Args))
+	for i, a := range s.Args {
+		ip, perr := netip.ParseAddr(a)
+		if perr != nil {
+			return src, dst, newError(syscall.EINVAL, name, s.String(), "%q is not an IPv4 or IPv6 address", a)
+		}
+		ip = ip.Unmap()
+		if ip.Zone() != "" {
+			return src, dst, newError(syscall.EINVAL, name, s.String(), "%q: scoped (zoned) addresses are not supported", a)
+		}
+		if ip.IsUnspecified() || ip.IsMulticast() {
+			return src, dst, newError(syscall.EINVAL, name, s.String(), "%s is not a unicast address", ip)
+		}
+		addrs[i] = ip
+	}
+	src = addrs[0]
+	if len(addrs) == 2 {
+		dst = addrs[1]
+		if src.Is4() != dst.Is4() {
+			return netip.Addr{}, netip.Addr{}, newError(syscall.EINVAL, name, s.String(),
+				"the source and destination must both be IPv4 or both be IPv6")
+		}
+	}
+	return src, dst, nil
+}
+
+// Status returns one interface as erspanctl shows it.
+func (r *Registry) Status(name string) (Status, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, err := r.lookup(name, "")
+	if err != nil {
+		return Status{}, err
+	}
+	return r.status(e), nil
+}
+
+// All returns every interface, sorted by unit number, and the daemon's
+// counters.
+func (r *Registry) All() All {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	a := All{Interfaces: make([]Status, 0, len(r.ifs))}
+	for _, e := range r.ifs {
+		a.Interfaces = append(a.Interfaces, r.status(e))
+	}
+	sort.Slice(a.Interfaces, func(i, j int) bool {
+		return unitLess(a.Interfaces[i].Name, a.Interfaces[j].Name)
+	})
+	a.Daemon = daemonStatus(r.b.DaemonCounters())
+	return a
+}
+
+func unitLess(a, b string) bool {
+	if len(a) != len(b) {
+		return len(a) < len(b)
+	}
+	return a < b
+}
+
+func (r *Registry) status(e *entry) Status {
+	c := &e.cfg
+	s := Status{
+		Name:         c.Name,
+		Index:        e.link.Index,
+		Up:           c.Up,
+		Monitor:      c.Monitor,
+		LLAddr:       net.HardwareAddr(c.LLAddr).String(),
+		MTU:          c.MTU,
+		TTL:          c.TTL,
+		DF:           c.DF,
+		TxPrio:       "packet",
+		RxPrio:       "payload",
+		TunnelDomain: c.TunnelDomain,
+		Rdomain:      c.Rdomain,
+		Counters:     r.b.Counters(c.Name),
+	}
+	if c.TxPrio != tunnel.TxPrioPacket {
+		s.TxPrio = strconv.Itoa(c.TxPrio)
+	}
+	s.Flags, s.FlagSet = flags(c.Up, c.Monitor)
+	if c.VNetID != tunnel.NoSession {
+		v := c.VNetID
+		s.VNetID = &v
+	}
+	if c.Src.IsValid() {
+		t := &TunnelStatus{Family: "inet", Src: c.Src.String()}
+		if c.Src.Is6() {
+			t.Family = "inet6"
+		}
+		if c.Dst.IsValid() {
+			t.Dst = c.Dst.String()
+		}
+		s.Tunnel = t
+	}
+	return s
+}
+
+// OpenBSD interface flags, as ifconfig prints them: if_flags in the low 16
+// bits, if_xflags shifted left by 16 (spec/erspan.md §2, ifconfig output).
+const (
+	iffUp        = 0x1
+	iffBroadcast = 0x2
+	iffRunning   = 0x40
+	iffSimplex   = 0x800
+	iffMulticast = 0x8000
+	ifxfCloned   = 0x2 << 16 // not named in ifconfig's output
+	ifxfMonitor  = 0x100 << 16
+)
+
+func flags(up, monitor bool) (uint32, []string) {
+	var f uint32 = iffBroadcast | iffSimplex | iffMulticast | ifxfCloned
+	if up {
+		f |= iffUp | iffRunning
+	}
+	if monitor {
+		f |= ifxfMonitor
+	}
+	var names []string
+	for _, b := range []struct {
+		bit  uint32
+		name string
+	}{
+		{iffUp, "UP"}, {iffBroadcast, "BROADCAST"}, {iffRunning, "RUNNING"},
+		{iffSimplex, "SIMPLEX"}, {iffMulticast, "MULTICAST"}, {ifxfMonitor, "MONITOR"},
+	} {
+		if f&b.bit != 0 {
+			names = append(names, b.name)
+		}
+	}
+	return f, names
+}

@@ -1,0 +1,57 @@
+package ifconfig
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Listen opens the daemon's control socket at path: its directory is made
+// 0700, the socket itself 0600 (root only, design.md). A stale socket left
+// by a dead daemon is replaced; a live one is an error wrapping EADDRINUSE.
+func Listen(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("control socket directory: %w", err)
+	}
+	if c, err := net.Dial("unix", path); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("another erspand answers on %s: %w", path, syscall.EADDRINUSE)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale control socket: %w", err)
+	}
+	// The umask makes the socket 0600 from its creation: chmod after
+	// bind would leave a moment in which anyone could connect.
+	old := unix.Umask(0o077)
+	l, err := net.Listen("unix", path)
+	unix.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	return l, nil
+}
+
+// ServeListener accepts connections on l and serves each on its own
+// goroutine, until l is closed.
+func (r *Registry) ServeListener(l net.Listener, logf func(string, ...any)) error {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		go func() {
+			defer c.Close()
+			if err := r.Serve(c); err != nil && logf != nil {
+				logf("control connection: %v", err)
+			}
+		}()
+	}
+}

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Runs every test of the project: formatting, go vet, staticcheck, the unit
+# and network-namespace tests under the race detector, and a short fuzz run.
+# Run as root on Debian (the namespace tests create namespaces, veths, TAPs);
+# it installs what is missing. Usage: scripts/test.sh [--fuzztime 20s]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+fuzztime=20s
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--fuzztime) fuzztime=$2; shift 2 ;;
+	*) echo "usage: $0 [--fuzztime DURATION]" >&2; exit 2 ;;
+	esac
+done
+
+export PATH="$PATH:/usr/local/go/bin:$(go env GOPATH 2>/dev/null || echo "$HOME/go")/bin"
+STATICCHECK_VERSION=v0.8.2
+
+step() { printf '\n== %s\n' "$*"; }
+
+if [ "$(id -u)" -ne 0 ]; then
+	echo "scripts/test.sh: run as root: the end-to-end tests create network namespaces, veth pairs and TAP devices" >&2
+	exit 1
+fi
+
+step "tools"
+missing=()
+command -v ip >/dev/null || missing+=(iproute2)
+command -v tcpdump >/dev/null || missing+=(tcpdump)
+if [ ${#missing[@]} -gt 0 ]; then
+	echo "installing ${missing[*]}"
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+command -v go >/dev/null || { echo "Go is not installed (expected /usr/local/go)" >&2; exit 1; }
+go version
+if ! command -v staticcheck >/dev/null || ! staticcheck -version | grep -q "${STATICCHECK_VERSION#v}"; then
+	go install "honnef.co/go/tools/cmd/staticcheck@${STATICCHECK_VERSION}"
+fi
+
+step "gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then
+	echo "not gofmt-formatted:"; echo "$unformatted"; exit 1
+fi
+
+step "go vet"
+go vet ./...
+
+step "staticcheck"
+staticcheck ./...
+
+step "go test -race (unit and network-namespace tests)"
+go test -race -count=1 -timeout 15m ./...
+
+step "fuzz ($fuzztime each)"
+for f in FuzzDecode FuzzParseIPv4; do
+	go test -run='^$' -fuzz="^$f\$" -fuzztime="$fuzztime" ./erspan
+done
+
+step "all tests passed"

@@ -1,0 +1,429 @@
+// Package tunnel is the data path of erspand: TAP devices, receive sockets,
+// the demultiplexer and its counters. Packets flow one way, socket ->
+// erspan.Decode -> demux -> TAP; the control plane (package ifconfig) hands
+// in whole interface configurations and never touches a packet.
+package tunnel
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+)
+
+// Config is the whole desired state of one interface. Package ifconfig
+// validates it (OpenBSD's rules and errnos); the Host only realises it.
+type Config struct {
+	Name    string
+	Up      bool
+	Monitor bool
+	// Src is the local tunnel address (outer destination of received
+	// packets); invalid when unset.
+	Src netip.Addr
+	// Dst is the remote address (the switch); invalid for a collector
+	// (tunneladdr) or when unset.
+	Dst netip.Addr
+	// VNetID is the ERSPAN session ID 0..1023, or NoSession.
+	VNetID int
+	MTU    int
+	LLAddr net.HardwareAddr
+	// TTL is the outer TTL / hop limit of transmitted packets, 1..255.
+	TTL int
+	// DF sets the outer don't-fragment bit: oversize packets are dropped
+	// instead of fragmented (IPv6: not fragmented at the source).
+	DF bool
+	// TxPrio is the priority 0..7 whose value << 5 becomes the outer TOS /
+	// traffic class, or TxPrioPacket for the frame's own priority.
+	TxPrio int
+	// TunnelDomain is the network namespace the tunnel's sockets live in
+	// ("" = the daemon's own); Rdomain the one the TAP lives in.
+	TunnelDomain string
+	Rdomain      string
+}
+
+// TxPrioPacket is Config.TxPrio for OpenBSD's `txprio packet`: the
+// frame's own priority (its 802.1Q PCP, 3 when untagged).
+const TxPrioPacket = -1
+
+// Socket is a batched receiver of GRE packets, the contract GRESocket
+// implements; tests substitute an in-memory one.
+type Socket interface {
+	// ReadBatch blocks until at least one packet is there and returns the
+	// packets read; the slice and the buffers it points into are reused by
+	// the next call. After Close it returns an error wrapping
+	// net.ErrClosed.
+	ReadBatch() ([]Message, error)
+	// KernelDrops is the cumulative count of packets the kernel dropped
+	// for want of buffer space.
+	KernelDrops() uint64
+	Close() error
+}
+
+// Sender transmits GRE packets of one tunnel.
+type Sender interface {
+	// Send transmits pkt, which starts at the GRE header, with outer TOS
+	// (IPv4) or traffic class (IPv6) tos. An error wrapping EMSGSIZE
+	// means the packet was too big to send with DF set.
+	Send(pkt []byte, tos uint8) error
+	Close() error
+}
+
+// System is what the Host needs from the operating system. Linux is the
+// real one; tests use in-memory doubles (like wireguard-go's tuntest). ns
+// arguments name a network namespace, "" being the daemon's own.
+type System interface {
+	// CreateTAP makes (or adopts, reporting true) the TAP in namespace ns.
+	CreateTAP(ns, name string, mac net.HardwareAddr, mtu int) (Link, bool, error)
+	DeleteTAP(ns, name string) error
+	SetLinkUp(ns, name string, up bool) error
+	SetMonitor(ns, name string, on bool) error
+	SetLinkAttrs(ns, name string, mtu int, mac net.HardwareAddr) error
+	// MoveTAP moves the TAP from namespace from to namespace to; queues
+	// stay attached.
+	MoveTAP(name, from, to string) (Link, error)
+	OpenQueue(ns, name string) (Queue, error)
+	// ListenGRE opens a receive socket for family 4 or 6 in namespace ns.
+	ListenGRE(ns string, family int) (Socket, error)
+	// OpenSender opens a send-only socket from src to dst in namespace ns.
+	OpenSender(ns string, src, dst netip.Addr, ttl int, df bool) (Sender, error)
+	CheckNamespace(name string) error
+}
+
+// Logger is a tiny injectable logger; nil functions discard. Nothing is
+// logged per packet.
+type Logger struct {
+	Verbosef func(format string, args ...any)
+	Errorf   func(format string, args ...any)
+}
+
+func (l *Logger) verbosef(format string, args ...any) {
+	if l != nil && l.Verbosef != nil {
+		l.Verbosef(format, args...)
+	}
+}
+
+func (l *Logger) errorf(format string, args ...any) {
+	if l != nil && l.Errorf != nil {
+		l.Errorf(format, args...)
+	}
+}
+
+// iface is one erspanN as the data path holds it.
+type iface struct {
+	cfg   Config // written under Host.mu; the data path never reads it
+	link  Link
+	queue Queue
+	stats ifStats
+
+	// tx is what the transmit loop needs, nil when the interface may not
+	// send (down, or no destination or session).
+	tx  atomic.Pointer[txState]
+	seq atomic.Uint32 // the next GRE sequence number to send
+	// txDone is closed when the transmit loop has ended.
+	txDone chan struct{}
+}
+
+type recvKey struct {
+	ns     string
+	family int
+}
+
+// Host owns every erspanN of the daemon: their TAPs, the receive sockets and
+// the demux tables. Its methods are safe for concurrent use; control
+// operations are serialised, the data path takes no lock.
+type Host struct {
+	sys System
+	log *Logger
+
+	mu     sync.Mutex // serialises control operations
+	ifaces map[string]*iface
+	// One receiver per (tunnel namespace, address family) that an up
+	// interface needs (design.md, Data path).
+	recv  map[recvKey]*receiver
+	stats daemonStats
+}
+
+// NewHost returns a Host that realises interfaces through sys.
+func NewHost(sys System, log *Logger) *Host {
+	return &Host{sys: sys, log: log, ifaces: make(map[string]*iface), recv: make(map[recvKey]*receiver)}
+}
+
+// CheckNamespace reports whether network namespace name exists.
+func (h *Host) CheckNamespace(name string) error { return h.sys.CheckNamespace(name) }
+
+// Create makes the TAP for cfg.Name in namespace cfg.Rdomain (or adopts one
+// a previous erspand made), attaches a queue and applies cfg. The error
+// wraps the errno of the step that failed (EEXIST for a foreign link).
+func (h *Host) Create(cfg Config) (Link, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, ok := h.ifaces[cfg.Name]; ok {
+		return Link{}, fmt.Errorf("%s exists: %w", cfg.Name, errEEXIST)
+	}
+	link, adopted, err := h.sys.CreateTAP(cfg.Rdomain, cfg.Name, cfg.LLAddr, cfg.MTU)
+	if err != nil {
+		return Link{}, err
+	}
+	if adopted {
+		h.log.verbosef("%s: adopted the existing TAP (index %d)", cfg.Name, link.Index)
+	}
+	q, err := h.sys.OpenQueue(cfg.Rdomain, cfg.Name)
+	if err != nil {
+		h.undoCreate(cfg.Rdomain, cfg.Name, adopted)
+		return Link{}, fmt.Errorf("attach a queue to %s: %w", cfg.Name, err)
+	}
+	ifc := &iface{link: link, queue: q, txDone: make(chan struct{})}
+	// Start from the state a new link is in and move it to cfg, so that
+	// Create and Update share one path.
+	ifc.cfg = Config{Name: cfg.Name, VNetID: NoSession, MTU: link.MTU, LLAddr: link.MAC, Rdomain: cfg.Rdomain}
+	h.ifaces[cfg.Name] = ifc
+	if err := h.apply(ifc, cfg, true); err != nil {
+		delete(h.ifaces, cfg.Name)
+		q.Close()
+		h.undoCreate(cfg.Rdomain, cfg.Name, adopted)
+		return Link{}, err
+	}
+	go h.transmit(ifc)
+	return ifc.link, nil
+}
+
+func (h *Host) undoCreate(ns, name string, adopted bool) {
+	if adopted {
+		return
+	}
+	if err := h.sys.DeleteTAP(ns, name); err != nil {
+		h.log.errorf("%s: removing the half-made TAP: %v", name, err)
+	}
+}
+
+// Update moves an existing interface to cfg.
+func (h *Host) Update(cfg Config) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ifc, ok := h.ifaces[cfg.Name]
+	if !ok {
+		return fmt.Errorf("%s: %w", cfg.Name, errENXIO)
+	}
+	return h.apply(ifc, cfg, false)
+}
+
+// apply realises cfg on ifc, step by step in an order that keeps the
+// interface consistent. On failure ifc keeps its previous configuration;
+// the steps already taken are undone where that is possible.
+func (h *Host) apply(ifc *iface, cfg Config, fresh bool) (err error) {
+	old := ifc.cfg
+	name := cfg.Name
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+	moved := false
+	if cfg.Rdomain != old.Rdomain {
+		link, err := h.sys.MoveTAP(name, old.Rdomain, cfg.Rdomain)
+		if err != nil {
+			return fmt.Errorf("move %s to network namespace %q: %w", name, cfg.Rdomain, err)
+		}
+		ifc.link, moved = link, true
+		undo = append(undo, func() {
+			if l, err := h.sys.MoveTAP(name, cfg.Rdomain, old.Rdomain); err == nil {
+				ifc.link = l
+				_ = h.sys.SetMonitor(old.Rdomain, name, old.Monitor)
+				_ = h.sys.SetLinkUp(old.Rdomain, name, old.Up)
+			}
+		})
+	}
+	ns := cfg.Rdomain
+	// A move resets the link: it arrives down, without our qdisc, with
+	// fresh IPv6 settings. Everything is applied again.
+	if fresh || moved || cfg.MTU != old.MTU || !bytes.Equal(cfg.LLAddr, old.LLAddr) {
+		if err := h.sys.SetLinkAttrs(ns, name, cfg.MTU, cfg.LLAddr); err != nil {
+			return fmt.Errorf("set mtu %d lladdr %s on %s: %w", cfg.MTU, cfg.LLAddr, name, err)
+		}
+		ifc.link.MTU, ifc.link.MAC = cfg.MTU, cfg.LLAddr
+		undo = append(undo, func() { _ = h.sys.SetLinkAttrs(ns, name, old.MTU, old.LLAddr) })
+	}
+	if fresh || moved || cfg.Monitor != old.Monitor {
+		if err := h.sys.SetMonitor(ns, name, cfg.Monitor); err != nil {
+			return fmt.Errorf("monitor mode on %s: %w", name, err)
+		}
+		undo = append(undo, func() { _ = h.sys.SetMonitor(ns, name, old.Monitor) })
+	}
+	if moved || cfg.Up != old.Up {
+		if err := h.sys.SetLinkUp(ns, name, cfg.Up); err != nil {
+			return fmt.Errorf("set %s %s: %w", name, upDown(cfg.Up), err)
+		}
+		undo = append(undo, func() { _ = h.sys.SetLinkUp(ns, name, old.Up) })
+	}
+	if err := h.applyTx(ifc, &old, &cfg); err != nil {
+		return err
+	}
+	ifc.cfg = cfg
+	if err := h.rebuild(); err != nil {
+		ifc.cfg = old
+		_ = h.applyTx(ifc, &cfg, &old)
+		_ = h.rebuild()
+		return err
+	}
+	return nil
+}
+
+func upDown(up bool) string {
+	if up {
+		return "up"
+	}
+	return "down"
+}
+
+// Destroy removes the interface and its TAP.
+func (h *Host) Destroy(name string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ifc, ok := h.ifaces[name]
+	if !ok {
+		return fmt.Errorf("%s: %w", name, errENXIO)
+	}
+	delete(h.ifaces, name)
+	// Out of the demux tables before the queue closes, so that receivers
+	// stop writing to it; one still holding an old table meets a closed
+	// file and counts an error on an interface about to vanish.
+	if err := h.rebuild(); err != nil {
+		h.log.errorf("%s: %v", name, err)
+	}
+	h.stopTx(ifc)
+	return h.sys.DeleteTAP(ifc.cfg.Rdomain, name)
+}
+
+// stopTx ends the transmit side of ifc: its sender and its loop.
+func (h *Host) stopTx(ifc *iface) {
+	if st := ifc.tx.Swap(nil); st != nil {
+		st.sender.Close()
+	}
+	ifc.queue.Close()
+	<-ifc.txDone
+}
+
+// Link returns what is known of the interface's link.
+func (h *Host) Link(name string) (Link, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ifc, ok := h.ifaces[name]
+	if !ok {
+		return Link{}, false
+	}
+	return ifc.link, true
+}
+
+// Counters returns a snapshot of one interface's counters.
+func (h *Host) Counters(name string) IfCounters {
+	h.mu.Lock()
+	ifc := h.ifaces[name]
+	h.mu.Unlock()
+	if ifc == nil {
+		return IfCounters{}
+	}
+	return ifc.stats.snapshot()
+}
+
+// DaemonCounters returns a snapshot of the daemon-wide counters.
+func (h *Host) DaemonCounters() DaemonCounters {
+	var c DaemonCounters
+	c.RxPackets = h.stats.rxPackets.Load()
+	c.Unmatched = h.stats.unmatched.Load()
+	for i := range c.Drops {
+		c.Drops[i] = h.stats.drops[i].Load()
+	}
+	h.mu.Lock()
+	c.KernelDrops = h.stats.closedKernelDrops.Load()
+	for _, r := range h.recv {
+		c.KernelDrops += r.sock.KernelDrops()
+	}
+	h.mu.Unlock()
+	return c
+}
+
+// Close stops the receivers and transmitters and detaches every queue. The
+// TAPs persist, as interfaces do when OpenBSD's ifconfig exits; a new
+// daemon adopts them.
+func (h *Host) Close() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ifs := h.ifaces
+	h.ifaces = map[string]*iface{}
+	_ = h.rebuild() // with no interfaces: stops every receiver
+	for _, ifc := range ifs {
+		h.stopTx(ifc)
+	}
+	return nil
+}
+
+// rebuild publishes new demux tables for the current interfaces and opens
+// or closes receive sockets to match. It is called with h.mu held.
+func (h *Host) rebuild() error {
+	ifs := make([]*iface, 0, len(h.ifaces))
+	domains := map[string]bool{}
+	for _, ifc := range h.ifaces {
+		ifs = append(ifs, ifc)
+		domains[ifc.cfg.TunnelDomain] = true
+	}
+	tables := map[recvKey]*demuxTable{}
+	for ns := range domains {
+		t := buildTable(ifs, ns)
+		for i, need := range t.families {
+			if need {
+				tables[recvKey{ns, 4 + 2*i}] = t
+			}
+		}
+	}
+	// Open sockets before publishing tables, close them after: a socket
+	// must exist whenever an interface needs it, and while one exists the
+	// kernel sends no ICMP protocol-unreachable to the switch.
+	for k := range tables {
+		if h.recv[k] == nil {
+			if err := h.startReceiver(k); err != nil {
+				return err
+			}
+		}
+	}
+	for k, r := range h.recv {
+		if t := tables[k]; t != nil {
+			r.table.Store(t)
+		} else {
+			h.stopReceiver(k)
+		}
+	}
+	return nil
+}
+
+func (h *Host) startReceiver(k recvKey) error {
+	s, err := h.sys.ListenGRE(k.ns, k.family)
+	if err != nil {
+		where := ""
+		if k.ns != "" {
+			where = " in network namespace " + k.ns
+		}
+		return fmt.Errorf("open the IPv%d GRE receive socket%s: %w", k.family, where, err)
+	}
+	r := &receiver{h: h, sock: s, done: make(chan struct{})}
+	r.table.Store(&demuxTable{})
+	h.recv[k] = r
+	go r.run()
+	h.log.verbosef("receiving ERSPAN over IPv%d in namespace %q", k.family, k.ns)
+	return nil
+}
+
+func (h *Host) stopReceiver(k recvKey) {
+	r := h.recv[k]
+	if r == nil {
+		return
+	}
+	delete(h.recv, k)
+	r.sock.Close()
+	<-r.done
+	h.stats.closedKernelDrops.Add(r.sock.KernelDrops())
+}

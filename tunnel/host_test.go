@@ -1,0 +1,268 @@
+package tunnel
+
+import (
+	"bytes"
+	"errors"
+	"net/netip"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/erspan-linux/erspan/erspan"
+)
+
+var (
+	local   = netip.MustParseAddr("192.0.2.2")
+	remote  = netip.MustParseAddr("192.0.2.1")
+	remote2 = netip.MustParseAddr("192.0.2.3")
+	local6  = netip.MustParseAddr("2001:db8::2")
+	remote6 = netip.MustParseAddr("2001:db8::1")
+)
+
+// frame is a recognisable inner Ethernet frame.
+func frame(tag byte, n int) []byte {
+	f := make([]byte, n)
+	copy(f, []byte{0x02, 0, 0, 0, 0, tag, 0x02, 0, 0, 0, 0, 0xee, 0x08, 0x00})
+	for i := 14; i < n; i++ {
+		f[i] = tag
+	}
+	return f
+}
+
+// gre builds a GRE+ERSPAN packet around f with erspan.Encode.
+func gre(t testing.TB, p erspan.Packet, f []byte) []byte {
+	t.Helper()
+	b := make([]byte, erspan.HeaderLen(&p)+len(f))
+	n, err := erspan.Encode(b, &p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(b[n:], f)
+	return b
+}
+
+func typeII(session uint16) erspan.Packet {
+	return erspan.Packet{Type: erspan.TypeII, HasSeq: true, Session: session}
+}
+
+type rig struct {
+	t   *testing.T
+	sys *memSystem
+	h   *Host
+}
+
+func newRig(t *testing.T) *rig {
+	sys := newMemSystem()
+	h := NewHost(sys, nil)
+	t.Cleanup(func() { h.Close() })
+	return &rig{t: t, sys: sys, h: h}
+}
+
+func (r *rig) add(cfg Config) *memQueue {
+	r.t.Helper()
+	name := cfg.Name
+	up := cfg.Up
+	cfg.Up = false
+	if _, err := r.h.Create(Config{Name: name, VNetID: NoSession, Monitor: true, MTU: 1500}); err != nil {
+		r.t.Fatal(err)
+	}
+	cfg.Up = up
+	if err := r.h.Update(cfg); err != nil {
+		r.t.Fatal(err)
+	}
+	q := r.sys.queue(name)
+	q.keep = true
+	return q
+}
+
+func TestDemuxOrder(t *testing.T) {
+	r := newRig(t)
+	exact := r.add(Config{Name: "erspan0", Up: true, Monitor: true, Src: local, Dst: remote, VNetID: 77})
+	sess := r.add(Config{Name: "erspan1", Up: true, Monitor: true, Src: local, VNetID: 77})
+	all := r.add(Config{Name: "erspan2", Up: true, Monitor: true, Src: local, VNetID: NoSession})
+	sock := r.sys.socket(4)
+	if sock == nil {
+		t.Fatal("no IPv4 socket opened for up IPv4 interfaces")
+	}
+	if r.sys.socket(6) != nil {
+		t.Fatal("an IPv6 socket was opened with no IPv6 interface")
+	}
+	f1, f2, f3, f4 := frame(1, 60), frame(2, 60), frame(3, 60), frame(4, 60)
+	sock.inject(
+		Message{Src: remote, Dst: local, GRE: gre(t, typeII(77), f1)},                            // exact
+		Message{Src: remote2, Dst: local, GRE: gre(t, typeII(77), f2)},                           // session-only
+		Message{Src: remote, Dst: local, GRE: gre(t, typeII(5), f3)},                             // catch-all
+		Message{Src: remote, Dst: local, GRE: gre(t, erspan.Packet{Type: erspan.TypeI}, f4)},     // Type I: catch-all only
+		Message{Src: remote, Dst: netip.MustParseAddr("192.0.2.9"), GRE: gre(t, typeII(77), f1)}, // unmatched
+	)
+	check := func(name string, q *memQueue, want ...[]byte) {
+		t.Helper()
+		got := q.take()
+		if len(got) != len(want) {
+			t.Fatalf("%s got %d frames, want %d", name, len(got), len(want))
+		}
+		for i := range got {
+			if !bytes.Equal(got[i], want[i]) {
+				t.Errorf("%s frame %d differs", name, i)
+			}
+		}
+	}
+	check("exact", exact, f1)
+	check("session-only", sess, f2)
+	check("catch-all", all, f3, f4)
+	if c := r.h.DaemonCounters(); c.Unmatched != 1 || c.RxPackets != 5 {
+		t.Errorf("daemon counters %+v, want 1 unmatched of 5", c)
+	}
+	if c := r.h.Counters("erspan2"); c.RxPackets != 2 || c.TypeI != 1 || c.TypeII != 1 || c.RxBytes != 120 {
+		t.Errorf("catch-all counters %+v", c)
+	}
+}
+
+func TestCaptureOnlyWithoutMonitor(t *testing.T) {
+	r := newRig(t)
+	exact := r.add(Config{Name: "erspan0", Up: true, Src: local, Dst: remote, VNetID: 1})
+	all := r.add(Config{Name: "erspan1", Up: true, Src: local, VNetID: NoSession})
+	sock := r.sys.socket(4)
+	trunc := typeII(1)
+	trunc.Truncated = true
+	sock.inject(
+		Message{Src: remote, Dst: local, GRE: gre(t, typeII(1), frame(1, 64))}, // delivered to the stack
+		Message{Src: remote, Dst: local, GRE: gre(t, trunc, frame(2, 64))},     // T bit: capture only
+		Message{Src: remote, Dst: local, GRE: gre(t, typeII(2), frame(3, 64))}, // catch-all: capture only
+	)
+	if n := len(exact.take()); n != 1 {
+		t.Errorf("exact without monitor delivered %d frames, want 1", n)
+	}
+	if n := len(all.take()); n != 0 {
+		t.Errorf("catch-all without monitor delivered %d frames, want 0", n)
+	}
+	if c := r.h.Counters("erspan0"); c.RxTruncated != 1 || c.RxCaptureOnly != 1 {
+		t.Errorf("exact counters %+v", c)
+	}
+	if c := r.h.Counters("erspan1"); c.RxCaptureOnly != 1 {
+		t.Errorf("catch-all counters %+v", c)
+	}
+	// With monitor mode, all three reach the TAP (and so tcpdump).
+	for _, c := range []Config{
+		{Name: "erspan0", Up: true, Monitor: true, Src: local, Dst: remote, VNetID: 1},
+		{Name: "erspan1", Up: true, Monitor: true, Src: local, VNetID: NoSession},
+	} {
+		if err := r.h.Update(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sock.inject(
+		Message{Src: remote, Dst: local, GRE: gre(t, trunc, frame(2, 64))},
+		Message{Src: remote, Dst: local, GRE: gre(t, typeII(2), frame(3, 64))},
+	)
+	if len(exact.take()) != 1 || len(all.take()) != 1 {
+		t.Error("monitor mode did not deliver capture-only frames")
+	}
+	if c := r.h.Counters("erspan0"); c.RxTruncated != 2 {
+		t.Errorf("truncated count %d, want 2", c.RxTruncated)
+	}
+}
+
+func TestBadPacketsCounted(t *testing.T) {
+	r := newRig(t)
+	q := r.add(Config{Name: "erspan0", Up: true, Monitor: true, Src: local, VNetID: NoSession})
+	sock := r.sys.socket(4)
+	good := gre(t, typeII(3), frame(9, 64))
+	ft := gre(t, erspan.Packet{Type: erspan.TypeIII, Session: 3, FrameType: 2}, frame(9, 64))
+	short := gre(t, typeII(3), frame(9, 64)[:13])
+	badVer := append([]byte(nil), good...)
+	badVer[1] |= 1
+	sock.inject(
+		Message{Src: remote, Dst: local, GRE: good[:6]},
+		Message{Src: remote, Dst: local, GRE: badVer},
+		Message{Src: remote, Dst: local, GRE: ft},
+		Message{Src: remote, Dst: local, GRE: short},
+		Message{Err: erspan.ErrIPHeader},
+		Message{Src: remote, Dst: local, GRE: good},
+	)
+	if got := q.take(); len(got) != 1 {
+		t.Fatalf("%d frames delivered, want only the good one", len(got))
+	}
+	d := r.h.DaemonCounters()
+	for e, want := range map[erspan.Error]uint64{erspan.ErrShort: 1, erspan.ErrGREVersion: 1, erspan.ErrFrameType: 1, erspan.ErrInnerShort: 1, erspan.ErrIPHeader: 1} {
+		if d.Drops[e] != want {
+			t.Errorf("drops[%s] = %d, want %d", e.Name(), d.Drops[e], want)
+		}
+	}
+	if c := r.h.Counters("erspan0"); c.RxFrameType != 1 || c.RxInnerShort != 1 || c.RxPackets != 1 {
+		t.Errorf("interface counters %+v", c)
+	}
+}
+
+func TestSocketsFollowFamilies(t *testing.T) {
+	r := newRig(t)
+	r.add(Config{Name: "erspan0", Up: true, Monitor: true, Src: local6, Dst: remote6, VNetID: 1})
+	s6 := r.sys.socket(6)
+	if s6 == nil || r.sys.socket(4) != nil {
+		t.Fatal("want exactly an IPv6 socket")
+	}
+	if err := r.h.Update(Config{Name: "erspan0", Monitor: true, Src: local6, Dst: remote6, VNetID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-s6.closed:
+	default:
+		t.Error("IPv6 socket left open with no IPv6 interface up")
+	}
+	if err := r.h.Destroy("erspan0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.h.Destroy("erspan0"); !errors.Is(err, unix.ENXIO) {
+		t.Errorf("destroy twice: %v", err)
+	}
+}
+
+func TestCreateForeignLink(t *testing.T) {
+	r := newRig(t)
+	r.sys.foreign["erspan0"] = true
+	if _, err := r.h.Create(Config{Name: "erspan0", VNetID: NoSession}); !errors.Is(err, unix.EEXIST) {
+		t.Errorf("got %v, want EEXIST", err)
+	}
+}
+
+// The receive path must not allocate per packet (DEVELOPERS.md); checked
+// here, not only in a benchmark.
+func TestInputAllocs(t *testing.T) {
+	r := newRig(t)
+	r.add(Config{Name: "erspan0", Up: true, Monitor: true, Src: local, Dst: remote, VNetID: 77})
+	r.sys.queue("erspan0").keep = false
+	msgs := []Message{
+		{Src: remote, Dst: local, GRE: gre(t, typeII(77), frame(1, 64))},
+		{Src: remote2, Dst: local, GRE: gre(t, typeII(77), frame(1, 64))},
+		{Src: remote, Dst: local, GRE: []byte{0, 0}},
+	}
+	var p erspan.Packet
+	tab := r.h.recv[recvKey{"", 4}].table.Load()
+	allocs := testing.AllocsPerRun(1000, func() {
+		for i := range msgs {
+			r.h.input(tab, &msgs[i], &p)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("%v allocations per batch, want 0", allocs)
+	}
+}
+
+func BenchmarkInput(b *testing.B) {
+	sys := newMemSystem()
+	h := NewHost(sys, nil)
+	defer h.Close()
+	if _, err := h.Create(Config{Name: "erspan0", VNetID: NoSession, MTU: 1500}); err != nil {
+		b.Fatal(err)
+	}
+	if err := h.Update(Config{Name: "erspan0", Up: true, Monitor: true, Src: local, Dst: remote, VNetID: 77}); err != nil {
+		b.Fatal(err)
+	}
+	m := Message{Src: remote, Dst: local, GRE: gre(b, typeII(77), frame(1, 64))}
+	var p erspan.Packet
+	tab := h.recv[recvKey{"", 4}].table.Load()
+	b.ReportAllocs()
+	for b.Loop() {
+		h.input(tab, &m, &p)
+	}
+}

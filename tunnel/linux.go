@@ -1,0 +1,149 @@
+package tunnel
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// Receive socket sizing. A batch of 64 keeps one recvmmsg per wake-up well
+// above the packet rate a 2-core sensor can write into TAPs; 9216 bytes
+// holds a jumbo mirrored frame plus headers (larger ones arrive cut short
+// and are counted as truncated); 32 MiB of socket buffer absorbs a burst of
+// about 20k full-size frames while the TAP writes catch up.
+const (
+	DefaultBatch   = 64
+	DefaultBufSize = 9216 + 128
+	DefaultRcvBuf  = 32 << 20
+)
+
+// Linux is the System of a real host: TAPs through netlink and water, GRE
+// through raw sockets, namespaces by name (`ip netns`).
+type Linux struct {
+	Batch, BufSize, RcvBuf int
+	// home is the daemon's own network namespace, the "" of every ns
+	// argument, taken at NewLinux while the thread is still in it.
+	home netns.NsHandle
+}
+
+var _ System = (*Linux)(nil)
+
+// NewLinux returns the System of this host. Call it before anything moves
+// a thread into another namespace (in practice: at start).
+func NewLinux() (*Linux, error) {
+	home, err := netns.Get()
+	if err != nil {
+		return nil, fmt.Errorf("open the daemon's network namespace: %w", err)
+	}
+	return &Linux{Batch: DefaultBatch, BufSize: DefaultBufSize, RcvBuf: DefaultRcvBuf, home: home}, nil
+}
+
+func (l *Linux) CreateTAP(ns, name string, mac net.HardwareAddr, mtu int) (link Link, adopted bool, err error) {
+	err = inNamespace(ns, func() error {
+		link, adopted, err = CreateTAP(name, mac, mtu)
+		return err
+	})
+	return link, adopted, err
+}
+
+func (l *Linux) DeleteTAP(ns, name string) error {
+	return inNamespace(ns, func() error { return DeleteTAP(name) })
+}
+
+func (l *Linux) SetLinkUp(ns, name string, up bool) error {
+	return inNamespace(ns, func() error { return SetLinkUp(name, up) })
+}
+
+func (l *Linux) SetMonitor(ns, name string, on bool) error {
+	return inNamespace(ns, func() error { return SetMonitor(name, on) })
+}
+
+func (l *Linux) SetLinkAttrs(ns, name string, mtu int, mac net.HardwareAddr) error {
+	return inNamespace(ns, func() error {
+		link, err := netlink.LinkByName(name)
+		if err != nil {
+			return fmt.Errorf("link %s: %w", name, err)
+		}
+		if link.Attrs().MTU != mtu {
+			if err := netlink.LinkSetMTU(link, mtu); err != nil {
+				return fmt.Errorf("mtu %d: %w", mtu, err)
+			}
+		}
+		if len(mac) > 0 && link.Attrs().HardwareAddr.String() != mac.String() {
+			if err := netlink.LinkSetHardwareAddr(link, mac); err != nil {
+				return fmt.Errorf("lladdr %s: %w", mac, err)
+			}
+		}
+		return nil
+	})
+}
+
+func (l *Linux) MoveTAP(name, from, to string) (Link, error) {
+	target := l.home
+	if to != "" {
+		h, err := netns.GetFromName(to)
+		if err != nil {
+			return Link{}, fmt.Errorf("network namespace %s: %w", to, err)
+		}
+		defer h.Close()
+		target = h
+	}
+	err := inNamespace(from, func() error {
+		link, err := netlink.LinkByName(name)
+		if err != nil {
+			return fmt.Errorf("link %s: %w", name, err)
+		}
+		return netlink.LinkSetNsFd(link, int(target))
+	})
+	if err != nil {
+		return Link{}, err
+	}
+	var out Link
+	err = inNamespace(to, func() error {
+		link, err := netlink.LinkByName(name)
+		if err != nil {
+			return fmt.Errorf("link %s after the move: %w", name, err)
+		}
+		a := link.Attrs()
+		out = Link{Index: a.Index, Name: a.Name, MAC: a.HardwareAddr, MTU: a.MTU}
+		return nil
+	})
+	return out, err
+}
+
+func (l *Linux) OpenQueue(ns, name string) (q Queue, err error) {
+	err = inNamespace(ns, func() error {
+		q, err = OpenQueue(name)
+		return err
+	})
+	return q, err
+}
+
+func (l *Linux) ListenGRE(ns string, family int) (sock Socket, err error) {
+	err = inNamespace(ns, func() error {
+		s, err := ListenGRE(family, l.Batch, l.BufSize, l.RcvBuf)
+		if err != nil {
+			return err
+		}
+		sock = s
+		return nil
+	})
+	return sock, err
+}
+
+func (l *Linux) OpenSender(ns string, src, dst netip.Addr, ttl int, df bool) (s Sender, err error) {
+	err = inNamespace(ns, func() error {
+		rs, err := OpenSender(src, dst, ttl, df)
+		if err != nil {
+			return err
+		}
+		s = rs
+		return nil
+	})
+	return s, err
+}
+
+func (l *Linux) CheckNamespace(name string) error { return CheckNamespace(name) }

@@ -1,0 +1,239 @@
+package tunnel
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// memSystem is an in-memory System: TAP queues record the frames written
+// to them, sockets deliver the batches a test injects.
+type memSystem struct {
+	mu      sync.Mutex
+	links   map[string]*memLink
+	socks   map[recvKey]*memSocket
+	senders []*memSender
+	moves   int
+	foreign map[string]bool // links that exist but are not ours
+	next    int
+}
+
+type memLink struct {
+	up, monitor bool
+	queue       *memQueue
+}
+
+func newMemSystem() *memSystem {
+	return &memSystem{links: map[string]*memLink{}, socks: map[recvKey]*memSocket{}, foreign: map[string]bool{}, next: 10}
+}
+
+func (m *memSystem) CreateTAP(_, name string, mac net.HardwareAddr, mtu int) (Link, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.foreign[name] {
+		return Link{}, false, fmt.Errorf("link %s: %w", name, unix.EEXIST)
+	}
+	m.next++
+	m.links[name] = &memLink{}
+	return Link{Index: m.next, Name: name, MAC: mac, MTU: mtu}, false, nil
+}
+
+func (m *memSystem) DeleteTAP(_, name string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.links, name)
+	return nil
+}
+
+func (m *memSystem) SetLinkUp(_, name string, up bool) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.links[name].up = up
+	return nil
+}
+
+func (m *memSystem) SetMonitor(_, name string, on bool) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.links[name].monitor = on
+	return nil
+}
+
+func (m *memSystem) OpenQueue(_, name string) (Queue, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	q := newMemQueue()
+	m.links[name].queue = q
+	return q, nil
+}
+
+func (m *memSystem) SetLinkAttrs(_, name string, mtu int, mac net.HardwareAddr) error {
+	return nil
+}
+
+func (m *memSystem) MoveTAP(name, from, to string) (Link, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.links[name].up, m.links[name].monitor = false, false
+	m.moves++
+	return Link{Index: 99, Name: name}, nil
+}
+
+func (m *memSystem) ListenGRE(ns string, family int) (Socket, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s := &memSocket{in: make(chan []Message), closed: make(chan struct{})}
+	m.socks[recvKey{ns, family}] = s
+	return s, nil
+}
+
+func (m *memSystem) OpenSender(ns string, src, dst netip.Addr, ttl int, df bool) (Sender, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s := &memSender{ttl: ttl, df: df, src: src, dst: dst, ns: ns}
+	m.senders = append(m.senders, s)
+	return s, nil
+}
+
+func (m *memSystem) CheckNamespace(string) error { return nil }
+
+func (m *memSystem) socket(family int) *memSocket { return m.socketIn("", family) }
+
+func (m *memSystem) socketIn(ns string, family int) *memSocket {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.socks[recvKey{ns, family}]
+}
+
+// memSender records what was sent.
+type memSender struct {
+	mu       sync.Mutex
+	src, dst netip.Addr
+	ns       string
+	ttl      int
+	df       bool
+	tooBig   int // packets longer than this fail with EMSGSIZE (0: none)
+	pkts     [][]byte
+	tos      []uint8
+	closed   bool
+}
+
+func (s *memSender) Send(pkt []byte, tos uint8) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return net.ErrClosed
+	}
+	if s.tooBig > 0 && len(pkt) > s.tooBig {
+		return unix.EMSGSIZE
+	}
+	s.pkts = append(s.pkts, append([]byte(nil), pkt...))
+	s.tos = append(s.tos, tos)
+	return nil
+}
+
+func (s *memSender) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	return nil
+}
+
+func (m *memSystem) queue(name string) *memQueue {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.links[name].queue
+}
+
+type memQueue struct {
+	mu     sync.Mutex
+	frames [][]byte
+	count  int
+	keep   bool // record frames (off for allocation tests)
+	closed bool
+	out    chan []byte   // frames the "kernel" sends out of the TAP
+	done   chan struct{} // closed by Close
+}
+
+func newMemQueue() *memQueue {
+	return &memQueue{out: make(chan []byte), done: make(chan struct{})}
+}
+
+// Read hands out the frames a test sends with send.
+func (q *memQueue) Read(b []byte) (int, error) {
+	select {
+	case f := <-q.out:
+		return copy(b, f), nil
+	case <-q.done:
+		return 0, net.ErrClosed
+	}
+}
+
+// send makes the TAP emit f, as the kernel does for frames leaving erspanN.
+func (q *memQueue) send(f []byte) { q.out <- f }
+
+func (q *memQueue) Write(b []byte) (int, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return 0, net.ErrClosed
+	}
+	q.count++
+	if q.keep {
+		q.frames = append(q.frames, append([]byte(nil), b...))
+	}
+	return len(b), nil
+}
+
+func (q *memQueue) Close() error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if !q.closed {
+		q.closed = true
+		close(q.done)
+	}
+	return nil
+}
+
+func (q *memQueue) take() [][]byte {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	f := q.frames
+	q.frames = nil
+	return f
+}
+
+// memSocket hands the receiver one injected batch per ReadBatch. inject
+// returns once the receiver has taken the batch and asked for the next one,
+// i.e. once the batch has been processed.
+type memSocket struct {
+	in     chan []Message
+	closed chan struct{}
+	once   sync.Once
+	drops  uint64
+}
+
+func (s *memSocket) ReadBatch() ([]Message, error) {
+	select {
+	case b := <-s.in:
+		return b, nil
+	case <-s.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (s *memSocket) KernelDrops() uint64 { return s.drops }
+
+func (s *memSocket) Close() error {
+	s.once.Do(func() { close(s.closed) })
+	return nil
+}
+
+func (s *memSocket) inject(msgs ...Message) {
+	s.in <- msgs
+	// An empty batch as a barrier: when it is taken, the previous one is done.
+	s.in <- nil
+}

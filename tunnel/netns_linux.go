@@ -1,0 +1,54 @@
+package tunnel
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+
+	"github.com/vishvananda/netns"
+)
+
+// netnsDir is where iproute2 keeps named network namespaces (`ip netns`).
+const netnsDir = "/run/netns"
+
+// CheckNamespace returns an error wrapping ENOENT when there is no network
+// namespace called name ("" is the daemon's own, which always exists).
+func CheckNamespace(name string) error {
+	if name == "" {
+		return nil
+	}
+	if _, err := os.Stat(filepath.Join(netnsDir, name)); err != nil {
+		return fmt.Errorf("network namespace %s: %w", name, err)
+	}
+	return nil
+}
+
+// inNamespace runs fn on an OS thread inside network namespace name ("" =
+// the daemon's own, run directly). Sockets fn makes stay in that namespace
+// after it returns; netlink requests and /proc/sys/net act on it.
+//
+// The thread is locked and never unlocked: when the goroutine ends, Go
+// destroys the thread rather than hand a thread in a foreign namespace to
+// other goroutines (design.md, Interfaces).
+func inNamespace(name string, fn func() error) error {
+	if name == "" {
+		return fn()
+	}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		ns, err := netns.GetFromName(name)
+		if err != nil {
+			errc <- fmt.Errorf("network namespace %s: %w", name, err)
+			return
+		}
+		defer ns.Close()
+		if err := netns.Set(ns); err != nil {
+			errc <- fmt.Errorf("enter network namespace %s: %w", name, err)
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}

@@ -1,0 +1,161 @@
+package tunnel
+
+import (
+	"bytes"
+	"testing"
+	"time"
+
+	"github.com/erspan-linux/erspan/erspan"
+)
+
+// waitSent waits (bounded) until s has n packets and returns them.
+func waitSent(t *testing.T, s *memSender, n int) ([][]byte, []uint8) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		s.mu.Lock()
+		if len(s.pkts) >= n {
+			p, tos := s.pkts, s.tos
+			s.mu.Unlock()
+			return p, tos
+		}
+		s.mu.Unlock()
+		time.Sleep(time.Millisecond)
+	}
+	t.Fatalf("sender has fewer than %d packets after 5s", n)
+	return nil, nil
+}
+
+func tagged(pcp byte, n int) []byte {
+	f := frame(7, n)
+	copy(f[12:], []byte{0x81, 0x00, pcp << 5, 42, 0x08, 0x00})
+	return f
+}
+
+func TestTransmitTypeII(t *testing.T) {
+	r := newRig(t)
+	q := r.add(Config{Name: "erspan0", Up: true, Monitor: true, Src: local, Dst: remote, VNetID: 300, TTL: 64, TxPrio: TxPrioPacket})
+	if len(r.sys.senders) != 1 {
+		t.Fatalf("%d senders, want 1", len(r.sys.senders))
+	}
+	s := r.sys.senders[0]
+	if s.src != local || s.dst != remote || s.ttl != 64 || s.df {
+		t.Errorf("sender %+v", s)
+	}
+	frames := [][]byte{frame(1, 60), tagged(6, 64), frame(3, 1514)}
+	for _, f := range frames {
+		q.send(f)
+	}
+	pkts, tos := waitSent(t, s, len(frames))
+	wantCOS := []uint8{3, 6, 3}
+	for i, pkt := range pkts {
+		var p erspan.Packet
+		if err := erspan.Decode(pkt, &p); err != nil {
+			t.Fatalf("packet %d: %v", i, err)
+		}
+		if p.Type != erspan.TypeII || p.Version != 1 || p.Session != 300 || p.Seq != uint32(i) ||
+			p.COS != wantCOS[i] || p.VLAN != 0 || p.Encap != 0 || p.Truncated || p.Index != 0 || p.GREFlags != erspan.GREFlagS {
+			t.Errorf("packet %d header %+v", i, p)
+		}
+		if !bytes.Equal(p.Frame, frames[i]) {
+			t.Errorf("packet %d frame differs", i)
+		}
+		if tos[i] != wantCOS[i]<<5 {
+			t.Errorf("packet %d tos %#x, want %#x", i, tos[i], wantCOS[i]<<5)
+		}
+	}
+	if c := r.h.Counters("erspan0"); c.TxPackets != 3 || c.TxBytes != 60+64+1514 {
+		t.Errorf("counters %+v", c)
+	}
+}
+
+func TestTransmitSettings(t *testing.T) {
+	r := newRig(t)
+	cfg := Config{Name: "erspan0", Up: true, Monitor: true, Src: local, Dst: remote, VNetID: 5, TTL: 64, TxPrio: 2}
+	q := r.add(cfg)
+	q.send(tagged(6, 64))
+	_, tos := waitSent(t, r.sys.senders[0], 1)
+	if tos[0] != 2<<5 {
+		t.Errorf("txprio 2: tos %#x", tos[0])
+	}
+	// The session and txprio change on the same socket; TTL and DF need
+	// a new one.
+	cfg.VNetID, cfg.TxPrio = 6, 7
+	cfg.Up = false
+	if err := r.h.Update(cfg); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Up, cfg.TTL, cfg.DF = true, 9, true
+	if err := r.h.Update(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.sys.senders) != 2 || !r.sys.senders[0].closed {
+		t.Fatalf("want the old sender closed and a new one: %d", len(r.sys.senders))
+	}
+	s := r.sys.senders[1]
+	if s.ttl != 9 || !s.df {
+		t.Errorf("new sender %+v", s)
+	}
+	s.tooBig = 200
+	q.send(frame(1, 1000)) // too big with DF: dropped, counted, no sequence used
+	q.send(frame(2, 100))
+	pkts, tos := waitSent(t, s, 1)
+	var p erspan.Packet
+	if err := erspan.Decode(pkts[0], &p); err != nil {
+		t.Fatal(err)
+	}
+	if p.Session != 6 || tos[0] != 7<<5 || p.Seq != 1 {
+		t.Errorf("after changes: session %d tos %#x seq %d", p.Session, tos[0], p.Seq)
+	}
+	if c := r.h.Counters("erspan0"); c.TxTooBig != 1 || c.TxPackets != 2 {
+		t.Errorf("counters %+v", c)
+	}
+}
+
+func TestTransmitNoTunnel(t *testing.T) {
+	r := newRig(t)
+	// A collector has no destination: what leaves it is counted, not sent.
+	q := r.add(Config{Name: "erspan0", Up: true, Monitor: true, Src: local, VNetID: NoSession, TTL: 64})
+	q.send(frame(1, 60))
+	q.send(frame(2, 60)) // returns once the first has been handled
+	deadline := time.Now().Add(5 * time.Second)
+	for r.h.Counters("erspan0").TxNoTunnel < 1 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if c := r.h.Counters("erspan0"); c.TxNoTunnel < 1 || c.TxPackets != 0 || len(r.sys.senders) != 0 {
+		t.Errorf("counters %+v, senders %d", c, len(r.sys.senders))
+	}
+}
+
+func TestTunnelDomainReceivers(t *testing.T) {
+	r := newRig(t)
+	r.add(Config{Name: "erspan0", Up: true, Monitor: true, Src: local, VNetID: NoSession, TunnelDomain: "sensor"})
+	r.add(Config{Name: "erspan1", Up: true, Monitor: true, Src: local, VNetID: NoSession})
+	if r.sys.socketIn("sensor", 4) == nil || r.sys.socket(4) == nil {
+		t.Fatal("want one IPv4 socket in each namespace")
+	}
+	// The same addresses in two namespaces are two tunnels.
+	f := frame(5, 64)
+	r.sys.socketIn("sensor", 4).inject(Message{Src: remote, Dst: local, GRE: gre(t, typeII(1), f)})
+	if got := r.sys.queue("erspan0").take(); len(got) != 1 {
+		t.Errorf("erspan0 (tunneldomain sensor) got %d frames", len(got))
+	}
+	if got := r.sys.queue("erspan1").take(); len(got) != 0 {
+		t.Errorf("erspan1 (default domain) got %d frames from the sensor namespace", len(got))
+	}
+}
+
+func TestRdomainMove(t *testing.T) {
+	r := newRig(t)
+	r.add(Config{Name: "erspan0", Up: true, Monitor: true, Src: local, VNetID: NoSession})
+	if err := r.h.Update(Config{Name: "erspan0", Up: true, Monitor: true, Src: local, VNetID: NoSession, Rdomain: "ids"}); err != nil {
+		t.Fatal(err)
+	}
+	l := r.sys.links["erspan0"]
+	if r.sys.moves != 1 || !l.up || !l.monitor {
+		t.Errorf("after the move: moves %d up %v monitor %v (both must be set again)", r.sys.moves, l.up, l.monitor)
+	}
+	if link, _ := r.h.Link("erspan0"); link.Index != 99 {
+		t.Errorf("link not refreshed after the move: %+v", link)
+	}
+}
