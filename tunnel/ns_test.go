@@ -48,7 +48,7 @@ func newNS(t *testing.T) string {
 func pair(t *testing.T) (sw, col string) {
 	sw, col = newNS(t), newNS(t)
 	sh(t, strings.Join([]string{
-		"ip link add veth-sw netns " + sw + " type veth peer name veth-col netns " + col,
+		"ip link add veth-sw netns " + sw + " address 02:00:00:00:00:01 type veth peer name veth-col netns " + col + " address 02:00:00:00:00:02",
 		"ip netns exec " + sw + " sysctl -qw net.ipv6.conf.veth-sw.accept_dad=0",
 		"ip netns exec " + col + " sysctl -qw net.ipv6.conf.veth-col.accept_dad=0",
 		"ip -n " + sw + " addr add 192.0.2.1/24 dev veth-sw",
@@ -57,6 +57,11 @@ func pair(t *testing.T) (sw, col string) {
 		"ip -n " + col + " addr add 2001:db8::2/64 dev veth-col nodad",
 		"ip -n " + sw + " link set veth-sw up",
 		"ip -n " + col + " link set veth-col up",
+		// Static neighbours: no first packet waits for resolution.
+		"ip -n " + sw + " neigh replace 192.0.2.2 lladdr 02:00:00:00:00:02 dev veth-sw",
+		"ip -n " + sw + " neigh replace 2001:db8::2 lladdr 02:00:00:00:00:02 dev veth-sw",
+		"ip -n " + col + " neigh replace 192.0.2.1 lladdr 02:00:00:00:00:01 dev veth-col",
+		"ip -n " + col + " neigh replace 2001:db8::1 lladdr 02:00:00:00:00:01 dev veth-col",
 	}, " && "))
 	return sw, col
 }
