@@ -116,6 +116,7 @@ type iface struct {
 	link  Link
 	queue Queue
 	stats ifStats
+	flows flowTable
 
 	// tx is what the transmit loop needs, nil when the interface may not
 	// send (down, or no destination or session).
@@ -328,6 +329,18 @@ func (h *Host) Counters(name string) IfCounters {
 		return IfCounters{}
 	}
 	return ifc.stats.snapshot()
+}
+
+// Flows returns the mirror-loss counters of one interface, per (source,
+// session), and the packets from sources beyond the tracking limit.
+func (h *Host) Flows(name string) ([]Flow, uint64) {
+	h.mu.Lock()
+	ifc := h.ifaces[name]
+	h.mu.Unlock()
+	if ifc == nil {
+		return nil, 0
+	}
+	return ifc.flows.snapshot()
 }
 
 // DaemonCounters returns a snapshot of the daemon-wide counters.

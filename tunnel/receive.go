@@ -59,6 +59,7 @@ func (h *Host) input(t *demuxTable, m *Message, p *erspan.Packet) {
 		// would have taken the frame, as well as daemon-wide.
 		h.drop(err)
 		if r := t.lookup(m.Dst, m.Src, session(p)); r != nil {
+			r.ifc.flows.count(m.Src, p, max(0, len(m.GRE)-erspan.HeaderLen(p)))
 			if err == erspan.ErrFrameType {
 				r.ifc.stats.rxFrameType.Add(1)
 			} else {
@@ -77,6 +78,7 @@ func (h *Host) input(t *demuxTable, m *Message, p *erspan.Packet) {
 	}
 	s := &r.ifc.stats
 	s.countType(p.Type)
+	r.ifc.flows.count(m.Src, p, len(p.Frame))
 	captureOnly := r.captureOnly
 	if p.Truncated {
 		// spec/erspan.md §2: a truncated frame is counted and captured,
