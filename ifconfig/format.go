@@ -48,6 +48,28 @@ func WriteStatus(w io.Writer, s *Status) {
 	fmt.Fprintf(w, "\tinput truncated (T bit): %d\n", c.RxTruncated)
 	fmt.Fprintf(w, "\tinput drops: %d capture-only without monitor, %d not Ethernet, %d short frames, %d TAP errors\n",
 		c.RxCaptureOnly, c.RxFrameType, c.RxInnerShort, c.RxErrors)
+	fmt.Fprintf(w, "\toutput: %d packets, %d bytes\n", c.TxPackets, c.TxBytes)
+	fmt.Fprintf(w, "\toutput drops: %d without tunnel or session, %d too big for df, %d send errors\n",
+		c.TxNoTunnel, c.TxTooBig, c.TxErrors)
+	for _, src := range s.Sources {
+		sess := "none"
+		if src.Session != nil {
+			sess = fmt.Sprint(*src.Session)
+		}
+		fmt.Fprintf(w, "\tsource %s session %s: %d packets, %d bytes, ", src.Source, sess, src.Packets, src.Bytes)
+		if src.NoSequence {
+			fmt.Fprintf(w, "no sequence\n")
+			continue
+		}
+		fmt.Fprintf(w, "seq %d, %d lost in %d gaps, %d reordered, %d duplicates", src.LastSeq, src.Lost, src.Gaps, src.Reordered, src.Duplicates)
+		if src.Restarts > 0 {
+			fmt.Fprintf(w, ", %d restarts", src.Restarts)
+		}
+		fmt.Fprintln(w)
+	}
+	if s.SourcesOverflow > 0 {
+		fmt.Fprintf(w, "\tsources beyond the tracking limit: %d packets\n", s.SourcesOverflow)
+	}
 }
 
 // WriteDaemon prints the daemon-wide counters.

@@ -193,7 +193,33 @@ func writeStatus(out *strings.Builder, s *Status) {
 	kv(out, "rxprio", s.RxPrio)
 	kv(out, "tunneldomain", s.TunnelDomain)
 	kv(out, "rdomain", s.Rdomain)
-	writeCounters(out, "", s.Counters)
+	writeCounters(out, s.Counters)
+	kv(out, "sources_overflow", s.SourcesOverflow)
+	for _, src := range s.Sources {
+		sess := -1
+		if src.Session != nil {
+			sess = *src.Session
+		}
+		kv(out, "source", fmt.Sprintf("%s %d %d %d %s %d %d %d %d %d %d", src.Source, sess, src.Packets, src.Bytes,
+			boolStr(src.NoSequence), src.LastSeq, src.Gaps, src.Lost, src.Reordered, src.Duplicates, src.Restarts))
+	}
+}
+
+// parseSource reads a source= line of writeStatus.
+func parseSource(v string) (SourceStatus, error) {
+	var s SourceStatus
+	var sess int
+	var noseq string
+	_, err := fmt.Sscanf(v, "%s %d %d %d %s %d %d %d %d %d %d", &s.Source, &sess, &s.Packets, &s.Bytes,
+		&noseq, &s.LastSeq, &s.Gaps, &s.Lost, &s.Reordered, &s.Duplicates, &s.Restarts)
+	if err != nil {
+		return s, fmt.Errorf("source line %q: %w", v, err)
+	}
+	if sess >= 0 {
+		s.Session = &sess
+	}
+	s.NoSequence = noseq == "1"
+	return s, nil
 }
 
 func writeDaemon(out *strings.Builder, d *DaemonStatus) {
@@ -211,7 +237,7 @@ func writeDaemon(out *strings.Builder, d *DaemonStatus) {
 	}
 }
 
-func writeCounters(out *strings.Builder, prefix string, c any) {
+func writeCounters(out *strings.Builder, c any) {
 	// Through JSON, so the counter structs' tags are the one list of names.
 	b, _ := json.Marshal(c)
 	m := map[string]uint64{}
@@ -222,7 +248,7 @@ func writeCounters(out *strings.Builder, prefix string, c any) {
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		kv(out, "counter_"+prefix+k, m[k])
+		kv(out, "counter_"+k, m[k])
 	}
 }
 
@@ -348,6 +374,14 @@ func decodeStatuses(pairs [][2]string) (All, error) {
 			cur.TxPrio = v
 		case "rxprio":
 			cur.RxPrio = v
+		case "sources_overflow":
+			cur.SourcesOverflow, _ = strconv.ParseUint(v, 10, 64)
+		case "source":
+			src, err := parseSource(v)
+			if err != nil {
+				return a, err
+			}
+			cur.Sources = append(cur.Sources, src)
 		case "tunneldomain":
 			cur.TunnelDomain = v
 		case "rdomain":

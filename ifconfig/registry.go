@@ -29,6 +29,7 @@ type Backend interface {
 	Update(cfg tunnel.Config) error
 	Destroy(name string) error
 	Counters(name string) tunnel.IfCounters
+	Flows(name string) ([]tunnel.Flow, uint64)
 	DaemonCounters() tunnel.DaemonCounters
 	// CheckNamespace returns an error wrapping ENOENT when there is no
 	// network namespace of that name.
@@ -48,20 +49,37 @@ type Registry struct {
 	mu  sync.Mutex
 	b   Backend
 	ifs map[string]*entry
+	// dirty receives a token after every accepted change, for the state
+	// file (see Persist).
+	dirty chan struct{}
 }
 
 // NewRegistry returns an empty registry over b.
 func NewRegistry(b Backend) *Registry {
-	return &Registry{b: b, ifs: make(map[string]*entry)}
+	return &Registry{b: b, ifs: make(map[string]*entry), dirty: make(chan struct{}, 1)}
+}
+
+func (r *Registry) changed() {
+	select {
+	case r.dirty <- struct{}{}:
+	default:
+	}
 }
 
 // Create makes interface name with erspan(4)'s defaults: down, monitor
 // mode, MTU 1500, a random fe:e1:ba:dX:XX:XX address, no tunnel, no session.
 func (r *Registry) Create(name string) error {
+	return r.create(name, "")
+}
+
+// create makes the interface in network namespace rdomain from the start:
+// a restarted daemon finds its TAP where a former rdomain setting put it.
+func (r *Registry) create(name, rdomain string) error {
 	if err := checkName(name); err != nil {
 		return err
 	}
 	r.mu.Lock()
+	defer r.changed()
 	defer r.mu.Unlock()
 	if _, ok := r.ifs[name]; ok {
 		return newError(syscall.EEXIST, name, "create", "the interface exists already")
@@ -74,6 +92,7 @@ func (r *Registry) Create(name string) error {
 		LLAddr:  tunnel.RandomMAC(),
 		TTL:     DefaultTTL,
 		TxPrio:  tunnel.TxPrioPacket,
+		Rdomain: rdomain,
 	}
 	link, err := r.b.Create(cfg)
 	if err != nil {
@@ -92,6 +111,7 @@ func (r *Registry) Create(name string) error {
 // Destroy removes interface name and its TAP.
 func (r *Registry) Destroy(name string) error {
 	r.mu.Lock()
+	defer r.changed()
 	defer r.mu.Unlock()
 	if _, err := r.lookup(name, "destroy"); err != nil {
 		return err
@@ -119,6 +139,7 @@ func (r *Registry) lookup(name, setting string) (*entry, error) {
 // errnos (spec/erspan.md §2, Settings and their errors).
 func (r *Registry) Set(name string, s Setting) error {
 	r.mu.Lock()
+	defer r.changed()
 	defer r.mu.Unlock()
 	e, err := r.lookup(name, s.String())
 	if err != nil {
@@ -367,6 +388,20 @@ func (r *Registry) status(e *entry) Status {
 		TunnelDomain: c.TunnelDomain,
 		Rdomain:      c.Rdomain,
 		Counters:     r.b.Counters(c.Name),
+	}
+	flows, overflow := r.b.Flows(c.Name)
+	s.SourcesOverflow = overflow
+	for _, f := range flows {
+		src := SourceStatus{
+			Source: f.Source.String(), Packets: f.Packets, Bytes: f.Bytes, NoSequence: f.NoSequence,
+			LastSeq: f.LastSeq, Gaps: f.Gaps, Lost: f.Lost, Reordered: f.Reordered,
+			Duplicates: f.Duplicates, Restarts: f.Restarts,
+		}
+		if f.Session != tunnel.NoSession {
+			n := f.Session
+			src.Session = &n
+		}
+		s.Sources = append(s.Sources, src)
 	}
 	if c.TxPrio != tunnel.TxPrioPacket {
 		s.TxPrio = strconv.Itoa(c.TxPrio)

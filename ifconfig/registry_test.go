@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strings"
 	"syscall"
 	"testing"
@@ -41,6 +42,13 @@ func (f *fakeBackend) Update(cfg tunnel.Config) error {
 func (f *fakeBackend) Destroy(name string) error { delete(f.cfgs, name); return nil }
 
 func (f *fakeBackend) Counters(string) tunnel.IfCounters { return tunnel.IfCounters{RxPackets: 3} }
+
+func (f *fakeBackend) Flows(string) ([]tunnel.Flow, uint64) {
+	return []tunnel.Flow{
+		{Source: netip.MustParseAddr("192.0.2.1"), Session: 77, Packets: 9, Bytes: 900, LastSeq: 12, Gaps: 1, Lost: 2, Reordered: 1, Duplicates: 1},
+		{Source: netip.MustParseAddr("2001:db8::1"), Session: tunnel.NoSession, Packets: 2, Bytes: 120, NoSequence: true},
+	}, 3
+}
 
 func (f *fakeBackend) CheckNamespace(name string) error {
 	if name == "sensor" {

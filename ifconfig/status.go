@@ -31,6 +31,29 @@ type Status struct {
 	Rdomain      string `json:"rdomain"`
 
 	Counters IfCounters `json:"counters"`
+	// Sources are the mirror-loss counters per (switch address, session).
+	Sources []SourceStatus `json:"sources"`
+	// SourcesOverflow counts packets from sources beyond the tracking
+	// limit (1024 per interface).
+	SourcesOverflow uint64 `json:"sources_overflow"`
+}
+
+// SourceStatus is one switch's mirror session as received: packets and
+// what its GRE sequence numbers say was lost upstream.
+type SourceStatus struct {
+	Source  string `json:"source"`
+	Session *int   `json:"session"` // nil for Type I (no session)
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
+	// NoSequence: the source sends no sequence numbers, or always 0, so
+	// loss cannot be told.
+	NoSequence bool   `json:"no_sequence"`
+	LastSeq    uint32 `json:"last_seq"`
+	Gaps       uint64 `json:"gaps"`
+	Lost       uint64 `json:"lost"`
+	Reordered  uint64 `json:"reordered"`
+	Duplicates uint64 `json:"duplicates"`
+	Restarts   uint64 `json:"restarts"`
 }
 
 // TunnelStatus holds the tunnel addresses. Dst is empty for a collector

@@ -331,6 +331,25 @@ func (h *Host) Counters(name string) IfCounters {
 	return ifc.stats.snapshot()
 }
 
+// Seq is the GRE sequence number the interface sends next.
+func (h *Host) Seq(name string) uint32 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if ifc := h.ifaces[name]; ifc != nil {
+		return ifc.seq.Load()
+	}
+	return 0
+}
+
+// SetSeq sets the next GRE sequence number, for a restarted daemon.
+func (h *Host) SetSeq(name string, seq uint32) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if ifc := h.ifaces[name]; ifc != nil {
+		ifc.seq.Store(seq)
+	}
+}
+
 // Flows returns the mirror-loss counters of one interface, per (source,
 // session), and the packets from sources beyond the tracking limit.
 func (h *Host) Flows(name string) ([]Flow, uint64) {

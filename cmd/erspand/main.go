@@ -8,6 +8,7 @@ import (
 	"log"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
@@ -20,9 +21,11 @@ func main() {
 	app := &cli.App{
 		Name:      "erspand",
 		Usage:     "serve erspan(4) interfaces: ERSPAN tunnels terminated in userspace into TAP devices",
-		UsageText: "erspand [--socket PATH] [--verbose]",
+		UsageText: "erspand [--socket PATH] [--config-dir DIR] [--state PATH] [--verbose]",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "socket", Value: ifconfig.DefaultSocket, EnvVars: []string{"ERSPAN_SOCKET"}, Usage: "control socket `PATH`"},
+			&cli.StringFlag{Name: "config-dir", Value: "/etc/erspan", Usage: "`DIR` of hostname.erspanN files, applied at start when there is no state to restore"},
+			&cli.StringFlag{Name: "state", Usage: "state file `PATH` (default: \"state\" beside the socket)"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log more"},
 		},
 		HideHelpCommand: true,
@@ -44,26 +47,53 @@ func run(c *cli.Context) error {
 		tl.Verbosef = logger.Printf
 	}
 	path := c.String("socket")
-	l, err := ifconfig.Listen(path)
+	statePath := c.String("state")
+	if statePath == "" {
+		statePath = filepath.Join(filepath.Dir(path), "state")
+	}
+	// Before anything else: NewLinux records the daemon's own network
+	// namespace while every thread is still in it.
+	sys, err := tunnel.NewLinux()
 	if err != nil {
 		return err
 	}
-	sys, err := tunnel.NewLinux()
+	l, err := ifconfig.Listen(path)
 	if err != nil {
 		return err
 	}
 	host := tunnel.NewHost(sys, tl)
 	reg := ifconfig.NewRegistry(host)
 
+	// A restarted daemon re-adopts its interfaces from the state file; at
+	// boot (/run is empty) the hostname.erspanN files configure them, as
+	// OpenBSD's netstart does.
+	restored, err := reg.Restore(statePath, host, logger.Printf)
+	if err != nil {
+		logger.Printf("%v; starting without it", err)
+	}
+	if restored {
+		logger.Printf("restored the interfaces of %s", statePath)
+	} else if err := reg.ApplyConfigDir(c.String("config-dir"), logger.Printf); err != nil {
+		logger.Printf("config dir: %v", err)
+	}
+	stop := make(chan struct{})
+	persisted := make(chan struct{})
+	go func() {
+		reg.Persist(statePath, host, stop, logger.Printf)
+		close(persisted)
+	}()
+
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
 		s := <-sig
-		logger.Printf("%v: stopping; erspanN interfaces stay for the next erspand", s)
+		logger.Printf("%v: stopping; the erspanN interfaces stay for the next erspand", s)
 		l.Close()
 	}()
 	logger.Printf("listening on %s", path)
 	err = reg.ServeListener(l, logger.Printf)
+	close(stop)
+	<-persisted
 	host.Close()
 	os.Remove(path)
 	return err
