@@ -74,6 +74,18 @@ func (c *Client) Set(name string, settings []Setting) error {
 	return err
 }
 
+// AddSpan makes iface a span port of bridge.
+func (c *Client) AddSpan(bridge, iface string) error {
+	_, err := c.do("addspan", bridge, "interface="+iface)
+	return err
+}
+
+// DelSpan removes the span port.
+func (c *Client) DelSpan(bridge, iface string) error {
+	_, err := c.do("delspan", bridge, "interface="+iface)
+	return err
+}
+
 // Status returns one interface.
 func (c *Client) Status(name string) (Status, error) {
 	pairs, err := c.do("get", name)

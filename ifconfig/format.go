@@ -42,6 +42,9 @@ func WriteStatus(w io.Writer, s *Status) {
 	} else {
 		fmt.Fprintf(w, "\ttunnel: (unset)\n")
 	}
+	for _, b := range s.Spans {
+		fmt.Fprintf(w, "\tspan: %s\n", b)
+	}
 	c := &s.Counters
 	fmt.Fprintf(w, "\tinput: %d packets, %d bytes (type I %d, II %d, III %d)\n",
 		c.RxPackets, c.RxBytes, c.TypeI, c.TypeII, c.TypeIII)

@@ -114,6 +114,19 @@ func (r *Registry) handle(out *strings.Builder, op, arg string, lines []string) 
 			}
 		}
 		return nil
+	case "addspan", "delspan":
+		// OpenBSD's SIOCBRDGADDS / SIOCBRDGDELS on a bridge: the
+		// operation names the bridge, one line the span port.
+		var iface string
+		for _, l := range lines {
+			if v, ok := strings.CutPrefix(l, "interface="); ok {
+				iface = v
+			}
+		}
+		if op == "addspan" {
+			return r.AddSpan(arg, iface)
+		}
+		return r.DelSpan(arg, iface)
 	case "get":
 		if arg == "" {
 			a := r.All()
@@ -130,7 +143,7 @@ func (r *Registry) handle(out *strings.Builder, op, arg string, lines []string) 
 		writeStatus(out, &s)
 		return nil
 	}
-	return newError(syscall.EOPNOTSUPP, arg, op, "unknown operation; the operations are create, destroy, set and get")
+	return newError(syscall.EOPNOTSUPP, arg, op, "unknown operation; the operations are create, destroy, set, get, addspan and delspan")
 }
 
 func writeErr(out *strings.Builder, err error) {
@@ -193,6 +206,9 @@ func writeStatus(out *strings.Builder, s *Status) {
 	kv(out, "rxprio", s.RxPrio)
 	kv(out, "tunneldomain", s.TunnelDomain)
 	kv(out, "rdomain", s.Rdomain)
+	for _, b := range s.Spans {
+		kv(out, "span", b)
+	}
 	writeCounters(out, s.Counters)
 	kv(out, "sources_overflow", s.SourcesOverflow)
 	for _, src := range s.Sources {
@@ -374,6 +390,8 @@ func decodeStatuses(pairs [][2]string) (All, error) {
 			cur.TxPrio = v
 		case "rxprio":
 			cur.RxPrio = v
+		case "span":
+			cur.Spans = append(cur.Spans, v)
 		case "sources_overflow":
 			cur.SourcesOverflow, _ = strconv.ParseUint(v, 10, 64)
 		case "source":

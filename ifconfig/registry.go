@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -34,11 +35,14 @@ type Backend interface {
 	// CheckNamespace returns an error wrapping ENOENT when there is no
 	// network namespace of that name.
 	CheckNamespace(name string) error
+	AddSpan(bridge, iface string) error
+	DelSpan(bridge, iface string) error
 }
 
 type entry struct {
-	cfg  tunnel.Config
-	link tunnel.Link
+	cfg   tunnel.Config
+	link  tunnel.Link
+	spans []string // bridges this interface is a span port of
 }
 
 // Registry holds the settings of every interface and enforces OpenBSD's
@@ -244,6 +248,11 @@ func (r *Registry) Set(name string, s Setting) error {
 		}
 		cfg.TunnelDomain = ns
 	case "rdomain", "-rdomain":
+		if len(e.spans) > 0 {
+			return newError(syscall.EBUSY, name, s.String(),
+				"%s is a span port of %s, which stays in this namespace; remove it first: erspanctl %s delspan %s",
+				name, e.spans[0], e.spans[0], name)
+		}
 		ns, err := r.namespace(name, s)
 		if err != nil {
 			return err
@@ -283,6 +292,63 @@ func (r *Registry) namespace(name string, s Setting) (string, error) {
 		return "", e
 	}
 	return ns, nil
+}
+
+// AddSpan makes interface name a span port of bridge (OpenBSD's
+// `ifconfig bridge0 addspan erspan0`): every frame crossing the bridge is
+// also sent out of the interface.
+func (r *Registry) AddSpan(bridge, name string) error {
+	r.mu.Lock()
+	defer r.changed()
+	defer r.mu.Unlock()
+	setting := "addspan " + name
+	e, err := r.lookup(name, setting)
+	if err != nil {
+		return err
+	}
+	if err := checkBridgeName(bridge, setting); err != nil {
+		return err
+	}
+	if slices.Contains(e.spans, bridge) {
+		return nil
+	}
+	if err := r.b.AddSpan(bridge, name); err != nil {
+		e := asError(err, bridge, setting)
+		if e.Msg == "" {
+			e.Msg = fmt.Sprintf("%s must be a Linux bridge in the namespace of %s", bridge, name)
+		}
+		return e
+	}
+	e.spans = append(e.spans, bridge)
+	return nil
+}
+
+// DelSpan removes the span port; ENOENT when it is not one.
+func (r *Registry) DelSpan(bridge, name string) error {
+	r.mu.Lock()
+	defer r.changed()
+	defer r.mu.Unlock()
+	setting := "delspan " + name
+	e, err := r.lookup(name, setting)
+	if err != nil {
+		return err
+	}
+	i := slices.Index(e.spans, bridge)
+	if i < 0 {
+		return newError(syscall.ENOENT, bridge, setting, "%s is not a span port of %s", name, bridge)
+	}
+	if err := r.b.DelSpan(bridge, name); err != nil {
+		return asError(err, bridge, setting)
+	}
+	e.spans = slices.Delete(e.spans, i, i+1)
+	return nil
+}
+
+func checkBridgeName(bridge, setting string) error {
+	if bridge == "" || len(bridge) > 15 || strings.ContainsAny(bridge, "/ \x00") {
+		return newError(syscall.EINVAL, bridge, setting, "%q is not an interface name", bridge)
+	}
+	return nil
 }
 
 // checkUp applies erspan_up's rules: EDESTADDRREQ without a local address,
@@ -388,6 +454,7 @@ func (r *Registry) status(e *entry) Status {
 		TunnelDomain: c.TunnelDomain,
 		Rdomain:      c.Rdomain,
 		Counters:     r.b.Counters(c.Name),
+		Spans:        slices.Clone(e.spans),
 	}
 	flows, overflow := r.b.Flows(c.Name)
 	s.SourcesOverflow = overflow

@@ -50,6 +50,15 @@ func (f *fakeBackend) Flows(string) ([]tunnel.Flow, uint64) {
 	}, 3
 }
 
+func (f *fakeBackend) AddSpan(bridge, iface string) error {
+	if bridge != "br0" {
+		return fmt.Errorf("link %s: %w", bridge, syscall.ENODEV)
+	}
+	return nil
+}
+
+func (f *fakeBackend) DelSpan(bridge, iface string) error { return nil }
+
 func (f *fakeBackend) CheckNamespace(name string) error {
 	if name == "sensor" {
 		return nil
@@ -292,4 +301,36 @@ func equalJSON(t *testing.T, a, b any) bool {
 		t.Fatal(err1, err2)
 	}
 	return bytes.Equal(ja, jb)
+}
+
+func TestSpanPorts(t *testing.T) {
+	r := NewRegistry(newFake())
+	if err := r.Create("erspan0"); err != nil {
+		t.Fatal(err)
+	}
+	wantErrno(t, r.AddSpan("br0", "erspan1"), syscall.ENXIO, "erspan1", "addspan erspan1")
+	wantErrno(t, r.AddSpan("eth9", "erspan0"), syscall.ENODEV, "eth9", "addspan erspan0")
+	if err := r.AddSpan("br0", "erspan0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.AddSpan("br0", "erspan0"); err != nil {
+		t.Errorf("addspan twice: %v", err)
+	}
+	s, _ := r.Status("erspan0")
+	if len(s.Spans) != 1 || s.Spans[0] != "br0" {
+		t.Errorf("spans %v", s.Spans)
+	}
+	var b bytes.Buffer
+	WriteStatus(&b, &s)
+	if !strings.Contains(b.String(), "\tspan: br0\n") {
+		t.Errorf("no span line in:\n%s", b.String())
+	}
+	wantErrno(t, set(r, "erspan0", "rdomain", "sensor"), syscall.EBUSY, "erspan0", "rdomain sensor")
+	if err := r.DelSpan("br0", "erspan0"); err != nil {
+		t.Fatal(err)
+	}
+	wantErrno(t, r.DelSpan("br0", "erspan0"), syscall.ENOENT, "br0", "delspan erspan0")
+	if s, _ := r.Status("erspan0"); len(s.Spans) != 0 {
+		t.Errorf("spans after delspan: %v", s.Spans)
+	}
 }

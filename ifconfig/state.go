@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -41,6 +42,8 @@ type IfState struct {
 	// may have moved before a crash.
 	Seq     uint32  `json:"seq"`
 	SeqRate float64 `json:"seq_rate"`
+	// Spans are the bridges the interface is a span port of.
+	Spans []string `json:"spans,omitempty"`
 }
 
 // settingsOf is cfg as the settings that recreate it from the defaults,
@@ -98,7 +101,8 @@ func (r *Registry) snapshotState(seq Sequencer, rates map[string]float64) State 
 		if e.cfg.Rdomain != "" {
 			settings = append([]string{"rdomain " + e.cfg.Rdomain}, settings...)
 		}
-		st.Interfaces = append(st.Interfaces, IfState{Name: name, Settings: settings, Seq: seq.Seq(name), SeqRate: rates[name]})
+		st.Interfaces = append(st.Interfaces, IfState{Name: name, Settings: settings, Seq: seq.Seq(name), SeqRate: rates[name],
+			Spans: slices.Clone(e.spans)})
 	}
 	sort.Slice(st.Interfaces, func(i, j int) bool { return unitLess(st.Interfaces[i].Name, st.Interfaces[j].Name) })
 	return st
@@ -163,6 +167,11 @@ func (r *Registry) Restore(path string, seq Sequencer, logf func(string, ...any)
 			}
 			if err := r.applyLine(is.Name, line); err != nil {
 				logf("state %s %q: %v", is.Name, line, err)
+			}
+		}
+		for _, b := range is.Spans {
+			if err := r.AddSpan(b, is.Name); err != nil {
+				logf("state %s: span port of %s: %v", is.Name, b, err)
 			}
 		}
 	}

@@ -30,6 +30,8 @@ type Status struct {
 	TunnelDomain string `json:"tunneldomain"`
 	Rdomain      string `json:"rdomain"`
 
+	// Spans are the bridges this interface is a span port of.
+	Spans    []string   `json:"spans"`
 	Counters IfCounters `json:"counters"`
 	// Sources are the mirror-loss counters per (switch address, session).
 	Sources []SourceStatus `json:"sources"`

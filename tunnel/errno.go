@@ -6,4 +6,5 @@ import "golang.org/x/sys/unix"
 var (
 	errEEXIST = unix.EEXIST
 	errENXIO  = unix.ENXIO
+	errENOENT = unix.ENOENT
 )

@@ -89,6 +89,10 @@ type System interface {
 	// OpenSender opens a send-only socket from src to dst in namespace ns.
 	OpenSender(ns string, src, dst netip.Addr, ttl int, df bool) (Sender, error)
 	CheckNamespace(name string) error
+	// AddSpan mirrors every frame crossing bridge (in namespace ns) out
+	// of TAP tap until the returned function is called, which removes all
+	// it added.
+	AddSpan(ns, bridge, tap string, tapIndex int) (func() error, error)
 }
 
 // Logger is a tiny injectable logger; nil functions discard. Nothing is
@@ -143,12 +147,16 @@ type Host struct {
 	// One receiver per (tunnel namespace, address family) that an up
 	// interface needs (design.md, Data path).
 	recv  map[recvKey]*receiver
+	spans map[spanKey]func() error
 	stats daemonStats
 }
 
+type spanKey struct{ bridge, iface string }
+
 // NewHost returns a Host that realises interfaces through sys.
 func NewHost(sys System, log *Logger) *Host {
-	return &Host{sys: sys, log: log, ifaces: make(map[string]*iface), recv: make(map[recvKey]*receiver)}
+	return &Host{sys: sys, log: log, ifaces: make(map[string]*iface), recv: make(map[recvKey]*receiver),
+		spans: make(map[spanKey]func() error)}
 }
 
 // CheckNamespace reports whether network namespace name exists.
@@ -289,6 +297,7 @@ func (h *Host) Destroy(name string) error {
 	if !ok {
 		return fmt.Errorf("%s: %w", name, errENXIO)
 	}
+	h.stopSpans(name)
 	delete(h.ifaces, name)
 	// Out of the demux tables before the queue closes, so that receivers
 	// stop writing to it; one still holding an old table meets a closed
@@ -298,6 +307,51 @@ func (h *Host) Destroy(name string) error {
 	}
 	h.stopTx(ifc)
 	return h.sys.DeleteTAP(ifc.cfg.Rdomain, name)
+}
+
+// AddSpan makes interface name a span port of bridge, which must be in
+// the same network namespace (OpenBSD's addspan). Adding it twice is one.
+func (h *Host) AddSpan(bridge, name string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ifc, ok := h.ifaces[name]
+	if !ok {
+		return fmt.Errorf("%s: %w", name, errENXIO)
+	}
+	k := spanKey{bridge, name}
+	if h.spans[k] != nil {
+		return nil
+	}
+	stop, err := h.sys.AddSpan(ifc.cfg.Rdomain, bridge, name, ifc.link.Index)
+	if err != nil {
+		return err
+	}
+	h.spans[k] = stop
+	return nil
+}
+
+// DelSpan removes the span port and every rule it added.
+func (h *Host) DelSpan(bridge, name string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	k := spanKey{bridge, name}
+	stop := h.spans[k]
+	if stop == nil {
+		return fmt.Errorf("%s is not a span port of %s: %w", name, bridge, errENOENT)
+	}
+	delete(h.spans, k)
+	return stop()
+}
+
+func (h *Host) stopSpans(name string) {
+	for k, stop := range h.spans {
+		if k.iface == name {
+			if err := stop(); err != nil {
+				h.log.errorf("%s: removing span rules on %s: %v", name, k.bridge, err)
+			}
+			delete(h.spans, k)
+		}
+	}
 }
 
 // stopTx ends the transmit side of ifc: its sender and its loop.
@@ -386,6 +440,9 @@ func (h *Host) Close() error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	ifs := h.ifaces
+	for name := range ifs {
+		h.stopSpans(name)
+	}
 	h.ifaces = map[string]*iface{}
 	_ = h.rebuild() // with no interfaces: stops every receiver
 	for _, ifc := range ifs {

@@ -17,6 +17,7 @@ type memSystem struct {
 	socks   map[recvKey]*memSocket
 	senders []*memSender
 	moves   int
+	spans   int             // span ports in place
 	foreign map[string]bool // links that exist but are not ours
 	next    int
 }
@@ -99,6 +100,18 @@ func (m *memSystem) OpenSender(ns string, src, dst netip.Addr, ttl int, df bool)
 }
 
 func (m *memSystem) CheckNamespace(string) error { return nil }
+
+func (m *memSystem) AddSpan(ns, bridge, tap string, tapIndex int) (func() error, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.spans++
+	return func() error {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		m.spans--
+		return nil
+	}, nil
+}
 
 func (m *memSystem) socket(family int) *memSocket { return m.socketIn("", family) }
 

@@ -20,6 +20,7 @@ func main() {
 		UsageText: "erspanctl [--socket PATH] [-j] create erspanN [SETTING...]\n" +
 			"erspanctl [--socket PATH] [-j] erspanN [SETTING...]\n" +
 			"erspanctl [--socket PATH] destroy erspanN\n" +
+			"erspanctl [--socket PATH] BRIDGE addspan|delspan erspanN\n" +
 			"erspanctl [--socket PATH] [-j]\n\n" +
 			"SETTING: " + strings.Join(ifconfig.Usage(), " | "),
 		Flags: []cli.Flag{
@@ -76,6 +77,13 @@ func run(c *cli.Context) error {
 		return cl.Destroy(args[1])
 	}
 	name := args[0]
+	if len(args) == 3 && (args[1] == "addspan" || args[1] == "delspan") {
+		// OpenBSD: ifconfig bridge0 addspan erspan0.
+		if args[1] == "addspan" {
+			return cl.AddSpan(name, args[2])
+		}
+		return cl.DelSpan(name, args[2])
+	}
 	if !ifconfig.ValidName(name) {
 		return fmt.Errorf("%q is neither a command (create, destroy) nor an interface name (erspanN)", name)
 	}
