@@ -1,37 +1,40 @@
 #!/usr/bin/env bash
-# The main job end to end, no switch needed: a "switch" network namespace
-# mirrors frames as ERSPAN to a "collector" namespace, where erspand
-# terminates the tunnels into erspan0 (one switch, one session) and erspan1
-# (a collector for any switch and session); tcpdump on erspan0 shows the
-# mirrored frames, then erspanctl shows the interfaces and counters.
+# The main job end to end, no switch needed. A "switch" network namespace
+# has a Linux bridge with two hosts on it; erspanctl there makes erspan0 a
+# span port of the bridge (OpenBSD's addspan), so every frame crossing it
+# leaves as ERSPAN Type II towards a "collector" namespace. There, erspand
+# terminates the tunnel into erspan0 (this switch, this session) while
+# erspan1 collects any other switch and session. tcpdump on the collector's
+# erspan0 shows the mirrored frames; erspanctl shows both sides' counters,
+# including the mirror-loss counters per source.
 # Run as root on Debian. Everything it makes is removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 
 [ "$(id -u)" -eq 0 ] || { echo "demo.sh: run as root (it creates network namespaces)" >&2; exit 1; }
-for tool in ip tcpdump; do
-	command -v $tool >/dev/null && continue
+if ! command -v ip >/dev/null || ! command -v tcpdump >/dev/null; then
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 tcpdump >/dev/null
-	break
-done
+fi
 
 SW=erspan-demo-switch
 COL=erspan-demo-collector
+H1=erspan-demo-host1
+H2=erspan-demo-host2
+ALL="$SW $COL $H1 $H2"
 work=$(mktemp -d /tmp/erspan-demo.XXXXXX)
-sock=$work/run/erspand.sock
 tcpdump_pid=
 
 cleanup() {
 	[ -n "$tcpdump_pid" ] && kill "$tcpdump_pid" 2>/dev/null || true
-	if [ -S "$sock" ]; then
-		pid=$(ip netns pids $COL 2>/dev/null | while read -r p; do
-			grep -qa "erspand" /proc/$p/cmdline 2>/dev/null && echo "$p"; done || true)
-		[ -n "$pid" ] && kill $pid 2>/dev/null || true
-	fi
-	ip netns del $SW 2>/dev/null || true
-	ip netns del $COL 2>/dev/null || true
+	for ns in $ALL; do
+		# The daemons erspanctl started, found by namespace and name.
+		for p in $(ip netns pids "$ns" 2>/dev/null); do
+			grep -qa erspand "/proc/$p/cmdline" 2>/dev/null && kill "$p" 2>/dev/null || true
+		done
+		ip netns del "$ns" 2>/dev/null || true
+	done
 	rm -rf "$work"
 }
 trap cleanup EXIT
@@ -39,54 +42,72 @@ trap cleanup EXIT
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 
-say "building erspand, erspanctl and the demo switch (ersend)"
+say "building erspand, erspanctl and ersend"
 go build -o "$work/bin/" ./cmd/erspand ./cmd/erspanctl ./scripts/ersend
 
-say "two hosts: $SW (192.0.2.1, 2001:db8::1) and $COL (192.0.2.2, 2001:db8::2) over a veth"
-ip netns del $SW 2>/dev/null || true
-ip netns del $COL 2>/dev/null || true
-ip netns add $SW
-ip netns add $COL
-for ns in $SW $COL; do
+say "the network: hosts $H1 (198.51.100.11) and $H2 (198.51.100.12) on bridge br0 of $SW (198.51.100.1); $SW (192.0.2.1) and $COL (192.0.2.2) joined by a veth"
+for ns in $ALL; do
+	ip netns del "$ns" 2>/dev/null || true
+	ip netns add "$ns"
 	# No duplicate address detection: until the link-local address has
 	# passed it, the kernel ignores neighbour solicitations (about 1s).
-	ip netns exec $ns sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+	ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+	ip -n "$ns" link set lo up
 done
 ip link add veth-sw netns $SW type veth peer name veth-col netns $COL
 ip -n $SW addr add 192.0.2.1/24 dev veth-sw
 ip -n $SW addr add 2001:db8::1/64 dev veth-sw nodad
 ip -n $COL addr add 192.0.2.2/24 dev veth-col
 ip -n $COL addr add 2001:db8::2/64 dev veth-col nodad
-for ns in $SW $COL; do ip -n $ns link set lo up; done
 ip -n $SW link set veth-sw up
 ip -n $COL link set veth-col up
+ip -n $SW link add br0 type bridge
+ip -n $SW addr add 198.51.100.1/24 dev br0
+ip -n $SW link set br0 up
+i=1
+for h in $H1 $H2; do
+	ip link add port$i netns $SW type veth peer name eth0 netns "$h"
+	ip -n $SW link set port$i master br0 up
+	ip -n "$h" addr add 198.51.100.1$i/24 dev eth0
+	ip -n "$h" link set eth0 up
+	i=$((i + 1))
+done
 
-ctl() { ip netns exec $COL "$work/bin/erspanctl" --socket "$sock" "$@"; }
+ctl() { ns=$1; shift; printf '[%s] ' "$ns"; run ip netns exec "$ns" "$work/bin/erspanctl" --socket "$work/$ns/erspand.sock" "$@"; }
 
-say "on the collector: erspanctl starts erspand by itself"
-run ctl create erspan0 tunnel 192.0.2.2 192.0.2.1 vnetid 77 up
-run ctl create erspan1 tunneladdr 192.0.2.2 up
-run ctl create erspan2 tunnel 2001:db8::2 2001:db8::1 vnetid 300 up
+say "the collector: erspanctl starts erspand by itself"
+ctl $COL create erspan0 tunnel 192.0.2.2 192.0.2.1 vnetid 77 up
+ctl $COL create erspan1 tunneladdr 192.0.2.2 up
+
+say "the switch: erspan0 sends session 77 to the collector, as the span port of br0"
+ctl $SW create erspan0 tunnel 192.0.2.1 192.0.2.2 vnetid 77 up
+ctl $SW br0 addspan erspan0
 
 say "tcpdump -ni erspan0 on the collector"
-ip netns exec $COL tcpdump -l -ni erspan0 -c 5 -e >"$work/tcpdump.txt" 2>"$work/tcpdump.err" &
+ip netns exec $COL tcpdump -l -ni erspan0 -c 6 ip >"$work/tcpdump.txt" 2>"$work/tcpdump.err" &
 tcpdump_pid=$!
 for _ in $(seq 50); do grep -q listening "$work/tcpdump.err" 2>/dev/null && break; sleep 0.1; done
 
-say "the switch mirrors: session 77 (Type II) to erspan0, session 12 (Type III) to erspan1, Type I, and session 300 over IPv6 to erspan2"
-sw() { ip netns exec $SW "$work/bin/ersend" "$@"; }
-run sw --dst 192.0.2.2 --type 2 --session 77 --count 5 --interval 100ms
-run sw --dst 192.0.2.2 --type 3 --session 12 --count 3 --interval 10ms
-run sw --dst 192.0.2.2 --type 1 --count 2 --interval 10ms
-run sw --dst 2001:db8::2 --type 2 --session 300 --count 4 --interval 10ms
+say "traffic on the bridge: $H1 to $H2, $H1 to the switch, the switch to $H2 (UDP, 2 datagrams each)"
+udp() { ip netns exec "$1" bash -c "for i in 1 2; do echo hello >/dev/udp/$2/9999; done" 2>/dev/null || true; }
+udp $H1 198.51.100.12
+udp $H1 198.51.100.1
+udp $SW 198.51.100.12
+
+say "another switch, session 12, Type III: it lands on the collector's catch-all erspan1"
+run ip netns exec $SW "$work/bin/ersend" --dst 192.0.2.2 --type 3 --session 12 --count 3 --interval 10ms
+
 for _ in $(seq 50); do kill -0 "$tcpdump_pid" 2>/dev/null || break; sleep 0.1; done
-say "what tcpdump saw on erspan0"
+say "what tcpdump saw on the collector's erspan0"
 cat "$work/tcpdump.txt"
-cat "$work/tcpdump.err"
+grep captured "$work/tcpdump.err" || true
 
-say "erspanctl (all interfaces and the daemon's counters)"
-run ctl
+say "the switch's erspan0"
+ctl $SW erspan0
+say "the collector (all interfaces and the daemon's counters)"
+ctl $COL
 
-say "erspanctl destroy erspan0"
-run ctl destroy erspan0
+say "delspan: the bridge's traffic stops being mirrored"
+ctl $SW br0 delspan erspan0
+ctl $COL destroy erspan0
 echo "demo done"
