@@ -150,6 +150,9 @@ func (r spanRule) reconcile(bridge string, remove bool) error {
 		if remove {
 			return nil // the bridge is gone, and its ports' rules with it
 		}
+		if errors.As(err, &netlink.LinkNotFoundError{}) {
+			return fmt.Errorf("no interface %s: %w", bridge, unix.ENODEV)
+		}
 		return fmt.Errorf("bridge %s: %w", bridge, err)
 	}
 	if _, ok := br.(*netlink.Bridge); !ok {
