@@ -1,0 +1,515 @@
+package test
+
+import (
+	"bytes"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"github.com/gopacket/gopacket/pcapgo"
+
+	"github.com/erspan-linux/erspan/erspan"
+)
+
+var (
+	swAddr4  = netip.MustParseAddr("192.0.2.1")
+	colAddr4 = netip.MustParseAddr("192.0.2.2")
+	swAddr6  = netip.MustParseAddr("2001:db8::1")
+	colAddr6 = netip.MustParseAddr("2001:db8::2")
+)
+
+// wirePacket is an outer packet seen on the wire, decoded by gopacket: an
+// independent decoder, not ours.
+type wirePacket struct {
+	ttl, tos uint8
+	df       bool
+	gre      *layers.GRE
+	erspan   *layers.ERSPANII
+	inner    []byte
+}
+
+func decodeWire(t *testing.T, frames [][]byte) []wirePacket {
+	t.Helper()
+	var out []wirePacket
+	for _, f := range frames {
+		p := gopacket.NewPacket(f, layers.LayerTypeEthernet, gopacket.Default)
+		g, _ := p.Layer(layers.LayerTypeGRE).(*layers.GRE)
+		e, _ := p.Layer(layers.LayerTypeERSPANII).(*layers.ERSPANII)
+		if g == nil || e == nil {
+			continue
+		}
+		w := wirePacket{gre: g, erspan: e, inner: e.LayerPayload()}
+		if ip4, ok := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4); ok {
+			w.ttl, w.tos, w.df = ip4.TTL, ip4.TOS, ip4.Flags&layers.IPv4DontFragment != 0
+		} else if ip6, ok := p.Layer(layers.LayerTypeIPv6).(*layers.IPv6); ok {
+			w.ttl, w.tos = ip6.HopLimit, ip6.TrafficClass
+		}
+		out = append(out, w)
+	}
+	return out
+}
+
+// tshark decodes the wire frames with Wireshark and returns, per ERSPAN
+// packet, the fields asked for (spec/erspan.md §1 names them).
+func tshark(t *testing.T, frames [][]byte, fields ...string) [][]string {
+	t.Helper()
+	path, err := exec.LookPath("tshark")
+	if err != nil {
+		t.Fatalf("tshark is not installed (scripts/test.sh installs it): %v", err)
+	}
+	file := filepath.Join(t.TempDir(), "wire.pcap")
+	f, err := os.Create(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := pcapgo.NewWriter(f)
+	if err := w.WriteFileHeader(65536, layers.LinkTypeEthernet); err != nil {
+		t.Fatal(err)
+	}
+	for _, fr := range frames {
+		ci := gopacket.CaptureInfo{Timestamp: time.Now(), CaptureLength: len(fr), Length: len(fr)}
+		if err := w.WritePacket(ci, fr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.Close()
+	args := []string{"-r", file, "-Y", "erspan", "-T", "fields", "-E", "separator=|"}
+	for _, fl := range fields {
+		args = append(args, "-e", fl)
+	}
+	out, err := exec.Command(path, args...).Output()
+	if err != nil {
+		t.Fatalf("tshark: %v", err)
+	}
+	var rows [][]string
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if line != "" {
+			rows = append(rows, strings.Split(line, "|"))
+		}
+	}
+	return rows
+}
+
+// framePrio is the priority `txprio packet` takes: PCP, or 3 untagged.
+func framePrio(f []byte) uint8 {
+	if f[12] == 0x81 && f[13] == 0 {
+		return f[14] >> 5
+	}
+	return 3
+}
+
+// TestSourceToCollector: frames written into erspan0 of one namespace
+// arrive byte for byte on erspan0 of another, in order; on the wire they
+// are GRE + ERSPAN Type II as spec/erspan.md §2 (Transmit) says, checked
+// by gopacket and by tshark.
+func TestSourceToCollector(t *testing.T) {
+	for _, fam := range []struct {
+		name        string
+		swIP, colIP netip.Addr
+		ttlF, tosF  string
+	}{
+		{"IPv4", swAddr4, colAddr4, "ip.ttl", "ip.dsfield"},
+		{"IPv6", swAddr6, colAddr6, "ipv6.hlim", "ipv6.tclass"},
+	} {
+		t.Run(fam.name, func(t *testing.T) {
+			l := newLab(t)
+			sw, col := l.ns("sw"), l.ns("col")
+			l.pair(sw, col)
+			l.daemon(sw)
+			l.daemon(col)
+			l.mustCtl(sw, "create", "erspan0", "tunnel", fam.swIP.String(), fam.colIP.String(), "vnetid", "300", "up")
+			l.mustCtl(col, "create", "erspan0", "tunnel", fam.colIP.String(), fam.swIP.String(), "vnetid", "300", "up")
+			frames := [][]byte{testFrame(1, 60, -1), testFrame(2, 64, 5), testFrame(3, 1514, -1), testFrame(4, 200, 0), testFrame(5, 90, 7)}
+			var got [][]byte
+			wire := capture(t, sw, "va", true, func() {
+				got = capture(t, col, "erspan0", false, func() { inject(t, sw, "erspan0", frames...) })
+			})
+			if len(got) != len(frames) {
+				t.Fatalf("collector got %d frames, want %d", len(got), len(frames))
+			}
+			for i := range frames {
+				if !bytes.Equal(got[i], frames[i]) {
+					t.Errorf("frame %d differs at the collector", i)
+				}
+			}
+			pkts := decodeWire(t, wire)
+			if len(pkts) != len(frames) {
+				t.Fatalf("%d ERSPAN packets on the wire, want %d", len(pkts), len(frames))
+			}
+			for i, p := range pkts {
+				prio := framePrio(frames[i])
+				if !p.gre.SeqPresent || p.gre.KeyPresent || p.gre.ChecksumPresent || p.gre.Seq != uint32(i) || p.gre.Protocol != 0x88be {
+					t.Errorf("packet %d GRE %+v", i, p.gre)
+				}
+				e := p.erspan
+				if e.Version != 1 || e.SessionID != 300 || e.CoS != prio || e.VLANIdentifier != 0 || e.TrunkEncap != 0 || e.IsTruncated || e.Index != 0 {
+					t.Errorf("packet %d ERSPAN %+v", i, e)
+				}
+				if p.ttl != 64 || p.df || p.tos != prio<<5 {
+					t.Errorf("packet %d outer ttl %d df %v tos %#x, want 64, false, %#x", i, p.ttl, p.df, p.tos, prio<<5)
+				}
+				if !bytes.Equal(p.inner, frames[i]) {
+					t.Errorf("packet %d carries another frame", i)
+				}
+			}
+			rows := tshark(t, wire, "gre.sequence_number", "erspan.version", "erspan.spanid", "erspan.cos", fam.ttlF, fam.tosF)
+			if len(rows) != len(frames) {
+				t.Fatalf("tshark decoded %d ERSPAN packets, want %d", len(rows), len(frames))
+			}
+			for i, r := range rows {
+				prio := framePrio(frames[i])
+				tos, _ := strconv.ParseUint(strings.TrimPrefix(r[5], "0x"), 16, 8)
+				want := []string{strconv.Itoa(i), "1", "300", strconv.Itoa(int(prio)), "64"}
+				if !equalStrings(r[:5], want) || uint8(tos) != prio<<5 {
+					t.Errorf("tshark packet %d: %v, want %v and tos %#x", i, r, want, prio<<5)
+				}
+			}
+			s := l.status(sw, "erspan0")
+			if s.Counters.TxPackets != uint64(len(frames)) {
+				t.Errorf("tx_packets %d", s.Counters.TxPackets)
+			}
+			c := l.status(col, "erspan0")
+			if len(c.Sources) != 1 || c.Sources[0].Lost != 0 || c.Sources[0].LastSeq != uint32(len(frames)-1) {
+				t.Errorf("collector's source counters %+v", c.Sources)
+			}
+		})
+	}
+}
+
+func equalStrings(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// TestTransmitSettings: tunnelttl, tunneldf, txprio on the wire; an
+// oversize packet is dropped and counted with tunneldf, fragmented (and
+// reassembled byte-exact at the collector) without.
+func TestTransmitSettings(t *testing.T) {
+	l := newLab(t)
+	sw, col := l.ns("sw"), l.ns("col")
+	l.pair(sw, col)
+	l.daemon(sw)
+	l.daemon(col)
+	l.mustCtl(sw, "create", "erspan0", "tunnel", "192.0.2.1", "192.0.2.2", "vnetid", "7", "tunnelttl", "9", "tunneldf", "txprio", "6", "mtu", "9000", "up")
+	l.mustCtl(col, "create", "erspan0", "tunneladdr", "192.0.2.2", "mtu", "9000", "up")
+	small, big := testFrame(1, 100, -1), testFrame(2, 3000, 2)
+	wire := capture(t, sw, "va", true, func() { inject(t, sw, "erspan0", small, big) })
+	pkts := decodeWire(t, wire)
+	if len(pkts) != 1 {
+		t.Fatalf("%d packets on the wire, want 1 (the big one dropped with df)", len(pkts))
+	}
+	if p := pkts[0]; p.ttl != 9 || !p.df || p.tos != 6<<5 || p.erspan.CoS != 3 || p.erspan.SessionID != 7 {
+		t.Errorf("ttl %d df %v tos %#x cos %d session %d, want 9 true 0xc0 3 7", p.ttl, p.df, p.tos, p.erspan.CoS, p.erspan.SessionID)
+	}
+	waitFor(t, "tx_too_big", func() bool { return l.status(sw, "erspan0").Counters.TxTooBig == 1 })
+
+	// Allowed while up, as in OpenBSD.
+	l.mustCtl(sw, "erspan0", "-tunneldf", "txprio", "packet")
+	var got [][]byte
+	wire = capture(t, sw, "va", true, func() {
+		got = capture(t, col, "erspan0", false, func() { inject(t, sw, "erspan0", big) })
+	})
+	frags := 0
+	for _, f := range wire {
+		p := gopacket.NewPacket(f, layers.LayerTypeEthernet, gopacket.Default)
+		if ip, ok := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4); ok && ip.Protocol == layers.IPProtocolGRE {
+			frags++
+			if ip.Flags&layers.IPv4DontFragment != 0 || ip.TOS != 2<<5 {
+				t.Errorf("fragment flags %v tos %#x", ip.Flags, ip.TOS)
+			}
+		}
+	}
+	if frags < 2 {
+		t.Errorf("%d outer packets for a 3000-byte frame without df, want fragments", frags)
+	}
+	if len(got) != 1 || !bytes.Equal(got[0], big) {
+		t.Errorf("collector got %d frames, want the big frame whole", len(got))
+	}
+	// The sequence did not move for the dropped frame: 0, then 1.
+	if s := l.status(col, "erspan0"); len(s.Sources) != 1 || s.Sources[0].LastSeq != 1 || s.Sources[0].Lost != 0 {
+		t.Errorf("collector's source counters %+v", s.Sources)
+	}
+	for _, bad := range [][]string{{"tunnelttl", "0"}, {"txprio", "8"}, {"mtu", "40"}} {
+		_, stderr, code := l.ctl(sw, append([]string{"erspan0"}, bad...)...)
+		if code == 0 || !strings.Contains(stderr, "EINVAL") || !strings.Contains(stderr, "erspan0 "+bad[0]) {
+			t.Errorf("%v: exit %d, %q", bad, code, stderr)
+		}
+	}
+}
+
+// TestNamespaces: tunneldomain puts the tunnel's sockets in another
+// namespace than the daemon's; rdomain moves the interface into another
+// (an IDS container's), while the tunnel stays where it is.
+func TestNamespaces(t *testing.T) {
+	l := newLab(t)
+	hostA, sw, col, hostB, ids := l.ns("hosta"), l.ns("sw"), l.ns("col"), l.ns("hostb"), l.ns("ids")
+	l.pair(sw, col)
+	l.daemon(hostA)
+	l.daemon(hostB)
+	l.mustCtl(hostA, "create", "erspan0", "tunneldomain", sw, "tunnel", "192.0.2.1", "192.0.2.2", "vnetid", "5", "up")
+	_, stderr, code := l.ctl(hostA, "erspan0", "tunneldomain", col)
+	if code == 0 || !strings.Contains(stderr, "EBUSY") {
+		t.Errorf("tunneldomain while up: exit %d %q", code, stderr)
+	}
+	_, stderr, code = l.ctl(hostB, "create", "erspan0", "tunneldomain", "erspt-no-such-ns")
+	if code == 0 || !strings.Contains(stderr, "ENOENT") || !strings.Contains(stderr, "ip netns") {
+		t.Errorf("tunneldomain of a missing namespace: exit %d %q", code, stderr)
+	}
+	l.mustCtl(hostB, "erspan0", "tunneldomain", col, "tunnel", "192.0.2.2", "192.0.2.1", "vnetid", "5", "rdomain", ids, "up")
+	frames := [][]byte{testFrame(1, 80, -1), testFrame(2, 81, 4)}
+	got := capture(t, ids, "erspan0", false, func() { inject(t, hostA, "erspan0", frames...) })
+	if len(got) != 2 || !bytes.Equal(got[0], frames[0]) || !bytes.Equal(got[1], frames[1]) {
+		t.Fatalf("the IDS namespace got %d frames, want both byte-exact", len(got))
+	}
+	s := l.status(hostB, "erspan0")
+	if s.TunnelDomain != col || s.Rdomain != ids || !s.Up || !s.Monitor {
+		t.Errorf("status %+v", s)
+	}
+	text := l.mustCtl(hostB, "erspan0")
+	if !strings.Contains(text, "ttl 64 nodf rdomain "+col) || !strings.Contains(text, "\trdomain "+ids) {
+		t.Errorf("status text:\n%s", text)
+	}
+	// Back home: the interface returns to the daemon's namespace, still
+	// up, still in monitor mode.
+	l.mustCtl(hostB, "erspan0", "-rdomain")
+	got = capture(t, hostB, "erspan0", false, func() { inject(t, hostA, "erspan0", frames[0]) })
+	if len(got) != 1 {
+		t.Errorf("after -rdomain: %d frames", len(got))
+	}
+}
+
+// TestSpanPort: with addspan every frame crossing a Linux bridge (port to
+// port, port to host, host to port) reaches a collector; after delspan none
+// does, and no rule is left.
+func TestSpanPort(t *testing.T) {
+	l := newLab(t)
+	sw, col, h1, h2 := l.ns("sw"), l.ns("col"), l.ns("h1"), l.ns("h2")
+	l.pair(sw, col)
+	l.sh(strings.Join([]string{
+		"ip -n " + sw + " link add br0 type bridge", "ip -n " + sw + " addr add 198.51.100.1/24 dev br0", "ip -n " + sw + " link set br0 up",
+		"ip link add p1 netns " + sw + " type veth peer name eth0 netns " + h1,
+		"ip -n " + sw + " link set p1 master br0 up",
+		"ip -n " + h1 + " addr add 198.51.100.11/24 dev eth0", "ip -n " + h1 + " link set eth0 up",
+	}, " && "))
+	l.daemon(sw)
+	l.daemon(col)
+	l.mustCtl(sw, "create", "erspan0", "tunnel", "192.0.2.1", "192.0.2.2", "vnetid", "40", "up")
+	l.mustCtl(col, "create", "erspan0", "tunnel", "192.0.2.2", "192.0.2.1", "vnetid", "40", "up")
+	l.mustCtl(sw, "br0", "addspan", "erspan0")
+	// A port that joins after addspan is covered too.
+	l.sh(strings.Join([]string{
+		"ip link add p2 netns " + sw + " type veth peer name eth0 netns " + h2,
+		"ip -n " + sw + " link set p2 master br0 up",
+		"ip -n " + h2 + " addr add 198.51.100.12/24 dev eth0", "ip -n " + h2 + " link set eth0 up",
+	}, " && "))
+	waitFor(t, "the span rule on the new port", func() bool {
+		out, _ := exec.Command("ip", "netns", "exec", sw, "tc", "filter", "show", "dev", "p2", "ingress").Output()
+		return strings.Contains(string(out), "erspan-span-erspan0")
+	})
+	if !strings.Contains(l.mustCtl(sw, "erspan0"), "\tspan: br0\n") {
+		t.Error("no span: br0 in the status")
+	}
+	udp := func(ns, dst, msg string) {
+		l.sh("ip netns exec " + ns + " bash -c 'echo " + msg + " >/dev/udp/" + dst + "/9999' || true")
+	}
+	got := capture(t, col, "erspan0", false, func() {
+		udp(h1, "198.51.100.12", "port-to-port")
+		udp(h1, "198.51.100.1", "port-to-host")
+		udp(sw, "198.51.100.12", "host-to-port")
+	})
+	for _, msg := range []string{"port-to-port", "port-to-host", "host-to-port"} {
+		n := 0
+		for _, f := range got {
+			// UDP only: the ICMP port unreachable that answers each
+			// datagram quotes it, and is mirrored too.
+			if len(f) > 23 && f[12] == 0x08 && f[13] == 0 && f[23] == 17 && bytes.Contains(f, []byte(msg)) {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Errorf("%s: mirrored %d times, want once", msg, n)
+		}
+	}
+	l.mustCtl(sw, "br0", "delspan", "erspan0")
+	for _, dev := range []string{"p1 ingress", "p2 ingress", "br0 egress"} {
+		out, _ := exec.Command("sh", "-c", "ip netns exec "+sw+" tc filter show dev "+dev).Output()
+		if strings.Contains(string(out), "erspan-span") {
+			t.Errorf("a span rule is left on %s:\n%s", dev, out)
+		}
+	}
+	got = capture(t, col, "erspan0", false, func() { udp(h1, "198.51.100.12", "after-delspan") })
+	for _, f := range got {
+		if bytes.Contains(f, []byte("after-delspan")) {
+			t.Error("traffic mirrored after delspan")
+		}
+	}
+	_, stderr, code := l.ctl(sw, "br9", "addspan", "erspan0")
+	if code == 0 || !strings.Contains(stderr, "ENODEV") {
+		t.Errorf("addspan on a missing bridge: exit %d %q", code, stderr)
+	}
+}
+
+// TestHostnameFiles: erspand applies /etc/erspan/hostname.erspanN at start;
+// a bad line is reported with file and line and does not stop the others.
+func TestHostnameFiles(t *testing.T) {
+	l := newLab(t)
+	sw, col := l.ns("sw"), l.ns("col")
+	l.pair(sw, col)
+	etc := filepath.Join(l.dir, col+"-etc")
+	if err := os.MkdirAll(etc, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	files := map[string]string{
+		"hostname.erspan0": "# the switch at 192.0.2.1\ntunnel 192.0.2.2 192.0.2.1\nvnetid 5000\nvnetid 5 # session\n\nup\n",
+		"hostname.erspan1": "tunneladdr 192.0.2.2 up\n",
+		"hostname.eth0":    "up\n",
+	}
+	for n, c := range files {
+		if err := os.WriteFile(filepath.Join(etc, n), []byte(c), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.daemon(col)
+	s := l.status(col, "erspan0")
+	if !s.Up || s.VNetID == nil || *s.VNetID != 5 || s.Tunnel == nil || s.Tunnel.Dst != "192.0.2.1" {
+		t.Errorf("erspan0 from its hostname file: %+v", s)
+	}
+	if s := l.status(col, "erspan1"); !s.Up || s.VNetID != nil {
+		t.Errorf("erspan1: %+v", s)
+	}
+	log, _ := os.ReadFile(filepath.Join(l.dir, col+".log"))
+	if !strings.Contains(string(log), "hostname.erspan0:3") || !strings.Contains(string(log), "EINVAL") {
+		t.Errorf("the bad line is not reported with file:line:\n%s", log)
+	}
+	// The interface works.
+	f := testFrame(9, 70, -1)
+	pkt := make([]byte, 16+len(f))
+	n, _ := erspan.Encode(pkt, &erspan.Packet{Type: erspan.TypeII, Session: 5})
+	copy(pkt[n:], f)
+	got := capture(t, col, "erspan0", false, func() { sendGRE(t, sw, netip.Addr{}, colAddr4, pkt) })
+	if len(got) != 1 || !bytes.Equal(got[0], f) {
+		t.Errorf("got %d frames", len(got))
+	}
+}
+
+// TestRestart: erspand killed with SIGKILL and started again re-adopts its
+// TAPs with all their settings; frames flow again and the GRE sequence
+// continues upward.
+func TestRestart(t *testing.T) {
+	l := newLab(t)
+	sw, col := l.ns("sw"), l.ns("col")
+	l.pair(sw, col)
+	d := l.daemon(sw)
+	l.daemon(col)
+	l.mustCtl(sw, "create", "erspan0", "tunnel", "192.0.2.1", "192.0.2.2", "vnetid", "21", "tunnelttl", "33", "txprio", "2", "lladdr", "fe:e1:ba:d0:00:21", "up")
+	l.mustCtl(col, "create", "erspan0", "tunnel", "192.0.2.2", "192.0.2.1", "vnetid", "21", "up")
+	before := l.status(sw, "erspan0")
+	seqs := func(frames ...[]byte) []uint32 {
+		var s []uint32
+		for _, p := range decodeWire(t, capture(t, sw, "va", true, func() { inject(t, sw, "erspan0", frames...) })) {
+			s = append(s, p.gre.Seq)
+		}
+		return s
+	}
+	first := seqs(testFrame(1, 64, -1), testFrame(2, 64, -1), testFrame(3, 64, -1))
+	if fmt.Sprint(first) != "[0 1 2]" {
+		t.Fatalf("sequence numbers %v, want [0 1 2]", first)
+	}
+	// Let the state file catch the sequence number (saved every second).
+	waitFor(t, "the state file", func() bool {
+		b, _ := os.ReadFile(filepath.Join(filepath.Dir(l.sock(sw)), "state"))
+		return strings.Contains(string(b), `"seq": 3`)
+	})
+	if err := d.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = d.Wait()
+	l.daemon(sw)
+	after := l.status(sw, "erspan0")
+	if after.Index != before.Index || after.LLAddr != before.LLAddr || after.TTL != 33 || after.TxPrio != "2" || !after.Up ||
+		after.VNetID == nil || *after.VNetID != 21 || after.Tunnel == nil || after.Tunnel.Dst != "192.0.2.2" {
+		t.Errorf("after restart:\n%+v\nbefore:\n%+v", after, before)
+	}
+	var got [][]byte
+	var second []uint32
+	f := testFrame(4, 64, -1)
+	got = capture(t, col, "erspan0", false, func() { second = seqs(f, f) })
+	if len(second) != 2 || second[0] <= 2 || second[1] != second[0]+1 {
+		t.Errorf("sequence after restart %v: must continue upward from 2", second)
+	}
+	if len(got) != 2 {
+		t.Errorf("collector got %d frames after the restart, want 2", len(got))
+	}
+}
+
+// TestLossCounters: a sender that skips, reorders and duplicates sequence
+// numbers is reported exactly, per source, and nothing is dropped.
+func TestLossCounters(t *testing.T) {
+	l := newLab(t)
+	sw, col := l.ns("sw"), l.ns("col")
+	l.pair(sw, col)
+	l.sh("ip -n " + sw + " addr add 192.0.2.3/24 dev va")
+	l.daemon(col)
+	l.mustCtl(col, "create", "erspan0", "tunneladdr", "192.0.2.2", "up")
+	pkt := func(seq uint32, typ erspan.Type, session uint16) []byte {
+		b := make([]byte, 64+32)
+		n, _ := erspan.Encode(b, &erspan.Packet{Type: typ, HasSeq: true, Seq: seq, Session: session})
+		copy(b[n:], testFrame(byte(seq), 64, -1))
+		return b[:n+64]
+	}
+	var a, b2, z [][]byte
+	for _, s := range []uint32{1, 2, 3, 6, 5, 5, 7, 9, 8, 12} {
+		a = append(a, pkt(s, erspan.TypeII, 9))
+	}
+	for _, s := range []uint32{100, 101, 103} {
+		b2 = append(b2, pkt(s, erspan.TypeIII, 9))
+	}
+	for range 3 {
+		z = append(z, pkt(0, erspan.TypeII, 10))
+	}
+	src3 := netip.MustParseAddr("192.0.2.3")
+	got := capture(t, col, "erspan0", false, func() {
+		sendGRE(t, sw, swAddr4, colAddr4, a...)
+		sendGRE(t, sw, src3, colAddr4, b2...)
+	})
+	if len(got) != len(a)+len(b2) {
+		t.Errorf("%d frames delivered, want all %d: anomalies never drop", len(got), len(a)+len(b2))
+	}
+	s := l.status(col, "erspan0")
+	if len(s.Sources) != 2 {
+		t.Fatalf("sources %+v", s.Sources)
+	}
+	ga, gb := s.Sources[0], s.Sources[1]
+	if ga.Source != "192.0.2.1" || ga.Packets != 10 || ga.Gaps != 3 || ga.Lost != 3 || ga.Reordered != 2 || ga.Duplicates != 1 || ga.LastSeq != 12 || ga.NoSequence {
+		t.Errorf("source a: %+v", ga)
+	}
+	if gb.Source != "192.0.2.3" || gb.Packets != 3 || gb.Gaps != 1 || gb.Lost != 1 || gb.LastSeq != 103 {
+		t.Errorf("source b (same session, own sequence): %+v", gb)
+	}
+	// A switch whose sequence is always 0 (session 10 here) is "no
+	// sequence", not loss nor duplicates.
+	capture(t, col, "erspan0", false, func() { sendGRE(t, sw, swAddr4, colAddr4, z...) })
+	s = l.status(col, "erspan0")
+	if len(s.Sources) != 3 || !s.Sources[1].NoSequence || s.Sources[1].Duplicates != 0 || s.Sources[1].Packets != 3 || *s.Sources[1].Session != 10 {
+		t.Errorf("always-0 source: %+v", s.Sources)
+	}
+	if text := l.mustCtl(col, "erspan0"); !strings.Contains(text, "source 192.0.2.1 session 10: 3 packets, 192 bytes, no sequence") ||
+		!strings.Contains(text, "source 192.0.2.1 session 9: 10 packets, 640 bytes, seq 12, 3 lost in 3 gaps, 2 reordered, 1 duplicates") {
+		t.Errorf("text:\n%s", text)
+	}
+}
