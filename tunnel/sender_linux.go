@@ -75,10 +75,8 @@ func setupSender(fd, family int, src, dst netip.Addr, ttl int, df bool) error {
 	// for a bidirectional tunnel is the whole ERSPAN stream. This socket
 	// only sends (design.md, Data path): a BPF program that accepts
 	// nothing makes the kernel drop those copies at once.
-	drop := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}}
-	prog := unix.SockFprog{Len: 1, Filter: &drop[0]}
-	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &prog); err != nil {
-		return fmt.Errorf("attach the drop-all filter: %w", err)
+	if err := attachDropAll(fd); err != nil {
+		return err
 	}
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, SocketMark); err != nil {
 		return fmt.Errorf("SO_MARK: %w", err)

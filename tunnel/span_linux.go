@@ -57,10 +57,10 @@ func spanProgram(tapIndex int) []uint64 {
 // spanProgram live on the heap.
 func loadProgram(insns []uint64, name string) (int, error) {
 	attr := bpfProgLoadAttr{
-		progType: bpfProgTypeSchedCls,
+		progType: unix.BPF_PROG_TYPE_SCHED_CLS,
 		insnCnt:  uint32(len(insns)),
 		insns:    uint64(uintptr(unsafe.Pointer(&insns[0]))),
-		license:  uint64(uintptr(unsafe.Pointer(&gplLicense[0]))),
+		license:  uint64(uintptr(unsafe.Pointer(&monitorLicense[0]))),
 	}
 	copy(attr.progName[:15], name)
 	fd, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_PROG_LOAD, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
@@ -73,7 +73,10 @@ func loadProgram(insns []uint64, name string) (int, error) {
 // ensureClsact adds a clsact qdisc unless the link has one: an existing
 // one may carry somebody else's filters and is left alone.
 func ensureClsact(index int) error {
-	err := netlink.QdiscAdd(clsact(index))
+	err := netlink.QdiscAdd(&netlink.GenericQdisc{
+		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
+		QdiscType:  "clsact",
+	})
 	if err != nil && !errors.Is(err, unix.EEXIST) {
 		return err
 	}

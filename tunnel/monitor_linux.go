@@ -1,0 +1,325 @@
+package tunnel
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"unsafe"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// monitorFilterName is the name (TCA_BPF_NAME) of our tc filter: it is how
+// MonitorEnabled and SetMonitor recognise the filter, also one a previous
+// daemon attached.
+const monitorFilterName = "erspan-monitor"
+
+// monitorProgName is the kernel's name of the eBPF program (bpftool shows
+// it). The kernel allows only [A-Za-z0-9_.] there, hence no '-'.
+const monitorProgName = "erspan_monitor"
+
+// tcActShot is TC_ACT_SHOT from linux/pkt_cls.h: a direct-action tc program
+// returning it drops the packet.
+const tcActShot = 2
+
+// monitorInsns is the whole monitor program, two eBPF instructions:
+//
+//	r0 = TC_ACT_SHOT   (BPF_ALU64 | BPF_MOV | BPF_K, dst r0)
+//	exit               (BPF_JMP | BPF_EXIT)
+//
+// Each is the kernel's struct bpf_insn: opcode, dst and src register
+// nibbles, 16-bit offset, 32-bit immediate. Package-level, so that the
+// address handed to bpf(2) is not on a goroutine stack that could move.
+var monitorInsns = [2]bpfInsn{
+	{code: unix.BPF_ALU64 | unix.BPF_MOV | unix.BPF_K, imm: tcActShot},
+	{code: unix.BPF_JMP | unix.BPF_EXIT},
+}
+
+// monitorLicense is the program's license string (NUL-terminated). "GPL"
+// costs nothing and keeps every helper available should the program grow.
+var monitorLicense = [4]byte{'G', 'P', 'L', 0}
+
+type bpfInsn struct {
+	code uint8
+	regs uint8 // dst register in the low nibble, src in the high one
+	off  int16
+	imm  int32
+}
+
+// bpfProgLoadAttr is the BPF_PROG_LOAD member of union bpf_attr, up to
+// expected_attach_type. The kernel takes a shorter attr than its own and
+// zero-fills the rest, so fields added since need not be here.
+type bpfProgLoadAttr struct {
+	progType           uint32
+	insnCnt            uint32
+	insns              uint64 // pointer
+	license            uint64 // pointer
+	logLevel           uint32
+	logSize            uint32
+	logBuf             uint64 // pointer
+	kernVersion        uint32
+	progFlags          uint32
+	progName           [unix.BPF_OBJ_NAME_LEN]byte
+	progIfindex        uint32
+	expectedAttachType uint32
+}
+
+// SetMonitor turns monitor mode (design.md, Interfaces) on or off on the
+// link name in the calling thread's network namespace.
+//
+// On: a clsact qdisc (reused if there is one) with an eBPF program of type
+// BPF_PROG_TYPE_SCHED_CLS at ingress in direct-action mode that drops
+// every frame (TC_ACT_SHOT). Packet sockets (tcpdump, Zeek, Suricata)
+// still see every frame, because the kernel hands frames to them before tc
+// ingress; the IP stack and a bridge never do. IPv6 is disabled on the
+// link (disable_ipv6 = 1), so that it sends no SLAAC, DAD or MLD of its own
+// into the capture.
+//
+// Off: our filter is removed, and the clsact qdisc with it when no other
+// filter is left on it (the qdisc carries no owner, so "nothing else uses
+// it" stands for "we added it"); disable_ipv6 = 0.
+//
+// SetMonitor is idempotent: turning it on twice leaves one filter. The
+// error wraps unix.ENXIO when there is no such link, otherwise the errno of
+// the step that failed.
+func SetMonitor(name string, on bool) error {
+	link, err := linkByName(name)
+	if err != nil {
+		return err
+	}
+	if !on {
+		if err := detachMonitor(link); err != nil {
+			return err
+		}
+		return setDisableIPv6(name, false)
+	}
+	attached, err := attachMonitor(link)
+	if err != nil {
+		return err
+	}
+	if err := setDisableIPv6(name, true); err != nil {
+		if attached {
+			_ = detachMonitor(link)
+		}
+		return err
+	}
+	return nil
+}
+
+// MonitorEnabled reports whether our monitor filter is attached to the
+// link name in the calling thread's network namespace.
+func MonitorEnabled(name string) (bool, error) {
+	link, err := linkByName(name)
+	if err != nil {
+		return false, err
+	}
+	q, err := findClsact(link)
+	if err != nil || q == nil {
+		return false, err
+	}
+	fs, err := monitorFilters(link)
+	return len(fs) > 0, err
+}
+
+// attachMonitor attaches the filter unless it is there already, and
+// reports whether it did.
+func attachMonitor(link netlink.Link) (bool, error) {
+	name := link.Attrs().Name
+	q, err := findClsact(link)
+	if err != nil {
+		return false, err
+	}
+	addedQdisc := false
+	if q == nil {
+		q = &netlink.Clsact{QdiscAttrs: netlink.QdiscAttrs{
+			LinkIndex: link.Attrs().Index,
+			Handle:    netlink.MakeHandle(0xffff, 0),
+			Parent:    netlink.HANDLE_CLSACT,
+		}}
+		if err := netlink.QdiscAdd(q); err != nil {
+			return false, fmt.Errorf("add clsact qdisc to %s: %w", name, err)
+		}
+		addedQdisc = true
+	} else {
+		fs, err := monitorFilters(link)
+		if err != nil {
+			return false, err
+		}
+		if len(fs) > 0 {
+			return false, nil
+		}
+	}
+	undoQdisc := func() {
+		if addedQdisc {
+			_ = netlink.QdiscDel(q)
+		}
+	}
+
+	fd, err := loadMonitorProg()
+	if err != nil {
+		undoQdisc()
+		return false, err
+	}
+	// The filter holds its own reference to the program: our fd is of no
+	// further use once the filter is attached (or has failed to be).
+	defer unix.Close(fd)
+	filter := &netlink.BpfFilter{
+		FilterAttrs: netlink.FilterAttrs{
+			LinkIndex: link.Attrs().Index,
+			Parent:    netlink.HANDLE_MIN_INGRESS,
+			Protocol:  unix.ETH_P_ALL,
+			// Priority 0 lets the kernel choose one below (i.e. ahead of)
+			// any filter already there, so that nothing it does runs first.
+			Priority: 0,
+		},
+		Fd:           fd,
+		Name:         monitorFilterName,
+		DirectAction: true,
+	}
+	if err := netlink.FilterAdd(filter); err != nil {
+		undoQdisc()
+		return false, fmt.Errorf("attach the monitor filter to %s ingress: %w", name, err)
+	}
+	return true, nil
+}
+
+// detachMonitor removes our filter(s) and then the clsact qdisc if nothing
+// else is attached to it.
+func detachMonitor(link netlink.Link) error {
+	name := link.Attrs().Name
+	q, err := findClsact(link)
+	if err != nil || q == nil {
+		return err
+	}
+	fs, err := monitorFilters(link)
+	if err != nil {
+		return err
+	}
+	for _, f := range fs {
+		if err := netlink.FilterDel(f); err != nil {
+			return fmt.Errorf("remove the monitor filter from %s: %w", name, err)
+		}
+	}
+	for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
+		others, err := filterList(link, parent)
+		if err != nil {
+			return err
+		}
+		if len(others) > 0 {
+			return nil
+		}
+	}
+	if err := netlink.QdiscDel(q); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("remove the clsact qdisc from %s: %w", name, err)
+	}
+	return nil
+}
+
+// findClsact returns the link's clsact qdisc, or nil when it has none. An
+// "ingress" qdisc occupies the same slot and cannot hold our filter: that
+// gives an error wrapping EBUSY.
+func findClsact(link netlink.Link) (netlink.Qdisc, error) {
+	name := link.Attrs().Name
+	var qs []netlink.Qdisc
+	var err error
+	// A dump interrupted by a concurrent change is retried a few times,
+	// then taken as it is.
+	for range 3 {
+		qs, err = netlink.QdiscList(link)
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		return nil, fmt.Errorf("list the qdiscs of %s: %w", name, err)
+	}
+	for _, q := range qs {
+		if q.Attrs().Parent != netlink.HANDLE_CLSACT {
+			continue
+		}
+		if q.Type() == "clsact" {
+			return q, nil
+		}
+		return nil, fmt.Errorf("%s has a %s qdisc where monitor mode needs clsact: %w", name, q.Type(), unix.EBUSY)
+	}
+	return nil, nil
+}
+
+// monitorFilters returns our filters at the link's clsact ingress (one,
+// unless something went wrong before).
+func monitorFilters(link netlink.Link) ([]netlink.Filter, error) {
+	fs, err := filterList(link, netlink.HANDLE_MIN_INGRESS)
+	if err != nil {
+		return nil, err
+	}
+	var ours []netlink.Filter
+	for _, f := range fs {
+		if bf, ok := f.(*netlink.BpfFilter); ok && bf.Name == monitorFilterName {
+			ours = append(ours, f)
+		}
+	}
+	return ours, nil
+}
+
+func filterList(link netlink.Link, parent uint32) ([]netlink.Filter, error) {
+	var fs []netlink.Filter
+	var err error
+	for range 3 {
+		fs, err = netlink.FilterList(link, parent)
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		return nil, fmt.Errorf("list the tc filters of %s: %w", link.Attrs().Name, err)
+	}
+	return fs, nil
+}
+
+// loadMonitorProg loads the drop-everything program with bpf(2) and
+// returns its fd. (Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK
+// and may want it raised; later ones charge the memory cgroup.)
+func loadMonitorProg() (int, error) {
+	attr := bpfProgLoadAttr{
+		progType: unix.BPF_PROG_TYPE_SCHED_CLS,
+		insnCnt:  uint32(len(monitorInsns)),
+		insns:    uint64(uintptr(unsafe.Pointer(&monitorInsns[0]))),
+		license:  uint64(uintptr(unsafe.Pointer(&monitorLicense[0]))),
+	}
+	copy(attr.progName[:], monitorProgName)
+	fd, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_PROG_LOAD, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
+	if errno != 0 {
+		return -1, fmt.Errorf("load the monitor eBPF program (bpf BPF_PROG_LOAD): %w", errno)
+	}
+	// bpf(2) returns its fds with O_CLOEXEC already set.
+	return int(fd), nil
+}
+
+// setDisableIPv6 writes net.ipv6.conf.NAME.disable_ipv6. /proc/sys/net
+// answers for the network namespace of the thread that opens the file, so
+// this acts on the calling thread's namespace like the netlink calls. A
+// kernel without IPv6 has no such files and nothing to silence.
+func setDisableIPv6(name string, disable bool) error {
+	conf := "/proc/sys/net/ipv6/conf"
+	if _, err := os.Stat(conf); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	v := []byte("0\n")
+	if disable {
+		v[0] = '1'
+	}
+	f, err := os.OpenFile(filepath.Join(conf, name, "disable_ipv6"), os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("disable_ipv6 on %s: %w", name, err)
+	}
+	_, err = f.Write(v)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("disable_ipv6 on %s: %w", name, err)
+	}
+	return nil
+}

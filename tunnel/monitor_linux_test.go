@@ -1,0 +1,221 @@
+package tunnel
+
+import (
+	"bufio"
+	"errors"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// icmpInEchos reads Icmp InEchos (echo requests the stack received) of the
+// calling thread's namespace. /proc/net is /proc/self/net, the namespace
+// of the main thread: the locked test thread needs /proc/thread-self.
+func icmpInEchos(t *testing.T) uint64 {
+	t.Helper()
+	f, err := os.Open("/proc/thread-self/net/snmp")
+	if err != nil {
+		t.Fatalf("open snmp: %v", err)
+	}
+	defer f.Close()
+	var names []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) == 0 || fields[0] != "Icmp:" {
+			continue
+		}
+		if names == nil {
+			names = fields
+			continue
+		}
+		for i, n := range names {
+			if n == "InEchos" && i < len(fields) {
+				v, err := strconv.ParseUint(fields[i], 10, 64)
+				if err != nil {
+					t.Fatalf("InEchos %q: %v", fields[i], err)
+				}
+				return v
+			}
+		}
+	}
+	t.Fatalf("no Icmp InEchos in /proc/thread-self/net/snmp")
+	return 0
+}
+
+func disableIPv6Value(t *testing.T, name string) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/sys/net/ipv6/conf/" + name + "/disable_ipv6")
+	if err != nil {
+		t.Fatalf("read disable_ipv6: %v", err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// readFrames reads frames from q until match returns true or d passes; it
+// returns the matching frame (nil if none) and how many others came.
+func readFrames(t *testing.T, q Queue, d time.Duration, match func([]byte) bool) ([]byte, int) {
+	t.Helper()
+	f := q.(*tapQueue).f
+	deadline := time.Now().Add(d)
+	if err := f.SetReadDeadline(deadline); err != nil {
+		t.Fatalf("SetReadDeadline: %v", err)
+	}
+	defer f.SetReadDeadline(time.Time{})
+	buf := make([]byte, 2048)
+	others := 0
+	for range 10000 {
+		n, err := q.Read(buf)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return nil, others
+		}
+		if err != nil {
+			t.Fatalf("read from the TAP: %v", err)
+		}
+		if match(buf[:n]) {
+			return append([]byte(nil), buf[:n]...), others
+		}
+		others++
+	}
+	return nil, others
+}
+
+func TestMonitorDropsAtIngress(t *testing.T) {
+	ns := newTestNetns(t)
+	const name = "erspan5"
+	peerMAC := net.HardwareAddr{0x02, 0, 0x5e, 0, 0, 1}
+	local, peer := net.IPv4(192, 0, 2, 2), net.IPv4(192, 0, 2, 1)
+	var l Link
+	var q Queue
+	ns.do(t, func() {
+		var err error
+		if l, _, err = CreateTAP(name, nil, 0); err != nil {
+			t.Fatalf("CreateTAP: %v", err)
+		}
+		if on, err := MonitorEnabled(name); err != nil || on {
+			t.Fatalf("MonitorEnabled on a new TAP = %v, %v; want false", on, err)
+		}
+		// On twice: one filter.
+		for range 2 {
+			if err := SetMonitor(name, true); err != nil {
+				t.Fatalf("SetMonitor on: %v", err)
+			}
+		}
+		link, _ := netlink.LinkByName(name)
+		if fs, err := monitorFilters(link); err != nil || len(fs) != 1 {
+			t.Fatalf("after SetMonitor on twice: %d filters (%v), want 1", len(fs), err)
+		}
+		if on, err := MonitorEnabled(name); err != nil || !on {
+			t.Fatalf("MonitorEnabled = %v, %v; want true", on, err)
+		}
+		if v := disableIPv6Value(t, name); v != "1" {
+			t.Errorf("disable_ipv6 = %s in monitor mode, want 1", v)
+		}
+		if q, err = OpenQueue(name); err != nil {
+			t.Fatalf("OpenQueue: %v", err)
+		}
+	})
+	defer q.Close()
+	runIP(t, "-n", ns.name, "addr", "add", "192.0.2.2/24", "dev", name)
+	runIP(t, "-n", ns.name, "neigh", "add", "192.0.2.1", "lladdr", peerMAC.String(), "dev", name, "nud", "permanent")
+	runIP(t, "-n", ns.name, "link", "set", name, "up")
+
+	ns.do(t, func() {
+		sniff := newPacketSniffer(t, l.Index)
+		isReply := func(id int) func([]byte) bool {
+			return func(f []byte) bool { return isICMPv4(f, 0, 0, id) }
+		}
+
+		// Monitor on: a packet socket sees the request, the stack does not.
+		before := icmpInEchos(t)
+		for id := 0x100; id < 0x105; id++ {
+			if _, err := q.Write(icmpEchoFrame(l.MAC, peerMAC, peer, local, uint16(id))); err != nil {
+				t.Fatalf("write an echo request: %v", err)
+			}
+			if sniff.await(time.Second, func(f []byte) bool { return isICMPv4(f, 8, 0, id) }) == nil {
+				t.Fatalf("the packet socket did not see echo request %#x in monitor mode", id)
+			}
+		}
+		if f, others := readFrames(t, q, 300*time.Millisecond, func([]byte) bool { return true }); f != nil || others != 0 {
+			t.Errorf("in monitor mode the TAP emitted a frame (% x...)", f[:min(len(f), 34)])
+		}
+		if after := icmpInEchos(t); after != before {
+			t.Errorf("InEchos went from %d to %d in monitor mode, want unchanged", before, after)
+		}
+
+		// Monitor off: the stack answers.
+		if err := SetMonitor(name, false); err != nil {
+			t.Fatalf("SetMonitor off: %v", err)
+		}
+		if on, err := MonitorEnabled(name); err != nil || on {
+			t.Fatalf("MonitorEnabled after off = %v, %v; want false", on, err)
+		}
+		if q, err := findClsact(mustLinkByName(t, name)); err != nil || q != nil {
+			t.Errorf("clsact qdisc left behind (%v, %v)", q, err)
+		}
+		if v := disableIPv6Value(t, name); v != "0" {
+			t.Errorf("disable_ipv6 = %s out of monitor mode, want 0", v)
+		}
+		if err := SetMonitor(name, false); err != nil {
+			t.Errorf("SetMonitor off twice: %v", err)
+		}
+		before = icmpInEchos(t)
+		if _, err := q.Write(icmpEchoFrame(l.MAC, peerMAC, peer, local, 0x200)); err != nil {
+			t.Fatalf("write an echo request: %v", err)
+		}
+		// IPv6 is on again: MLD, router and neighbour solicitations may
+		// come out first.
+		if f, _ := readFrames(t, q, 2*time.Second, isReply(0x200)); f == nil {
+			t.Errorf("no echo reply out of the TAP with monitor mode off")
+		}
+		if after := icmpInEchos(t); after != before+1 {
+			t.Errorf("InEchos went from %d to %d, want +1", before, after)
+		}
+
+		// Off keeps a clsact qdisc that holds somebody else's filter.
+		if err := SetMonitor(name, true); err != nil {
+			t.Fatalf("SetMonitor on again: %v", err)
+		}
+		link := mustLinkByName(t, name)
+		fd, err := loadMonitorProg()
+		if err != nil {
+			t.Fatalf("load a program: %v", err)
+		}
+		other := &netlink.BpfFilter{
+			FilterAttrs: netlink.FilterAttrs{LinkIndex: l.Index, Parent: netlink.HANDLE_MIN_EGRESS, Protocol: unix.ETH_P_ALL},
+			Fd:          fd, Name: "someone-else", DirectAction: true,
+		}
+		err = netlink.FilterAdd(other)
+		unix.Close(fd)
+		if err != nil {
+			t.Fatalf("add another filter: %v", err)
+		}
+		if err := SetMonitor(name, false); err != nil {
+			t.Fatalf("SetMonitor off: %v", err)
+		}
+		if q, err := findClsact(link); err != nil || q == nil {
+			t.Errorf("clsact qdisc removed although another filter is on it (%v)", err)
+		}
+		if fs, err := filterList(link, netlink.HANDLE_MIN_EGRESS); err != nil || len(fs) != 1 {
+			t.Errorf("the other filter: %d (%v), want it kept", len(fs), err)
+		}
+		if err := SetMonitor("erspan77", true); !errors.Is(err, unix.ENXIO) {
+			t.Errorf("SetMonitor on a missing link: %v, want ENXIO", err)
+		}
+	})
+}
+
+func mustLinkByName(t *testing.T, name string) netlink.Link {
+	t.Helper()
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		t.Fatalf("link %s: %v", name, err)
+	}
+	return l
+}

@@ -1,0 +1,305 @@
+package tunnel
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Shared helpers of the Linux tests: network namespaces, packet sockets
+// and hand-built frames. Every test works in namespaces of its own, named
+// erspt-u-PID-N, and removes them when it ends.
+
+var testNetnsCount atomic.Int32
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates network namespaces")
+	}
+}
+
+// testNetns is a named network namespace (`ip netns`) made for one test.
+type testNetns struct {
+	name string
+	h    netns.NsHandle
+}
+
+// newTestNetns makes a namespace with lo up; it is deleted when the test
+// ends.
+func newTestNetns(t *testing.T) *testNetns {
+	t.Helper()
+	requireRoot(t)
+	name := fmt.Sprintf("erspt-u-%d-%d", os.Getpid(), testNetnsCount.Add(1))
+	runIP(t, "netns", "add", name)
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
+			t.Errorf("ip netns del %s: %v: %s", name, err, out)
+		}
+	})
+	h, err := netns.GetFromName(name)
+	if err != nil {
+		t.Fatalf("open namespace %s: %v", name, err)
+	}
+	t.Cleanup(func() { h.Close() })
+	runIP(t, "-n", name, "link", "set", "lo", "up")
+	return &testNetns{name: name, h: h}
+}
+
+// do runs fn on the calling goroutine inside the namespace. The goroutine
+// stays on its OS thread meanwhile; the thread goes back to its namespace
+// afterwards, also when fn calls t.Fatal. Should that fail, the thread
+// stays locked, so that Go ends it with the goroutine instead of reusing
+// it in the wrong namespace. Sockets and file descriptors fn opens keep
+// the namespace; goroutines fn starts do not run in it.
+func (n *testNetns) do(t *testing.T, fn func()) {
+	t.Helper()
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatalf("current namespace: %v", err)
+	}
+	defer orig.Close()
+	if err := netns.Set(n.h); err != nil {
+		runtime.UnlockOSThread()
+		t.Fatalf("enter namespace %s: %v", n.name, err)
+	}
+	defer func() {
+		if err := netns.Set(orig); err != nil {
+			t.Errorf("leave namespace %s: %v (thread kept locked)", n.name, err)
+			return
+		}
+		runtime.UnlockOSThread()
+	}()
+	fn()
+}
+
+// runIP runs ip(8) with args and fails the test if it fails.
+func runIP(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}
+
+// vethPair joins two new namespaces with a veth pair named eth0 on both
+// sides, addressed sender 192.0.2.1/24 + 2001:db8::1/64 and collector
+// 192.0.2.2/24 + 2001:db8::2/64. Fixed MACs and permanent neighbour
+// entries spare the tests ARP and neighbour discovery (whose first
+// solicitation, sent before the peer is up, costs a second), and nodad
+// makes the IPv6 addresses usable at once.
+func vethPair(t *testing.T) (sender, collector *testNetns) {
+	t.Helper()
+	sender, collector = newTestNetns(t), newTestNetns(t)
+	const senderMAC, collectorMAC = "02:00:00:00:00:01", "02:00:00:00:00:02"
+	runIP(t, "-n", sender.name, "link", "add", "eth0", "address", senderMAC, "type", "veth",
+		"peer", "name", "eth0", "address", collectorMAC, "netns", collector.name)
+	for _, side := range []struct {
+		ns                   *testNetns
+		v4, v6               string
+		peerV4, peerV6, peer string
+	}{
+		{sender, "192.0.2.1/24", "2001:db8::1/64", "192.0.2.2", "2001:db8::2", collectorMAC},
+		{collector, "192.0.2.2/24", "2001:db8::2/64", "192.0.2.1", "2001:db8::1", senderMAC},
+	} {
+		n := side.ns.name
+		runIP(t, "-n", n, "addr", "add", side.v4, "dev", "eth0")
+		runIP(t, "-n", n, "addr", "add", side.v6, "dev", "eth0", "nodad")
+		runIP(t, "-n", n, "neigh", "add", side.peerV4, "lladdr", side.peer, "dev", "eth0", "nud", "permanent")
+		runIP(t, "-n", n, "neigh", "add", side.peerV6, "lladdr", side.peer, "dev", "eth0", "nud", "permanent")
+		runIP(t, "-n", n, "link", "set", "eth0", "up")
+	}
+	return sender, collector
+}
+
+// packetSniffer is an AF_PACKET socket on one link, seeing every frame in
+// both directions before tc ingress runs.
+type packetSniffer struct{ fd int }
+
+// newPacketSniffer opens it on the link with index ifindex in the calling
+// thread's namespace (call it inside testNetns.do); closed at test end.
+func newPacketSniffer(t *testing.T, ifindex int) *packetSniffer {
+	t.Helper()
+	proto := int(htons16(unix.ETH_P_ALL))
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto)
+	if err != nil {
+		t.Fatalf("AF_PACKET socket: %v", err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: uint16(proto), Ifindex: ifindex}); err != nil {
+		t.Fatalf("bind AF_PACKET socket to ifindex %d: %v", ifindex, err)
+	}
+	return &packetSniffer{fd: fd}
+}
+
+// await returns the first frame for which match is true, or nil when
+// none comes within d.
+func (s *packetSniffer) await(d time.Duration, match func(f []byte) bool) []byte {
+	deadline := time.Now().Add(d)
+	buf := make([]byte, 65536)
+	for range 100000 {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil
+		}
+		fds := []unix.PollFd{{Fd: int32(s.fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, int(left/time.Millisecond)+1)
+		if err != nil && err != unix.EINTR {
+			return nil
+		}
+		if n <= 0 {
+			continue
+		}
+		m, _, err := unix.Recvfrom(s.fd, buf, unix.MSG_DONTWAIT)
+		if err != nil {
+			continue
+		}
+		if match(buf[:m]) {
+			return append([]byte(nil), buf[:m]...)
+		}
+	}
+	return nil
+}
+
+func htons16(v uint16) uint16 { return v<<8 | v>>8 }
+
+// inetChecksum is the Internet checksum (RFC 1071) of b.
+func inetChecksum(b []byte) uint16 {
+	var sum uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	if len(b)%2 == 1 {
+		sum += uint32(b[len(b)-1]) << 8
+	}
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	return ^uint16(sum)
+}
+
+// icmpEchoFrame builds an Ethernet frame carrying an ICMP echo request
+// from src to dst with identifier id.
+func icmpEchoFrame(dstMAC, srcMAC net.HardwareAddr, src, dst net.IP, id uint16) []byte {
+	f := make([]byte, 14+20+8+32)
+	copy(f[0:6], dstMAC)
+	copy(f[6:12], srcMAC)
+	binary.BigEndian.PutUint16(f[12:14], unix.ETH_P_IP)
+	ip := f[14:34]
+	ip[0] = 0x45
+	binary.BigEndian.PutUint16(ip[2:4], uint16(len(f)-14))
+	ip[8] = 64
+	ip[9] = unix.IPPROTO_ICMP
+	copy(ip[12:16], src.To4())
+	copy(ip[16:20], dst.To4())
+	binary.BigEndian.PutUint16(ip[10:12], inetChecksum(ip))
+	icmp := f[34:]
+	icmp[0] = 8 // echo request
+	binary.BigEndian.PutUint16(icmp[4:6], id)
+	binary.BigEndian.PutUint16(icmp[6:8], 1)
+	for i := range icmp[8:] {
+		icmp[8+i] = byte(i)
+	}
+	binary.BigEndian.PutUint16(icmp[2:4], inetChecksum(icmp))
+	return f
+}
+
+// isICMPv4 reports whether the Ethernet frame f carries an ICMP message of
+// the given type and code (and, for echo, identifier id; -1 = any).
+func isICMPv4(f []byte, typ, code byte, id int) bool {
+	if len(f) < 14+20+8 || binary.BigEndian.Uint16(f[12:14]) != unix.ETH_P_IP || f[14+9] != unix.IPPROTO_ICMP {
+		return false
+	}
+	icmp := f[14+int(f[14]&0x0f)*4:]
+	if len(icmp) < 8 || icmp[0] != typ || icmp[1] != code {
+		return false
+	}
+	return id < 0 || int(binary.BigEndian.Uint16(icmp[4:6])) == id
+}
+
+// isICMPv6 reports whether the Ethernet frame f carries an ICMPv6 message
+// of the given type and code right after the IPv6 header.
+func isICMPv6(f []byte, typ, code byte) bool {
+	if len(f) < 14+40+8 || binary.BigEndian.Uint16(f[12:14]) != unix.ETH_P_IPV6 || f[14+6] != unix.IPPROTO_ICMPV6 {
+		return false
+	}
+	return f[54] == typ && f[55] == code
+}
+
+// greSender is a raw IPPROTO_GRE socket: the kernel writes the outer IP
+// header of what it sends.
+type greSender struct {
+	t  *testing.T
+	fd int
+	to unix.Sockaddr
+}
+
+// newGRESender opens it in the calling thread's namespace (call it inside
+// testNetns.do), sending to dst; closed at test end.
+func newGRESender(t *testing.T, dst net.IP) *greSender {
+	t.Helper()
+	af := unix.AF_INET6
+	var to unix.Sockaddr
+	if v4 := dst.To4(); v4 != nil {
+		af = unix.AF_INET
+		to = &unix.SockaddrInet4{Addr: [4]byte(v4)}
+	} else {
+		to = &unix.SockaddrInet6{Addr: [16]byte(dst.To16())}
+	}
+	fd, err := unix.Socket(af, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 47)
+	if err != nil {
+		t.Fatalf("raw GRE sending socket: %v", err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	// This socket receives GRE too; it must not keep copies around.
+	drop := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}}
+	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &unix.SockFprog{Len: 1, Filter: &drop[0]}); err != nil {
+		t.Fatalf("drop filter on the sending socket: %v", err)
+	}
+	return &greSender{t: t, fd: fd, to: to}
+}
+
+func (s *greSender) send(pkts ...[]byte) {
+	s.t.Helper()
+	for _, p := range pkts {
+		if err := unix.Sendto(s.fd, p, 0, s.to); err != nil {
+			s.t.Fatalf("send a GRE packet: %v", err)
+		}
+	}
+}
+
+// grePacket builds a GRE packet of protocol proto, with sequence number seq
+// when withSeq, followed by body.
+func grePacket(proto uint16, withSeq bool, seq uint32, body []byte) []byte {
+	var p []byte
+	if withSeq {
+		p = binary.BigEndian.AppendUint16(p, 0x1000)
+		p = binary.BigEndian.AppendUint16(p, proto)
+		p = binary.BigEndian.AppendUint32(p, seq)
+	} else {
+		p = binary.BigEndian.AppendUint16(p, 0)
+		p = binary.BigEndian.AppendUint16(p, proto)
+	}
+	return append(p, body...)
+}
+
+// fakeFrame is an arbitrary 60-byte Ethernet frame marked with tag.
+func fakeFrame(tag byte) []byte {
+	f := make([]byte, 60)
+	copy(f, []byte{0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x88, 0xb5})
+	for i := 14; i < len(f); i++ {
+		f[i] = tag
+	}
+	return f
+}

@@ -1,0 +1,359 @@
+package tunnel
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"net/netip"
+	"os/exec"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/erspan-linux/erspan/erspan"
+)
+
+// socketTestAddrs are the outer addresses vethPair gives the sender (the
+// switch) and the collector.
+func socketTestAddrs(family int) (sender, collector netip.Addr) {
+	if family == 4 {
+		return netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
+	}
+	return netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("2001:db8::2")
+}
+
+type receivedGRE struct {
+	src, dst netip.Addr
+	gre      []byte
+	err      error
+}
+
+// readGRE reads n messages from s (copying them out of its buffers), and
+// fails the test if they do not come within d: the socket is then closed
+// to end the pending ReadBatch.
+func readGRE(t *testing.T, s *GRESocket, n int, d time.Duration) []receivedGRE {
+	t.Helper()
+	timer := time.AfterFunc(d, func() { s.Close() })
+	defer timer.Stop()
+	var got []receivedGRE
+	for len(got) < n {
+		msgs, err := s.ReadBatch()
+		if errors.Is(err, net.ErrClosed) {
+			t.Fatalf("got %d of %d packets within %v", len(got), n, d)
+		}
+		if err != nil {
+			t.Fatalf("ReadBatch: %v", err)
+		}
+		if len(msgs) == 0 {
+			t.Fatalf("ReadBatch returned no messages and no error")
+		}
+		for _, m := range msgs {
+			got = append(got, receivedGRE{m.Src, m.Dst, append([]byte(nil), m.GRE...), m.Err})
+		}
+	}
+	return got
+}
+
+// typeIIBody is an ERSPAN Type II header (session 5) and a frame.
+func typeIIBody(tag byte) []byte {
+	return append([]byte{0x10, 0x00, 0x00, 0x05, 0x00, 0x00, 0x00, 0x00}, fakeFrame(tag)...)
+}
+
+// typeIIIBody is an ERSPAN Type III header (session 6) and a frame.
+func typeIIIBody(tag byte) []byte {
+	return append([]byte{0x20, 0x00, 0x00, 0x06, 0, 0, 0, 1, 0, 0, 0, 0}, fakeFrame(tag)...)
+}
+
+func TestSocketIPv4(t *testing.T)        { testSocket(t, 4, false) }
+func TestSocketIPv4Options(t *testing.T) { testSocket(t, 4, true) }
+func TestSocketIPv6(t *testing.T)        { testSocket(t, 6, false) }
+
+func testSocket(t *testing.T, family int, ipOptions bool) {
+	sender, collector := vethPair(t)
+	src, dst := socketTestAddrs(family)
+	var s, small *GRESocket
+	var sniff *packetSniffer
+	collector.do(t, func() {
+		var err error
+		if s, err = ListenGRE(family, 8, 2048, 1<<20); err != nil {
+			t.Fatalf("ListenGRE: %v", err)
+		}
+		t.Cleanup(func() { s.Close() })
+		// A second socket whose buffer is too small for the packet sent
+		// last.
+		if small, err = ListenGRE(family, 4, 128, 0); err != nil {
+			t.Fatalf("ListenGRE (small): %v", err)
+		}
+		t.Cleanup(func() { small.Close() })
+		eth0, err := net.InterfaceByName("eth0")
+		if err != nil {
+			t.Fatalf("eth0: %v", err)
+		}
+		sniff = newPacketSniffer(t, eth0.Index)
+	})
+	var snd *greSender
+	sender.do(t, func() {
+		snd = newGRESender(t, net.IP(dst.AsSlice()))
+		if ipOptions {
+			// Three NOPs and an end-of-list: IHL 6 instead of 5.
+			if err := unix.SetsockoptString(snd.fd, unix.IPPROTO_IP, unix.IP_OPTIONS, "\x01\x01\x01\x00"); err != nil {
+				t.Fatalf("IP_OPTIONS: %v", err)
+			}
+		}
+	})
+
+	erspan2 := grePacket(erspan.ProtoERSPAN, true, 1, typeIIBody(1))
+	erspan1 := grePacket(erspan.ProtoERSPAN, false, 0, fakeFrame(3)) // Type I: no S, no header
+	erspan3 := grePacket(erspan.ProtoERSPAN3, true, 2, typeIIIBody(4))
+	erspan3NoSeq := grePacket(erspan.ProtoERSPAN3, false, 0, typeIIIBody(5))
+	teb := grePacket(erspan.ProtoTEB, false, 0, fakeFrame(2))
+	ipv4 := grePacket(unix.ETH_P_IP, false, 0, []byte{0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0, 192, 0, 2, 9, 192, 0, 2, 10})
+	// The filter looks at the protocol field only; flags it does not
+	// like are for the decoder to count. (Byte 0 is also what an IPv4
+	// filter's ldx msh would wrongly read as a header length here.)
+	oddFlags := append([]byte{0x08, 0x00, 0x88, 0xbe}, fakeFrame(8)...)
+	last := grePacket(erspan.ProtoERSPAN, true, 3, typeIIBody(6))
+	// The rejected ones go between the accepted ones: anything the filter
+	// let through would show up in the sequence read back.
+	snd.send(erspan2, teb, erspan1, ipv4, erspan3, erspan3NoSeq, teb, oddFlags, last)
+	want := [][]byte{erspan2, erspan1, erspan3, erspan3NoSeq, oddFlags, last}
+
+	if ipOptions {
+		f := sniff.await(2*time.Second, func(f []byte) bool {
+			return len(f) > 34 && f[12] == 0x08 && f[13] == 0x00 && f[14+9] == erspan.IPProtoGRE
+		})
+		if f == nil || f[14]&0x0f != 6 {
+			t.Fatalf("the GRE packets on the wire carry no IPv4 option (frame % x)", f)
+		}
+	}
+
+	got := readGRE(t, s, len(want), 5*time.Second)
+	if len(got) != len(want) {
+		t.Fatalf("read %d packets, want %d (a rejected one passed the filter)", len(got), len(want))
+	}
+	for i, g := range got {
+		if g.err != nil || g.src != src || g.dst != dst || !bytes.Equal(g.gre, want[i]) {
+			t.Errorf("packet %d: %v -> %v err %v gre % x; want %v -> %v gre % x",
+				i, g.src, g.dst, g.err, g.gre, src, dst, want[i])
+		}
+	}
+	if d := s.KernelDrops(); d != 0 {
+		t.Errorf("KernelDrops = %d, want 0", d)
+	}
+
+	// Too big for the small socket's 128-byte buffer: ErrShort.
+	big := grePacket(erspan.ProtoERSPAN, true, 4, append(typeIIBody(7), make([]byte, 200)...))
+	snd.send(big)
+	for _, g := range readGRE(t, small, len(want)+1, 5*time.Second)[len(want):] {
+		if g.err != erspan.ErrShort || g.gre != nil {
+			t.Errorf("packet over the buffer size: err %v, gre %d bytes; want ErrShort, nil", g.err, len(g.gre))
+		}
+		if family == 4 && (g.src != src || g.dst != dst) {
+			t.Errorf("truncated packet %v -> %v, want the addresses still", g.src, g.dst)
+		}
+	}
+	if g := readGRE(t, s, 1, 5*time.Second)[0]; !bytes.Equal(g.gre, big) {
+		t.Errorf("the big packet came whole through the large buffer: got %d bytes, want %d", len(g.gre), len(big))
+	}
+
+	// Close unblocks a pending ReadBatch, which returns net.ErrClosed.
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.ReadBatch()
+		done <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	if err := s.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Errorf("ReadBatch after Close: %v, want net.ErrClosed", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Close did not unblock a pending ReadBatch")
+	}
+	if _, err := s.ReadBatch(); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("ReadBatch on a closed socket: %v, want net.ErrClosed", err)
+	}
+}
+
+func TestSocketKernelDrops(t *testing.T) {
+	sender, collector := vethPair(t)
+	var s *GRESocket
+	collector.do(t, func() {
+		var err error
+		// The smallest buffer the kernel allows: a burst overflows it.
+		if s, err = ListenGRE(4, 16, 2048, 1); err != nil {
+			t.Fatalf("ListenGRE: %v", err)
+		}
+		t.Cleanup(func() { s.Close() })
+	})
+	var snd *greSender
+	sender.do(t, func() { snd = newGRESender(t, net.IPv4(192, 0, 2, 2)) })
+	pkt := grePacket(erspan.ProtoERSPAN, true, 1, typeIIBody(1))
+	for range 200 {
+		snd.send(pkt)
+	}
+	// Empty the queue; packets queued before the overflow carry no count.
+	read := len(readGRE(t, s, 1, 5*time.Second))
+	for range 200 {
+		if read >= 200 || s.KernelDrops() > 0 {
+			break
+		}
+		// The next packet, queued after the drops, carries their count.
+		snd.send(pkt)
+		read += len(readGRE(t, s, 1, 5*time.Second))
+	}
+	if s.KernelDrops() == 0 {
+		t.Errorf("KernelDrops = 0 after a burst of 200 into a minimal buffer (%d read)", read)
+	}
+}
+
+func TestSocketAllocs(t *testing.T) {
+	for _, family := range []int{4, 6} {
+		sender, collector := vethPair(t)
+		_, dst := socketTestAddrs(family)
+		var s *GRESocket
+		collector.do(t, func() {
+			var err error
+			if s, err = ListenGRE(family, 4, 2048, 1<<20); err != nil {
+				t.Fatalf("ListenGRE: %v", err)
+			}
+			t.Cleanup(func() { s.Close() })
+		})
+		var snd *greSender
+		sender.do(t, func() { snd = newGRESender(t, net.IP(dst.AsSlice())) })
+		const runs, pending = 10, 64 // at most (runs+1)*4 = 44 are read
+		for i := range pending {
+			snd.send(grePacket(erspan.ProtoERSPAN, true, uint32(i), typeIIBody(byte(i))))
+		}
+		readGRE(t, s, 1, 5*time.Second) // the first packets are in
+		time.Sleep(50 * time.Millisecond)
+		var errs, read int
+		allocs := testing.AllocsPerRun(runs, func() {
+			msgs, err := s.ReadBatch()
+			if err != nil {
+				errs++
+			}
+			read += len(msgs)
+		})
+		if errs > 0 || read == 0 {
+			t.Fatalf("IPv%d: %d ReadBatch errors, %d packets read", family, errs, read)
+		}
+		if allocs != 0 {
+			t.Errorf("IPv%d: ReadBatch allocates %.1f times per call, want 0", family, allocs)
+		}
+	}
+}
+
+// TestICMPUnreachable shows that the kernel answers ERSPAN with ICMP
+// protocol unreachable (IPv6: parameter problem, unrecognised next header)
+// when no raw GRE socket is open, and that an open GRESocket silences it,
+// also for GRE that its filter rejects and nobody reads.
+func TestICMPUnreachable(t *testing.T) {
+	for _, family := range []int{4, 6} {
+		sender, collector := vethPair(t)
+		_, dst := socketTestAddrs(family)
+		var sniff *packetSniffer
+		var snd *greSender
+		sender.do(t, func() {
+			eth0, err := net.InterfaceByName("eth0")
+			if err != nil {
+				t.Fatalf("eth0: %v", err)
+			}
+			sniff = newPacketSniffer(t, eth0.Index)
+			snd = newGRESender(t, net.IP(dst.AsSlice()))
+		})
+		unreachable := func(f []byte) bool {
+			if family == 4 {
+				return isICMPv4(f, 3, 2, -1) // destination unreachable, protocol
+			}
+			return isICMPv6(f, 4, 1) // parameter problem, unrecognised next header
+		}
+		erspanPkt := grePacket(erspan.ProtoERSPAN, true, 1, typeIIBody(1))
+		teb := grePacket(erspan.ProtoTEB, false, 0, fakeFrame(2))
+
+		// Listening first, so that ICMP rate limits cannot hide anything.
+		var s *GRESocket
+		collector.do(t, func() {
+			var err error
+			if s, err = ListenGRE(family, 8, 2048, 0); err != nil {
+				t.Fatalf("ListenGRE: %v", err)
+			}
+		})
+		for range 3 {
+			snd.send(erspanPkt, teb)
+		}
+		if f := sniff.await(500*time.Millisecond, unreachable); f != nil {
+			t.Errorf("IPv%d: ICMP error while a GRESocket is open: % x", family, f)
+		}
+		s.Close()
+
+		snd.send(erspanPkt)
+		if sniff.await(2*time.Second, unreachable) == nil {
+			t.Errorf("IPv%d: no ICMP error for ERSPAN without a raw GRE socket: the sniffer cannot see it", family)
+		}
+	}
+}
+
+// TestNoICMPOnOverflow: a receive socket whose buffer overflows must not
+// make the kernel answer the switch with ICMP (Linux 6.10 and later do,
+// for packets a full raw socket drops). The control run, without the guard
+// socket, shows the sniffer sees that ICMP on this kernel; if the kernel
+// sends none even then, the control says so and the guarded run still
+// must see none.
+func TestNoICMPOnOverflow(t *testing.T) {
+	run := func(guard bool) (icmp bool, drops uint64) {
+		guardSockets = guard
+		defer func() { guardSockets = true }()
+		sender, collector := vethPair(t)
+		var s *GRESocket
+		collector.do(t, func() {
+			sh := "sysctl -qw net.ipv4.icmp_ratelimit=0"
+			if out, err := exec.Command("sh", "-c", sh).CombinedOutput(); err != nil {
+				t.Fatalf("%s: %v %s", sh, err, out)
+			}
+			var err error
+			if s, err = ListenGRE(4, 16, 2048, 1); err != nil {
+				t.Fatalf("ListenGRE: %v", err)
+			}
+		})
+		defer s.Close()
+		var sniff *packetSniffer
+		var snd *greSender
+		sender.do(t, func() {
+			eth0, err := net.InterfaceByName("eth0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			sniff = newPacketSniffer(t, eth0.Index)
+			snd = newGRESender(t, net.IPv4(192, 0, 2, 2))
+		})
+		pkt := grePacket(erspan.ProtoERSPAN, true, 1, typeIIBody(1))
+		for range 300 {
+			snd.send(pkt)
+		}
+		icmp = sniff.await(time.Second, func(f []byte) bool { return isICMPv4(f, 3, 2, -1) }) != nil
+		readGRE(t, s, 1, 5*time.Second)
+		snd.send(pkt)
+		readGRE(t, s, 1, 5*time.Second)
+		return icmp, s.KernelDrops()
+	}
+	controlICMP, controlDrops := run(false)
+	if controlDrops == 0 {
+		t.Fatal("the control run did not overflow the socket: the test proves nothing")
+	}
+	if !controlICMP {
+		t.Log("this kernel sends no ICMP for a full raw socket even without the guard")
+	}
+	icmp, drops := run(true)
+	if drops == 0 {
+		t.Fatal("the guarded run did not overflow the socket")
+	}
+	if icmp {
+		t.Error("ICMP protocol unreachable sent while the receive socket overflowed, guard open")
+	}
+}

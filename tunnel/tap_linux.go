@@ -1,0 +1,325 @@
+package tunnel
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+
+	"github.com/songgao/water"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// LinkAlias is the alias (IFLA_IFALIAS, `ip link show` prints it) set on
+// every link erspand creates. A later daemon adopts a TAP with this alias
+// as its own and refuses to touch any other link, such as the fallback
+// `erspan0` that ip_gre makes in every namespace.
+const LinkAlias = "erspand"
+
+// Link is what the data path knows of one erspanN network interface.
+type Link struct {
+	Index int
+	Name  string
+	MAC   net.HardwareAddr
+	MTU   int
+}
+
+// tapFlags are the TUNSETIFF flags of an erspanN TAP besides IFF_TAP: no
+// packet-information prefix (a read returns the Ethernet frame alone) and
+// several queues, so that decap can be spread over cores. A queue attached
+// later must ask for the same flags or TUNSETIFF fails with EINVAL.
+const tapFlags = netlink.TUNTAP_NO_PI | netlink.TUNTAP_MULTI_QUEUE
+
+// RandomMAC returns a random locally administered unicast address of the
+// form fe:e1:ba:dX:XX:XX, the form OpenBSD gives a new erspan(4)
+// interface.
+func RandomMAC() net.HardwareAddr {
+	mac := net.HardwareAddr{0xfe, 0xe1, 0xba, 0xd0, 0, 0}
+	var r [3]byte
+	rand.Read(r[:]) // never fails (crypto/rand, Go >= 1.24)
+	mac[3] |= r[0] & 0x0f
+	mac[4], mac[5] = r[1], r[2]
+	return mac
+}
+
+// CreateTAP makes the persistent multi-queue TAP name (IFF_TAP, IFF_NO_PI,
+// IFF_MULTI_QUEUE) in the calling thread's network namespace, with the
+// given MAC (nil: RandomMAC) and MTU (0: the kernel's 1500), alias
+// LinkAlias, and leaves it down with no queue attached.
+//
+// When a link called name exists already, CreateTAP changes nothing: if it
+// is a TAP of ours (alias LinkAlias) it returns it with adopted true, as it
+// is (its MAC and MTU are not reset); otherwise the error wraps
+// unix.EEXIST. A name the kernel would not take verbatim gives EINVAL. On
+// any other failure the half-made link is removed again.
+func CreateTAP(name string, mac net.HardwareAddr, mtu int) (l Link, adopted bool, err error) {
+	if err := checkLinkName(name); err != nil {
+		return Link{}, false, err
+	}
+	existing, err := netlink.LinkByName(name)
+	switch {
+	case err == nil:
+		if err := checkOurTAP(existing); err != nil {
+			return Link{}, false, err
+		}
+		return linkOf(existing), true, nil
+	case !isLinkNotFound(err):
+		return Link{}, false, fmt.Errorf("look up link %s: %w", name, err)
+	}
+
+	// netlink makes a Tuntap with TUNSETIFF and TUNSETPERSIST on
+	// /dev/net/tun, not with RTM_NEWLINK. TUNSETIFF on an existing TUN/TAP
+	// name attaches to that device rather than failing, so IFF_TUN_EXCL
+	// closes the window between the look-up above and this call: the
+	// kernel then refuses (EBUSY) a name that appeared meanwhile. The
+	// kernel does not keep IFF_TUN_EXCL among the device's flags, so the
+	// queues OpenQueue attaches later are not affected by it.
+	tap := &netlink.Tuntap{
+		LinkAttrs: netlink.NewLinkAttrs(),
+		Mode:      netlink.TUNTAP_MODE_TAP,
+		Flags:     tapFlags | netlink.TUNTAP_TUN_EXCL,
+		Queues:    1,
+	}
+	tap.Name = name
+	if err := netlink.LinkAdd(tap); err != nil {
+		if _, lerr := netlink.LinkByName(name); lerr == nil {
+			return Link{}, false, fmt.Errorf("create TAP %s: a link of that name appeared meanwhile: %w", name, unix.EEXIST)
+		}
+		// netlink formats the ioctl's errno into its message (%v): the
+		// errno itself is not recoverable from err.
+		return Link{}, false, fmt.Errorf("create TAP %s: %w", name, err)
+	}
+	// The creating fd is not a queue we keep: the device persists without
+	// it (TUNSETPERSIST) and the data path attaches its own with water.
+	for _, f := range tap.Fds {
+		f.Close()
+	}
+
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		// Nothing to clean up by index; remove by name as a last resort.
+		_ = deleteByName(name)
+		return Link{}, false, fmt.Errorf("look up the new TAP %s: %w", name, err)
+	}
+	undo := func(cause error) (Link, bool, error) {
+		if derr := netlink.LinkDel(link); derr != nil {
+			return Link{}, false, fmt.Errorf("%w (and removing the half-made TAP failed: %v)", cause, derr)
+		}
+		return Link{}, false, cause
+	}
+	// netlink's LinkAdd ignores the MTU, MAC and alias of a Tuntap: they
+	// are set here, on the new link, by index.
+	if mtu > 0 && link.Attrs().MTU != mtu {
+		if err := netlink.LinkSetMTU(link, mtu); err != nil {
+			return undo(fmt.Errorf("set mtu %d on %s: %w", mtu, name, err))
+		}
+	}
+	if mac == nil {
+		mac = RandomMAC()
+	}
+	if err := netlink.LinkSetHardwareAddr(link, mac); err != nil {
+		return undo(fmt.Errorf("set lladdr %s on %s: %w", mac, name, err))
+	}
+	if err := netlink.LinkSetAlias(link, LinkAlias); err != nil {
+		return undo(fmt.Errorf("set alias %s on %s: %w", LinkAlias, name, err))
+	}
+	fresh, err := netlink.LinkByIndex(link.Attrs().Index)
+	if err != nil {
+		return undo(fmt.Errorf("look up the new TAP %s: %w", name, err))
+	}
+	return linkOf(fresh), false, nil
+}
+
+// DeleteTAP removes the TAP name from the calling thread's network
+// namespace, detaching every queue still open on it (their reads and
+// writes then fail). The error wraps unix.ENXIO when there is no link
+// called name, or when the link there is not a TAP of ours, which
+// DeleteTAP never removes.
+func DeleteTAP(name string) error {
+	link, err := ourTAP(name, false)
+	if err != nil {
+		return err
+	}
+	if err := netlink.LinkDel(link); err != nil {
+		return fmt.Errorf("remove TAP %s: %w", name, err)
+	}
+	return nil
+}
+
+// SetLinkUp sets the link name in the calling thread's network namespace
+// administratively up or down. The error wraps unix.ENXIO when there is no
+// such link.
+func SetLinkUp(name string, up bool) error {
+	link, err := linkByName(name)
+	if err != nil {
+		return err
+	}
+	if up {
+		err = netlink.LinkSetUp(link)
+	} else {
+		err = netlink.LinkSetDown(link)
+	}
+	if err != nil {
+		return fmt.Errorf("set %s %s: %w", name, upDownWord(up), err)
+	}
+	return nil
+}
+
+// Queue is one queue of a TAP: every Read returns one frame that left the
+// interface, every Write hands one frame to the interface as if it had
+// been received on it. Read and Write may be called concurrently with each
+// other and with Close.
+type Queue interface {
+	// Read reads one Ethernet frame into b, which should hold the MTU
+	// plus 18 bytes (Ethernet header and one VLAN tag): the kernel cuts a
+	// longer frame to len(b) without saying so.
+	Read(b []byte) (int, error)
+	// Write writes one Ethernet frame; it is never split or merged.
+	Write(frame []byte) (int, error)
+	// Close detaches the queue and unblocks a pending Read; after it,
+	// Read and Write return an error wrapping os.ErrClosed.
+	Close() error
+}
+
+// tapQueue is a Queue over one /dev/net/tun file descriptor.
+type tapQueue struct {
+	f *os.File
+}
+
+// OpenQueue attaches one more queue to the TAP name, which must exist in
+// the calling thread's network namespace and be ours (LinkAlias): the
+// error wraps unix.ENXIO otherwise. The queue's file descriptor moves
+// with the TAP to another namespace and keeps working there.
+//
+// Reads and writes go through Go's netpoller: a Read waiting for a frame
+// parks its goroutine, not an OS thread.
+func OpenQueue(name string) (Queue, error) {
+	// TUNSETIFF would create a missing TAP (a persistent one, as water
+	// is asked to keep persistence on) and would attach to anyone's TAP
+	// of that name: check that the link is ours first.
+	if _, err := ourTAP(name, true); err != nil {
+		return nil, err
+	}
+	// water opens /dev/net/tun O_NONBLOCK, runs TUNSETIFF and only then
+	// wraps the fd in an os.File: epoll does not work on a tun fd before
+	// TUNSETIFF, and os.NewFile registers a non-blocking fd with the
+	// netpoller, which is what lets Close wake a pending Read. water
+	// also issues TUNSETPERSIST with the Persist value, so Persist must
+	// be true or attaching a queue would make the device vanish with its
+	// last queue. (water leaks the fd if an ioctl fails; the checks above
+	// make that a race that is not worth a private copy of water.)
+	ifce, err := water.New(water.Config{
+		DeviceType: water.TAP,
+		PlatformSpecificParams: water.PlatformSpecificParams{
+			Name:       name,
+			MultiQueue: true,
+			Persist:    true,
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("attach a queue to TAP %s: %w", name, err)
+	}
+	f, ok := ifce.ReadWriteCloser.(*os.File)
+	if !ok {
+		ifce.Close()
+		return nil, fmt.Errorf("attach a queue to TAP %s: water returned a %T, not an *os.File", name, ifce.ReadWriteCloser)
+	}
+	if got := ifce.Name(); got != name {
+		f.Close()
+		return nil, fmt.Errorf("attach a queue to TAP %s: the kernel attached to %q", name, got)
+	}
+	return &tapQueue{f: f}, nil
+}
+
+func (q *tapQueue) Read(b []byte) (int, error)      { return q.f.Read(b) }
+func (q *tapQueue) Write(frame []byte) (int, error) { return q.f.Write(frame) }
+func (q *tapQueue) Close() error                    { return q.f.Close() }
+
+// checkLinkName refuses names that netlink would silently cut to 15 bytes
+// or that the kernel would treat as a template ("tap%d") or reject.
+func checkLinkName(name string) error {
+	if name == "" || len(name) >= unix.IFNAMSIZ || name == "." || name == ".." ||
+		strings.ContainsAny(name, "%/: \t\n") {
+		return fmt.Errorf("invalid link name %q: %w", name, unix.EINVAL)
+	}
+	return nil
+}
+
+// checkOurTAP returns nil when link is a TAP erspand made (or can use as
+// if it had), and an error wrapping EEXIST naming what is in the way.
+func checkOurTAP(link netlink.Link) error {
+	name := link.Attrs().Name
+	if !isOurs(link) {
+		return fmt.Errorf("link %s exists (type %s) and is not managed by erspand "+
+			"(ip_gre's fallback erspan0, say); remove or rename it: %w", name, link.Type(), unix.EEXIST)
+	}
+	if link.(*netlink.Tuntap).Flags&tapFlags != tapFlags {
+		return fmt.Errorf("link %s has the erspand alias but is not a multi-queue TAP without "+
+			"packet information; remove it: %w", name, unix.EEXIST)
+	}
+	return nil
+}
+
+// isOurs reports whether link is a TAP carrying our alias.
+func isOurs(link netlink.Link) bool {
+	tt, ok := link.(*netlink.Tuntap)
+	return ok && tt.Mode == netlink.TUNTAP_MODE_TAP && link.Attrs().Alias == LinkAlias
+}
+
+// ourTAP looks up the TAP name; the error wraps ENXIO when it is missing
+// or not ours. With usable, it must also take our queues (tapFlags).
+func ourTAP(name string, usable bool) (netlink.Link, error) {
+	link, err := linkByName(name)
+	if err != nil {
+		return nil, err
+	}
+	if !isOurs(link) {
+		return nil, fmt.Errorf("link %s (type %s) is not an erspand TAP: %w", name, link.Type(), unix.ENXIO)
+	}
+	if usable {
+		if link.(*netlink.Tuntap).Flags&tapFlags != tapFlags {
+			return nil, fmt.Errorf("TAP %s is not multi-queue without packet information: %w", name, unix.ENXIO)
+		}
+	}
+	return link, nil
+}
+
+// linkByName is netlink.LinkByName with ENXIO for a missing link.
+func linkByName(name string) (netlink.Link, error) {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		if isLinkNotFound(err) {
+			return nil, fmt.Errorf("no link %s: %w", name, unix.ENXIO)
+		}
+		return nil, fmt.Errorf("look up link %s: %w", name, err)
+	}
+	return link, nil
+}
+
+func deleteByName(name string) error {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return err
+	}
+	return netlink.LinkDel(link)
+}
+
+func isLinkNotFound(err error) bool {
+	var nf netlink.LinkNotFoundError
+	return errors.As(err, &nf)
+}
+
+func linkOf(link netlink.Link) Link {
+	a := link.Attrs()
+	return Link{Index: a.Index, Name: a.Name, MAC: a.HardwareAddr, MTU: a.MTU}
+}
+
+func upDownWord(up bool) string {
+	if up {
+		return "up"
+	}
+	return "down"
+}

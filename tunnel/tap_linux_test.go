@@ -1,0 +1,222 @@
+package tunnel
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+func TestRandomMACForm(t *testing.T) {
+	seen := map[string]bool{}
+	for range 64 {
+		mac := RandomMAC()
+		if len(mac) != 6 || mac[0] != 0xfe || mac[1] != 0xe1 || mac[2] != 0xba || mac[3]&0xf0 != 0xd0 {
+			t.Fatalf("RandomMAC() = %s, want fe:e1:ba:dX:XX:XX", mac)
+		}
+		seen[mac.String()] = true
+	}
+	if len(seen) < 60 {
+		t.Errorf("64 RandomMAC calls gave only %d distinct addresses", len(seen))
+	}
+}
+
+func TestTAPCreateAdoptDelete(t *testing.T) {
+	ns := newTestNetns(t)
+	ns.do(t, func() {
+		mac := net.HardwareAddr{0xfe, 0xe1, 0xba, 0xd1, 0x23, 0x45}
+		l, adopted, err := CreateTAP("erspan7", mac, 1400)
+		if err != nil {
+			t.Fatalf("CreateTAP: %v", err)
+		}
+		if adopted || l.Name != "erspan7" || l.Index == 0 || !bytes.Equal(l.MAC, mac) || l.MTU != 1400 {
+			t.Fatalf("CreateTAP = %+v adopted=%v, want erspan7 %s mtu 1400, new", l, adopted, mac)
+		}
+		nl, err := netlink.LinkByName("erspan7")
+		if err != nil {
+			t.Fatalf("the new TAP is not there: %v", err)
+		}
+		a := nl.Attrs()
+		tt, ok := nl.(*netlink.Tuntap)
+		switch {
+		case !ok || tt.Mode != netlink.TUNTAP_MODE_TAP:
+			t.Errorf("link is %s %+v, want a TAP", nl.Type(), nl)
+		case tt.Flags&netlink.TUNTAP_MULTI_QUEUE == 0 || tt.Flags&netlink.TUNTAP_NO_PI == 0:
+			t.Errorf("TAP flags %#x, want multi-queue and no-pi", tt.Flags)
+		case tt.NonPersist:
+			t.Errorf("TAP is not persistent")
+		}
+		if a.Flags&net.FlagUp != 0 {
+			t.Errorf("new TAP is up")
+		}
+		if a.Alias != LinkAlias || !bytes.Equal(a.HardwareAddr, mac) || a.MTU != 1400 || a.Index != l.Index {
+			t.Errorf("link attrs alias %q mac %s mtu %d index %d; want %q %s 1400 %d",
+				a.Alias, a.HardwareAddr, a.MTU, a.Index, LinkAlias, mac, l.Index)
+		}
+
+		// Again: adopted as it is, even with other settings asked for.
+		l2, adopted, err := CreateTAP("erspan7", RandomMAC(), 1500)
+		if err != nil || !adopted || l2.Index != l.Index || !bytes.Equal(l2.MAC, mac) || l2.MTU != 1400 {
+			t.Errorf("second CreateTAP = %+v adopted=%v err=%v, want the same link adopted", l2, adopted, err)
+		}
+
+		// A default MAC is random, of OpenBSD's form.
+		l3, _, err := CreateTAP("erspan8", nil, 0)
+		if err != nil {
+			t.Fatalf("CreateTAP erspan8: %v", err)
+		}
+		if l3.MAC[0] != 0xfe || l3.MAC[3]&0xf0 != 0xd0 || l3.MTU != 1500 {
+			t.Errorf("erspan8 = %+v, want a fe:e1:ba:dX MAC and mtu 1500", l3)
+		}
+
+		// Somebody else's link of that name (ip_gre's erspan0, say). There
+		// is no dummy module here: a veth stands in for it. A TAP without
+		// our alias is just as foreign.
+		foreign := &netlink.Veth{LinkAttrs: netlink.NewLinkAttrs(), PeerName: "erspan9p"}
+		foreign.Name = "erspan9"
+		if err := netlink.LinkAdd(foreign); err != nil {
+			t.Fatalf("add a veth link: %v", err)
+		}
+		tap := &netlink.Tuntap{LinkAttrs: netlink.NewLinkAttrs(), Mode: netlink.TUNTAP_MODE_TAP,
+			Flags: netlink.TUNTAP_MULTI_QUEUE_DEFAULTS, Queues: 1}
+		tap.Name = "erspan6"
+		if err := netlink.LinkAdd(tap); err != nil {
+			t.Fatalf("add a foreign TAP: %v", err)
+		}
+		for _, f := range tap.Fds {
+			f.Close()
+		}
+		for _, name := range []string{"erspan9", "erspan6"} {
+			if _, _, err := CreateTAP(name, nil, 0); !errors.Is(err, unix.EEXIST) {
+				t.Errorf("CreateTAP over foreign %s: %v, want EEXIST", name, err)
+			}
+			if err := DeleteTAP(name); !errors.Is(err, unix.ENXIO) {
+				t.Errorf("DeleteTAP of foreign %s: %v, want ENXIO", name, err)
+			}
+			if _, err := netlink.LinkByName(name); err != nil {
+				t.Errorf("foreign %s is gone: %v", name, err)
+			}
+			if _, err := OpenQueue(name); !errors.Is(err, unix.ENXIO) {
+				t.Errorf("OpenQueue on foreign %s: %v, want ENXIO", name, err)
+			}
+		}
+
+		if _, _, err := CreateTAP("erspan-a-very-long-name", nil, 0); !errors.Is(err, unix.EINVAL) {
+			t.Errorf("CreateTAP with a 23-byte name: %v, want EINVAL", err)
+		}
+
+		for _, name := range []string{"erspan7", "erspan8"} {
+			if err := DeleteTAP(name); err != nil {
+				t.Fatalf("DeleteTAP %s: %v", name, err)
+			}
+			if _, err := netlink.LinkByName(name); err == nil {
+				t.Errorf("%s still exists after DeleteTAP", name)
+			}
+		}
+		if err := DeleteTAP("erspan7"); !errors.Is(err, unix.ENXIO) {
+			t.Errorf("DeleteTAP of a missing link: %v, want ENXIO", err)
+		}
+		if err := SetLinkUp("erspan7", true); !errors.Is(err, unix.ENXIO) {
+			t.Errorf("SetLinkUp of a missing link: %v, want ENXIO", err)
+		}
+		// OpenQueue must not create the TAP it is asked for.
+		if _, err := OpenQueue("erspan7"); !errors.Is(err, unix.ENXIO) {
+			t.Errorf("OpenQueue on a missing TAP: %v, want ENXIO", err)
+		}
+		if _, err := netlink.LinkByName("erspan7"); err == nil {
+			t.Errorf("OpenQueue created erspan7")
+		}
+	})
+}
+
+func TestTAPQueue(t *testing.T) {
+	ns := newTestNetns(t)
+	ns.do(t, func() {
+		l, _, err := CreateTAP("erspan3", nil, 0)
+		if err != nil {
+			t.Fatalf("CreateTAP: %v", err)
+		}
+		if err := SetLinkUp("erspan3", true); err != nil {
+			t.Fatalf("SetLinkUp: %v", err)
+		}
+		if nl, err := netlink.LinkByName("erspan3"); err != nil || nl.Attrs().Flags&net.FlagUp == 0 {
+			t.Fatalf("link not up after SetLinkUp: %v", err)
+		}
+		q, err := OpenQueue("erspan3")
+		if err != nil {
+			t.Fatalf("OpenQueue: %v", err)
+		}
+		defer q.Close()
+		// Two queues at once: the device is multi-queue.
+		q2, err := OpenQueue("erspan3")
+		if err != nil {
+			t.Fatalf("second OpenQueue: %v", err)
+		}
+		if err := q2.Close(); err != nil {
+			t.Errorf("close the second queue: %v", err)
+		}
+		// Persist stayed on: the TAP outlives its queues.
+		if _, err := netlink.LinkByName("erspan3"); err != nil {
+			t.Fatalf("TAP gone after closing a queue: %v", err)
+		}
+
+		stats := func() (uint64, uint64) {
+			nl, err := netlink.LinkByName("erspan3")
+			if err != nil {
+				t.Fatalf("LinkByName: %v", err)
+			}
+			s := nl.Attrs().Statistics
+			return s.RxPackets, s.RxBytes
+		}
+		p0, b0 := stats()
+		frame := fakeFrame(7)
+		copy(frame[0:6], l.MAC)
+		for range 3 {
+			if n, err := q.Write(frame); err != nil || n != len(frame) {
+				t.Fatalf("Write = %d, %v", n, err)
+			}
+		}
+		p1, b1 := stats()
+		if p1-p0 != 3 || b1-b0 != 3*uint64(len(frame)) {
+			t.Errorf("rx counters went from %d/%d to %d/%d, want +3 packets +%d bytes", p0, b0, p1, b1, 3*len(frame))
+		}
+
+		// A Read parked in the netpoller returns once the queue closes.
+		q3, err := OpenQueue("erspan3")
+		if err != nil {
+			t.Fatalf("third OpenQueue: %v", err)
+		}
+		if err := SetLinkUp("erspan3", false); err != nil { // no IPv6 chatter to read
+			t.Fatalf("SetLinkUp down: %v", err)
+		}
+		done := make(chan error, 1)
+		go func() {
+			buf := make([]byte, 2048)
+			_, err := q3.Read(buf)
+			done <- err
+		}()
+		time.Sleep(50 * time.Millisecond)
+		if err := q3.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+		select {
+		case err := <-done:
+			if !errors.Is(err, os.ErrClosed) {
+				t.Errorf("Read after Close: %v, want os.ErrClosed", err)
+			}
+		case <-time.After(2 * time.Second):
+			t.Fatal("Close did not unblock a pending Read")
+		}
+		if _, err := q3.Write(frame); !errors.Is(err, os.ErrClosed) {
+			t.Errorf("Write after Close: %v, want os.ErrClosed", err)
+		}
+		if err := DeleteTAP("erspan3"); err != nil {
+			t.Errorf("DeleteTAP with a queue open: %v", err)
+		}
+	})
+}
