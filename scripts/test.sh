@@ -28,6 +28,7 @@ step "tools"
 missing=()
 command -v ip >/dev/null || missing+=(iproute2)
 command -v tcpdump >/dev/null || missing+=(tcpdump)
+command -v tshark >/dev/null || missing+=(tshark) # the e2e tests cross-check the wire with Wireshark
 if [ ${#missing[@]} -gt 0 ]; then
 	echo "installing ${missing[*]}"
 	apt-get update -qq
