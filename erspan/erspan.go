@@ -66,6 +66,7 @@ const (
 	ErrFrameType                   // Type III frame type is not Ethernet (FT != 0)
 	ErrInnerShort                  // inner frame shorter than 14 bytes
 	ErrIPHeader                    // outer IP header malformed
+	ErrFragment                    // outer IP fragment seen by a capture socket (not reassembled)
 	NumErrors                      // number of Error values + 1; not an error
 )
 
@@ -78,6 +79,7 @@ var errorNames = [NumErrors]string{
 	ErrFrameType:  "frame-type",
 	ErrInnerShort: "inner-short",
 	ErrIPHeader:   "ip-header",
+	ErrFragment:   "fragment",
 }
 
 // Name is a short, stable, lower-case name for counters and JSON keys.

@@ -86,6 +86,24 @@ func (c *Client) DelSpan(bridge, iface string) error {
 	return err
 }
 
+// Sysctl reads a daemon-wide setting, or sets it when value is not "".
+func (c *Client) Sysctl(name, value string) (string, error) {
+	var lines []string
+	if value != "" {
+		lines = append(lines, "value="+value)
+	}
+	pairs, err := c.do("sysctl", name, lines...)
+	if err != nil {
+		return "", err
+	}
+	for _, p := range pairs {
+		if p[0] == name {
+			return p[1], nil
+		}
+	}
+	return "", fmt.Errorf("erspand sent no value for %s", name)
+}
+
 // Status returns one interface.
 func (c *Client) Status(name string) (Status, error) {
 	pairs, err := c.do("get", name)

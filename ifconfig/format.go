@@ -26,7 +26,14 @@ func WriteStatus(w io.Writer, s *Status) {
 	fmt.Fprintf(w, "\tencap: vnetid %s txprio %s rxprio %s\n", vnetid, s.TxPrio, s.RxPrio)
 	fmt.Fprintf(w, "\tgroups: erspan\n")
 	if t := s.Tunnel; t != nil {
-		fmt.Fprintf(w, "\ttunnel: %s %s", t.Family, t.Src)
+		fmt.Fprintf(w, "\ttunnel:")
+		if t.Dev != "" {
+			// Sensor mode: the addresses, if any, only filter.
+			fmt.Fprintf(w, " dev %s", t.Dev)
+		}
+		if t.Src != "" {
+			fmt.Fprintf(w, " %s %s", t.Family, t.Src)
+		}
 		if t.Dst != "" {
 			fmt.Fprintf(w, " --> %s", t.Dst)
 		}
@@ -77,8 +84,9 @@ func WriteStatus(w io.Writer, s *Status) {
 
 // WriteDaemon prints the daemon-wide counters.
 func WriteDaemon(w io.Writer, d *DaemonStatus) {
-	fmt.Fprintf(w, "erspand: %d GRE packets received, %d matched no interface, %d dropped by the kernel (socket buffer full)\n",
+	fmt.Fprintf(w, "erspand: %d GRE packets received, %d matched no interface, %d dropped by the kernel (socket buffer or ring full)\n",
 		d.RxPackets, d.Unmatched, d.KernelDrops)
+	fmt.Fprintf(w, "\tnet.inet.gre.allow=%s, %d dropped while 0\n", boolStr(d.GREAllow), d.Disallowed)
 	var parts []string
 	for e := erspan.Error(1); e < erspan.NumErrors; e++ {
 		parts = append(parts, fmt.Sprintf("%s %d", e.Name(), d.Drops[e.Name()]))

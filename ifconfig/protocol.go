@@ -114,6 +114,19 @@ func (r *Registry) handle(out *strings.Builder, op, arg string, lines []string) 
 			}
 		}
 		return nil
+	case "sysctl":
+		var value string
+		for _, l := range lines {
+			if v, ok := strings.CutPrefix(l, "value="); ok {
+				value = v
+			}
+		}
+		v, err := r.Sysctl(arg, value)
+		if err != nil {
+			return err
+		}
+		kv(out, arg, v)
+		return nil
 	case "addspan", "delspan":
 		// OpenBSD's SIOCBRDGADDS / SIOCBRDGDELS on a bridge: the
 		// operation names the bridge, one line the span port.
@@ -143,7 +156,7 @@ func (r *Registry) handle(out *strings.Builder, op, arg string, lines []string) 
 		writeStatus(out, &s)
 		return nil
 	}
-	return newError(syscall.EOPNOTSUPP, arg, op, "unknown operation; the operations are create, destroy, set, get, addspan and delspan")
+	return newError(syscall.EOPNOTSUPP, arg, op, "unknown operation; the operations are create, destroy, set, get, addspan, delspan and sysctl")
 }
 
 func writeErr(out *strings.Builder, err error) {
@@ -200,6 +213,7 @@ func writeStatus(out *strings.Builder, s *Status) {
 			kv(out, "tunnel_dst", s.Tunnel.Dst)
 		}
 	}
+	kv(out, "tunneldev", s.TunnelDev)
 	kv(out, "ttl", s.TTL)
 	kv(out, "df", boolStr(s.DF))
 	kv(out, "txprio", s.TxPrio)
@@ -243,6 +257,8 @@ func writeDaemon(out *strings.Builder, d *DaemonStatus) {
 	kv(out, "daemon_rx_packets", d.RxPackets)
 	kv(out, "daemon_unmatched", d.Unmatched)
 	kv(out, "daemon_kernel_drops", d.KernelDrops)
+	kv(out, "daemon_disallowed", d.Disallowed)
+	kv(out, "daemon_gre_allow", boolStr(d.GREAllow))
 	names := make([]string, 0, len(d.Drops))
 	for n := range d.Drops {
 		names = append(names, n)
@@ -350,6 +366,10 @@ func decodeStatuses(pairs [][2]string) (All, error) {
 				a.Daemon.Unmatched = n
 			case k == "daemon_kernel_drops":
 				a.Daemon.KernelDrops = n
+			case k == "daemon_disallowed":
+				a.Daemon.Disallowed = n
+			case k == "daemon_gre_allow":
+				a.Daemon.GREAllow = v == "1"
 			case strings.HasPrefix(k, "daemon_drop_"):
 				a.Daemon.Drops[strings.TrimPrefix(k, "daemon_drop_")] = n
 			}
@@ -377,6 +397,14 @@ func decodeStatuses(pairs [][2]string) (All, error) {
 			cur.Tunnel = &TunnelStatus{Family: "inet", Src: v}
 			if strings.Contains(v, ":") {
 				cur.Tunnel.Family = "inet6"
+			}
+		case "tunneldev":
+			cur.TunnelDev = v
+			if v != "" {
+				if cur.Tunnel == nil {
+					cur.Tunnel = &TunnelStatus{Family: "inet"}
+				}
+				cur.Tunnel.Dev = v
 			}
 		case "tunnel_dst":
 			if cur.Tunnel != nil {

@@ -37,6 +37,11 @@ type Backend interface {
 	CheckNamespace(name string) error
 	AddSpan(bridge, iface string) error
 	DelSpan(bridge, iface string) error
+	// CheckDevice returns an error wrapping ENODEV when namespace ns has
+	// no interface dev.
+	CheckDevice(ns, dev string) error
+	SetGREAllow(allow bool)
+	GREAllow() bool
 }
 
 type entry struct {
@@ -247,6 +252,24 @@ func (r *Registry) Set(name string, s Setting) error {
 			return err
 		}
 		cfg.TunnelDomain = ns
+	case "tunneldev":
+		if cfg.Up {
+			return busy()
+		}
+		if err := checkBridgeName(s.Args[0], s.String()); err != nil {
+			return err
+		}
+		if err := r.b.CheckDevice(cfg.TunnelDomain, s.Args[0]); err != nil {
+			e := asError(err, name, s.String())
+			e.Iface, e.Msg = name, fmt.Sprintf("no interface %s in the tunnel's network namespace (see ip link)", s.Args[0])
+			return e
+		}
+		cfg.TunnelDev = s.Args[0]
+	case "-tunneldev":
+		if cfg.Up {
+			return busy()
+		}
+		cfg.TunnelDev = ""
 	case "rdomain", "-rdomain":
 		if len(e.spans) > 0 {
 			return newError(syscall.EBUSY, name, s.String(),
@@ -292,6 +315,24 @@ func (r *Registry) namespace(name string, s Setting) (string, error) {
 		return "", e
 	}
 	return ns, nil
+}
+
+// Sysctl reads, or with value set writes, a daemon-wide setting. The one
+// there is is OpenBSD's net.inet.gre.allow (1: GRE is accepted; 0: every
+// GRE packet is dropped and counted). erspand defaults to 1, unlike
+// OpenBSD: starting the daemon is the opt-in.
+func (r *Registry) Sysctl(name, value string) (string, error) {
+	if name != "net.inet.gre.allow" {
+		return "", newError(syscall.ENOENT, "", name, "unknown sysctl; the one there is: net.inet.gre.allow")
+	}
+	if value != "" {
+		if value != "0" && value != "1" {
+			return "", newError(syscall.EINVAL, "", name+"="+value, "net.inet.gre.allow is 0 or 1")
+		}
+		r.b.SetGREAllow(value == "1")
+		r.changed()
+	}
+	return boolStr(r.b.GREAllow()), nil
 }
 
 // AddSpan makes interface name a span port of bridge (OpenBSD's
@@ -355,9 +396,10 @@ func checkBridgeName(bridge, setting string) error {
 // or with a destination but no session; EADDRINUSE when another up
 // interface has the same (local, remote, session) key.
 func (r *Registry) checkUp(name string, s Setting, cfg *tunnel.Config) error {
-	if !cfg.Src.IsValid() {
+	// Sensor mode takes packets off an interface: addresses only filter.
+	if !cfg.Src.IsValid() && cfg.TunnelDev == "" {
 		return newError(syscall.EDESTADDRREQ, name, s.String(),
-			"no tunnel addresses: set them first with tunnel SRC DST (one switch) or tunneladdr SRC (a collector for any switch)")
+			"no tunnel addresses: set them first with tunnel SRC DST (one switch) or tunneladdr SRC (a collector for any switch), or tunneldev IFNAME (sensor mode)")
 	}
 	if cfg.Dst.IsValid() && cfg.VNetID == tunnel.NoSession {
 		return newError(syscall.EDESTADDRREQ, name, s.String(),
@@ -367,7 +409,8 @@ func (r *Registry) checkUp(name string, s Setting, cfg *tunnel.Config) error {
 		if other == name || !o.cfg.Up {
 			continue
 		}
-		if o.cfg.Src == cfg.Src && o.cfg.Dst == cfg.Dst && o.cfg.VNetID == cfg.VNetID {
+		if o.cfg.Src == cfg.Src && o.cfg.Dst == cfg.Dst && o.cfg.VNetID == cfg.VNetID &&
+			o.cfg.TunnelDomain == cfg.TunnelDomain && o.cfg.TunnelDev == cfg.TunnelDev {
 			return newError(syscall.EADDRINUSE, name, s.String(),
 				"%s is up with the same tunnel addresses and vnetid; take it down or change the tunnel or vnetid of one of them", other)
 		}
@@ -428,6 +471,7 @@ func (r *Registry) All() All {
 		return unitLess(a.Interfaces[i].Name, a.Interfaces[j].Name)
 	})
 	a.Daemon = daemonStatus(r.b.DaemonCounters())
+	a.Daemon.GREAllow = r.b.GREAllow()
 	return a
 }
 
@@ -452,6 +496,7 @@ func (r *Registry) status(e *entry) Status {
 		TxPrio:       "packet",
 		RxPrio:       "payload",
 		TunnelDomain: c.TunnelDomain,
+		TunnelDev:    c.TunnelDev,
 		Rdomain:      c.Rdomain,
 		Counters:     r.b.Counters(c.Name),
 		Spans:        slices.Clone(e.spans),
@@ -478,8 +523,8 @@ func (r *Registry) status(e *entry) Status {
 		v := c.VNetID
 		s.VNetID = &v
 	}
-	if c.Src.IsValid() {
-		t := &TunnelStatus{Family: "inet", Src: c.Src.String()}
+	if c.Src.IsValid() || c.TunnelDev != "" {
+		t := &TunnelStatus{Family: "inet", Src: addrString(c.Src), Dev: c.TunnelDev}
 		if c.Src.Is6() {
 			t.Family = "inet6"
 		}
@@ -489,6 +534,13 @@ func (r *Registry) status(e *entry) Status {
 		s.Tunnel = t
 	}
 	return s
+}
+
+func addrString(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
 }
 
 // OpenBSD interface flags, as ifconfig prints them: if_flags in the low 16

@@ -19,6 +19,7 @@ type fakeBackend struct {
 	cfgs      map[string]tunnel.Config
 	createErr error
 	updateErr error
+	deny      bool
 }
 
 func newFake() *fakeBackend { return &fakeBackend{cfgs: map[string]tunnel.Config{}} }
@@ -58,6 +59,17 @@ func (f *fakeBackend) AddSpan(bridge, iface string) error {
 }
 
 func (f *fakeBackend) DelSpan(bridge, iface string) error { return nil }
+
+func (f *fakeBackend) CheckDevice(ns, dev string) error {
+	if dev == "eth1" {
+		return nil
+	}
+	return fmt.Errorf("interface %s: %w", dev, syscall.ENODEV)
+}
+
+func (f *fakeBackend) SetGREAllow(allow bool) { f.deny = !allow }
+
+func (f *fakeBackend) GREAllow() bool { return !f.deny }
 
 func (f *fakeBackend) CheckNamespace(name string) error {
 	if name == "sensor" {
@@ -332,5 +344,62 @@ func TestSpanPorts(t *testing.T) {
 	wantErrno(t, r.DelSpan("br0", "erspan0"), syscall.ENOENT, "br0", "delspan erspan0")
 	if s, _ := r.Status("erspan0"); len(s.Spans) != 0 {
 		t.Errorf("spans after delspan: %v", s.Spans)
+	}
+}
+
+func TestSensorMode(t *testing.T) {
+	f := newFake()
+	r := NewRegistry(f)
+	for _, n := range []string{"erspan0", "erspan1"} {
+		if err := r.Create(n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wantErrno(t, set(r, "erspan0", "tunneldev", "eth9"), syscall.ENODEV, "erspan0", "tunneldev eth9")
+	// Without addresses, up is allowed in sensor mode.
+	if err := set(r, "erspan0", "tunneldev", "eth1", "up"); err != nil {
+		t.Fatal(err)
+	}
+	wantErrno(t, set(r, "erspan0", "-tunneldev"), syscall.EBUSY, "erspan0", "-tunneldev")
+	// Another interface on the same NIC needs another key.
+	wantErrno(t, set(r, "erspan1", "tunneldev", "eth1", "up"), syscall.EADDRINUSE, "erspan1", "up")
+	if err := set(r, "erspan1", "vnetid", "7", "up"); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := r.Status("erspan1")
+	var b bytes.Buffer
+	WriteStatus(&b, &s)
+	if s.TunnelDev != "eth1" || !strings.Contains(b.String(), "\ttunnel: dev eth1 ttl 64 nodf\n") {
+		t.Errorf("status %+v\n%s", s, b.String())
+	}
+	if err := set(r, "erspan1", "down", "tunneladdr", "192.0.2.2", "up"); err != nil {
+		t.Fatal(err)
+	}
+	s, _ = r.Status("erspan1")
+	b.Reset()
+	WriteStatus(&b, &s)
+	if !strings.Contains(b.String(), "\ttunnel: dev eth1 inet 192.0.2.2 ttl 64 nodf\n") {
+		t.Errorf("with a filter address:\n%s", b.String())
+	}
+}
+
+func TestSysctl(t *testing.T) {
+	f := newFake()
+	r := NewRegistry(f)
+	c := serve(t, r)
+	if v, err := c.Sysctl("net.inet.gre.allow", ""); err != nil || v != "1" {
+		t.Errorf("default: %q %v", v, err)
+	}
+	if v, err := c.Sysctl("net.inet.gre.allow", "0"); err != nil || v != "0" || !f.deny {
+		t.Errorf("set 0: %q %v", v, err)
+	}
+	if _, err := c.Sysctl("net.inet.gre.allow", "2"); !errors.Is(err, syscall.EINVAL) {
+		t.Errorf("set 2: %v", err)
+	}
+	if _, err := c.Sysctl("net.inet.ip.forwarding", ""); !errors.Is(err, syscall.ENOENT) {
+		t.Errorf("unknown: %v", err)
+	}
+	if a, _ := c.All(); a.Daemon.GREAllow {
+		t.Error("gre_allow in get")
 	}
 }

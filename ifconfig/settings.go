@@ -49,12 +49,14 @@ var keywords = map[string]keyword{
 	"-tunneldomain": {0, "-tunneldomain"},
 	"rdomain":       {1, "rdomain NETNS"},
 	"-rdomain":      {0, "-rdomain"},
+	"tunneldev":     {1, "tunneldev IFNAME"},
+	"-tunneldev":    {0, "-tunneldev"},
 }
 
 // Usage lists the settings, for help texts.
 func Usage() []string {
 	order := []string{"tunnel", "tunneladdr", "-tunnel", "vnetid", "-vnetid", "up", "down", "monitor", "-monitor",
-		"tunnelttl", "tunneldf", "-tunneldf", "txprio", "mtu", "lladdr", "tunneldomain", "-tunneldomain", "rdomain", "-rdomain"}
+		"tunnelttl", "tunneldf", "-tunneldf", "txprio", "mtu", "lladdr", "tunneldomain", "-tunneldomain", "rdomain", "-rdomain", "tunneldev", "-tunneldev"}
 	out := make([]string, len(order))
 	for i, k := range order {
 		out[i] = keywords[k].usage

@@ -31,6 +31,8 @@ type Sequencer interface {
 // that restoring takes the same path as erspanctl and hostname.erspanN.
 type State struct {
 	Interfaces []IfState `json:"interfaces"`
+	// GREAllow is net.inet.gre.allow, kept across restarts.
+	GREAllow *bool `json:"gre_allow,omitempty"`
 }
 
 // IfState is one interface in the state file.
@@ -53,6 +55,9 @@ func settingsOf(c *tunnel.Config) []string {
 	var s []string
 	if c.TunnelDomain != "" {
 		s = append(s, "tunneldomain "+c.TunnelDomain)
+	}
+	if c.TunnelDev != "" {
+		s = append(s, "tunneldev "+c.TunnelDev)
 	}
 	switch {
 	case c.Src.IsValid() && c.Dst.IsValid():
@@ -95,7 +100,8 @@ func rdomainOf(settings []string) string {
 func (r *Registry) snapshotState(seq Sequencer, rates map[string]float64) State {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	st := State{Interfaces: []IfState{}}
+	allow := r.b.GREAllow()
+	st := State{Interfaces: []IfState{}, GREAllow: &allow}
 	for name, e := range r.ifs {
 		settings := settingsOf(&e.cfg)
 		if e.cfg.Rdomain != "" {
@@ -150,6 +156,9 @@ func (r *Registry) Restore(path string, seq Sequencer, logf func(string, ...any)
 	var st State
 	if err := json.Unmarshal(data, &st); err != nil {
 		return false, fmt.Errorf("state file %s: %w", path, err)
+	}
+	if st.GREAllow != nil {
+		r.b.SetGREAllow(*st.GREAllow)
 	}
 	for _, is := range st.Interfaces {
 		if err := r.create(is.Name, rdomainOf(is.Settings)); err != nil {

@@ -28,7 +28,9 @@ type Status struct {
 	// TunnelDomain is the network namespace of the tunnel's sockets,
 	// Rdomain the one the interface lives in; "" = the daemon's own.
 	TunnelDomain string `json:"tunneldomain"`
-	Rdomain      string `json:"rdomain"`
+	// TunnelDev is the interface sensor mode captures on ("" for none).
+	TunnelDev string `json:"tunneldev"`
+	Rdomain   string `json:"rdomain"`
 
 	// Spans are the bridges this interface is a span port of.
 	Spans    []string   `json:"spans"`
@@ -62,8 +64,9 @@ type SourceStatus struct {
 // (tunneladdr).
 type TunnelStatus struct {
 	Family string `json:"family"` // "inet" or "inet6"
-	Src    string `json:"src"`
+	Src    string `json:"src,omitempty"`
 	Dst    string `json:"dst,omitempty"`
+	Dev    string `json:"dev,omitempty"` // sensor mode: the capture interface
 }
 
 // IfCounters are an interface's receive counters (defined by the data path).
@@ -81,8 +84,13 @@ type DaemonStatus struct {
 	// "gre-checksum", "ip-header"). Every reason is present, zero or not.
 	Drops map[string]uint64 `json:"drops"`
 	// KernelDrops counts packets the kernel dropped because a receive
-	// socket's buffer was full (SO_RXQ_OVFL).
+	// socket's buffer or a capture socket's ring was full (SO_RXQ_OVFL,
+	// PACKET_STATISTICS).
 	KernelDrops uint64 `json:"kernel_drops"`
+	// Disallowed counts GRE dropped while net.inet.gre.allow was 0.
+	Disallowed uint64 `json:"disallowed"`
+	// GREAllow is net.inet.gre.allow.
+	GREAllow bool `json:"gre_allow"`
 }
 
 // All is what `erspanctl -j` prints with no interface named.
@@ -96,6 +104,7 @@ func daemonStatus(c tunnel.DaemonCounters) DaemonStatus {
 		RxPackets:   c.RxPackets,
 		Unmatched:   c.Unmatched,
 		KernelDrops: c.KernelDrops,
+		Disallowed:  c.Disallowed,
 		Drops:       make(map[string]uint64, len(c.Drops)),
 	}
 	for i := erspan.Error(1); i < erspan.NumErrors; i++ {

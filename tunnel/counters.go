@@ -36,6 +36,8 @@ type IfCounters struct {
 type DaemonCounters struct {
 	RxPackets uint64 // GRE packets the receive sockets passed up
 	Unmatched uint64 // well-formed ERSPAN no interface took (spec §2, step 4)
+	// Disallowed counts GRE dropped because net.inet.gre.allow is 0.
+	Disallowed uint64
 	// Drops counts malformed packets by erspan.Error value.
 	Drops [erspan.NumErrors]uint64
 	// KernelDrops counts packets the kernel dropped on full receive
@@ -84,7 +86,7 @@ func (s *ifStats) countType(t erspan.Type) {
 }
 
 type daemonStats struct {
-	rxPackets, unmatched atomic.Uint64
-	drops                [erspan.NumErrors]atomic.Uint64
-	closedKernelDrops    atomic.Uint64 // drops of sockets already closed
+	rxPackets, unmatched, disallowed atomic.Uint64
+	drops                            [erspan.NumErrors]atomic.Uint64
+	closedKernelDrops                atomic.Uint64 // drops of sockets already closed
 }

@@ -35,13 +35,18 @@ type demuxTable struct {
 	session  map[demuxKey]*route // local, session; remote invalid
 	catchAll map[netip.Addr]*route
 	families [2]bool // [0] IPv4 needed, [1] IPv6 needed
+	// wildcard: some interface has no local address (sensor mode), so a
+	// lookup also tries the invalid address, which stands for any.
+	wildcard bool
 }
 
 // buildTable makes the table for the interfaces that are up and whose
-// tunnel lives in network namespace ns (OpenBSD's tunneldomain). The caller
-// (ifconfig) has already refused duplicate keys with EADDRINUSE; if one
-// slips through, the first interface in the slice wins.
-func buildTable(ifs []*iface, ns string) *demuxTable {
+// tunnel lives in network namespace ns (OpenBSD's tunneldomain) and, for a
+// capture socket, on interface dev (sensor mode; "" for the raw sockets).
+// With dev, the local address may be unset: it then matches any (the
+// wildcard entries). The caller (ifconfig) has already refused duplicate
+// keys with EADDRINUSE; if one slips through, the first interface wins.
+func buildTable(ifs []*iface, ns, dev string) *demuxTable {
 	t := &demuxTable{
 		exact:    make(map[demuxKey]*route),
 		session:  make(map[demuxKey]*route),
@@ -49,8 +54,11 @@ func buildTable(ifs []*iface, ns string) *demuxTable {
 	}
 	for _, ifc := range ifs {
 		c := &ifc.cfg
-		if !c.Up || !c.Src.IsValid() || c.TunnelDomain != ns {
+		if !c.Up || c.TunnelDomain != ns || c.TunnelDev != dev || (!c.Src.IsValid() && dev == "") {
 			continue
+		}
+		if !c.Src.IsValid() {
+			t.wildcard = true
 		}
 		r := &route{ifc: ifc, monitor: c.Monitor}
 		k := demuxKey{local: c.Src, remote: c.Dst, session: int32(c.VNetID)}
@@ -73,7 +81,7 @@ func buildTable(ifs []*iface, ns string) *demuxTable {
 		}
 		if c.Src.Is4() {
 			t.families[0] = true
-		} else {
+		} else if c.Src.Is6() {
 			t.families[1] = true
 		}
 	}
@@ -99,6 +107,14 @@ func (t *demuxTable) lookup(local, remote netip.Addr, session int32) *route {
 		if r := t.session[demuxKey{local: local, session: session}]; r != nil {
 			return r
 		}
+		if t.wildcard {
+			if r := t.session[demuxKey{session: session}]; r != nil {
+				return r
+			}
+		}
 	}
-	return t.catchAll[local]
+	if r := t.catchAll[local]; r != nil || !t.wildcard {
+		return r
+	}
+	return t.catchAll[netip.Addr{}]
 }

@@ -41,6 +41,10 @@ type Config struct {
 	// ("" = the daemon's own); Rdomain the one the TAP lives in.
 	TunnelDomain string
 	Rdomain      string
+	// TunnelDev is sensor mode: receive every ERSPAN packet seen on this
+	// interface of the tunnel's namespace, addressed to this host or not.
+	// Src, Dst and VNetID then only filter.
+	TunnelDev string
 }
 
 // TxPrioPacket is Config.TxPrio for OpenBSD's `txprio packet`: the
@@ -86,6 +90,10 @@ type System interface {
 	OpenQueue(ns, name string) (Queue, error)
 	// ListenGRE opens a receive socket for family 4 or 6 in namespace ns.
 	ListenGRE(ns string, family int) (Socket, error)
+	// ListenCapture opens a capture socket on interface dev of namespace
+	// ns (sensor mode); ENODEV when there is no such interface.
+	ListenCapture(ns, dev string) (Socket, error)
+	CheckDevice(ns, dev string) error
 	// OpenSender opens a send-only socket from src to dst in namespace ns.
 	OpenSender(ns string, src, dst netip.Addr, ttl int, df bool) (Sender, error)
 	CheckNamespace(name string) error
@@ -130,9 +138,12 @@ type iface struct {
 	txDone chan struct{}
 }
 
+// recvKey names a receive socket: a raw GRE socket of a family in a
+// namespace, or (dev set, family 0) a capture socket on an interface.
 type recvKey struct {
 	ns     string
 	family int
+	dev    string
 }
 
 // Host owns every erspanN of the daemon: their TAPs, the receive sockets and
@@ -149,7 +160,20 @@ type Host struct {
 	recv  map[recvKey]*receiver
 	spans map[spanKey]func() error
 	stats daemonStats
+	// deny is OpenBSD's net.inet.gre.allow=0: every GRE packet is dropped
+	// and counted. Stored negated so that the zero value allows.
+	deny atomic.Bool
 }
+
+// SetGREAllow sets net.inet.gre.allow: false drops (and counts) all GRE.
+func (h *Host) SetGREAllow(allow bool) { h.deny.Store(!allow) }
+
+// GREAllow reports net.inet.gre.allow.
+func (h *Host) GREAllow() bool { return !h.deny.Load() }
+
+// CheckDevice returns an error wrapping ENODEV when namespace ns has no
+// interface dev.
+func (h *Host) CheckDevice(ns, dev string) error { return h.sys.CheckDevice(ns, dev) }
 
 type spanKey struct{ bridge, iface string }
 
@@ -421,6 +445,7 @@ func (h *Host) DaemonCounters() DaemonCounters {
 	var c DaemonCounters
 	c.RxPackets = h.stats.rxPackets.Load()
 	c.Unmatched = h.stats.unmatched.Load()
+	c.Disallowed = h.stats.disallowed.Load()
 	for i := range c.Drops {
 		c.Drops[i] = h.stats.drops[i].Load()
 	}
@@ -455,17 +480,25 @@ func (h *Host) Close() error {
 // or closes receive sockets to match. It is called with h.mu held.
 func (h *Host) rebuild() error {
 	ifs := make([]*iface, 0, len(h.ifaces))
-	domains := map[string]bool{}
+	places := map[recvKey]bool{} // (namespace, capture device or "")
 	for _, ifc := range h.ifaces {
 		ifs = append(ifs, ifc)
-		domains[ifc.cfg.TunnelDomain] = true
+		if ifc.cfg.Up {
+			places[recvKey{ns: ifc.cfg.TunnelDomain, dev: ifc.cfg.TunnelDev}] = true
+		}
 	}
 	tables := map[recvKey]*demuxTable{}
-	for ns := range domains {
-		t := buildTable(ifs, ns)
+	for p := range places {
+		t := buildTable(ifs, p.ns, p.dev)
+		if p.dev != "" {
+			// One capture socket per interface, whatever the families:
+			// several erspanN share it (issue: sensor mode).
+			tables[p] = t
+			continue
+		}
 		for i, need := range t.families {
 			if need {
-				tables[recvKey{ns, 4 + 2*i}] = t
+				tables[recvKey{ns: p.ns, family: 4 + 2*i}] = t
 			}
 		}
 	}
@@ -490,19 +523,24 @@ func (h *Host) rebuild() error {
 }
 
 func (h *Host) startReceiver(k recvKey) error {
-	s, err := h.sys.ListenGRE(k.ns, k.family)
-	if err != nil {
-		where := ""
-		if k.ns != "" {
-			where = " in network namespace " + k.ns
+	var s Socket
+	var err error
+	where := ""
+	if k.ns != "" {
+		where = " in network namespace " + k.ns
+	}
+	if k.dev != "" {
+		if s, err = h.sys.ListenCapture(k.ns, k.dev); err != nil {
+			return fmt.Errorf("capture ERSPAN on %s%s: %w", k.dev, where, err)
 		}
+	} else if s, err = h.sys.ListenGRE(k.ns, k.family); err != nil {
 		return fmt.Errorf("open the IPv%d GRE receive socket%s: %w", k.family, where, err)
 	}
 	r := &receiver{h: h, sock: s, done: make(chan struct{})}
 	r.table.Store(&demuxTable{})
 	h.recv[k] = r
 	go r.run()
-	h.log.verbosef("receiving ERSPAN over IPv%d in namespace %q", k.family, k.ns)
+	h.log.verbosef("receiving ERSPAN: %+v", k)
 	return nil
 }
 

@@ -237,7 +237,7 @@ func TestInputAllocs(t *testing.T) {
 		{Src: remote, Dst: local, GRE: []byte{0, 0}},
 	}
 	var p erspan.Packet
-	tab := r.h.recv[recvKey{"", 4}].table.Load()
+	tab := r.h.recv[recvKey{family: 4}].table.Load()
 	allocs := testing.AllocsPerRun(1000, func() {
 		for i := range msgs {
 			r.h.input(tab, &msgs[i], &p)
@@ -260,7 +260,7 @@ func BenchmarkInput(b *testing.B) {
 	}
 	m := Message{Src: remote, Dst: local, GRE: gre(b, typeII(77), frame(1, 64))}
 	var p erspan.Packet
-	tab := h.recv[recvKey{"", 4}].table.Load()
+	tab := h.recv[recvKey{family: 4}].table.Load()
 	b.ReportAllocs()
 	for b.Loop() {
 		h.input(tab, &m, &p)

@@ -7,6 +7,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Receive socket sizing. A batch of 64 keeps one recvmmsg per wake-up well
@@ -134,6 +135,18 @@ func (l *Linux) ListenGRE(ns string, family int) (sock Socket, err error) {
 	return sock, err
 }
 
+func (l *Linux) ListenCapture(ns, dev string) (sock Socket, err error) {
+	err = inNamespace(ns, func() error {
+		s, err := ListenCapture(dev, l.Batch, l.BufSize, l.RcvBuf)
+		if err != nil {
+			return err
+		}
+		sock = s
+		return nil
+	})
+	return sock, err
+}
+
 func (l *Linux) OpenSender(ns string, src, dst netip.Addr, ttl int, df bool) (s Sender, err error) {
 	err = inNamespace(ns, func() error {
 		rs, err := OpenSender(src, dst, ttl, df)
@@ -147,3 +160,12 @@ func (l *Linux) OpenSender(ns string, src, dst netip.Addr, ttl int, df bool) (s 
 }
 
 func (l *Linux) CheckNamespace(name string) error { return CheckNamespace(name) }
+
+func (l *Linux) CheckDevice(ns, dev string) error {
+	return inNamespace(ns, func() error {
+		if _, err := net.InterfaceByName(dev); err != nil {
+			return fmt.Errorf("interface %s: %w", dev, unix.ENODEV)
+		}
+		return nil
+	})
+}

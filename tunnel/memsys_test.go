@@ -87,7 +87,15 @@ func (m *memSystem) ListenGRE(ns string, family int) (Socket, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	s := &memSocket{in: make(chan []Message), closed: make(chan struct{})}
-	m.socks[recvKey{ns, family}] = s
+	m.socks[recvKey{ns: ns, family: family}] = s
+	return s, nil
+}
+
+func (m *memSystem) ListenCapture(ns, dev string) (Socket, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s := &memSocket{in: make(chan []Message), closed: make(chan struct{})}
+	m.socks[recvKey{ns: ns, dev: dev}] = s
 	return s, nil
 }
 
@@ -100,6 +108,8 @@ func (m *memSystem) OpenSender(ns string, src, dst netip.Addr, ttl int, df bool)
 }
 
 func (m *memSystem) CheckNamespace(string) error { return nil }
+
+func (m *memSystem) CheckDevice(ns, dev string) error { return nil }
 
 func (m *memSystem) AddSpan(ns, bridge, tap string, tapIndex int) (func() error, error) {
 	m.mu.Lock()
@@ -118,7 +128,7 @@ func (m *memSystem) socket(family int) *memSocket { return m.socketIn("", family
 func (m *memSystem) socketIn(ns string, family int) *memSocket {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.socks[recvKey{ns, family}]
+	return m.socks[recvKey{ns: ns, family: family}]
 }
 
 // memSender records what was sent.

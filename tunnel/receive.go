@@ -47,6 +47,10 @@ func (r *receiver) run() {
 // nothing.
 func (h *Host) input(t *demuxTable, m *Message, p *erspan.Packet) {
 	h.stats.rxPackets.Add(1)
+	if h.deny.Load() {
+		h.stats.disallowed.Add(1)
+		return
+	}
 	if m.Err != nil {
 		h.drop(m.Err)
 		return

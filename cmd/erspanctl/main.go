@@ -21,6 +21,7 @@ func main() {
 			"erspanctl [--socket PATH] [-j] erspanN [SETTING...]\n" +
 			"erspanctl [--socket PATH] destroy erspanN\n" +
 			"erspanctl [--socket PATH] BRIDGE addspan|delspan erspanN\n" +
+			"erspanctl [--socket PATH] sysctl net.inet.gre.allow[=0|1]\n" +
 			"erspanctl [--socket PATH] [-j]\n\n" +
 			"SETTING: " + strings.Join(ifconfig.Usage(), " | "),
 		Flags: []cli.Flag{
@@ -70,6 +71,17 @@ func run(c *cli.Context) error {
 			return err
 		}
 		return cl.Set(name, settings)
+	case "sysctl":
+		if len(args) != 2 {
+			return fmt.Errorf("usage: erspanctl sysctl net.inet.gre.allow[=0|1]")
+		}
+		name, value, _ := strings.Cut(args[1], "=")
+		v, err := cl.Sysctl(name, value)
+		if err != nil {
+			return err
+		}
+		fmt.Println(v)
+		return nil
 	case "destroy":
 		if len(args) != 2 {
 			return fmt.Errorf("usage: erspanctl destroy erspanN")

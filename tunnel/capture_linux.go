@@ -1,0 +1,270 @@
+package tunnel
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync/atomic"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/erspan-linux/erspan/erspan"
+)
+
+// CaptureSocket receives the ERSPAN packets seen on a network interface,
+// addressed to this host or not: sensor mode (tunneldev). A raw IP socket
+// never sees packets for other hosts, which the kernel drops before IP; an
+// AF_PACKET socket does. The socket puts the interface in promiscuous mode
+// through PACKET_ADD_MEMBERSHIP, which the kernel counts per user and
+// undoes when the socket closes, so the interface's own setting comes back
+// when the last erspanN lets go of it, whatever happens to erspand.
+//
+// Outer IP fragments cannot be reassembled here (the kernel reassembles
+// only for the IP stack): they are passed up and counted as
+// erspan.ErrFragment, never delivered.
+type CaptureSocket struct {
+	f      *os.File
+	rc     syscall.RawConn
+	closed atomic.Bool
+	drops  atomic.Uint64
+
+	hdrs  []unix.Mmsghdr
+	iovs  []unix.Iovec
+	names []unix.RawSockaddrLinklayer
+	bufs  []byte
+	size  int
+	msgs  []Message
+	n     int
+	errno syscall.Errno
+	recvF func(fd uintptr) bool
+}
+
+// captureFilter passes what sensor mode needs from an Ethernet interface:
+// IPv4 or IPv6 (behind up to two 802.1Q/802.1ad tags the kernel left in the
+// frame) carrying GRE whose protocol is ERSPAN (0x88BE, 0x22EB), and IPv4
+// GRE fragments and IPv6 fragments, to be counted. X holds the length of
+// the tags, so one copy of the IP checks serves every case.
+var captureFilter = []unix.SockFilter{
+	/* 0 */ {Code: unix.BPF_LD | unix.BPF_H | unix.BPF_ABS, K: 12},
+	/* 1 */ {Code: unix.BPF_LDX | unix.BPF_W | unix.BPF_IMM, K: 0},
+	/* 2 */ {Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, K: 0x8100, Jt: 1},
+	/* 3 */ {Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, K: 0x88a8, Jf: 8},
+	// one tag: the next type at 16
+	/* 4 */ {Code: unix.BPF_LD | unix.BPF_H | unix.BPF_ABS, K: 16},
+	/* 5 */ {Code: unix.BPF_LDX | unix.BPF_W | unix.BPF_IMM, K: 4},
+	/* 6 */ {Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, K: 0x8100, Jt: 1},
+	/* 7 */ {Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, K: 0x88a8, Jf: 4},
+	// two tags: the next type at 20
+	/* 8 */ {Code: unix.BPF_LD | unix.BPF_H | unix.BPF_ABS, K: 20},
+	/* 9 */ {Code: unix.BPF_LDX | unix.BPF_W | unix.BPF_IMM, K: 8},
+	/* 10 */ {Code: unix.BPF_JMP | unix.BPF_JA, K: 1},
+	/* 11 */ {Code: unix.BPF_JMP | unix.BPF_JA, K: 0}, // never reached; keeps 12 where the jumps above expect it
+	// 12: A = IP ethertype, X = tag bytes
+	/* 12 */ {Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, K: 0x0800, Jf: 12},
+	// IPv4
+	/* 13 */ {Code: unix.BPF_LD | unix.BPF_B | unix.BPF_IND, K: 14 + 9},
+	/* 14 */ {Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, K: erspan.IPProtoGRE, Jf: 19},
+	/* 15 */ {Code: unix.BPF_LD | unix.BPF_H | unix.BPF_IND, K: 14 + 6},
+	/* 16 */ {Code: unix.BPF_JMP | unix.BPF_JSET | unix.BPF_K, K: 0x3fff, Jt: 16}, // MF or offset: a fragment
+	/* 17 */ {Code: unix.BPF_LD | unix.BPF_B | unix.BPF_IND, K: 14},
+	/* 18 */ {Code: unix.BPF_ALU | unix.BPF_AND | unix.BPF_K, K: 0x0f},
+	/* 19 */ {Code: unix.BPF_ALU | unix.BPF_LSH | unix.BPF_K, K: 2},
+	/* 20 */ {Code: unix.BPF_ALU | unix.BPF_ADD | unix.BPF_X},
+	/* 21 */ {Code: unix.BPF_MISC | unix.BPF_TAX},
+	/* 22 */ {Code: unix.BPF_LD | unix.BPF_H | unix.BPF_IND, K: 14 + 2},
+	/* 23 */ {Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, K: erspan.ProtoERSPAN, Jt: 9},
+	/* 24 */ {Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, K: erspan.ProtoERSPAN3, Jt: 8, Jf: 9},
+	// IPv6 (no extension headers but a fragment header)
+	/* 25 */ {Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, K: 0x86dd, Jf: 8},
+	/* 26 */ {Code: unix.BPF_LD | unix.BPF_B | unix.BPF_IND, K: 14 + 6},
+	/* 27 */ {Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, K: 44, Jt: 5}, // fragment header
+	/* 28 */ {Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, K: erspan.IPProtoGRE, Jf: 5},
+	/* 29 */ {Code: unix.BPF_LD | unix.BPF_H | unix.BPF_IND, K: 14 + 40 + 2},
+	/* 30 */ {Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, K: erspan.ProtoERSPAN, Jt: 2},
+	/* 31 */ {Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, K: erspan.ProtoERSPAN3, Jt: 1},
+	/* 32 */ {Code: unix.BPF_RET | unix.BPF_K, K: 0},
+	/* 33 */ {Code: unix.BPF_RET | unix.BPF_K, K: 0xffffffff},
+	/* 34 */ {Code: unix.BPF_RET | unix.BPF_K, K: 0},
+}
+
+// ListenCapture opens a capture socket on interface dev in the calling
+// thread's network namespace. The error wraps ENODEV when there is no such
+// interface.
+func ListenCapture(dev string, batch, bufSize, rcvbuf int) (*CaptureSocket, error) {
+	ifi, err := net.InterfaceByName(dev)
+	if err != nil {
+		return nil, fmt.Errorf("interface %s: %w", dev, unix.ENODEV)
+	}
+	// Protocol 0: nothing is received until bind, which comes after the
+	// filter, so no unfiltered packet is ever queued.
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("packet socket: %w", err)
+	}
+	if err := setupCapture(fd, ifi.Index, rcvbuf); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("capture on %s: %w", dev, err)
+	}
+	s := &CaptureSocket{f: os.NewFile(uintptr(fd), "erspan-capture-"+dev), size: bufSize}
+	if s.rc, err = s.f.SyscallConn(); err != nil {
+		s.f.Close()
+		return nil, err
+	}
+	s.hdrs = make([]unix.Mmsghdr, batch)
+	s.iovs = make([]unix.Iovec, batch)
+	s.names = make([]unix.RawSockaddrLinklayer, batch)
+	s.bufs = make([]byte, batch*bufSize)
+	s.msgs = make([]Message, batch)
+	for i := range s.hdrs {
+		s.iovs[i].Base = &s.bufs[i*bufSize]
+		s.iovs[i].SetLen(bufSize)
+		h := &s.hdrs[i].Hdr
+		h.Iov, h.Iovlen = &s.iovs[i], 1
+		h.Name = (*byte)(unsafe.Pointer(&s.names[i]))
+	}
+	s.recvF = s.recv
+	return s, nil
+}
+
+func setupCapture(fd, ifindex, rcvbuf int) error {
+	prog := unix.SockFprog{Len: uint16(len(captureFilter)), Filter: &captureFilter[0]}
+	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &prog); err != nil {
+		return fmt.Errorf("attach the ERSPAN filter: %w", err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvbuf); err != nil {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, rcvbuf); err != nil {
+			return fmt.Errorf("SO_RCVBUF: %w", err)
+		}
+	}
+	mreq := unix.PacketMreq{Ifindex: int32(ifindex), Type: unix.PACKET_MR_PROMISC}
+	if err := unix.SetsockoptPacketMreq(fd, unix.SOL_PACKET, unix.PACKET_ADD_MEMBERSHIP, &mreq); err != nil {
+		return fmt.Errorf("promiscuous mode: %w", err)
+	}
+	proto := uint16(unix.ETH_P_ALL)
+	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: proto<<8 | proto>>8, Ifindex: ifindex}); err != nil {
+		return fmt.Errorf("bind: %w", err)
+	}
+	return nil
+}
+
+// ReadBatch reads what arrived, as GRESocket.ReadBatch does; frames the
+// host sent are skipped. It allocates nothing.
+func (s *CaptureSocket) ReadBatch() ([]Message, error) {
+	for {
+		for i := range s.hdrs {
+			s.hdrs[i].Hdr.Namelen = unix.SizeofSockaddrLinklayer
+			s.hdrs[i].Hdr.Flags = 0
+		}
+		s.n, s.errno = 0, 0
+		if err := s.rc.Read(s.recvF); err != nil {
+			if s.closed.Load() {
+				return nil, net.ErrClosed
+			}
+			return nil, err
+		}
+		if s.errno != 0 {
+			return nil, s.errno
+		}
+		out := s.msgs[:0]
+		for i := 0; i < s.n; i++ {
+			if s.names[i].Pkttype == unix.PACKET_OUTGOING {
+				continue
+			}
+			out = append(out, Message{})
+			s.parse(i, &out[len(out)-1])
+		}
+		if len(out) > 0 {
+			return out, nil
+		}
+	}
+}
+
+func (s *CaptureSocket) recv(fd uintptr) bool {
+	n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&s.hdrs[0])), uintptr(len(s.hdrs)), 0, 0, 0)
+	if errno == unix.EAGAIN {
+		return false
+	}
+	s.n, s.errno = int(n), errno
+	return true
+}
+
+// parse takes the Ethernet, VLAN and IP headers off the i-th frame.
+func (s *CaptureSocket) parse(i int, m *Message) {
+	h := &s.hdrs[i]
+	b := s.bufs[i*s.size : i*s.size+int(h.Len)]
+	if h.Hdr.Flags&unix.MSG_TRUNC != 0 {
+		m.Err = erspan.ErrShort
+		return
+	}
+	off := 12
+	et := uint16(0)
+	for {
+		if len(b) < off+2 {
+			m.Err = erspan.ErrIPHeader
+			return
+		}
+		et = binary.BigEndian.Uint16(b[off:])
+		off += 2
+		if et != 0x8100 && et != 0x88a8 {
+			break
+		}
+		off += 2 // the tag's TCI
+	}
+	ip := b[off:]
+	switch et {
+	case 0x0800:
+		if len(ip) >= 20 && binary.BigEndian.Uint16(ip[6:8])&0x3fff != 0 {
+			m.Src, m.Dst = netip.AddrFrom4([4]byte(ip[12:16])), netip.AddrFrom4([4]byte(ip[16:20]))
+			m.Err = erspan.ErrFragment
+			return
+		}
+		m.Src, m.Dst, m.GRE, m.Err = erspan.ParseIPv4(ip)
+		if m.Err != nil {
+			m.GRE = nil
+		}
+	case 0x86dd:
+		if len(ip) < 40 {
+			m.Err = erspan.ErrIPHeader
+			return
+		}
+		m.Src, m.Dst = netip.AddrFrom16([16]byte(ip[8:24])), netip.AddrFrom16([16]byte(ip[24:40]))
+		if ip[6] == 44 {
+			m.Err = erspan.ErrFragment
+			return
+		}
+		plen := int(binary.BigEndian.Uint16(ip[4:6]))
+		if 40+plen > len(ip) {
+			m.Err = erspan.ErrShort
+			return
+		}
+		m.GRE = ip[40 : 40+plen]
+	default:
+		m.Err = erspan.ErrIPHeader
+	}
+}
+
+// KernelDrops is the number of frames the kernel dropped for this socket
+// (PACKET_STATISTICS; reading it resets the kernel's count, so it is
+// accumulated here).
+func (s *CaptureSocket) KernelDrops() uint64 {
+	var st *unix.TpacketStats
+	_ = s.rc.Control(func(fd uintptr) {
+		st, _ = unix.GetsockoptTpacketStats(int(fd), unix.SOL_PACKET, unix.PACKET_STATISTICS)
+	})
+	if st != nil {
+		s.drops.Add(uint64(st.Drops))
+	}
+	return s.drops.Load()
+}
+
+// Close closes the socket, which also ends its promiscuous membership.
+func (s *CaptureSocket) Close() error {
+	if s.closed.Swap(true) {
+		return net.ErrClosed
+	}
+	return s.f.Close()
+}
