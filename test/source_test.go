@@ -240,8 +240,9 @@ func TestTransmitSettings(t *testing.T) {
 	if len(got) != 1 || !bytes.Equal(got[0], big) {
 		t.Errorf("collector got %d frames, want the big frame whole", len(got))
 	}
-	// The sequence did not move for the dropped frame: 0, then 1.
-	if s := l.status(col, "erspan0"); len(s.Sources) != 1 || s.Sources[0].LastSeq != 1 || s.Sources[0].Lost != 0 {
+	// The dropped frame had sequence number 1: the collector counts it
+	// lost, as it would any mirrored frame that never arrived.
+	if s := l.status(col, "erspan0"); len(s.Sources) != 1 || s.Sources[0].LastSeq != 2 || s.Sources[0].Lost != 1 {
 		t.Errorf("collector's source counters %+v", s.Sources)
 	}
 	for _, bad := range [][]string{{"tunnelttl", "0"}, {"txprio", "8"}, {"mtu", "40"}} {

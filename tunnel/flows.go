@@ -42,6 +42,7 @@ type flow struct {
 	tracking                         atomic.Bool // a nonzero sequence number has been seen
 
 	window uint64 // bit i: lastSeq-i was seen
+	zeros  int    // sequence number 0 seen before tracking began
 }
 
 // Flow is the report of one (source, session).
@@ -124,12 +125,18 @@ func (f *flow) sequence(seq uint32) {
 		// Until a nonzero number comes, the source may be one that
 		// always sends 0 (seen in the wild): not loss, not duplicates.
 		if seq == 0 {
+			f.zeros++
 			return
 		}
 		f.tracking.Store(true)
-		f.lastSeq.Store(seq)
 		f.window = 1
-		return
+		if f.zeros != 1 {
+			f.lastSeq.Store(seq)
+			return
+		}
+		// A single 0 first: a counter that started at 0, as ours
+		// does. Go on from it, so that a gap right after it shows.
+		f.lastSeq.Store(0)
 	}
 	last := f.lastSeq.Load()
 	d := int32(seq - last) // serial arithmetic: wraps at 2^32

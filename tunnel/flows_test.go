@@ -92,3 +92,18 @@ func TestFlowLimit(t *testing.T) {
 		t.Errorf("%d flows, %d overflow", len(f), overflow)
 	}
 }
+
+// A counter that starts at 0 and then skips shows the gap: only a source
+// that sent 0 more than once is taken for one that always sends 0.
+func TestFlowStartsAtZero(t *testing.T) {
+	var ft flowTable
+	a := netip.MustParseAddr("192.0.2.1")
+	for _, s := range []uint32{0, 2, 3} {
+		p := erspan.Packet{Type: erspan.TypeII, HasSeq: true, Seq: s}
+		ft.count(a, &p, 64)
+	}
+	f, _ := ft.snapshot()
+	if f[0].NoSequence || f[0].Gaps != 1 || f[0].Lost != 1 || f[0].LastSeq != 3 {
+		t.Errorf("%+v", f[0])
+	}
+}

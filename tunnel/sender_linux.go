@@ -31,7 +31,20 @@ type rawSender struct {
 	msg     unix.Msghdr
 	errno   syscall.Errno
 	writeFn func(fd uintptr) bool
+
+	// Preallocated sendmmsg arguments for SendBatch, one slot per packet,
+	// each with its own TOS control message.
+	hdrs   []unix.Mmsghdr
+	iovs   []unix.Iovec
+	oobs   []byte
+	bn     int // packets in the batch
+	bsent  int // sent so far
+	bErr   syscall.Errno
+	batchF func(fd uintptr) bool
 }
+
+// senderBatch is how many packets one sendmmsg takes.
+const senderBatch = 64
 
 // OpenSender opens the sending socket of a tunnel from src to dst in the
 // calling thread's network namespace.
@@ -66,7 +79,79 @@ func OpenSender(src, dst netip.Addr, ttl int, df bool) (*rawSender, error) {
 	s.msg.Control = &s.oob[0]
 	s.msg.SetControllen(len(s.oob))
 	s.writeFn = s.write
+	s.hdrs = make([]unix.Mmsghdr, senderBatch)
+	s.iovs = make([]unix.Iovec, senderBatch)
+	s.oobs = make([]byte, senderBatch*len(s.oob))
+	for i := range s.hdrs {
+		o := s.oobs[i*len(s.oob) : (i+1)*len(s.oob)]
+		copy(o, s.oob) // the cmsghdr, its data set per packet
+		h := &s.hdrs[i].Hdr
+		h.Iov, h.Iovlen = &s.iovs[i], 1
+		h.Control = &o[0]
+		h.SetControllen(len(o))
+	}
+	s.batchF = s.writeBatch
 	return s, nil
+}
+
+// SendBatch sends pkts[i] with TOS tos[i] through sendmmsg, up to
+// senderBatch at a time. It reports how many went out and how many were
+// refused as too big (DF set); the rest failed, err saying why. It does
+// not allocate.
+func (s *rawSender) SendBatch(pkts [][]byte, tos []uint8) (sent, tooBig int, err error) {
+	if len(tos) < len(pkts) {
+		return 0, 0, unix.EINVAL
+	}
+	for len(pkts) > 0 {
+		n := min(len(pkts), senderBatch)
+		for i := 0; i < n; i++ {
+			s.iovs[i].Base = &pkts[i][0]
+			s.iovs[i].SetLen(len(pkts[i]))
+			*(*int32)(unsafe.Pointer(&s.oobs[i*len(s.oob)+unix.CmsgLen(0)])) = int32(tos[i])
+		}
+		s.bn, s.bsent = n, 0
+		for s.bsent < s.bn {
+			s.bErr = 0
+			before := s.bsent
+			if werr := s.rc.Write(s.batchF); werr != nil {
+				return sent + s.bsent - before, tooBig, werr // closed under us
+			}
+			sent += s.bsent - before
+			if s.bErr != 0 {
+				// The packet at bsent failed alone; go on after it.
+				if s.bErr == unix.EMSGSIZE {
+					tooBig++
+				} else {
+					err = s.bErr
+				}
+				s.bsent++
+			}
+		}
+		for i := 0; i < n; i++ {
+			s.iovs[i].Base = nil // keep no frame buffer reachable from here
+		}
+		pkts, tos = pkts[n:], tos[n:]
+	}
+	return sent, tooBig, err
+}
+
+// writeBatch is the RawConn callback of SendBatch: it sends from bsent on,
+// and stops at the first packet the kernel refuses, recording its errno.
+func (s *rawSender) writeBatch(fd uintptr) bool {
+	for s.bsent < s.bn {
+		r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&s.hdrs[s.bsent])), uintptr(s.bn-s.bsent), 0, 0, 0)
+		switch e {
+		case 0:
+			s.bsent += int(r)
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return false
+		default:
+			s.bErr = e
+			return true
+		}
+	}
+	return true
 }
 
 func setupSender(fd, family int, src, dst netip.Addr, ttl int, df bool) error {

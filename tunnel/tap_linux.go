@@ -7,6 +7,9 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync/atomic"
+	"syscall"
+	"unsafe"
 
 	"github.com/songgao/water"
 	"github.com/vishvananda/netlink"
@@ -186,7 +189,17 @@ type Queue interface {
 
 // tapQueue is a Queue over one /dev/net/tun file descriptor.
 type tapQueue struct {
-	f *os.File
+	f      *os.File
+	rc     syscall.RawConn
+	closed atomic.Bool
+
+	// ReadBatch's state, for its preallocated RawConn callback.
+	bufs   [][]byte
+	sizes  []int
+	offset int
+	n      int
+	errno  syscall.Errno
+	readF  func(fd uintptr) bool
 }
 
 // OpenQueue attaches one more queue to the TAP name, which must exist in
@@ -231,12 +244,63 @@ func OpenQueue(name string) (Queue, error) {
 		f.Close()
 		return nil, fmt.Errorf("attach a queue to TAP %s: the kernel attached to %q", name, got)
 	}
-	return &tapQueue{f: f}, nil
+	q := &tapQueue{f: f}
+	if q.rc, err = f.SyscallConn(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("attach a queue to TAP %s: %w", name, err)
+	}
+	q.readF = q.readBatch
+	return q, nil
+}
+
+// ReadBatch reads up to len(bufs) frames leaving the TAP, frame i into
+// bufs[i][offset:] with its length in sizes[i], and returns how many. It
+// waits (in the netpoller) for the first, then takes what is queued until
+// EAGAIN: one wake-up per burst, not per frame (design.md, Transmit).
+// Only one goroutine may call it at a time. It does not allocate.
+func (q *tapQueue) ReadBatch(bufs [][]byte, sizes []int, offset int) (int, error) {
+	q.bufs, q.sizes, q.offset, q.n, q.errno = bufs, sizes, offset, 0, 0
+	err := q.rc.Read(q.readF)
+	q.bufs, q.sizes = nil, nil
+	if err != nil {
+		if q.closed.Load() {
+			// RawConn reports its own "use of closed file", which is
+			// not os.ErrClosed; the contract is.
+			return 0, os.ErrClosed
+		}
+		return 0, err
+	}
+	if q.n == 0 && q.errno != 0 {
+		return 0, q.errno
+	}
+	return q.n, nil
+}
+
+func (q *tapQueue) readBatch(fd uintptr) bool {
+	for q.n < len(q.bufs) {
+		b := q.bufs[q.n][q.offset:]
+		r, _, errno := unix.Syscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+		switch errno {
+		case 0:
+			q.sizes[q.n] = int(r)
+			q.n++
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return q.n > 0 // nothing yet: wait; else deliver what we have
+		default:
+			q.errno = errno
+			return true
+		}
+	}
+	return true
 }
 
 func (q *tapQueue) Read(b []byte) (int, error)      { return q.f.Read(b) }
 func (q *tapQueue) Write(frame []byte) (int, error) { return q.f.Write(frame) }
-func (q *tapQueue) Close() error                    { return q.f.Close() }
+func (q *tapQueue) Close() error {
+	q.closed.Store(true)
+	return q.f.Close()
+}
 
 // checkLinkName refuses names that netlink would silently cut to 15 bytes
 // or that the kernel would treat as a template ("tap%d") or reject.

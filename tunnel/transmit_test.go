@@ -97,14 +97,14 @@ func TestTransmitSettings(t *testing.T) {
 		t.Errorf("new sender %+v", s)
 	}
 	s.tooBig = 200
-	q.send(frame(1, 1000)) // too big with DF: dropped, counted, no sequence used
+	q.send(frame(1, 1000)) // too big with DF: dropped, counted; its sequence number is a gap
 	q.send(frame(2, 100))
 	pkts, tos := waitSent(t, s, 1)
 	var p erspan.Packet
 	if err := erspan.Decode(pkts[0], &p); err != nil {
 		t.Fatal(err)
 	}
-	if p.Session != 6 || tos[0] != 7<<5 || p.Seq != 1 {
+	if p.Session != 6 || tos[0] != 7<<5 || p.Seq != 2 {
 		t.Errorf("after changes: session %d tos %#x seq %d", p.Session, tos[0], p.Seq)
 	}
 	if c := r.h.Counters("erspan0"); c.TxTooBig != 1 || c.TxPackets != 2 {
