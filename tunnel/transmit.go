@@ -135,20 +135,7 @@ func (h *Host) transmit(ifc *iface) {
 		}
 		var bytes uint64
 		for i := 0; i < n; i++ {
-			frame := bufs[i][txHeadroom : txHeadroom+sizes[i]]
-			prio := framePrio(frame)
-			// spec/erspan.md §2 Transmit: Ver 1, the session, COS = the
-			// frame's priority, VLAN 0, En 0, T 0, Index 0, and the next
-			// sequence number: one per frame encapsulated, as OpenBSD, so
-			// a frame lost here (too big with df) is a gap a collector
-			// sees, like any other mirrored frame that never arrived.
-			p = erspan.Packet{Type: erspan.TypeII, HasSeq: true, Seq: ifc.seq.Add(1) - 1, Session: st.session, COS: prio}
-			_, _ = erspan.Encode(bufs[i][:txHeadroom], &p) // cannot fail: the headroom fits
-			tos[i] = prio << 5
-			if st.txprio != TxPrioPacket {
-				tos[i] = uint8(st.txprio) << 5
-			}
-			pkts[i] = bufs[i][:txHeadroom+sizes[i]]
+			pkts[i], tos[i] = encap(bufs[i], sizes[i], st, ifc.seq.Add(1)-1, &p)
 			bytes += uint64(sizes[i])
 		}
 		sent, tooBig := h.send(st.sender, pkts[:n], tos[:n])
@@ -163,6 +150,24 @@ func (h *Host) transmit(ifc *iface) {
 		s.txTooBig.Add(uint64(tooBig)) // tunneldf: dropped, never truncated
 		s.txErrors.Add(uint64(n - sent - tooBig))
 	}
+}
+
+// encap writes the GRE and ERSPAN Type II headers into the headroom of
+// buf, in front of the size-byte frame at buf[txHeadroom:], and returns the
+// packet and its outer TOS. spec/erspan.md §2 Transmit: Ver 1, the session,
+// COS = the frame's priority, VLAN 0, En 0, T 0, Index 0, and sequence
+// number seq: one per frame encapsulated, as OpenBSD, so a frame lost here
+// (too big with df) is a gap a collector sees, like any other mirrored
+// frame that never arrived. It allocates nothing.
+func encap(buf []byte, size int, st *txState, seq uint32, p *erspan.Packet) ([]byte, uint8) {
+	prio := framePrio(buf[txHeadroom : txHeadroom+size])
+	*p = erspan.Packet{Type: erspan.TypeII, HasSeq: true, Seq: seq, Session: st.session, COS: prio}
+	_, _ = erspan.Encode(buf[:txHeadroom], p) // cannot fail: the headroom fits
+	tos := prio << 5
+	if st.txprio != TxPrioPacket {
+		tos = uint8(st.txprio) << 5
+	}
+	return buf[:txHeadroom+size], tos
 }
 
 // send sends a batch through whichever path the sender has.
