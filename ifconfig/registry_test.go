@@ -84,16 +84,7 @@ func (f *fakeBackend) DaemonCounters() tunnel.DaemonCounters {
 
 // set applies a command line's settings, as erspanctl does.
 func set(r *Registry, name string, words ...string) error {
-	ss, err := ParseSettings(name, words)
-	if err != nil {
-		return err
-	}
-	for _, s := range ss {
-		if err := r.Set(name, s); err != nil {
-			return err
-		}
-	}
-	return nil
+	return r.applyLine(name, strings.Join(words, " "))
 }
 
 func wantErrno(t *testing.T, err error, want syscall.Errno, iface, setting string) {
