@@ -26,7 +26,7 @@ const (
 	TypeIIIHeaderLen  = 12 // ERSPAN Type III header without platform subheader
 	PlatformHeaderLen = 8  // Type III O-bit platform-specific subheader
 	EthernetMinLen    = 14 // shortest inner frame delivered (OpenBSD drops shorter)
-	// EncapTypeIILen is what EncodeTypeII writes: GRE with a sequence
+	// EncapTypeIILen is what Encode writes for Type II: GRE with a sequence
 	// number (8) and the ERSPAN Type II header (8).
 	EncapTypeIILen = 16
 )

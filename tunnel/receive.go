@@ -63,7 +63,7 @@ func (h *Host) input(t *demuxTable, m *Message, p *erspan.Packet) {
 		// would have taken the frame, as well as daemon-wide.
 		h.drop(err)
 		if r := t.lookup(m.Dst, m.Src, session(p)); r != nil {
-			r.ifc.flows.count(m.Src, p, max(0, len(m.GRE)-erspan.HeaderLen(p)))
+			r.ifc.flows.count(m.Src, p, len(m.GRE)-p.Offset)
 			if err == erspan.ErrFrameType {
 				r.ifc.stats.rxFrameType.Add(1)
 			} else {
