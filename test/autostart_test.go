@@ -1,0 +1,137 @@
+package test
+
+import (
+	"encoding/json"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/erspan-linux/erspan/ifconfig"
+)
+
+// TestAutostart checks that erspanctl starts erspand itself, from beside its
+// own executable, when no daemon answers on the socket: in the namespace
+// erspanctl runs in, detached from it, and answering afterwards.
+func TestAutostart(t *testing.T) {
+	requireRoot(t)
+	t.Parallel()
+	erspand, erspanctl := binaries(t)
+	ns := newNetNS(t, "col")
+	dir := tempDir(t)
+	sock := filepath.Join(dir, "erspand.sock")
+	// Registered before anything can start a daemon, so that it runs
+	// (before the namespace goes) however the test ends.
+	t.Cleanup(func() { stopDaemonsOn(t, sock) })
+
+	r := runCtl(t, ns, erspanctl, []string{"--socket", sock, "create", "erspan0"})
+	if r.code != 0 {
+		log, _ := os.ReadFile(filepath.Join(dir, "erspand.log"))
+		t.Fatalf("%v\nerspand.log:\n%s", r, log)
+	}
+	pid, err := socketPeer(sock)
+	if err != nil {
+		t.Fatalf("no daemon answers on %s after erspanctl create: %v", sock, err)
+	}
+	if exe, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe"); err != nil || exe != erspand {
+		t.Errorf("the daemon (pid %d) runs %q (%v), want %s, the one beside erspanctl", pid, exe, err, erspand)
+	}
+	if !sameNetNS(t, pid, ns) {
+		t.Errorf("the daemon (pid %d) is not in %s, where erspanctl ran", pid, ns.name)
+	}
+	// It answers without being started again, and made the TAP.
+	r = runCtl(t, ns, erspanctl, []string{"--socket", sock, "--no-autostart", "-j", "erspan0"})
+	var st ifconfig.Status
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &st) != nil || st.Name != "erspan0" {
+		t.Errorf("the autostarted daemon does not answer:\n%v", r)
+	}
+	if _, err := ns.ipErr("link", "show", "erspan0"); err != nil {
+		t.Errorf("no erspan0 in %s: %v", ns.name, err)
+	}
+	if again, err := socketPeer(sock); err != nil || again != pid {
+		t.Errorf("a second erspanctl changed the daemon: pid %d, then %d (%v)", pid, again, err)
+	}
+}
+
+// socketPeer returns the PID of the process listening on a unix socket.
+func socketPeer(path string) (int, error) {
+	c, err := net.DialTimeout("unix", path, 2*time.Second)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	raw, err := c.(*net.UnixConn).SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var cred *unix.Ucred
+	var credErr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return 0, err
+	}
+	if credErr != nil {
+		return 0, credErr
+	}
+	return int(cred.Pid), nil
+}
+
+// sameNetNS reports whether process pid is in namespace ns.
+func sameNetNS(t *testing.T, pid int, ns *netNS) bool {
+	t.Helper()
+	var a, b syscall.Stat_t
+	if err := syscall.Stat("/proc/"+strconv.Itoa(pid)+"/ns/net", &a); err != nil {
+		t.Errorf("namespace of pid %d: %v", pid, err)
+		return false
+	}
+	if err := syscall.Stat("/run/netns/"+ns.name, &b); err != nil {
+		t.Errorf("namespace %s: %v", ns.name, err)
+		return false
+	}
+	return a.Dev == b.Dev && a.Ino == b.Ino
+}
+
+// stopDaemonsOn stops, by PID, every process whose command line names the
+// socket path (unique to the test): SIGTERM, then SIGKILL after 5s.
+func stopDaemonsOn(t *testing.T, sock string) {
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil || !strings.Contains(string(b), sock) {
+			continue
+		}
+		pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		_ = syscall.Kill(pid, syscall.SIGTERM)
+		deadline := time.Now().Add(5 * time.Second)
+		for running(pid) && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if running(pid) {
+			t.Errorf("pid %d (%s) ignored SIGTERM for 5s; killing it", pid, strings.ReplaceAll(string(b), "\x00", " "))
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
+// running reports whether pid exists and is not a zombie waiting to be
+// reaped by whoever adopted it.
+func running(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	// The state follows the parenthesised command name.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
+}

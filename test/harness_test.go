@@ -1,0 +1,421 @@
+package test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/erspan-linux/erspan/ifconfig"
+)
+
+// Bounds on every wait, so that a broken daemon fails a test instead of
+// hanging the run. They are generous: a loaded CI machine under go test
+// -race is slow.
+const (
+	daemonStartTimeout = 15 * time.Second
+	ctlTimeout         = 20 * time.Second
+	frameTimeout       = 5 * time.Second
+	// settleTime is how long a reader keeps listening after the frames it
+	// expects have come, to catch extra or misrouted ones. Packets are
+	// processed in order, so by then stragglers would long have arrived;
+	// it can only let an extra frame slip through, never fail a good run.
+	settleTime = 300 * time.Millisecond
+)
+
+// Addresses of the two namespaces (RFC 5737 and RFC 3849 documentation
+// ranges). The switch has a second address of each family so that tests can
+// send "from another source".
+var (
+	switch4  = netip.MustParseAddr("192.0.2.1")
+	collect4 = netip.MustParseAddr("192.0.2.2")
+	other4   = netip.MustParseAddr("192.0.2.3")
+	switch6  = netip.MustParseAddr("2001:db8::1")
+	collect6 = netip.MustParseAddr("2001:db8::2")
+	other6   = netip.MustParseAddr("2001:db8::3")
+
+	switchMAC  = net.HardwareAddr{0x02, 0xe5, 0x50, 0x00, 0x00, 0x01}
+	collectMAC = net.HardwareAddr{0x02, 0xe5, 0x50, 0x00, 0x00, 0x02}
+)
+
+// family names the addresses of one address family in the topology.
+type family struct {
+	name                    string // "inet" or "inet6", as erspanctl prints
+	local, remote, otherSrc netip.Addr
+}
+
+var (
+	inet  = family{"inet", collect4, switch4, other4}
+	inet6 = family{"inet6", collect6, switch6, other6}
+)
+
+// requireRoot skips the test when it cannot create namespaces, and fails it
+// when it could but iproute2 is missing (a broken setup, not a reason to
+// pass silently).
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the end-to-end tests create network namespaces, veth pairs, TAPs and raw sockets; run go test as root")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Fatalf("the end-to-end tests need ip(8) from iproute2: %v", err)
+	}
+}
+
+// binaries returns the paths of erspand and erspanctl, which TestMain (in
+// lab_test.go) builds from this tree once per run when running as root; a
+// build failure there fails the whole run with the compiler's output.
+func binaries(t *testing.T) (erspand, erspanctl string) {
+	t.Helper()
+	requireRoot(t)
+	if bin == "" {
+		t.Fatal("erspand and erspanctl were not built: TestMain builds them when the tests run as root")
+	}
+	return filepath.Join(bin, "erspand"), filepath.Join(bin, "erspanctl")
+}
+
+// netNS is a named network namespace (ip netns) made for one test.
+type netNS struct {
+	name string
+}
+
+// newNetNS makes a namespace named erspt-e2e-PID-N-role with lo up; it is
+// deleted when the test ends. N comes from the counter the lab helpers of
+// lab_test.go use too, so that names never clash.
+func newNetNS(t *testing.T, role string) *netNS {
+	t.Helper()
+	requireRoot(t)
+	n := &netNS{name: fmt.Sprintf("erspt-e2e-%d-%d-%s", os.Getpid(), labCounter.Add(1), role)}
+	runCmd(t, "ip", "netns", "add", n.name)
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", n.name).CombinedOutput(); err != nil {
+			t.Errorf("ip netns del %s: %v: %s", n.name, err, out)
+		}
+	})
+	n.ip(t, "link", "set", "lo", "up")
+	return n
+}
+
+// ip runs `ip -n NS args...` and fails the test when it fails.
+func (n *netNS) ip(t *testing.T, args ...string) string {
+	t.Helper()
+	return runCmd(t, "ip", append([]string{"-n", n.name}, args...)...)
+}
+
+// ipErr runs `ip -n NS args...` and returns its output and error, for
+// commands that may fail.
+func (n *netNS) ipErr(args ...string) (string, error) {
+	out, err := exec.Command("ip", append([]string{"-n", n.name}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+// do runs fn on a fresh OS thread inside the namespace and returns its
+// error. The thread is never unlocked, so Go ends it with the goroutine
+// instead of reusing it in the wrong namespace. Sockets fn opens stay in the
+// namespace for their whole life, whichever thread uses them later. fn runs
+// on another goroutine: it must not call t.Fatal.
+func (n *netNS) do(fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		h, err := netns.GetFromName(n.name)
+		if err != nil {
+			errc <- fmt.Errorf("open namespace %s: %w", n.name, err)
+			return
+		}
+		defer h.Close()
+		if err := netns.Set(h); err != nil {
+			errc <- fmt.Errorf("enter namespace %s: %w", n.name, err)
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}
+
+func runCmd(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// topology is the switch and the collector, joined by a veth pair named
+// veth0 on both sides.
+type topology struct {
+	sw, col *netNS
+}
+
+// newTopology makes the two namespaces: switch 192.0.2.1, 192.0.2.3,
+// 2001:db8::1, 2001:db8::3; collector 192.0.2.2, 2001:db8::2. IPv6
+// addresses skip DAD and neighbours are permanent, so that the first packet
+// of a test goes out at once: no ARP, no neighbour discovery, no frame held
+// back waiting for either.
+func newTopology(t *testing.T) *topology {
+	t.Helper()
+	tp := &topology{sw: newNetNS(t, "sw"), col: newNetNS(t, "col")}
+	tp.sw.ip(t, "link", "add", "veth0", "address", switchMAC.String(), "type", "veth",
+		"peer", "name", "veth0", "address", collectMAC.String(), "netns", tp.col.name)
+	for _, s := range []struct {
+		ns    *netNS
+		addrs []netip.Addr
+		peers []netip.Addr
+		peer  net.HardwareAddr
+	}{
+		{tp.sw, []netip.Addr{switch4, other4, switch6, other6}, []netip.Addr{collect4, collect6}, collectMAC},
+		{tp.col, []netip.Addr{collect4, collect6}, []netip.Addr{switch4, other4, switch6, other6}, switchMAC},
+	} {
+		for _, a := range s.addrs {
+			if a.Is4() {
+				s.ns.ip(t, "addr", "add", a.String()+"/24", "dev", "veth0")
+			} else {
+				s.ns.ip(t, "addr", "add", a.String()+"/64", "dev", "veth0", "nodad")
+			}
+		}
+		s.ns.ip(t, "link", "set", "veth0", "up")
+		for _, p := range s.peers {
+			s.ns.ip(t, "neigh", "replace", p.String(), "lladdr", s.peer.String(), "dev", "veth0", "nud", "permanent")
+		}
+	}
+	return tp
+}
+
+// daemon is an erspand running in a namespace, with its control socket in
+// a directory of its own.
+type daemon struct {
+	t       *testing.T
+	ns      *netNS
+	sock    string
+	logPath string
+	ctlBin  string
+	pid     int
+	exited  chan struct{}
+	waitErr error
+}
+
+// startDaemon starts erspand in ns (`ip netns exec NS erspand --socket
+// DIR/erspand.sock --config-dir DIR/etc`; ip execs erspand in place, so the
+// PID is the daemon's) and waits until its socket accepts connections. At the end of
+// the test it is stopped by PID; its log is printed when the test failed,
+// and a data race or panic in it fails the test.
+func startDaemon(t *testing.T, ns *netNS) *daemon {
+	t.Helper()
+	erspand, erspanctl := binaries(t)
+	dir := tempDir(t)
+	d := &daemon{t: t, ns: ns, sock: filepath.Join(dir, "erspand.sock"),
+		logPath: filepath.Join(dir, "erspand.stderr"), ctlBin: erspanctl, exited: make(chan struct{})}
+	logf, err := os.Create(d.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	// An empty --config-dir: the host's /etc/erspan/hostname.erspanN
+	// files must not leak into a test.
+	cmd := exec.Command("ip", "netns", "exec", ns.name, erspand, "--socket", d.sock,
+		"--config-dir", filepath.Join(dir, "etc"))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start erspand: %v", err)
+	}
+	d.pid = cmd.Process.Pid
+	go func() {
+		d.waitErr = cmd.Wait()
+		close(d.exited)
+	}()
+	t.Cleanup(d.stop)
+	deadline := time.Now().Add(daemonStartTimeout)
+	for {
+		if c, err := net.Dial("unix", d.sock); err == nil {
+			c.Close()
+			return d
+		}
+		select {
+		case <-d.exited:
+			t.Fatalf("erspand exited at start (%v):\n%s", d.waitErr, d.log())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("erspand did not listen on %s within %v:\n%s", d.sock, daemonStartTimeout, d.log())
+		}
+	}
+}
+
+// tempDir is a short private directory: t.TempDir() embeds the test name,
+// which can push a unix socket path past its 108-byte limit.
+func tempDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "erspt-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+func (d *daemon) log() string {
+	b, err := os.ReadFile(d.logPath)
+	if err != nil {
+		return fmt.Sprintf("(no log: %v)", err)
+	}
+	return string(b)
+}
+
+// alive reports whether the daemon process is still running.
+func (d *daemon) alive() bool {
+	select {
+	case <-d.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+func (d *daemon) stop() {
+	t := d.t
+	if d.alive() {
+		_ = syscall.Kill(d.pid, syscall.SIGTERM)
+		select {
+		case <-d.exited:
+		case <-time.After(5 * time.Second):
+			t.Errorf("erspand (pid %d) ignored SIGTERM for 5s; killing it", d.pid)
+			_ = syscall.Kill(d.pid, syscall.SIGKILL)
+			<-d.exited
+		}
+	}
+	log := d.log()
+	if strings.Contains(log, "WARNING: DATA RACE") || strings.Contains(log, "panic:") || strings.Contains(log, "fatal error:") {
+		t.Errorf("erspand reported a data race, panic or fatal error:\n%s", log)
+	} else if t.Failed() {
+		t.Logf("erspand log (%s):\n%s", d.logPath, log)
+	}
+}
+
+// on returns the daemon with its helpers reporting to t: a subtest must
+// not fail its parent test from its own goroutine.
+func (d *daemon) on(t *testing.T) *daemon {
+	c := *d
+	c.t = t
+	return &c
+}
+
+// ctlResult is what one erspanctl run gave.
+type ctlResult struct {
+	args           []string
+	stdout, stderr string
+	code           int
+}
+
+func (r ctlResult) String() string {
+	return fmt.Sprintf("erspanctl %s: exit %d\nstdout:\n%s\nstderr:\n%s", strings.Join(r.args, " "), r.code, r.stdout, r.stderr)
+}
+
+// ctl runs erspanctl against the daemon inside its namespace. It passes
+// --no-autostart so that a dead daemon shows as a failure rather than being
+// silently replaced by one no test would ever stop.
+func (d *daemon) ctl(args ...string) ctlResult {
+	return runCtl(d.t, d.ns, d.ctlBin, append([]string{"--socket", d.sock, "--no-autostart"}, args...))
+}
+
+// mustCtl runs erspanctl and fails the test unless it exits 0.
+func (d *daemon) mustCtl(args ...string) string {
+	d.t.Helper()
+	r := d.ctl(args...)
+	if r.code != 0 {
+		d.t.Fatalf("%v", r)
+	}
+	return r.stdout
+}
+
+// runCtl runs erspanctl with args in ns, bounded by ctlTimeout.
+func runCtl(t *testing.T, ns *netNS, bin string, args []string) ctlResult {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), ctlTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns.name, bin}, args...)...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	// Should a child keep the pipes open (an autostarted daemon that
+	// inherited them, say), do not wait for it forever.
+	cmd.WaitDelay = 2 * time.Second
+	err := cmd.Run()
+	r := ctlResult{args: args, stdout: stdout.String(), stderr: stderr.String()}
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		r.code = ee.ExitCode()
+	default:
+		t.Fatalf("erspanctl %s: %v", strings.Join(args, " "), err)
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("erspanctl %s did not finish within %v", strings.Join(args, " "), ctlTimeout)
+	}
+	return r
+}
+
+// status is `erspanctl -j NAME`.
+func (d *daemon) status(name string) ifconfig.Status {
+	d.t.Helper()
+	var s ifconfig.Status
+	out := d.mustCtl("-j", name)
+	if err := json.Unmarshal([]byte(out), &s); err != nil {
+		d.t.Fatalf("erspanctl -j %s: %v\n%s", name, err, out)
+	}
+	return s
+}
+
+// all is `erspanctl -j`.
+func (d *daemon) all() ifconfig.All {
+	d.t.Helper()
+	var a ifconfig.All
+	out := d.mustCtl("-j")
+	if err := json.Unmarshal([]byte(out), &a); err != nil {
+		d.t.Fatalf("erspanctl -j: %v\n%s", err, out)
+	}
+	return a
+}
+
+// env is the usual setting of a test: the topology, a daemon in the
+// collector and a sender in the switch.
+type env struct {
+	t      *testing.T
+	tp     *topology
+	d      *daemon
+	sender *sender
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	requireRoot(t)
+	binaries(t) // fail early, before making namespaces, when the build fails
+	tp := newTopology(t)
+	return &env{t: t, tp: tp, d: startDaemon(t, tp.col), sender: newSender(t, tp.sw)}
+}
+
+// reader opens a packet socket on the collector's interface name.
+func (e *env) reader(name string) *packetReader {
+	return newPacketReader(e.t, e.tp.col, name)
+}
+
+// deliveries starts tracking frames on readers, printing the daemon's
+// counters when a check fails.
+func (e *env) deliveries(readers ...*packetReader) *deliveries {
+	dl := newDeliveries(e.t, readers...)
+	dl.daemon = e.d
+	return dl
+}
