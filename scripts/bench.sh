@@ -1,0 +1,333 @@
+#!/usr/bin/env bash
+# The benchmark: what erspand delivers, per second and per CPU-second,
+# against what a Go program could at best (the ceiling) and what the naive
+# design does (the baseline), in one run on this machine.
+#
+#   scripts/bench.sh [--quick]     as root; --quick: under a minute, fewer frames
+#
+# Everything runs in network namespaces it makes (erspan-bench-*) and
+# removes on exit; the processes it starts are killed by PID. Two cores are
+# assumed: the generator (and with it the collector's receive softirq, which
+# veth runs on the sending CPU; RPS on the collector's veth sends it there
+# too when erspand is the sender) is pinned to CPU 0, the program measured
+# (ceiling, naive, erspand: GOMAXPROCS follows the affinity, so 1) to CPU 1.
+# CPU time is the measured process's utime + stime from /proc/PID/stat
+# (getrusage for the ceiling), which includes the kernel work done in its
+# own syscalls (the TAP write, the tc ingress drop behind it).
+#
+# Measurements (medians of REPS runs of DUR seconds each):
+#  ceiling  a Go program writes prebuilt frames into a TAP, one write() each,
+#           the TAP made like erspanN (multi-queue, up, monitor filter).
+#  naive    scripts/bench/naive (ListenIP + ReadFrom + Write) fed by gen.
+#  decap    erspand with erspan0 (session 77), fed by gen: Ethernet frames
+#           carrying IPv4 + GRE + ERSPAN II sent with AF_PACKET sendmmsg on
+#           the sender's veth, as fast as gen can. Delivered = rx_packets of
+#           the TAP; loss = sent - delivered.
+#  encap    erspand with erspan0 in source mode; gen writes frames into it
+#           with AF_PACKET sendmmsg; counted at the collector's veth, which
+#           drops them at tc ingress (no IP input, no ICMP).
+#  zero-loss  the highest rate at which ZL_COUNT frames of 64 B all arrive:
+#           first as fast as gen can, then a bisection with gen's rate limit.
+#  many     RSS and decap with NIFS interfaces (erspanI, session I), made
+#           through one control connection (scripts/bench/mkifs).
+# It prints figures, never pass or fail, and ends with one key=value line.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin"
+
+QUICK=0
+case "${1:-}" in
+--quick) QUICK=1 ;;
+"") ;;
+*) echo "usage: $0 [--quick]" >&2; exit 2 ;;
+esac
+[ "$(id -u)" -eq 0 ] || { echo "bench.sh: run as root (it creates network namespaces)" >&2; exit 1; }
+
+if [ $QUICK -eq 1 ]; then
+	DUR=1 REPS=1 ZL_COUNT=100000 ZL_STEPS=4 NIFS=64 LIMIT=120 BENCHTIME=200000x
+else
+	DUR=4 REPS=3 ZL_COUNT=1000000 ZL_STEPS=6 NIFS=1024 LIMIT=900 BENCHTIME=1s
+fi
+GEN_CPU=0 DUT_CPU=1
+SND=erspan-bench-snd COL=erspan-bench-col CEIL=erspan-bench-ceil
+ALL_NS="$SND $COL $CEIL"
+HZ=$(getconf CLK_TCK)
+work=$(mktemp -d /tmp/erspan-bench.XXXXXX)
+bin=$work/bin
+pids=""
+
+cleanup() {
+	trap - EXIT INT TERM
+	for p in $pids; do kill "$p" 2>/dev/null || true; done
+	for p in $pids; do wait "$p" 2>/dev/null || true; done
+	for ns in $ALL_NS; do ip netns del "$ns" 2>/dev/null || true; done
+	rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'echo "bench.sh: interrupted" >&2; exit 1' INT TERM
+
+# A watchdog: whatever hangs, the run ends within LIMIT seconds. Killed
+# at cleanup, it takes its sleep with it (which would otherwise hold the
+# script's stdout open until LIMIT).
+(
+	trap 'kill $s 2>/dev/null; exit 0' TERM
+	sleep $LIMIT >/dev/null 2>&1 &
+	s=$!
+	wait $s && echo "bench.sh: over ${LIMIT}s, stopping" >&2 && kill -TERM $$
+) &
+pids="$pids $!"
+
+log() { printf '%s\n' "$*" >&2; }
+nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+kv() { printf '%s\n' "$2" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+calc() { awk "BEGIN { printf \"$1\", $2 }"; }
+# Sum of a statistics counter over the links matching a glob, in a namespace.
+counter() { nsx "$1" sh -c "cat /sys/class/net/$2/statistics/$3" | awk '{s += $1} END {print s + 0}'; }
+# Raw IPPROTO_GRE (47 = 0x2F) sockets in a namespace: the receive softirq
+# clones every GRE packet to each of them, wanted or not.
+raw_gre() { nsx "$1" cat /proc/net/raw | awk 'NR > 1 && $2 ~ /:002F$/' | wc -l; }
+median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+
+# start NS CMD...: start a pinned process in NS in the background, record
+# its PID (ip netns exec and taskset exec, so $! is the program itself;
+# not through nsx, which as a function would run in a subshell).
+start() {
+	local ns=$1; shift
+	ip netns exec "$ns" taskset -c $DUT_CPU "$@" >>"$work/$(basename "$1").log" 2>&1 &
+	started=$!
+	pids="$pids $started"
+	[ "$(cat /proc/$started/comm 2>/dev/null)" = "$(basename "$1")" ] || sleep 0.1
+	[ "$(cat /proc/$started/comm 2>/dev/null)" = "$(basename "$1")" ] ||
+		{ log "bench.sh: PID $started is not $(basename "$1")"; exit 1; }
+}
+stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+wait_for() { for _ in $(seq 50); do [ -S "$1" ] && return 0; sleep 0.1; done; log "no socket $1"; return 1; }
+ctl() { local ns=$1 sock=$2; shift 2; nsx "$ns" "$bin/erspanctl" --no-autostart --socket "$sock" "$@"; }
+
+# How busy the machine is before we start: another load skews everything.
+idle_pct() {
+	local a b
+	a=$(awk '/^cpu / {print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8}' /proc/stat)
+	sleep 0.5
+	b=$(awk '/^cpu / {print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8}' /proc/stat)
+	echo "$a $b" | awk '{printf "%.0f", 100 * ($3 - $1) / ($4 - $2)}'
+}
+
+t0=$(date +%s)
+log "building into $bin"
+go build -o "$bin/" ./cmd/erspand ./cmd/erspanctl ./scripts/bench/gen ./scripts/bench/ceiling \
+	./scripts/bench/naive ./scripts/bench/mkifs ./scripts/bench/dropin
+ulimit -n "$(ulimit -Hn)" # one TAP queue fd per interface, and then some
+
+log "allocations per frame: go test -bench BenchmarkInput ./tunnel/"
+allocs=$(go test -run '^$' -bench '^BenchmarkInput$' -benchmem -benchtime "$BENCHTIME" ./tunnel/ |
+	awk '/^BenchmarkInput/ {for (i = 2; i <= NF; i++) if ($i == "allocs/op") print $(i - 1)}')
+idle=$(idle_pct)
+[ "$(nproc)" -eq 2 ] || log "warning: $(nproc) CPUs; this benchmark is laid out for 2"
+
+rows=""
+row() { rows="$rows$(printf '%-26s %5s %10s %10s %9s %7s %6s %11s %6s' "$@")"$'\n'; }
+
+# ---- ceiling ----------------------------------------------------------------
+for ns in $ALL_NS; do ip netns del "$ns" 2>/dev/null || true; done # a previous run's, killed
+ip netns add $CEIL
+declare -A ceil_pps ceil_eff
+for size in 64 1514; do
+	p="" e=""
+	for _ in $(seq $REPS); do
+		out=$(nsx $CEIL taskset -c $DUT_CPU "$bin/ceiling" -name bench0 -size $size -duration ${DUR}s)
+		p="$p $(kv pps "$out")" e="$e $(kv per_cpu_s "$out")"
+	done
+	ceil_pps[$size]=$(echo "$p" | median) ceil_eff[$size]=$(echo "$e" | median)
+	row "ceiling (TAP write)" $size - "${ceil_pps[$size]}" - - - "${ceil_eff[$size]}" 1.00
+	log "ceiling $size B: ${ceil_pps[$size]} pps, ${ceil_eff[$size]} per CPU-s"
+done
+
+# ---- the tunnel: sender (192.0.2.1) -- veth -- collector (192.0.2.2) ----------
+for ns in $SND $COL; do
+	ip netns add "$ns"
+	ip -n "$ns" link set lo up
+done
+ip link add veth-snd netns $SND type veth peer name veth-col netns $COL
+# Jumbo MTU: a 1514-byte frame in ERSPAN (1564 bytes on the wire) must
+# cross without fragments, as on a collector link sized for it.
+ip -n $SND link set veth-snd mtu 9000 up
+ip -n $COL link set veth-col mtu 9000 up
+ip -n $SND addr add 192.0.2.1/24 dev veth-snd
+ip -n $COL addr add 192.0.2.2/24 dev veth-col
+col_mac=$(nsx $COL cat /sys/class/net/veth-col/address)
+snd_mac=$(nsx $SND cat /sys/class/net/veth-snd/address)
+ip -n $SND neigh replace 192.0.2.2 lladdr "$col_mac" dev veth-snd nud permanent
+ip -n $COL neigh replace 192.0.2.1 lladdr "$snd_mac" dev veth-col nud permanent
+# The collector's receive softirq on the generator's CPU, whoever sends.
+nsx $COL sh -c "echo $((1 << GEN_CPU)) > /sys/class/net/veth-col/queues/rx-0/rps_cpus"
+
+# decap PID IFGLOB SIZE RATE COUNT SESSION SESSIONS: gen sends ERSPAN II to
+# the collector; sets sent, deliv, pps, cpu, eff, busy.
+decap() {
+	local pid=$1 ifs=$2 size=$3 rate=$4 count=$5 session=$6 sessions=$7 r0 r1 c0 c1 out el prev
+	# Bounded by time as well as count: DUR at full speed, or long enough
+	# for count at the rate asked (or at 50k pps when count is set at full
+	# speed), at most 60 s.
+	local dur=$DUR
+	if [ "$rate" != 0 ]; then
+		dur=$(calc %.0f "$count / $rate * 1.3 + 2")
+	elif [ "$count" -lt 100000000 ]; then
+		dur=$(calc %.0f "$count / 50000 + 2")
+	fi
+	[ "$dur" -le 60 ] || dur=60
+	r0=$(counter $COL "$ifs" rx_packets)
+	c0=$(ticks "$pid")
+	out=$(nsx $SND taskset -c $GEN_CPU "$bin/gen" -mode eth -dev veth-snd -dstmac "$col_mac" \
+		-size "$size" -rate "$rate" -count "$count" -duration "${dur}s" -session "$session" -sessions "$sessions")
+	# Let the receiver drain its socket buffer: wait until the count
+	# stops moving (at most 2 s).
+	r1=$(counter $COL "$ifs" rx_packets) prev=-1
+	for _ in $(seq 20); do
+		[ "$r1" = "$prev" ] && break
+		sleep 0.1
+		prev=$r1 r1=$(counter $COL "$ifs" rx_packets)
+	done
+	c1=$(ticks "$pid")
+	sent=$(kv sent "$out") el=$(kv elapsed "$out")
+	deliv=$((r1 - r0))
+	pps=$(calc %.0f "$deliv / $el")
+	cpu=$(calc %.2f "($c1 - $c0) / $HZ")
+	eff=$(calc %.0f "$deliv / (($c1 - $c0) / $HZ + 1e-9)")
+	busy=$(calc %.0f "100 * ($c1 - $c0) / $HZ / $el")
+	offered=$(kv rate "$out")
+}
+
+# best-of-REPS by delivered rate (median) of decap at full speed; prints a row.
+decap_row() {
+	local label=$1 pid=$2 ifs=$3 size=$4 session=$5 sessions=$6 p="" e="" o="" l="" c="" b=""
+	for _ in $(seq $REPS); do
+		decap "$pid" "$ifs" "$size" 0 100000000 "$session" "$sessions"
+		p="$p $pps" e="$e $eff" o="$o $offered" l="$l $((sent - deliv))" c="$c $cpu" b="$b $busy"
+	done
+	pps=$(echo "$p" | median) eff=$(echo "$e" | median)
+	row "$label" "$size" "$(echo "$o" | median)" "$pps" "$(echo "$l" | median)" "$(echo "$c" | median)" \
+		"$(echo "$b" | median)%" "$eff" "$(calc %.2f "$eff / ${ceil_eff[$size]}")"
+	log "$label $size B: $pps pps, $eff per CPU-s"
+}
+
+# ---- naive baseline -----------------------------------------------------------
+declare -A naive_pps
+start $COL "$bin/naive" -name naive0 -local 192.0.2.2 -session 77 -duration 300s
+naive=$started
+for _ in $(seq 50); do grep -q ready "$work/naive.log" 2>/dev/null && break; sleep 0.1; done
+for size in 64 1514; do
+	decap_row "naive decap" $naive naive0 $size 77 1
+	naive_pps[$size]=$pps
+done
+stop $naive
+
+# ---- encap: erspand in the sender namespace, source mode ------------------------
+start $SND "$bin/erspand" --socket "$work/snd/erspand.sock" --config-dir "$work/etc" --state "$work/snd/state"
+snd=$started
+wait_for "$work/snd/erspand.sock"
+ctl $SND "$work/snd/erspand.sock" create erspan0 tunnel 192.0.2.1 192.0.2.2 vnetid 77 up
+nsx $COL "$bin/dropin" veth-col on
+declare -A encap_pps encap_eff
+for size in 64 1514; do
+	p="" e="" o="" l="" c="" b=""
+	for _ in $(seq $REPS); do
+		r0=$(counter $COL veth-col rx_packets) d0=$(counter $SND erspan0 tx_dropped) c0=$(ticks $snd)
+		out=$(nsx $SND taskset -c $GEN_CPU "$bin/gen" -mode tap -dev erspan0 -size $size -count 100000000 -duration ${DUR}s)
+		sleep 0.2
+		r1=$(counter $COL veth-col rx_packets) d1=$(counter $SND erspan0 tx_dropped) c1=$(ticks $snd)
+		el=$(kv elapsed "$out") n=$((r1 - r0))
+		p="$p $(calc %.0f "$n / $el")" e="$e $(calc %.0f "$n / (($c1 - $c0) / $HZ + 1e-9)")"
+		o="$o $(calc %.0f "($(kv sent "$out") + $d1 - $d0) / $el")" l="$l $((d1 - d0))"
+		c="$c $(calc %.2f "($c1 - $c0) / $HZ")" b="$b $(calc %.0f "100 * ($c1 - $c0) / $HZ / $el")"
+	done
+	encap_pps[$size]=$(echo "$p" | median) encap_eff[$size]=$(echo "$e" | median)
+	row "erspand encap" $size "$(echo "$o" | median)" "${encap_pps[$size]}" "$(echo "$l" | median)" \
+		"$(echo "$c" | median)" "$(echo "$b" | median)%" "${encap_eff[$size]}" \
+		"$(calc %.2f "${encap_eff[$size]} / ${ceil_eff[$size]}")"
+	log "encap $size B: ${encap_pps[$size]} pps, ${encap_eff[$size]} per CPU-s"
+done
+encap_tx=$(ctl $SND "$work/snd/erspand.sock" -j erspan0 | grep -Eo '"tx_(packets|errors|too_big)": *[0-9]*' | tr -d '" ' | tr '\n' ' ' || true)
+nsx $COL "$bin/dropin" veth-col off
+ctl $SND "$work/snd/erspand.sock" destroy erspan0
+stop $snd
+
+# ---- decap: erspand in the collector namespace ------------------------------
+sock=$work/col/erspand.sock
+start $COL "$bin/erspand" --socket "$sock" --config-dir "$work/etc" --state "$work/col/state"
+col=$started
+wait_for "$sock"
+ctl $COL "$sock" create erspan0 tunnel 192.0.2.2 192.0.2.1 vnetid 77 up
+declare -A decap_pps decap_eff
+for size in 64 1514; do
+	decap_row "erspand decap" $col erspan0 $size 77 1
+	decap_pps[$size]=$pps decap_eff[$size]=$eff
+done
+rss1=$(rss_kb $col) raw1=$(raw_gre $COL)
+
+# ---- zero-loss rate at 64 B ------------------------------------------------------
+# Pass = every one of ZL_COUNT frames delivered, sent at (nearly) the rate
+# asked. Full speed first: when that passes, the generator is the limit.
+zl_note=""
+decap $col erspan0 64 0 $ZL_COUNT 77 1
+if [ "$deliv" -eq "$ZL_COUNT" ] && [ "$sent" -eq "$ZL_COUNT" ]; then
+	zero_loss=$offered zl_note="no loss at the generator's full speed: generator-bound, erspand ${busy}% busy"
+else
+	hi=$offered lo=0 zero_loss=0
+	log "zero-loss: full speed ($offered pps) lost $((sent - deliv)) of $sent; bisecting"
+	for _ in $(seq $ZL_STEPS); do
+		mid=$(((lo + hi) / 2))
+		decap $col erspan0 64 $mid $ZL_COUNT 77 1
+		log "zero-loss: $mid pps asked, $offered achieved, $((sent - deliv)) of $sent lost"
+		if [ "$deliv" -eq "$ZL_COUNT" ] && [ "$sent" -eq "$ZL_COUNT" ]; then
+			lo=$mid zero_loss=$mid
+		else
+			hi=$mid
+		fi
+	done
+	zl_note="bisection, $ZL_STEPS steps: passes at $lo, fails at $hi"
+fi
+row "zero-loss rate" 64 "$zero_loss" "$zero_loss" 0 - - - -
+
+# ---- many interfaces ------------------------------------------------------------
+ctl $COL "$sock" destroy erspan0
+mk=$(nsx $COL "$bin/mkifs" -socket "$sock" -from 0 -to $((NIFS - 1)))
+log "made $NIFS interfaces: $mk"
+target=$((NIFS > 77 ? 77 : NIFS - 1))
+decap_row "decap, $NIFS ifs, 1 sess" $col "erspan$target" 64 $target 1
+many_one=$pps many_one_eff=$eff
+decap_row "decap, $NIFS ifs, all" $col 'erspan*' 64 0 $NIFS
+many_all=$pps
+rssn=$(rss_kb $col) rawn=$(raw_gre $COL)
+col_counters=$(ctl $COL "$sock" -j | sed -n '/"daemon"/,$p' | grep -Eo '"(rx_packets|unmatched|kernel_drops)": *[0-9]*' | tr -d '" ' | tr '\n' ' ' || true)
+stop $col
+
+# ---- report --------------------------------------------------------------------------
+echo
+echo "erspan benchmark: $(nproc) CPUs, kernel $(uname -r), $(go version | cut -d' ' -f3), commit $(git rev-parse --short HEAD 2>/dev/null || echo ?)$( [ $QUICK -eq 1 ] && echo ', --quick')"
+echo "machine idle before the run: ${idle}% (less than ~95% means another load shares the CPUs)"
+echo "medians of $REPS run(s) of ${DUR}s; generator on CPU $GEN_CPU, the measured program on CPU $DUT_CPU"
+echo
+printf '%-26s %5s %10s %10s %9s %7s %6s %11s %6s\n' measurement bytes offered/s frames/s lost CPU-s busy frames/CPU-s ratio
+printf '%s' "$rows"
+echo
+echo "ratio: frames per CPU-second over the ceiling's (TAP writes of the same size)"
+echo "zero-loss at 64 B with $ZL_COUNT frames: $zero_loss pps ($zl_note)"
+echo "erspand RSS: $rss1 kB with 1 interface, $rssn kB with $NIFS interfaces$( [ $QUICK -eq 1 ] && echo ' (--quick: 64, not 1024)')"
+echo "raw GRE sockets in the collector namespace: $raw1 with 1 interface, $rawn with $NIFS (the kernel clones each GRE packet to every one)"
+echo "decap with $NIFS interfaces relative to 1: $(calc %.2f "$many_one / ${decap_pps[64]}") (one session), $(calc %.2f "$many_all / ${decap_pps[64]}") (spread over all $NIFS sessions)"
+echo "erspand (sender) counters after encap: $encap_tx"
+echo "erspand (collector) counters at the end: $col_counters"
+echo "busy: the measured process's CPU-s over the run's seconds. No loss and busy well under"
+echo "100%: the generator (whose CPU also runs the collector's receive softirq) was the"
+echo "limit, and frames/CPU-s is the better estimate of what one core would take."
+echo "allocations per frame (BenchmarkInput): $allocs"
+echo "wall time: $(($(date +%s) - t0)) s"
+echo
+printf 'decap_pps_64=%s decap_pps_1514=%s decap_ratio_64=%s decap_ratio_1514=%s encap_pps_64=%s encap_ratio_64=%s naive_speedup_64=%s zero_loss_pps_64=%s allocs_per_frame=%s\n' \
+	"${decap_pps[64]}" "${decap_pps[1514]}" \
+	"$(calc %.2f "${decap_eff[64]} / ${ceil_eff[64]}")" "$(calc %.2f "${decap_eff[1514]} / ${ceil_eff[1514]}")" \
+	"${encap_pps[64]}" "$(calc %.2f "${encap_eff[64]} / ${ceil_eff[64]}")" \
+	"$(calc %.2f "${decap_pps[64]} / ${naive_pps[64]}")" "$zero_loss" "$allocs"

@@ -1,0 +1,91 @@
+// Command ceiling measures the most a Go program can deliver into a TAP on
+// this machine: prebuilt frames, one write() each, in a loop, for a fixed
+// time. It is the yardstick for erspand's decap: the same kind of TAP
+// (multi-queue, no packet info), in the same monitor conditions (up, with
+// the product's own drop-everything eBPF filter at tc ingress, IPv6 off),
+// so the kernel does the same little after each write. It prints frames,
+// seconds and its own CPU seconds as key=value.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/erspan-linux/erspan/scripts/bench/internal/frame"
+	"github.com/erspan-linux/erspan/tunnel"
+)
+
+func main() {
+	name := flag.String("name", "bench0", "TAP to create (in the current network namespace)")
+	size := flag.Int("size", 64, "frame size in bytes (no FCS)")
+	dur := flag.Duration("duration", 3*time.Second, "how long to write")
+	flag.Parse()
+	if err := run(*name, *size, *dur); err != nil {
+		fmt.Fprintln(os.Stderr, "ceiling:", err)
+		os.Exit(1)
+	}
+}
+
+func run(name string, size int, dur time.Duration) error {
+	if size < frame.Min || size > frame.Max || dur <= 0 || dur > time.Minute {
+		return fmt.Errorf("size %d or duration %v out of range", size, dur)
+	}
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return err
+	}
+	// The flags of an erspanN TAP (tunnel/tap_linux.go): a multi-queue
+	// TAP takes a slightly different path in the kernel than a plain one.
+	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_MULTI_QUEUE)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		return fmt.Errorf("TUNSETIFF %s: %w", name, err)
+	}
+	// The TAP goes away with fd (not persistent).
+	if err := tunnel.SetLinkUp(name, true); err != nil {
+		return err
+	}
+	if err := tunnel.SetMonitor(name, true); err != nil {
+		return err
+	}
+
+	frames := make([][]byte, 4096)
+	for i := range frames {
+		frames[i] = frame.Build(size, i)
+	}
+	before := cpu()
+	start := time.Now()
+	deadline := start.Add(dur)
+	var n, errs int64
+	// time.Now every 256 writes: cheap next to 256 syscalls.
+	for i := 0; ; i++ {
+		if i&255 == 0 && time.Now().After(deadline) {
+			break
+		}
+		if _, err := unix.Write(fd, frames[i&4095]); err != nil {
+			errs++
+			continue
+		}
+		n++
+	}
+	elapsed := time.Since(start).Seconds()
+	used := cpu() - before
+	fmt.Printf("frames=%d elapsed=%.6f cpu=%.6f pps=%.0f per_cpu_s=%.0f errors=%d\n",
+		n, elapsed, used, float64(n)/elapsed, float64(n)/used, errs)
+	return nil
+}
+
+// cpu returns the process's user + system CPU seconds so far.
+func cpu() float64 {
+	var ru unix.Rusage
+	_ = unix.Getrusage(unix.RUSAGE_SELF, &ru)
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
+}
