@@ -28,6 +28,8 @@ type Linux struct {
 	// home is the daemon's own network namespace, the "" of every ns
 	// argument, taken at NewLinux while the thread is still in it.
 	home netns.NsHandle
+	// senders are the shared send sockets (see sender_linux.go).
+	senders sendSockets
 }
 
 var _ System = (*Linux)(nil)
@@ -147,16 +149,24 @@ func (l *Linux) ListenCapture(ns, dev string) (sock Socket, err error) {
 	return sock, err
 }
 
-func (l *Linux) OpenSender(ns string, src, dst netip.Addr, ttl int, df bool) (s Sender, err error) {
-	err = inNamespace(ns, func() error {
-		rs, err := OpenSender(src, dst, ttl, df)
-		if err != nil {
+// OpenSender returns a sender from src to dst on the shared send socket of
+// (ns, family, df), opening it for the first user.
+func (l *Linux) OpenSender(ns string, src, dst netip.Addr, ttl int, df bool) (Sender, error) {
+	family := 4
+	if src.Is6() {
+		family = 6
+	}
+	sock, release, err := l.senders.get(sendKey{ns, family, df}, func() (s *sendSocket, err error) {
+		err = inNamespace(ns, func() error {
+			s, err = openSendSocket(family, df)
 			return err
-		}
-		s = rs
-		return nil
+		})
+		return s, err
 	})
-	return s, err
+	if err != nil {
+		return nil, err
+	}
+	return newRawSender(sock, release, src, dst, ttl), nil
 }
 
 func (l *Linux) CheckNamespace(name string) error { return CheckNamespace(name) }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"sync"
 	"syscall"
 	"unsafe"
 
@@ -17,164 +18,103 @@ import (
 // port whose tunnel runs through the same bridge are not mirrored again.
 const SocketMark = 0x65727370 // "ersp"
 
-// rawSender is a send-only raw GRE socket bound to the tunnel source and
-// connected to its destination. The kernel writes the outer IP header: TTL
-// and DF from socket options, TOS / traffic class per packet from a control
-// message, fragmentation (with -tunneldf) by the kernel itself.
-type rawSender struct {
-	f  *os.File
-	rc syscall.RawConn
+// A raw GRE socket receives a clone of every GRE packet its address
+// filter lets through, even one whose BPF program then drops it all. One
+// connected socket per sending interface therefore cost one clone per
+// received GRE packet per interface: with 1024 interfaces, decap fell to
+// 1% of its rate (scripts/bench.sh). So sending interfaces share one
+// unconnected socket per (namespace, family, df), which accepts nothing:
+// each interface gives its destination per message (msg_name) and its
+// source address, TTL and TOS as control messages. The kernel still writes
+// the outer IP header and fragments (without df).
 
-	// Preallocated sendmsg arguments: Send allocates nothing.
-	iov     unix.Iovec
-	oob     []byte
-	msg     unix.Msghdr
-	errno   syscall.Errno
-	writeFn func(fd uintptr) bool
-
-	// Preallocated sendmmsg arguments for SendBatch, one slot per packet,
-	// each with its own TOS control message.
-	hdrs   []unix.Mmsghdr
-	iovs   []unix.Iovec
-	oobs   []byte
-	bn     int // packets in the batch
-	bsent  int // sent so far
-	bErr   syscall.Errno
-	batchF func(fd uintptr) bool
+type sendKey struct {
+	ns     string
+	family int
+	df     bool
 }
 
-// senderBatch is how many packets one sendmmsg takes.
-const senderBatch = 64
+// sendSocket is one shared send-only socket.
+type sendSocket struct {
+	f    *os.File
+	rc   syscall.RawConn
+	refs int // guarded by sendSockets.mu
+}
 
-// OpenSender opens the sending socket of a tunnel from src to dst in the
-// calling thread's network namespace.
-func OpenSender(src, dst netip.Addr, ttl int, df bool) (*rawSender, error) {
-	family := unix.AF_INET
-	if src.Is6() {
-		family = unix.AF_INET6
+// sendSockets holds the shared sockets of one System.
+type sendSockets struct {
+	mu sync.Mutex
+	m  map[sendKey]*sendSocket
+}
+
+// get returns the shared socket for k, opening it (with open, in the right
+// namespace) when it is the first user; release gives it back.
+func (ss *sendSockets) get(k sendKey, open func() (*sendSocket, error)) (*sendSocket, func(), error) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.m == nil {
+		ss.m = make(map[sendKey]*sendSocket)
 	}
-	fd, err := unix.Socket(family, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, erspan.IPProtoGRE)
+	s := ss.m[k]
+	if s == nil {
+		var err error
+		if s, err = open(); err != nil {
+			return nil, nil, err
+		}
+		ss.m[k] = s
+	}
+	s.refs++
+	var once sync.Once
+	release := func() {
+		once.Do(func() {
+			ss.mu.Lock()
+			defer ss.mu.Unlock()
+			if s.refs--; s.refs == 0 {
+				delete(ss.m, k)
+				s.f.Close()
+			}
+		})
+	}
+	return s, release, nil
+}
+
+// openSendSocket opens a shared send socket in the calling thread's
+// network namespace.
+func openSendSocket(family int, df bool) (*sendSocket, error) {
+	af := unix.AF_INET
+	if family == 6 {
+		af = unix.AF_INET6
+	}
+	fd, err := unix.Socket(af, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, erspan.IPProtoGRE)
 	if err != nil {
 		return nil, fmt.Errorf("raw GRE socket: %w", err)
 	}
-	if err := setupSender(fd, family, src, dst, ttl, df); err != nil {
+	if err := setupSendSocket(fd, family, df); err != nil {
 		unix.Close(fd)
 		return nil, err
 	}
-	s := &rawSender{f: os.NewFile(uintptr(fd), "erspan-send")}
+	s := &sendSocket{f: os.NewFile(uintptr(fd), "erspan-send")}
 	if s.rc, err = s.f.SyscallConn(); err != nil {
 		s.f.Close()
 		return nil, err
 	}
-	level, typ := unix.IPPROTO_IP, unix.IP_TOS
-	if family == unix.AF_INET6 {
-		level, typ = unix.IPPROTO_IPV6, unix.IPV6_TCLASS
-	}
-	s.oob = make([]byte, unix.CmsgSpace(4))
-	h := (*unix.Cmsghdr)(unsafe.Pointer(&s.oob[0]))
-	h.Level, h.Type = int32(level), int32(typ)
-	h.SetLen(unix.CmsgLen(4))
-	s.msg.Iov = &s.iov
-	s.msg.Iovlen = 1
-	s.msg.Control = &s.oob[0]
-	s.msg.SetControllen(len(s.oob))
-	s.writeFn = s.write
-	s.hdrs = make([]unix.Mmsghdr, senderBatch)
-	s.iovs = make([]unix.Iovec, senderBatch)
-	s.oobs = make([]byte, senderBatch*len(s.oob))
-	for i := range s.hdrs {
-		o := s.oobs[i*len(s.oob) : (i+1)*len(s.oob)]
-		copy(o, s.oob) // the cmsghdr, its data set per packet
-		h := &s.hdrs[i].Hdr
-		h.Iov, h.Iovlen = &s.iovs[i], 1
-		h.Control = &o[0]
-		h.SetControllen(len(o))
-	}
-	s.batchF = s.writeBatch
 	return s, nil
 }
 
-// SendBatch sends pkts[i] with TOS tos[i] through sendmmsg, up to
-// senderBatch at a time. It reports how many went out and how many were
-// refused as too big (DF set); the rest failed, err saying why. It does
-// not allocate.
-func (s *rawSender) SendBatch(pkts [][]byte, tos []uint8) (sent, tooBig int, err error) {
-	if len(tos) < len(pkts) {
-		return 0, 0, unix.EINVAL
-	}
-	for len(pkts) > 0 {
-		n := min(len(pkts), senderBatch)
-		for i := 0; i < n; i++ {
-			s.iovs[i].Base = &pkts[i][0]
-			s.iovs[i].SetLen(len(pkts[i]))
-			*(*int32)(unsafe.Pointer(&s.oobs[i*len(s.oob)+unix.CmsgLen(0)])) = int32(tos[i])
-		}
-		s.bn, s.bsent = n, 0
-		for s.bsent < s.bn {
-			s.bErr = 0
-			before := s.bsent
-			if werr := s.rc.Write(s.batchF); werr != nil {
-				return sent + s.bsent - before, tooBig, werr // closed under us
-			}
-			sent += s.bsent - before
-			if s.bErr != 0 {
-				// The packet at bsent failed alone; go on after it.
-				if s.bErr == unix.EMSGSIZE {
-					tooBig++
-				} else {
-					err = s.bErr
-				}
-				s.bsent++
-			}
-		}
-		for i := 0; i < n; i++ {
-			s.iovs[i].Base = nil // keep no frame buffer reachable from here
-		}
-		pkts, tos = pkts[n:], tos[n:]
-	}
-	return sent, tooBig, err
-}
-
-// writeBatch is the RawConn callback of SendBatch: it sends from bsent on,
-// and stops at the first packet the kernel refuses, recording its errno.
-func (s *rawSender) writeBatch(fd uintptr) bool {
-	for s.bsent < s.bn {
-		r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&s.hdrs[s.bsent])), uintptr(s.bn-s.bsent), 0, 0, 0)
-		switch e {
-		case 0:
-			s.bsent += int(r)
-		case unix.EINTR:
-		case unix.EAGAIN:
-			return false
-		default:
-			s.bErr = e
-			return true
-		}
-	}
-	return true
-}
-
-func setupSender(fd, family int, src, dst netip.Addr, ttl int, df bool) error {
-	// A raw GRE socket receives a copy of every GRE packet its address
-	// filter lets through: connected to dst, every packet from dst, which
-	// for a bidirectional tunnel is the whole ERSPAN stream. This socket
-	// only sends (design.md, Data path): a BPF program that accepts
-	// nothing makes the kernel drop those copies at once.
+func setupSendSocket(fd, family int, df bool) error {
+	// It only sends (design.md, Data path): the kernel drops what it
+	// would queue to it at once.
 	if err := attachDropAll(fd); err != nil {
 		return err
 	}
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, SocketMark); err != nil {
 		return fmt.Errorf("SO_MARK: %w", err)
 	}
-	var sa, da unix.Sockaddr
-	if family == unix.AF_INET {
-		// FREEBIND: the tunnel may be configured before its source
-		// address is, as on OpenBSD.
+	if family == 4 {
+		// FREEBIND: a source address given per packet need not be
+		// configured (yet), as on OpenBSD.
 		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_FREEBIND, 1); err != nil {
 			return fmt.Errorf("IP_FREEBIND: %w", err)
-		}
-		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_TTL, ttl); err != nil {
-			return fmt.Errorf("IP_TTL %d: %w", ttl, err)
 		}
 		// DF set: the kernel refuses oversize packets with EMSGSIZE.
 		// DF clear: it fragments them (OpenBSD's nodf default).
@@ -185,66 +125,190 @@ func setupSender(fd, family int, src, dst netip.Addr, ttl int, df bool) error {
 		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, pmtu); err != nil {
 			return fmt.Errorf("IP_MTU_DISCOVER: %w", err)
 		}
-		sa, da = &unix.SockaddrInet4{Addr: src.As4()}, &unix.SockaddrInet4{Addr: dst.As4()}
-	} else {
-		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_FREEBIND, 1); err != nil {
-			return fmt.Errorf("IPV6_FREEBIND: %w", err)
-		}
-		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_UNICAST_HOPS, ttl); err != nil {
-			return fmt.Errorf("IPV6_UNICAST_HOPS %d: %w", ttl, err)
-		}
-		// IPv6 routers never fragment: without DF the source does, to
-		// the outgoing link's MTU; with it, oversize packets are refused.
-		pmtu, dontfrag := unix.IPV6_PMTUDISC_DONT, 0
-		if df {
-			pmtu, dontfrag = unix.IPV6_PMTUDISC_DO, 1
-		}
-		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_MTU_DISCOVER, pmtu); err != nil {
-			return fmt.Errorf("IPV6_MTU_DISCOVER: %w", err)
-		}
-		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_DONTFRAG, dontfrag); err != nil {
-			return fmt.Errorf("IPV6_DONTFRAG: %w", err)
-		}
-		sa, da = &unix.SockaddrInet6{Addr: src.As16()}, &unix.SockaddrInet6{Addr: dst.As16()}
-	}
-	if err := unix.Bind(fd, sa); err != nil {
-		return fmt.Errorf("bind to %s: %w", src, err)
-	}
-	if err := unix.Connect(fd, da); err != nil {
-		return fmt.Errorf("connect to %s: %w", dst, err)
-	}
-	return nil
-}
-
-// Send transmits one GRE packet with outer TOS / traffic class tos. Only
-// one goroutine may call it at a time (the interface's transmit loop).
-func (s *rawSender) Send(pkt []byte, tos uint8) error {
-	if len(pkt) == 0 {
 		return nil
 	}
-	s.iov.Base = &pkt[0]
-	s.iov.SetLen(len(pkt))
-	*(*int32)(unsafe.Pointer(&s.oob[unix.CmsgLen(0)])) = int32(tos)
-	s.errno = 0
-	if err := s.rc.Write(s.writeFn); err != nil {
-		return err
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_FREEBIND, 1); err != nil {
+		return fmt.Errorf("IPV6_FREEBIND: %w", err)
 	}
-	s.iov.Base = nil // do not keep the frame buffer reachable from here
-	if s.errno != 0 {
-		return s.errno
+	// IPv6 routers never fragment: without DF the source does, to the
+	// outgoing link's MTU; with it, oversize packets are refused.
+	pmtu, dontfrag := unix.IPV6_PMTUDISC_DONT, 0
+	if df {
+		pmtu, dontfrag = unix.IPV6_PMTUDISC_DO, 1
+	}
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_MTU_DISCOVER, pmtu); err != nil {
+		return fmt.Errorf("IPV6_MTU_DISCOVER: %w", err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_DONTFRAG, dontfrag); err != nil {
+		return fmt.Errorf("IPV6_DONTFRAG: %w", err)
 	}
 	return nil
 }
 
-// write is the RawConn callback: false asks the netpoller to wait until the
-// socket is writable again.
-func (s *rawSender) write(fd uintptr) bool {
-	_, _, e := unix.Syscall(unix.SYS_SENDMSG, fd, uintptr(unsafe.Pointer(&s.msg)), 0)
-	if e == unix.EAGAIN {
-		return false
+// senderBatch is how many packets one sendmmsg takes.
+const senderBatch = 64
+
+// rawSender is one interface's sending side on a shared socket: its
+// destination, and per packet slot the control messages that carry its
+// source address, TTL and the packet's TOS. Only one goroutine may use it
+// at a time (the interface's transmit loop).
+type rawSender struct {
+	sock    *sendSocket
+	release func()
+
+	name   unix.RawSockaddrInet6 // the destination; large enough for IPv4
+	oobLen int                   // control bytes per packet
+	tosOff int                   // where the TOS value sits in them
+
+	hdrs   []unix.Mmsghdr
+	iovs   []unix.Iovec
+	oobs   []byte
+	bn     int // packets in the batch
+	bsent  int // sent so far
+	bErr   syscall.Errno
+	batchF func(fd uintptr) bool
+}
+
+// cmsg appends a control message carrying data to b.
+func cmsg(b []byte, level, typ int, data []byte) []byte {
+	off := len(b)
+	b = append(b, make([]byte, unix.CmsgSpace(len(data)))...)
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&b[off]))
+	h.Level, h.Type = int32(level), int32(typ)
+	h.SetLen(unix.CmsgLen(len(data)))
+	copy(b[off+unix.CmsgLen(0):], data)
+	return b
+}
+
+func intBytes(v int) []byte {
+	b := make([]byte, 4)
+	*(*int32)(unsafe.Pointer(&b[0])) = int32(v)
+	return b
+}
+
+// newRawSender prepares the per-packet arguments of a tunnel from src to
+// dst with hop limit ttl on socket s.
+func newRawSender(s *sendSocket, release func(), src, dst netip.Addr, ttl int) *rawSender {
+	r := &rawSender{sock: s, release: release}
+	var oob []byte
+	if src.Is4() {
+		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(&r.name))
+		sa.Family = unix.AF_INET
+		sa.Addr = dst.As4()
+		// in_pktinfo: ipi_spec_dst is the source address a raw socket
+		// uses for the packet.
+		pi := unix.Inet4Pktinfo{Spec_dst: src.As4()}
+		oob = cmsg(oob, unix.IPPROTO_IP, unix.IP_PKTINFO, (*[unix.SizeofInet4Pktinfo]byte)(unsafe.Pointer(&pi))[:])
+		oob = cmsg(oob, unix.IPPROTO_IP, unix.IP_TTL, intBytes(ttl))
+		r.tosOff = len(oob) + unix.CmsgLen(0)
+		oob = cmsg(oob, unix.IPPROTO_IP, unix.IP_TOS, intBytes(0))
+	} else {
+		r.name.Family = unix.AF_INET6
+		r.name.Addr = dst.As16()
+		pi := unix.Inet6Pktinfo{Addr: src.As16()}
+		oob = cmsg(oob, unix.IPPROTO_IPV6, unix.IPV6_PKTINFO, (*[unix.SizeofInet6Pktinfo]byte)(unsafe.Pointer(&pi))[:])
+		oob = cmsg(oob, unix.IPPROTO_IPV6, unix.IPV6_HOPLIMIT, intBytes(ttl))
+		r.tosOff = len(oob) + unix.CmsgLen(0)
+		oob = cmsg(oob, unix.IPPROTO_IPV6, unix.IPV6_TCLASS, intBytes(0))
 	}
-	s.errno = e
+	r.oobLen = len(oob)
+	nameLen := uint32(unix.SizeofSockaddrInet6)
+	if src.Is4() {
+		nameLen = unix.SizeofSockaddrInet4
+	}
+	r.hdrs = make([]unix.Mmsghdr, senderBatch)
+	r.iovs = make([]unix.Iovec, senderBatch)
+	r.oobs = make([]byte, senderBatch*r.oobLen)
+	for i := range r.hdrs {
+		o := r.oobs[i*r.oobLen : (i+1)*r.oobLen]
+		copy(o, oob)
+		h := &r.hdrs[i].Hdr
+		h.Name = (*byte)(unsafe.Pointer(&r.name))
+		h.Namelen = nameLen
+		h.Iov, h.Iovlen = &r.iovs[i], 1
+		h.Control = &o[0]
+		h.SetControllen(len(o))
+	}
+	r.batchF = r.writeBatch
+	return r
+}
+
+// Send transmits one GRE packet with outer TOS / traffic class tos.
+func (r *rawSender) Send(pkt []byte, tos uint8) error {
+	sent, tooBig, err := r.SendBatch([][]byte{pkt}, []uint8{tos})
+	switch {
+	case sent == 1:
+		return nil
+	case tooBig == 1:
+		return unix.EMSGSIZE
+	case err != nil:
+		return err
+	}
+	return unix.EIO
+}
+
+// SendBatch sends pkts[i] with TOS tos[i] through sendmmsg, up to
+// senderBatch at a time. It reports how many went out and how many were
+// refused as too big (DF set); the rest failed, err saying why. It does
+// not allocate.
+func (r *rawSender) SendBatch(pkts [][]byte, tos []uint8) (sent, tooBig int, err error) {
+	if len(tos) < len(pkts) {
+		return 0, 0, unix.EINVAL
+	}
+	for len(pkts) > 0 {
+		n := min(len(pkts), senderBatch)
+		for i := 0; i < n; i++ {
+			r.iovs[i].Base = &pkts[i][0]
+			r.iovs[i].SetLen(len(pkts[i]))
+			*(*int32)(unsafe.Pointer(&r.oobs[i*r.oobLen+r.tosOff])) = int32(tos[i])
+		}
+		r.bn, r.bsent = n, 0
+		for r.bsent < r.bn {
+			r.bErr = 0
+			before := r.bsent
+			if werr := r.sock.rc.Write(r.batchF); werr != nil {
+				return sent + r.bsent - before, tooBig, werr // closed under us
+			}
+			sent += r.bsent - before
+			if r.bErr != 0 {
+				// The packet at bsent failed alone; go on after it.
+				if r.bErr == unix.EMSGSIZE {
+					tooBig++
+				} else {
+					err = r.bErr
+				}
+				r.bsent++
+			}
+		}
+		for i := 0; i < n; i++ {
+			r.iovs[i].Base = nil // keep no frame buffer reachable from here
+		}
+		pkts, tos = pkts[n:], tos[n:]
+	}
+	return sent, tooBig, err
+}
+
+// writeBatch is the RawConn callback of SendBatch: it sends from bsent on,
+// and stops at the first packet the kernel refuses, recording its errno.
+func (r *rawSender) writeBatch(fd uintptr) bool {
+	for r.bsent < r.bn {
+		n, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[r.bsent])), uintptr(r.bn-r.bsent), 0, 0, 0)
+		switch e {
+		case 0:
+			r.bsent += int(n)
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return false
+		default:
+			r.bErr = e
+			return true
+		}
+	}
 	return true
 }
 
-func (s *rawSender) Close() error { return s.f.Close() }
+// Close gives the shared socket back.
+func (r *rawSender) Close() error {
+	r.release()
+	return nil
+}
