@@ -185,6 +185,11 @@ func decodeWord0(w uint32, p *Packet) {
 	p.Session = uint16(w) & sessionMask
 }
 
+// Checksum is the RFC 1071 Internet checksum of b, to be stored in a
+// header whose checksum field was zero when b was summed (IPv4, ICMP, GRE).
+// Tools and tests that build packets use it.
+func Checksum(b []byte) uint16 { return ^onesSum(b) }
+
 // checksumOK reports whether the RFC 1071 Internet checksum of b, checksum
 // field included, verifies: the one's complement sum of its 16-bit words
 // (an odd last byte padded with zero) is 0xffff.

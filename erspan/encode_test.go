@@ -176,3 +176,24 @@ func BenchmarkEncodeTypeIII(b *testing.B) {
 		}
 	}
 }
+
+// Checksum writes what checksumOK accepts (RFC 1071), for odd lengths too.
+func TestChecksum(t *testing.T) {
+	for _, n := range []int{20, 21, 64, 1501} {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte(i*7 + n)
+		}
+		b[10], b[11] = 0, 0
+		c := Checksum(b)
+		b[10], b[11] = byte(c>>8), byte(c)
+		if !checksumOK(b) {
+			t.Errorf("%d bytes: checksum %#04x does not verify", n, c)
+		}
+	}
+	// The IPv4 header example of RFC 1071 style: a known header.
+	h := []byte{0x45, 0, 0, 0x73, 0, 0, 0x40, 0, 0x40, 0x11, 0, 0, 0xc0, 0xa8, 0, 1, 0xc0, 0xa8, 0, 0xc7}
+	if c := Checksum(h); c != 0xb861 {
+		t.Errorf("known header: %#04x, want 0xb861", c)
+	}
+}

@@ -43,14 +43,7 @@ func outerFrame(vlan int, src, dst string, gre []byte, frag bool) []byte {
 		}
 		copy(ip[12:], s.To4())
 		copy(ip[16:], d.To4())
-		var sum uint32
-		for i := 0; i < 20; i += 2 {
-			sum += uint32(binary.BigEndian.Uint16(ip[i:]))
-		}
-		for sum > 0xffff {
-			sum = sum>>16 + sum&0xffff
-		}
-		binary.BigEndian.PutUint16(ip[10:], ^uint16(sum))
+		binary.BigEndian.PutUint16(ip[10:], erspan.Checksum(ip))
 		return append(append(f, ip...), gre...)
 	}
 	f = append(f, 0x86, 0xdd)

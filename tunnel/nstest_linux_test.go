@@ -3,6 +3,7 @@ package tunnel
 import (
 	"encoding/binary"
 	"fmt"
+	"github.com/erspan-linux/erspan/erspan"
 	"net"
 	"os"
 	"os/exec"
@@ -174,21 +175,6 @@ func (s *packetSniffer) await(d time.Duration, match func(f []byte) bool) []byte
 
 func htons16(v uint16) uint16 { return v<<8 | v>>8 }
 
-// inetChecksum is the Internet checksum (RFC 1071) of b.
-func inetChecksum(b []byte) uint16 {
-	var sum uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		sum += uint32(b[len(b)-1]) << 8
-	}
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	return ^uint16(sum)
-}
-
 // icmpEchoFrame builds an Ethernet frame carrying an ICMP echo request
 // from src to dst with identifier id.
 func icmpEchoFrame(dstMAC, srcMAC net.HardwareAddr, src, dst net.IP, id uint16) []byte {
@@ -203,7 +189,7 @@ func icmpEchoFrame(dstMAC, srcMAC net.HardwareAddr, src, dst net.IP, id uint16) 
 	ip[9] = unix.IPPROTO_ICMP
 	copy(ip[12:16], src.To4())
 	copy(ip[16:20], dst.To4())
-	binary.BigEndian.PutUint16(ip[10:12], inetChecksum(ip))
+	binary.BigEndian.PutUint16(ip[10:12], erspan.Checksum(ip))
 	icmp := f[34:]
 	icmp[0] = 8 // echo request
 	binary.BigEndian.PutUint16(icmp[4:6], id)
@@ -211,7 +197,7 @@ func icmpEchoFrame(dstMAC, srcMAC net.HardwareAddr, src, dst net.IP, id uint16) 
 	for i := range icmp[8:] {
 		icmp[8+i] = byte(i)
 	}
-	binary.BigEndian.PutUint16(icmp[2:4], inetChecksum(icmp))
+	binary.BigEndian.PutUint16(icmp[2:4], erspan.Checksum(icmp))
 	return f
 }
 

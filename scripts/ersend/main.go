@@ -105,27 +105,13 @@ func echoFrame(b []byte, seq uint16) int {
 	ip[10], ip[11] = 0, 0
 	copy(ip[12:16], []byte{203, 0, 113, 10})
 	copy(ip[16:20], []byte{203, 0, 113, 20})
-	binary.BigEndian.PutUint16(ip[10:], checksum(ip))
+	binary.BigEndian.PutUint16(ip[10:], erspan.Checksum(ip))
 	icmp[0], icmp[1], icmp[2], icmp[3] = 8, 0, 0, 0
 	binary.BigEndian.PutUint16(icmp[4:], 0x4553)
 	binary.BigEndian.PutUint16(icmp[6:], seq)
 	for i := 8; i < len(icmp); i++ {
 		icmp[i] = byte(i)
 	}
-	binary.BigEndian.PutUint16(icmp[2:], checksum(icmp))
+	binary.BigEndian.PutUint16(icmp[2:], erspan.Checksum(icmp))
 	return 34 + len(icmp)
-}
-
-func checksum(b []byte) uint16 {
-	var s uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		s += uint32(b[len(b)-1]) << 8
-	}
-	for s > 0xffff {
-		s = s>>16 + s&0xffff
-	}
-	return ^uint16(s)
 }

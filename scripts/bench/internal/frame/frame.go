@@ -3,7 +3,11 @@
 // the encap measurements move the same bytes.
 package frame
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+
+	"github.com/erspan-linux/erspan/erspan"
+)
 
 // Min and Max bound the sizes Build accepts: the shortest frame with an
 // IPv4 and a UDP header, and a full 1500-byte MTU frame.
@@ -28,22 +32,11 @@ func Build(size, i int) []byte {
 	ip[8], ip[9] = 64, 17
 	copy(ip[12:16], []byte{203, 0, 113, 10})
 	copy(ip[16:20], []byte{203, 0, 113, 20})
-	binary.BigEndian.PutUint16(ip[10:], checksum(ip))
+	binary.BigEndian.PutUint16(ip[10:], erspan.Checksum(ip))
 	udp := b[34:]
 	binary.BigEndian.PutUint16(udp[0:], uint16(1024+i%50000))
 	binary.BigEndian.PutUint16(udp[2:], 9)
 	binary.BigEndian.PutUint16(udp[4:], uint16(size-34))
 	// UDP checksum 0: none (IPv4 allows it), the payload stays zero.
 	return b
-}
-
-func checksum(b []byte) uint16 {
-	var s uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	for s > 0xffff {
-		s = s>>16 + s&0xffff
-	}
-	return ^uint16(s)
 }
