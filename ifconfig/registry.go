@@ -256,7 +256,7 @@ func (r *Registry) Set(name string, s Setting) error {
 		if cfg.Up {
 			return busy()
 		}
-		if err := checkBridgeName(s.Args[0], s.String()); err != nil {
+		if err := checkIfName(s.Args[0], s.String()); err != nil {
 			return err
 		}
 		if err := r.b.CheckDevice(cfg.TunnelDomain, s.Args[0]); err != nil {
@@ -347,7 +347,7 @@ func (r *Registry) AddSpan(bridge, name string) error {
 	if err != nil {
 		return err
 	}
-	if err := checkBridgeName(bridge, setting); err != nil {
+	if err := checkIfName(bridge, setting); err != nil {
 		return err
 	}
 	if slices.Contains(e.spans, bridge) {
@@ -385,9 +385,9 @@ func (r *Registry) DelSpan(bridge, name string) error {
 	return nil
 }
 
-func checkBridgeName(bridge, setting string) error {
-	if bridge == "" || len(bridge) > 15 || strings.ContainsAny(bridge, "/ \x00") {
-		return newError(syscall.EINVAL, bridge, setting, "%q is not an interface name", bridge)
+func checkIfName(name, setting string) error {
+	if name == "" || len(name) > 15 || strings.ContainsAny(name, "/ \x00") {
+		return newError(syscall.EINVAL, name, setting, "%q is not an interface name", name)
 	}
 	return nil
 }

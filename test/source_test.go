@@ -173,8 +173,12 @@ func TestSourceToCollector(t *testing.T) {
 				}
 			}
 			s := l.status(sw, "erspan0")
-			if s.Counters.TxPackets != uint64(len(frames)) {
-				t.Errorf("tx_packets %d", s.Counters.TxPackets)
+			var frameBytes uint64
+			for _, f := range frames {
+				frameBytes += uint64(len(f))
+			}
+			if s.Counters.TxPackets != uint64(len(frames)) || s.Counters.TxBytes != frameBytes {
+				t.Errorf("tx_packets %d tx_bytes %d, want %d and %d", s.Counters.TxPackets, s.Counters.TxBytes, len(frames), frameBytes)
 			}
 			c := l.status(col, "erspan0")
 			if len(c.Sources) != 1 || c.Sources[0].Lost != 0 || c.Sources[0].LastSeq != uint32(len(frames)-1) {

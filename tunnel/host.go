@@ -11,6 +11,8 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+
+	"golang.org/x/sys/unix"
 )
 
 // Config is the whole desired state of one interface. Package ifconfig
@@ -67,10 +69,12 @@ type Socket interface {
 
 // Sender transmits GRE packets of one tunnel.
 type Sender interface {
-	// Send transmits pkt, which starts at the GRE header, with outer TOS
-	// (IPv4) or traffic class (IPv6) tos. An error wrapping EMSGSIZE
-	// means the packet was too big to send with DF set.
-	Send(pkt []byte, tos uint8) error
+	// SendBatch sends each pkts[i], which starts at the GRE header, with
+	// outer TOS (IPv4) or traffic class (IPv6) tos[i]. It reports how many
+	// went out, how many were refused as too big to send with DF set, and
+	// the total length of those that went out; the rest failed, err
+	// saying why.
+	SendBatch(pkts [][]byte, tos []uint8) (sent, tooBig int, bytes uint64, err error)
 	Close() error
 }
 
@@ -193,7 +197,7 @@ func (h *Host) Create(cfg Config) (Link, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if _, ok := h.ifaces[cfg.Name]; ok {
-		return Link{}, fmt.Errorf("%s exists: %w", cfg.Name, errEEXIST)
+		return Link{}, fmt.Errorf("%s exists: %w", cfg.Name, unix.EEXIST)
 	}
 	link, adopted, err := h.sys.CreateTAP(cfg.Rdomain, cfg.Name, cfg.LLAddr, cfg.MTU)
 	if err != nil {
@@ -237,7 +241,7 @@ func (h *Host) Update(cfg Config) error {
 	defer h.mu.Unlock()
 	ifc, ok := h.ifaces[cfg.Name]
 	if !ok {
-		return fmt.Errorf("%s: %w", cfg.Name, errENXIO)
+		return fmt.Errorf("%s: %w", cfg.Name, unix.ENXIO)
 	}
 	return h.apply(ifc, cfg, false)
 }
@@ -319,7 +323,7 @@ func (h *Host) Destroy(name string) error {
 	defer h.mu.Unlock()
 	ifc, ok := h.ifaces[name]
 	if !ok {
-		return fmt.Errorf("%s: %w", name, errENXIO)
+		return fmt.Errorf("%s: %w", name, unix.ENXIO)
 	}
 	h.stopSpans(name)
 	delete(h.ifaces, name)
@@ -340,7 +344,7 @@ func (h *Host) AddSpan(bridge, name string) error {
 	defer h.mu.Unlock()
 	ifc, ok := h.ifaces[name]
 	if !ok {
-		return fmt.Errorf("%s: %w", name, errENXIO)
+		return fmt.Errorf("%s: %w", name, unix.ENXIO)
 	}
 	k := spanKey{bridge, name}
 	if h.spans[k] != nil {
@@ -361,7 +365,7 @@ func (h *Host) DelSpan(bridge, name string) error {
 	k := spanKey{bridge, name}
 	stop := h.spans[k]
 	if stop == nil {
-		return fmt.Errorf("%s is not a span port of %s: %w", name, bridge, errENOENT)
+		return fmt.Errorf("%s is not a span port of %s: %w", name, bridge, unix.ENOENT)
 	}
 	delete(h.spans, k)
 	return stop()

@@ -144,18 +144,23 @@ type memSender struct {
 	closed   bool
 }
 
-func (s *memSender) Send(pkt []byte, tos uint8) error {
+func (s *memSender) SendBatch(pkts [][]byte, tos []uint8) (sent, tooBig int, bytes uint64, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
-		return net.ErrClosed
+	for i, pkt := range pkts {
+		switch {
+		case s.closed:
+			err = net.ErrClosed
+		case s.tooBig > 0 && len(pkt) > s.tooBig:
+			tooBig++
+		default:
+			s.pkts = append(s.pkts, append([]byte(nil), pkt...))
+			s.tos = append(s.tos, tos[i])
+			sent++
+			bytes += uint64(len(pkt))
+		}
 	}
-	if s.tooBig > 0 && len(pkt) > s.tooBig {
-		return unix.EMSGSIZE
-	}
-	s.pkts = append(s.pkts, append([]byte(nil), pkt...))
-	s.tos = append(s.tos, tos)
-	return nil
+	return sent, tooBig, bytes, err
 }
 
 func (s *memSender) Close() error {
@@ -193,6 +198,16 @@ func (q *memQueue) Read(b []byte) (int, error) {
 	case <-q.done:
 		return 0, net.ErrClosed
 	}
+}
+
+// ReadBatch hands out one frame per call: enough for the transmit loop.
+func (q *memQueue) ReadBatch(bufs [][]byte, sizes []int, offset int) (int, error) {
+	n, err := q.Read(bufs[0][offset:])
+	if err != nil {
+		return 0, err
+	}
+	sizes[0] = n
+	return 1, nil
 }
 
 // send makes the TAP emit f, as the kernel does for frames leaving erspanN.

@@ -233,27 +233,11 @@ func newRawSender(s *sendSocket, release func(), src, dst netip.Addr, ttl int) *
 	return r
 }
 
-// Send transmits one GRE packet with outer TOS / traffic class tos.
-func (r *rawSender) Send(pkt []byte, tos uint8) error {
-	sent, tooBig, err := r.SendBatch([][]byte{pkt}, []uint8{tos})
-	switch {
-	case sent == 1:
-		return nil
-	case tooBig == 1:
-		return unix.EMSGSIZE
-	case err != nil:
-		return err
-	}
-	return unix.EIO
-}
-
-// SendBatch sends pkts[i] with TOS tos[i] through sendmmsg, up to
-// senderBatch at a time. It reports how many went out and how many were
-// refused as too big (DF set); the rest failed, err saying why. It does
-// not allocate.
-func (r *rawSender) SendBatch(pkts [][]byte, tos []uint8) (sent, tooBig int, err error) {
+// SendBatch implements Sender with sendmmsg, up to senderBatch packets a
+// call. It does not allocate.
+func (r *rawSender) SendBatch(pkts [][]byte, tos []uint8) (sent, tooBig int, bytes uint64, err error) {
 	if len(tos) < len(pkts) {
-		return 0, 0, unix.EINVAL
+		return 0, 0, 0, unix.EINVAL
 	}
 	for len(pkts) > 0 {
 		n := min(len(pkts), senderBatch)
@@ -266,10 +250,14 @@ func (r *rawSender) SendBatch(pkts [][]byte, tos []uint8) (sent, tooBig int, err
 		for r.bsent < r.bn {
 			r.bErr = 0
 			before := r.bsent
-			if werr := r.sock.rc.Write(r.batchF); werr != nil {
-				return sent + r.bsent - before, tooBig, werr // closed under us
+			werr := r.sock.rc.Write(r.batchF)
+			for i := before; i < r.bsent; i++ {
+				bytes += uint64(r.hdrs[i].Len) // what sendmmsg says it sent
 			}
 			sent += r.bsent - before
+			if werr != nil {
+				return sent, tooBig, bytes, werr // closed under us
+			}
 			if r.bErr != 0 {
 				// The packet at bsent failed alone; go on after it.
 				if r.bErr == unix.EMSGSIZE {
@@ -285,7 +273,7 @@ func (r *rawSender) SendBatch(pkts [][]byte, tos []uint8) (sent, tooBig int, err
 		}
 		pkts, tos = pkts[n:], tos[n:]
 	}
-	return sent, tooBig, err
+	return sent, tooBig, bytes, err
 }
 
 // writeBatch is the RawConn callback of SendBatch: it sends from bsent on,

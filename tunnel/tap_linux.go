@@ -180,6 +180,11 @@ type Queue interface {
 	// plus 18 bytes (Ethernet header and one VLAN tag): the kernel cuts a
 	// longer frame to len(b) without saying so.
 	Read(b []byte) (int, error)
+	// ReadBatch reads up to len(bufs) frames, frame i into
+	// bufs[i][offset:] and its length into sizes[i]: it waits for the
+	// first and takes the others that are already queued. It returns how
+	// many it read; only one goroutine may call it at a time.
+	ReadBatch(bufs [][]byte, sizes []int, offset int) (int, error)
 	// Write writes one Ethernet frame; it is never split or merged.
 	Write(frame []byte) (int, error)
 	// Close detaches the queue and unblocks a pending Read; after it,

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"net"
 	"os"
-	"syscall"
 	"time"
 
 	"github.com/erspan-linux/erspan/erspan"
@@ -62,17 +61,6 @@ func (h *Host) applyTx(ifc *iface, old, cfg *Config) error {
 	return nil
 }
 
-// batchQueue is a Queue that can hand out every frame waiting in one call
-// (tapQueue). batchSender is a Sender that can send many in one call
-// (rawSender). The transmit loop uses them when it can.
-type batchQueue interface {
-	ReadBatch(bufs [][]byte, sizes []int, offset int) (int, error)
-}
-
-type batchSender interface {
-	SendBatch(pkts [][]byte, tos []uint8) (sent, tooBig int, err error)
-}
-
 // txBatch is the most frames one wake-up of the transmit loop takes.
 const txBatch = 64
 
@@ -90,11 +78,7 @@ const txBatch = 64
 // never send (collectors) hold one buffer each.
 func (h *Host) transmit(ifc *iface) {
 	defer close(ifc.txDone)
-	bq, _ := ifc.queue.(batchQueue)
-	limit := 1
-	if bq != nil {
-		limit = txBatch
-	}
+	const limit = txBatch
 	bufs := make([][]byte, limit)
 	bufs[0] = make([]byte, txHeadroom+txMaxFrame)
 	have := 1
@@ -105,12 +89,7 @@ func (h *Host) transmit(ifc *iface) {
 	var backoff time.Duration
 	s := &ifc.stats
 	for {
-		n, err := 1, error(nil)
-		if bq != nil {
-			n, err = bq.ReadBatch(bufs[:have], sizes, txHeadroom)
-		} else {
-			sizes[0], err = ifc.queue.Read(bufs[0][txHeadroom:])
-		}
+		n, err := ifc.queue.ReadBatch(bufs[:have], sizes, txHeadroom)
 		if err != nil {
 			if errors.Is(err, os.ErrClosed) || errors.Is(err, net.ErrClosed) {
 				return
@@ -133,21 +112,13 @@ func (h *Host) transmit(ifc *iface) {
 			s.txNoTunnel.Add(uint64(n))
 			continue
 		}
-		var bytes uint64
 		for i := 0; i < n; i++ {
 			pkts[i], tos[i] = encap(bufs[i], sizes[i], st, ifc.seq.Add(1)-1, &p)
-			bytes += uint64(sizes[i])
 		}
-		sent, tooBig := h.send(st.sender, pkts[:n], tos[:n])
+		sent, tooBig, bytes, _ := st.sender.SendBatch(pkts[:n], tos[:n])
 		s.txPackets.Add(uint64(sent))
-		if sent == n {
-			s.txBytes.Add(bytes)
-		} else {
-			// Which frames failed is not known in a batch; the bytes of
-			// the ones sent are estimated by their average.
-			s.txBytes.Add(bytes * uint64(sent) / uint64(n))
-		}
-		s.txTooBig.Add(uint64(tooBig)) // tunneldf: dropped, never truncated
+		s.txBytes.Add(bytes - uint64(sent)*txHeadroom) // frame bytes, as rx_bytes
+		s.txTooBig.Add(uint64(tooBig))                 // tunneldf: dropped, never truncated
 		s.txErrors.Add(uint64(n - sent - tooBig))
 	}
 }
@@ -168,23 +139,6 @@ func encap(buf []byte, size int, st *txState, seq uint32, p *erspan.Packet) ([]b
 		tos = uint8(st.txprio) << 5
 	}
 	return buf[:txHeadroom+size], tos
-}
-
-// send sends a batch through whichever path the sender has.
-func (h *Host) send(snd Sender, pkts [][]byte, tos []uint8) (sent, tooBig int) {
-	if bs, ok := snd.(batchSender); ok {
-		sent, tooBig, _ = bs.SendBatch(pkts, tos)
-		return sent, tooBig
-	}
-	for i, pkt := range pkts {
-		switch err := snd.Send(pkt, tos[i]); {
-		case err == nil:
-			sent++
-		case errors.Is(err, syscall.EMSGSIZE):
-			tooBig++
-		}
-	}
-	return sent, tooBig
 }
 
 // framePrio is a frame's priority for `txprio packet`: the PCP of its
