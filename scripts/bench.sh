@@ -17,7 +17,9 @@
 #
 # Measurements (medians of REPS runs of DUR seconds each):
 #  ceiling  a Go program writes prebuilt frames into a TAP, one write() each,
-#           the TAP made like erspanN (multi-queue, up, monitor filter).
+#           the TAP made like erspanN (multi-queue, up, monitor filter);
+#           and again with erspand's io_uring writer (erspand --io-uring),
+#           32 writes per io_uring_enter, on one queue as erspand has.
 #  naive    scripts/bench/naive (ListenIP + ReadFrom + Write) fed by gen.
 #  decap    erspand with erspan0 (session 77), fed by gen: Ethernet frames
 #           carrying IPv4 + GRE + ERSPAN II sent with AF_PACKET sendmmsg on
@@ -25,7 +27,13 @@
 #           the TAP; loss = sent - delivered.
 #  encap    erspand with erspan0 in source mode; gen writes frames into it
 #           with AF_PACKET sendmmsg; counted at the collector's veth, which
-#           drops them at tc ingress (no IP input, no ICMP).
+#           drops them at tc ingress (no IP input, no ICMP). RPS is off on
+#           that veth meanwhile: steering its receive to the generator's CPU
+#           cost erspand an inter-processor interrupt per packet (a quarter
+#           of its CPU, an MSR write and a VM exit each) that a real NIC's
+#           transmit does not; without it erspand pays for the veth
+#           receive up to the tc drop instead, about what a driver's
+#           transmit costs.
 #  zero-loss  the highest rate at which ZL_COUNT frames of 64 B all arrive:
 #           first as fast as gen can, then a bisection with gen's rate limit.
 #  many     RSS and decap with NIFS interfaces (erspanI, session I), made
@@ -133,7 +141,7 @@ row() { rows="$rows$(printf '%-26s %5s %10s %10s %9s %7s %6s %11s %6s' "$@")"$'\
 # ---- ceiling ----------------------------------------------------------------
 for ns in $ALL_NS; do ip netns del "$ns" 2>/dev/null || true; done # a previous run's, killed
 ip netns add $CEIL
-declare -A ceil_pps ceil_eff
+declare -A ceil_pps ceil_eff uring_eff
 for size in 64 1514; do
 	p="" e=""
 	for _ in $(seq $REPS); do
@@ -143,6 +151,17 @@ for size in 64 1514; do
 	ceil_pps[$size]=$(echo "$p" | median) ceil_eff[$size]=$(echo "$e" | median)
 	row "ceiling (TAP write)" $size - "${ceil_pps[$size]}" - - - "${ceil_eff[$size]}" 1.00
 	log "ceiling $size B: ${ceil_pps[$size]} pps, ${ceil_eff[$size]} per CPU-s"
+	p="" e=""
+	for _ in $(seq $REPS); do
+		if ! out=$(nsx $CEIL taskset -c $DUT_CPU "$bin/ceiling" -name bench1 -size $size -duration ${DUR}s -uring 32); then
+			out="pps=0 per_cpu_s=0" # no io_uring here: the row says 0
+		fi
+		p="$p $(kv pps "$out")" e="$e $(kv per_cpu_s "$out")"
+	done
+	uring_eff[$size]=$(echo "$e" | median)
+	row "ceiling (io_uring, 32)" $size - "$(echo "$p" | median)" - - - "${uring_eff[$size]}" \
+		"$(calc %.2f "${uring_eff[$size]} / ${ceil_eff[$size]}")"
+	log "ceiling io_uring $size B: ${uring_eff[$size]} per CPU-s"
 done
 
 # ---- the tunnel: sender (192.0.2.1) -- veth -- collector (192.0.2.2) ----------
@@ -230,6 +249,7 @@ snd=$started
 wait_for "$work/snd/erspand.sock"
 ctl $SND "$work/snd/erspand.sock" create erspan0 tunnel 192.0.2.1 192.0.2.2 vnetid 77 up
 nsx $COL "$bin/dropin" veth-col on
+nsx $COL sh -c "echo 0 > /sys/class/net/veth-col/queues/rx-0/rps_cpus"
 declare -A encap_pps encap_eff
 for size in 64 1514; do
 	p="" e="" o="" l="" c="" b=""
@@ -251,8 +271,23 @@ for size in 64 1514; do
 done
 encap_tx=$(ctl $SND "$work/snd/erspand.sock" -j erspan0 | grep -Eo '"tx_(packets|errors|too_big)": *[0-9]*' | tr -d '" ' | tr '\n' ' ' || true)
 nsx $COL "$bin/dropin" veth-col off
+nsx $COL sh -c "echo $((1 << GEN_CPU)) > /sys/class/net/veth-col/queues/rx-0/rps_cpus"
 ctl $SND "$work/snd/erspand.sock" destroy erspan0
 stop $snd
+
+# ---- decap with io_uring writes into the TAP (erspand --io-uring) ----------
+# Measured beside the default (write(2) per frame) to keep checking that choice.
+start $COL "$bin/erspand" --io-uring --socket "$work/col2/erspand.sock" --config-dir "$work/etc" --state "$work/col2/state"
+col2=$started
+wait_for "$work/col2/erspand.sock"
+ctl $COL "$work/col2/erspand.sock" create erspan0 tunnel 192.0.2.2 192.0.2.1 vnetid 77 up
+declare -A decap_uring_eff
+for size in 64 1514; do
+	decap_row "erspand decap --io-uring" $col2 erspan0 $size 77 1
+	decap_uring_eff[$size]=$eff
+done
+ctl $COL "$work/col2/erspand.sock" destroy erspan0
+stop $col2
 
 # ---- decap: erspand in the collector namespace ------------------------------
 sock=$work/col/erspand.sock
@@ -314,6 +349,7 @@ printf '%-26s %5s %10s %10s %9s %7s %6s %11s %6s\n' measurement bytes offered/s 
 printf '%s' "$rows"
 echo
 echo "ratio: frames per CPU-second over the ceiling's (TAP writes of the same size)"
+echo "erspand: defaults (receive moderation $(grep -o 'DefaultModerate = [^ ]* \* time.[A-Za-z]*' tunnel/linux.go | sed 's/DefaultModerate = //'), write(2) per frame into TAPs, GOMAXPROCS >= 2)"
 echo "zero-loss at 64 B with $ZL_COUNT frames: $zero_loss pps ($zl_note)"
 echo "erspand RSS: $rss1 kB with 1 interface, $rssn kB with $NIFS interfaces$( [ $QUICK -eq 1 ] && echo ' (--quick: 64, not 1024)')"
 echo "raw GRE sockets in the collector namespace: $raw1 with 1 interface, $rawn with $NIFS (the kernel clones each GRE packet to every one)"
@@ -325,6 +361,8 @@ echo "100%: the generator (whose CPU also runs the collector's receive softirq) 
 echo "limit, and frames/CPU-s is the better estimate of what one core would take."
 echo "allocations per frame (BenchmarkInput): $allocs"
 echo "wall time: $(($(date +%s) - t0)) s"
+echo
+echo "decap with --io-uring, frames per CPU-s relative to the default: $(calc %.2f "${decap_uring_eff[64]} / ${decap_eff[64]}") (64 B), $(calc %.2f "${decap_uring_eff[1514]} / ${decap_eff[1514]}") (1514 B)"
 echo
 printf 'decap_pps_64=%s decap_pps_1514=%s decap_ratio_64=%s decap_ratio_1514=%s encap_pps_64=%s encap_ratio_64=%s naive_speedup_64=%s zero_loss_pps_64=%s allocs_per_frame=%s\n' \
 	"${decap_pps[64]}" "${decap_pps[1514]}" \

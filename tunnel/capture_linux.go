@@ -5,9 +5,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"sync/atomic"
-	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -27,20 +26,10 @@ import (
 // only for the IP stack): they are passed up and counted as
 // erspan.ErrFragment, never delivered.
 type CaptureSocket struct {
-	f      *os.File
-	rc     syscall.RawConn
-	closed atomic.Bool
-	drops  atomic.Uint64
-
-	hdrs  []unix.Mmsghdr
-	iovs  []unix.Iovec
+	c     *batchConn
+	drops atomic.Uint64
 	names []unix.RawSockaddrLinklayer
-	bufs  []byte
-	size  int
 	msgs  []Message
-	n     int
-	errno syscall.Errno
-	recvF func(fd uintptr) bool
 }
 
 // captureFilter passes what sensor mode needs from an Ethernet interface:
@@ -93,8 +82,8 @@ var captureFilter = []unix.SockFilter{
 
 // ListenCapture opens a capture socket on interface dev in the calling
 // thread's network namespace. The error wraps ENODEV when there is no such
-// interface.
-func ListenCapture(dev string, batch, bufSize, rcvbuf int) (*CaptureSocket, error) {
+// interface. batch, bufSize, rcvbuf and moderate are as for ListenGRE.
+func ListenCapture(dev string, batch, bufSize, rcvbuf int, moderate time.Duration) (*CaptureSocket, error) {
 	ifi, err := net.InterfaceByName(dev)
 	if err != nil {
 		return nil, fmt.Errorf("interface %s: %w", dev, unix.ENODEV)
@@ -109,24 +98,12 @@ func ListenCapture(dev string, batch, bufSize, rcvbuf int) (*CaptureSocket, erro
 		unix.Close(fd)
 		return nil, fmt.Errorf("capture on %s: %w", dev, err)
 	}
-	s := &CaptureSocket{f: os.NewFile(uintptr(fd), "erspan-capture-"+dev), size: bufSize}
-	if s.rc, err = s.f.SyscallConn(); err != nil {
-		s.f.Close()
-		return nil, err
+	s := &CaptureSocket{names: make([]unix.RawSockaddrLinklayer, batch), msgs: make([]Message, batch)}
+	name := func(i int) unsafe.Pointer { return unsafe.Pointer(&s.names[i]) }
+	if s.c, err = newBatchConn(fd, batch, bufSize, 0, unix.SizeofSockaddrLinklayer, name, moderate); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("capture on %s: %w", dev, err)
 	}
-	s.hdrs = make([]unix.Mmsghdr, batch)
-	s.iovs = make([]unix.Iovec, batch)
-	s.names = make([]unix.RawSockaddrLinklayer, batch)
-	s.bufs = make([]byte, batch*bufSize)
-	s.msgs = make([]Message, batch)
-	for i := range s.hdrs {
-		s.iovs[i].Base = &s.bufs[i*bufSize]
-		s.iovs[i].SetLen(bufSize)
-		h := &s.hdrs[i].Hdr
-		h.Iov, h.Iovlen = &s.iovs[i], 1
-		h.Name = (*byte)(unsafe.Pointer(&s.names[i]))
-	}
-	s.recvF = s.recv
 	return s, nil
 }
 
@@ -155,22 +132,12 @@ func setupCapture(fd, ifindex, rcvbuf int) error {
 // host sent are skipped. It allocates nothing.
 func (s *CaptureSocket) ReadBatch() ([]Message, error) {
 	for {
-		for i := range s.hdrs {
-			s.hdrs[i].Hdr.Namelen = unix.SizeofSockaddrLinklayer
-			s.hdrs[i].Hdr.Flags = 0
-		}
-		s.n, s.errno = 0, 0
-		if err := s.rc.Read(s.recvF); err != nil {
-			if s.closed.Load() {
-				return nil, net.ErrClosed
-			}
+		n, err := s.c.read()
+		if err != nil {
 			return nil, err
 		}
-		if s.errno != 0 {
-			return nil, s.errno
-		}
 		out := s.msgs[:0]
-		for i := 0; i < s.n; i++ {
+		for i := 0; i < n; i++ {
 			if s.names[i].Pkttype == unix.PACKET_OUTGOING {
 				continue
 			}
@@ -183,20 +150,10 @@ func (s *CaptureSocket) ReadBatch() ([]Message, error) {
 	}
 }
 
-func (s *CaptureSocket) recv(fd uintptr) bool {
-	n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&s.hdrs[0])), uintptr(len(s.hdrs)), 0, 0, 0)
-	if errno == unix.EAGAIN {
-		return false
-	}
-	s.n, s.errno = int(n), errno
-	return true
-}
-
 // parse takes the Ethernet, VLAN and IP headers off the i-th frame.
 func (s *CaptureSocket) parse(i int, m *Message) {
-	h := &s.hdrs[i]
-	b := s.bufs[i*s.size : i*s.size+int(h.Len)]
-	if h.Hdr.Flags&unix.MSG_TRUNC != 0 {
+	b := s.c.buf(i)
+	if s.c.hdrs[i].Hdr.Flags&unix.MSG_TRUNC != 0 {
 		m.Err = erspan.ErrShort
 		return
 	}
@@ -252,8 +209,8 @@ func (s *CaptureSocket) parse(i int, m *Message) {
 // accumulated here).
 func (s *CaptureSocket) KernelDrops() uint64 {
 	var st *unix.TpacketStats
-	_ = s.rc.Control(func(fd uintptr) {
-		st, _ = unix.GetsockoptTpacketStats(int(fd), unix.SOL_PACKET, unix.PACKET_STATISTICS)
+	s.c.control(func(fd int) {
+		st, _ = unix.GetsockoptTpacketStats(fd, unix.SOL_PACKET, unix.PACKET_STATISTICS)
 	})
 	if st != nil {
 		s.drops.Add(uint64(st.Drops))
@@ -262,9 +219,4 @@ func (s *CaptureSocket) KernelDrops() uint64 {
 }
 
 // Close closes the socket, which also ends its promiscuous membership.
-func (s *CaptureSocket) Close() error {
-	if s.closed.Swap(true) {
-		return net.ErrClosed
-	}
-	return s.f.Close()
-}
+func (s *CaptureSocket) Close() error { return s.c.close() }

@@ -78,6 +78,20 @@ type Sender interface {
 	Close() error
 }
 
+// FrameWriter writes frames into TAP queues in batches: Add queues them,
+// Flush writes them all, in order, with as few system calls as the
+// platform allows. One goroutine uses a FrameWriter at a time.
+type FrameWriter interface {
+	// Add queues frame for q. The frame must stay unchanged until Flush
+	// returns. It reports false, queuing nothing, when the batch is full.
+	Add(q Queue, frame []byte) bool
+	// Flush writes every frame queued since the last Flush and returns
+	// the result of each, in the order added: nil when written whole. The
+	// slice is reused by the next Flush.
+	Flush() []error
+	Close() error
+}
+
 // System is what the Host needs from the operating system. Linux is the
 // real one; tests use in-memory doubles (like wireguard-go's tuntest). ns
 // arguments name a network namespace, "" being the daemon's own.
@@ -92,6 +106,9 @@ type System interface {
 	// stay attached.
 	MoveTAP(name, from, to string) (Link, error)
 	OpenQueue(ns, name string) (Queue, error)
+	// NewFrameWriter returns a FrameWriter for up to batch frames per
+	// Flush, for the decap path.
+	NewFrameWriter(batch int) FrameWriter
 	// ListenGRE opens a receive socket for family 4 or 6 in namespace ns.
 	ListenGRE(ns string, family int) (Socket, error)
 	// ListenCapture opens a capture socket on interface dev of namespace
@@ -540,8 +557,7 @@ func (h *Host) startReceiver(k recvKey) error {
 	} else if s, err = h.sys.ListenGRE(k.ns, k.family); err != nil {
 		return fmt.Errorf("open the IPv%d GRE receive socket%s: %w", k.family, where, err)
 	}
-	r := &receiver{h: h, sock: s, done: make(chan struct{})}
-	r.table.Store(&demuxTable{})
+	r := newReceiver(h, s)
 	h.recv[k] = r
 	go r.run()
 	h.log.verbosef("receiving ERSPAN: %+v", k)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -15,16 +16,24 @@ import (
 // holds a jumbo mirrored frame plus headers (larger ones arrive cut short
 // and are counted as truncated); 32 MiB of socket buffer absorbs a burst of
 // about 20k full-size frames while the TAP writes catch up.
+//
+// DefaultModerate is the receive interrupt moderation delay (batchConn),
+// chosen with scripts/bench.sh: see README, Performance.
 const (
-	DefaultBatch   = 64
-	DefaultBufSize = 9216 + 128
-	DefaultRcvBuf  = 32 << 20
+	DefaultBatch    = 64
+	DefaultBufSize  = 9216 + 128
+	DefaultRcvBuf   = 32 << 20
+	DefaultModerate = 100 * time.Microsecond
 )
 
 // Linux is the System of a real host: TAPs through netlink and water, GRE
 // through raw sockets, namespaces by name (`ip netns`).
 type Linux struct {
 	Batch, BufSize, RcvBuf int
+	Moderate               time.Duration
+	// URing makes frame writers batch their writes on io_uring rather
+	// than write(2) each frame (see tapWriter).
+	URing bool
 	// home is the daemon's own network namespace, the "" of every ns
 	// argument, taken at NewLinux while the thread is still in it.
 	home netns.NsHandle
@@ -41,7 +50,8 @@ func NewLinux() (*Linux, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open the daemon's network namespace: %w", err)
 	}
-	return &Linux{Batch: DefaultBatch, BufSize: DefaultBufSize, RcvBuf: DefaultRcvBuf, home: home}, nil
+	return &Linux{Batch: DefaultBatch, BufSize: DefaultBufSize, RcvBuf: DefaultRcvBuf,
+		Moderate: DefaultModerate, home: home}, nil
 }
 
 func (l *Linux) CreateTAP(ns, name string, mac net.HardwareAddr, mtu int) (link Link, adopted bool, err error) {
@@ -127,7 +137,7 @@ func (l *Linux) OpenQueue(ns, name string) (q Queue, err error) {
 
 func (l *Linux) ListenGRE(ns string, family int) (sock Socket, err error) {
 	err = inNamespace(ns, func() error {
-		s, err := ListenGRE(family, l.Batch, l.BufSize, l.RcvBuf)
+		s, err := ListenGRE(family, l.Batch, l.BufSize, l.RcvBuf, l.Moderate)
 		if err != nil {
 			return err
 		}
@@ -139,7 +149,7 @@ func (l *Linux) ListenGRE(ns string, family int) (sock Socket, err error) {
 
 func (l *Linux) ListenCapture(ns, dev string) (sock Socket, err error) {
 	err = inNamespace(ns, func() error {
-		s, err := ListenCapture(dev, l.Batch, l.BufSize, l.RcvBuf)
+		s, err := ListenCapture(dev, l.Batch, l.BufSize, l.RcvBuf, l.Moderate)
 		if err != nil {
 			return err
 		}

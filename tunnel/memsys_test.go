@@ -71,6 +71,38 @@ func (m *memSystem) OpenQueue(_, name string) (Queue, error) {
 	return q, nil
 }
 
+func (m *memSystem) NewFrameWriter(batch int) FrameWriter {
+	return &memWriter{errs: make([]error, 0, batch), max: batch}
+}
+
+// memWriter writes each frame as it is flushed, one Write each.
+type memWriter struct {
+	queues []Queue
+	frames [][]byte
+	errs   []error
+	max    int
+}
+
+func (w *memWriter) Add(q Queue, frame []byte) bool {
+	if len(w.frames) == w.max {
+		return false
+	}
+	w.queues, w.frames = append(w.queues, q), append(w.frames, frame)
+	return true
+}
+
+func (w *memWriter) Flush() []error {
+	w.errs = w.errs[:0]
+	for i, f := range w.frames {
+		_, err := w.queues[i].Write(f)
+		w.errs = append(w.errs, err)
+	}
+	w.queues, w.frames = w.queues[:0], w.frames[:0]
+	return w.errs
+}
+
+func (w *memWriter) Close() error { return nil }
+
 func (m *memSystem) SetLinkAttrs(_, name string, mtu int, mac net.HardwareAddr) error {
 	return nil
 }

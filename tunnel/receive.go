@@ -10,17 +10,38 @@ import (
 )
 
 // receiver runs the receive path of one socket: socket -> erspan.Decode ->
-// demux -> TAP.
+// demux -> TAP. The frames of a batch are written into their TAPs
+// together, after the batch is decoded (FrameWriter): they alias the
+// socket's buffers, which stay untouched until the next ReadBatch.
 type receiver struct {
 	h     *Host
 	sock  Socket
+	out   FrameWriter
+	outIf []queued                   // what each frame queued on out is
 	table atomic.Pointer[demuxTable] // for this socket's namespace
 	done  chan struct{}
 	pkt   erspan.Packet // scratch, reused per packet
 }
 
+func newReceiver(h *Host, s Socket) *receiver {
+	r := &receiver{h: h, sock: s, out: h.sys.NewFrameWriter(rxWriteBatch),
+		outIf: make([]queued, 0, rxWriteBatch), done: make(chan struct{})}
+	r.table.Store(&demuxTable{})
+	return r
+}
+
+type queued struct {
+	ifc *iface
+	len int
+}
+
+// rxWriteBatch is the most frames written into TAPs per FrameWriter
+// flush; a longer socket batch is written in several.
+const rxWriteBatch = 256
+
 func (r *receiver) run() {
 	defer close(r.done)
+	defer r.out.Close()
 	var backoff time.Duration
 	for {
 		msgs, err := r.sock.ReadBatch()
@@ -36,24 +57,57 @@ func (r *receiver) run() {
 			continue
 		}
 		backoff = 0
-		t := r.table.Load()
-		for i := range msgs {
-			r.h.input(t, &msgs[i], &r.pkt)
-		}
+		r.handle(r.table.Load(), msgs)
 	}
 }
 
-// input takes one packet through decode and demux to its TAP. It allocates
-// nothing.
-func (h *Host) input(t *demuxTable, m *Message, p *erspan.Packet) {
+// handle takes a batch of packets through decode and demux into their
+// TAPs. It allocates nothing.
+func (r *receiver) handle(t *demuxTable, msgs []Message) {
+	for i := range msgs {
+		ifc := r.h.input(t, &msgs[i], &r.pkt)
+		if ifc == nil {
+			continue
+		}
+		if !r.out.Add(ifc.queue, r.pkt.Frame) {
+			r.flush()
+			r.out.Add(ifc.queue, r.pkt.Frame)
+		}
+		r.outIf = append(r.outIf, queued{ifc, len(r.pkt.Frame)})
+	}
+	r.flush()
+}
+
+// flush writes the queued frames and counts them on their interfaces.
+func (r *receiver) flush() {
+	if len(r.outIf) == 0 {
+		return
+	}
+	for i, err := range r.out.Flush() {
+		s := &r.outIf[i].ifc.stats
+		if err != nil {
+			s.rxErrors.Add(1)
+			continue
+		}
+		s.rxPackets.Add(1)
+		s.rxBytes.Add(uint64(r.outIf[i].len))
+	}
+	clear(r.outIf)
+	r.outIf = r.outIf[:0]
+}
+
+// input takes one packet through decode and demux. It returns the
+// interface whose TAP p.Frame is for, or nil when the packet stops here
+// (counted). It allocates nothing.
+func (h *Host) input(t *demuxTable, m *Message, p *erspan.Packet) *iface {
 	h.stats.rxPackets.Add(1)
 	if h.deny.Load() {
 		h.stats.disallowed.Add(1)
-		return
+		return nil
 	}
 	if m.Err != nil {
 		h.drop(m.Err)
-		return
+		return nil
 	}
 	err := erspan.Decode(m.GRE, p)
 	switch err {
@@ -70,15 +124,15 @@ func (h *Host) input(t *demuxTable, m *Message, p *erspan.Packet) {
 				r.ifc.stats.rxInnerShort.Add(1)
 			}
 		}
-		return
+		return nil
 	default:
 		h.drop(err)
-		return
+		return nil
 	}
 	r := t.lookup(m.Dst, m.Src, session(p))
 	if r == nil {
 		h.stats.unmatched.Add(1)
-		return
+		return nil
 	}
 	s := &r.ifc.stats
 	s.countType(p.Type)
@@ -94,14 +148,9 @@ func (h *Host) input(t *demuxTable, m *Message, p *erspan.Packet) {
 		// Without monitor mode the TAP hands frames to the stack; these
 		// may only be captured, so they stop here.
 		s.rxCaptureOnly.Add(1)
-		return
+		return nil
 	}
-	if _, err := r.ifc.queue.Write(p.Frame); err != nil {
-		s.rxErrors.Add(1)
-		return
-	}
-	s.rxPackets.Add(1)
-	s.rxBytes.Add(uint64(len(p.Frame)))
+	return r.ifc
 }
 
 func session(p *erspan.Packet) int32 {

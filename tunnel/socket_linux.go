@@ -6,9 +6,8 @@ import (
 	"math"
 	"net"
 	"net/netip"
-	"os"
 	"sync/atomic"
-	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/net/bpf"
@@ -40,26 +39,12 @@ type Message struct {
 // ReadBatch must not be called concurrently with itself; KernelDrops and
 // Close may be called from any goroutine.
 type GRESocket struct {
-	f      *os.File
-	rc     syscall.RawConn
+	c      *batchConn
 	family int
 	guard  int // the guard socket (see openGuard), or -1
-	closed atomic.Bool
 	drops  atomic.Uint64
-
-	// Preallocated recvmmsg(2) arguments, one slot per message of a
-	// batch: ReadBatch allocates nothing.
-	hdrs     []unix.Mmsghdr
-	iovs     []unix.Iovec
-	names    []unix.RawSockaddrInet6 // IPv6 only: the source address
-	bufs     []byte                  // batch * bufSize
-	oob      []byte                  // batch * oobSize
-	bufSize  int
-	oobSize  int
-	msgs     []Message
-	n        int           // messages the last recvmmsg returned
-	errno    syscall.Errno // and its error
-	recvFunc func(fd uintptr) bool
+	names  []unix.RawSockaddrInet6 // IPv6 only: the source address
+	msgs   []Message
 }
 
 // Per-message control buffer sizes. Every packet may carry SO_RXQ_OVFL (a
@@ -78,7 +63,8 @@ const maxBatch = 1024
 // thread's network namespace, which receives up to batch packets of up to
 // bufSize bytes (the IPv4 header included) per ReadBatch, with a receive
 // buffer of rcvbuf bytes (SO_RCVBUFFORCE, or SO_RCVBUF capped by
-// net.core.rmem_max without CAP_NET_ADMIN; 0 keeps the default).
+// net.core.rmem_max without CAP_NET_ADMIN; 0 keeps the default), and the
+// interrupt moderation delay moderate (see batchConn).
 //
 // While it is open the kernel no longer answers GRE packets with ICMP
 // protocol unreachable, also those the socket's filter rejects (the
@@ -88,7 +74,7 @@ const maxBatch = 1024
 // unreachable (seen on 6.18), hence a large rcvbuf. A second raw GRE socket
 // whose filter drops everything, open beside this one, was seen to
 // silence those too.
-func ListenGRE(family int, batch int, bufSize int, rcvbuf int) (*GRESocket, error) {
+func ListenGRE(family int, batch int, bufSize int, rcvbuf int, moderate time.Duration) (*GRESocket, error) {
 	var af, oobSize int
 	switch family {
 	case 4:
@@ -105,7 +91,7 @@ func ListenGRE(family int, batch int, bufSize int, rcvbuf int) (*GRESocket, erro
 	if err != nil {
 		return nil, err
 	}
-	fd, err := unix.Socket(af, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, erspan.IPProtoGRE)
+	fd, err := unix.Socket(af, unix.SOCK_RAW|unix.SOCK_CLOEXEC, erspan.IPProtoGRE)
 	if err != nil {
 		return nil, fmt.Errorf("raw GRE socket (IPv%d): %w", family, err)
 	}
@@ -121,38 +107,17 @@ func ListenGRE(family int, batch int, bufSize int, rcvbuf int) (*GRESocket, erro
 			return nil, err
 		}
 	}
-	s := &GRESocket{family: family, guard: guard, bufSize: bufSize, oobSize: oobSize}
-	// A non-blocking fd given to os.NewFile joins the netpoller: a
-	// ReadBatch waiting for packets parks its goroutine, and Close wakes
-	// it. Later socket calls go through s.rc, never f.Fd(), which would
-	// put the fd back into blocking mode.
-	s.f = os.NewFile(uintptr(fd), fmt.Sprintf("erspan-gre%d", family))
-	if s.rc, err = s.f.SyscallConn(); err != nil {
-		s.f.Close()
+	s := &GRESocket{family: family, guard: guard, msgs: make([]Message, batch)}
+	nameLen, name := 0, func(int) unsafe.Pointer { return nil }
+	if family == 6 {
+		s.names = make([]unix.RawSockaddrInet6, batch)
+		nameLen, name = unix.SizeofSockaddrInet6, func(i int) unsafe.Pointer { return unsafe.Pointer(&s.names[i]) }
+	}
+	if s.c, err = newBatchConn(fd, batch, bufSize, oobSize, nameLen, name, moderate); err != nil {
+		unix.Close(fd)
 		s.closeGuard()
 		return nil, fmt.Errorf("raw GRE socket (IPv%d): %w", family, err)
 	}
-	s.hdrs = make([]unix.Mmsghdr, batch)
-	s.iovs = make([]unix.Iovec, batch)
-	s.bufs = make([]byte, batch*bufSize)
-	s.oob = make([]byte, batch*oobSize)
-	s.msgs = make([]Message, batch)
-	if family == 6 {
-		s.names = make([]unix.RawSockaddrInet6, batch)
-	}
-	for i := range s.hdrs {
-		s.iovs[i].Base = &s.bufs[i*bufSize]
-		s.iovs[i].SetLen(bufSize)
-		h := &s.hdrs[i].Hdr
-		h.Iov = &s.iovs[i]
-		h.Iovlen = 1
-		h.Control = &s.oob[i*oobSize]
-		if s.names != nil {
-			h.Name = (*byte)(unsafe.Pointer(&s.names[i]))
-		}
-	}
-	// A method value allocates once, here, rather than on every read.
-	s.recvFunc = s.recv
 	return s, nil
 }
 
@@ -235,72 +200,38 @@ func ersFilter(family int) ([]unix.SockFilter, error) {
 }
 
 // ReadBatch waits until at least one packet is there, then reads as many
-// as are queued, up to the batch size, with one recvmmsg(2). It returns
-// them in arrival order. The slice and every Message.GRE alias buffers of
-// the socket that the next ReadBatch overwrites.
+// as are queued, up to the batch size, with one recvmmsg(2) (batchConn:
+// blocking in the kernel, with interrupt moderation). It returns them in
+// arrival order. The slice and every Message.GRE alias buffers of the
+// socket that the next ReadBatch overwrites.
 //
 // ReadBatch allocates nothing (per call or per packet) once the socket is
 // open. golang.org/x/net's ipv4/ipv6 PacketConn.ReadBatch was measured
 // here at 2 allocations per message (a *net.IPAddr and its IP, for
 // Message.Addr, 160 allocations for 80 packets), so this calls recvmmsg
-// itself through the RawConn, on preallocated headers, iovecs, sockaddrs
-// and control buffers.
+// itself, on preallocated headers, iovecs, sockaddrs and control buffers.
 //
 // After Close it returns net.ErrClosed. Other errors wrap the errno.
 func (s *GRESocket) ReadBatch() ([]Message, error) {
-	for i := range s.hdrs {
-		// The kernel overwrites these with what it returned.
-		h := &s.hdrs[i]
-		h.Len = 0
-		h.Hdr.Flags = 0
-		h.Hdr.SetControllen(s.oobSize)
-		if s.names != nil {
-			h.Hdr.Namelen = unix.SizeofSockaddrInet6
-		}
-	}
-	s.n, s.errno = 0, 0
-	if err := s.rc.Read(s.recvFunc); err != nil {
-		if s.closed.Load() {
-			return nil, net.ErrClosed
+	n, err := s.c.read()
+	if err != nil {
+		if err == net.ErrClosed {
+			return nil, err
 		}
 		return nil, fmt.Errorf("recvmmsg on the GRE socket: %w", err)
 	}
-	if s.errno != 0 {
-		if s.closed.Load() {
-			return nil, net.ErrClosed
-		}
-		return nil, fmt.Errorf("recvmmsg on the GRE socket: %w", s.errno)
-	}
-	for i := 0; i < s.n; i++ {
+	for i := 0; i < n; i++ {
 		s.parse(i)
 	}
-	return s.msgs[:s.n], nil
-}
-
-// recv is the RawConn read function: false asks the netpoller to wait for
-// the socket to become readable. The socket is non-blocking, so recvmmsg
-// returns as soon as the queue is empty with what it has read.
-func (s *GRESocket) recv(fd uintptr) bool {
-	for {
-		n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd,
-			uintptr(unsafe.Pointer(&s.hdrs[0])), uintptr(len(s.hdrs)), 0, 0, 0)
-		switch errno {
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return false
-		}
-		s.n, s.errno = int(n), errno
-		return true
-	}
+	return s.msgs[:n], nil
 }
 
 // parse fills s.msgs[i] from the i-th received message.
 func (s *GRESocket) parse(i int) {
 	m := &s.msgs[i]
 	*m = Message{}
-	h := &s.hdrs[i]
-	oob := s.oob[i*s.oobSize : i*s.oobSize+min(int(h.Hdr.Controllen), s.oobSize)]
+	h := &s.c.hdrs[i]
+	oob := s.c.oobOf(i)
 	var dst [16]byte
 	hasDst := false
 	// Control messages, read by hand (unix.ParseSocketControlMessage
@@ -330,7 +261,7 @@ func (s *GRESocket) parse(i int) {
 		oob = oob[adv:]
 	}
 
-	b := s.bufs[i*s.bufSize : i*s.bufSize+int(h.Len)]
+	b := s.c.buf(i)
 	truncated := h.Hdr.Flags&unix.MSG_TRUNC != 0
 	if s.family == 4 {
 		if truncated {
@@ -374,11 +305,11 @@ func (s *GRESocket) KernelDrops() uint64 { return s.drops.Load() }
 // Close closes the socket and makes a pending ReadBatch return
 // net.ErrClosed. Closing twice returns net.ErrClosed.
 func (s *GRESocket) Close() error {
-	if s.closed.Swap(true) {
-		return net.ErrClosed
+	err := s.c.close()
+	if err == nil {
+		s.closeGuard()
 	}
-	s.closeGuard()
-	return s.f.Close()
+	return err
 }
 
 func (s *GRESocket) closeGuard() {

@@ -76,13 +76,13 @@ func testSocket(t *testing.T, family int, ipOptions bool) {
 	var sniff *packetSniffer
 	collector.do(t, func() {
 		var err error
-		if s, err = ListenGRE(family, 8, 2048, 1<<20); err != nil {
+		if s, err = ListenGRE(family, 8, 2048, 1<<20, DefaultModerate); err != nil {
 			t.Fatalf("ListenGRE: %v", err)
 		}
 		t.Cleanup(func() { s.Close() })
 		// A second socket whose buffer is too small for the packet sent
 		// last.
-		if small, err = ListenGRE(family, 4, 128, 0); err != nil {
+		if small, err = ListenGRE(family, 4, 128, 0, DefaultModerate); err != nil {
 			t.Fatalf("ListenGRE (small): %v", err)
 		}
 		t.Cleanup(func() { small.Close() })
@@ -186,7 +186,7 @@ func TestSocketKernelDrops(t *testing.T) {
 	collector.do(t, func() {
 		var err error
 		// The smallest buffer the kernel allows: a burst overflows it.
-		if s, err = ListenGRE(4, 16, 2048, 1); err != nil {
+		if s, err = ListenGRE(4, 16, 2048, 1, DefaultModerate); err != nil {
 			t.Fatalf("ListenGRE: %v", err)
 		}
 		t.Cleanup(func() { s.Close() })
@@ -219,7 +219,7 @@ func TestSocketAllocs(t *testing.T) {
 		var s *GRESocket
 		collector.do(t, func() {
 			var err error
-			if s, err = ListenGRE(family, 4, 2048, 1<<20); err != nil {
+			if s, err = ListenGRE(family, 4, 2048, 1<<20, DefaultModerate); err != nil {
 				t.Fatalf("ListenGRE: %v", err)
 			}
 			t.Cleanup(func() { s.Close() })
@@ -280,7 +280,7 @@ func TestICMPUnreachable(t *testing.T) {
 		var s *GRESocket
 		collector.do(t, func() {
 			var err error
-			if s, err = ListenGRE(family, 8, 2048, 0); err != nil {
+			if s, err = ListenGRE(family, 8, 2048, 0, DefaultModerate); err != nil {
 				t.Fatalf("ListenGRE: %v", err)
 			}
 		})
@@ -317,7 +317,7 @@ func TestNoICMPOnOverflow(t *testing.T) {
 				t.Fatalf("%s: %v %s", sh, err, out)
 			}
 			var err error
-			if s, err = ListenGRE(4, 16, 2048, 1); err != nil {
+			if s, err = ListenGRE(4, 16, 2048, 1, DefaultModerate); err != nil {
 				t.Fatalf("ListenGRE: %v", err)
 			}
 		})

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"unsafe"
@@ -197,6 +198,12 @@ type tapQueue struct {
 	f      *os.File
 	rc     syscall.RawConn
 	closed atomic.Bool
+	// fd is f's descriptor, for io_uring writes (tapWriter); mu is held
+	// shared by a writer from queuing a frame for fd to the end of its
+	// submission, and exclusively by Close, so the number is never
+	// submitted after it was closed (and perhaps reused).
+	fd int32
+	mu sync.RWMutex
 
 	// ReadBatch's state, for its preallocated RawConn callback.
 	bufs   [][]byte
@@ -255,6 +262,8 @@ func OpenQueue(name string) (Queue, error) {
 		return nil, fmt.Errorf("attach a queue to TAP %s: %w", name, err)
 	}
 	q.readF = q.readBatch
+	// Control, not f.Fd(), which would make the fd blocking.
+	_ = q.rc.Control(func(fd uintptr) { q.fd = int32(fd) })
 	return q, nil
 }
 
@@ -303,6 +312,8 @@ func (q *tapQueue) readBatch(fd uintptr) bool {
 func (q *tapQueue) Read(b []byte) (int, error)      { return q.f.Read(b) }
 func (q *tapQueue) Write(frame []byte) (int, error) { return q.f.Write(frame) }
 func (q *tapQueue) Close() error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
 	q.closed.Store(true)
 	return q.f.Close()
 }

@@ -1,0 +1,124 @@
+package tunnel
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+)
+
+// Both FrameWriters of a Linux host, on a real TAP: every frame arrives
+// whole, in order, once; a frame for a closed queue fails alone; a batch
+// allocates nothing.
+func TestFrameWriter(t *testing.T) {
+	for _, uring := range []bool{false, true} {
+		name := map[bool]string{false: "write", true: "io_uring"}[uring]
+		t.Run(name, func(t *testing.T) {
+			w := (&Linux{URing: uring}).NewFrameWriter(8)
+			defer w.Close()
+			if got := w.(*tapWriter).URing(); got != uring {
+				if uring {
+					t.Skip("io_uring is not available on this kernel (the writer falls back to write(2))")
+				}
+				t.Fatalf("URing() = %v, want %v", got, uring)
+			}
+			testFrameWriter(t, w)
+		})
+	}
+}
+
+func testFrameWriter(t *testing.T, w FrameWriter) {
+	ns := newTestNetns(t)
+	ns.do(t, func() {
+		l, _, err := CreateTAP("erspan5", nil, 0)
+		if err != nil {
+			t.Fatalf("CreateTAP: %v", err)
+		}
+		if err := SetLinkUp("erspan5", true); err != nil {
+			t.Fatal(err)
+		}
+		q, err := OpenQueue("erspan5")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer q.Close()
+		dead, err := OpenQueue("erspan5")
+		if err != nil {
+			t.Fatal(err)
+		}
+		dead.Close()
+		sniff := newPacketSniffer(t, l.Index)
+
+		frames := make([][]byte, 5)
+		for i := range frames {
+			frames[i] = fakeFrame(byte(0x40 + i))
+			copy(frames[i][0:6], l.MAC)
+		}
+		for i, f := range frames {
+			if i == 2 {
+				if !w.Add(dead, f) {
+					t.Fatal("Add refused a frame of a batch with room")
+				}
+				continue
+			}
+			w.Add(q, f)
+		}
+		errs := w.Flush()
+		if len(errs) != len(frames) {
+			t.Fatalf("Flush returned %d results for %d frames", len(errs), len(frames))
+		}
+		for i, err := range errs {
+			switch {
+			case i == 2 && !errors.Is(err, os.ErrClosed):
+				t.Errorf("frame %d, closed queue: %v, want os.ErrClosed", i, err)
+			case i != 2 && err != nil:
+				t.Errorf("frame %d: %v", i, err)
+			}
+		}
+		for i, f := range frames {
+			if i == 2 {
+				continue
+			}
+			got := sniff.await(2*time.Second, func(b []byte) bool { return len(b) == 60 && b[14] >= 0x40 && b[14] < 0x45 })
+			if !bytes.Equal(got, f) {
+				t.Fatalf("frame %d: got % x, want % x", i, got, f)
+			}
+		}
+		if extra := sniff.await(100*time.Millisecond, func(b []byte) bool { return len(b) == 60 && b[14] >= 0x40 && b[14] < 0x45 }); extra != nil {
+			t.Errorf("an extra frame arrived: % x", extra)
+		}
+
+		// A full batch refuses more.
+		for range 8 {
+			w.Add(q, frames[0])
+		}
+		if w.Add(q, frames[0]) {
+			t.Error("Add took a ninth frame into a batch of 8")
+		}
+		w.Flush()
+
+		allocs := testing.AllocsPerRun(100, func() {
+			for _, f := range frames {
+				w.Add(q, f)
+			}
+			for _, err := range w.Flush() {
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+		if allocs != 0 {
+			t.Errorf("%v allocations per batch, want 0", allocs)
+		}
+		nl, err := netlink.LinkByName("erspan5")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := uint64(4 + 8 + 100*5 + 5); nl.Attrs().Statistics.RxPackets < want {
+			t.Errorf("rx_packets %d, want at least %d", nl.Attrs().Statistics.RxPackets, want)
+		}
+	})
+}
