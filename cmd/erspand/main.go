@@ -23,7 +23,7 @@ func main() {
 	app := &cli.App{
 		Name:      "erspand",
 		Usage:     "serve erspan(4) interfaces: ERSPAN tunnels terminated in userspace into TAP devices",
-		UsageText: "erspand [--socket PATH] [--config-dir DIR] [--state PATH] [--rx-moderate DURATION] [--verbose]",
+		UsageText: "erspand [--socket PATH] [--config-dir DIR] [--state PATH] [--rx-moderate DURATION] [--io-uring] [--verbose]",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "socket", Value: ifconfig.DefaultSocket, EnvVars: []string{"ERSPAN_SOCKET"}, Usage: "control socket `PATH`"},
 			&cli.StringFlag{Name: "config-dir", Value: "/etc/erspan", Usage: "`DIR` of hostname.erspanN files, applied at start when there is no state to restore"},
@@ -31,7 +31,7 @@ func main() {
 			&cli.DurationFlag{Name: "rx-moderate", Value: tunnel.DefaultModerate,
 				Usage: "receive interrupt moderation: after a read that emptied a socket, wait `DURATION` (0 to 10ms) so the next read takes a batch; " +
 					"less CPU per frame for up to that much (plus the kernel's 50µs timer slack) more latency, as a NIC's rx-usecs"},
-			&cli.BoolFlag{Name: "io-uring", Usage: "write received frames into TAPs in batches on io_uring rather than one write(2) each (slower on the kernel measured; see README, Performance)"},
+			&cli.BoolFlag{Name: "io-uring", Usage: "write received frames into TAPs in batches on io_uring rather than one write(2) each (no faster on the kernel measured; see README, Performance)"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log more"},
 		},
 		HideHelpCommand: true,
@@ -63,10 +63,9 @@ func run(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if m := c.Duration("rx-moderate"); m < 0 || m > 10*time.Millisecond {
-		return fmt.Errorf("--rx-moderate %v: want 0 to 10ms", m)
-	} else {
-		sys.Moderate = m
+	sys.Moderate = c.Duration("rx-moderate")
+	if sys.Moderate < 0 || sys.Moderate > 10*time.Millisecond {
+		return fmt.Errorf("--rx-moderate %v: want 0 to 10ms", sys.Moderate)
 	}
 	sys.URing = c.Bool("io-uring")
 	// The receive goroutines block in the kernel (ppoll, the moderation
