@@ -25,7 +25,8 @@ import (
 // its interrupts; mirrored traffic tolerates the added latency (frames are
 // timestamped when they enter the TAP, at most the delay plus the kernel's
 // timer slack, 50 µs by default, later). The socket buffer absorbs what
-// arrives meanwhile.
+// arrives meanwhile. The price is one OS thread per receive socket (one per
+// namespace and address family, and per sensor NIC) while it waits.
 type batchConn struct {
 	fd   int
 	wake int // eventfd: Close makes it readable to end a pending ppoll
