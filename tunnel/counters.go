@@ -85,8 +85,31 @@ func (s *ifStats) countType(t erspan.Type) {
 	}
 }
 
+// daemonStats are daemon-wide counters: each receiver keeps its own, the
+// Host those of the receivers already stopped.
 type daemonStats struct {
 	rxPackets, unmatched, disallowed atomic.Uint64
 	drops                            [erspan.NumErrors]atomic.Uint64
 	closedKernelDrops                atomic.Uint64 // drops of sockets already closed
+}
+
+// addTo adds s to c.
+func (s *daemonStats) addTo(c *DaemonCounters) {
+	c.RxPackets += s.rxPackets.Load()
+	c.Unmatched += s.unmatched.Load()
+	c.Disallowed += s.disallowed.Load()
+	for i := range c.Drops {
+		c.Drops[i] += s.drops[i].Load()
+	}
+	c.KernelDrops += s.closedKernelDrops.Load()
+}
+
+// fold adds the counts of s, a receiver's that stopped, into t.
+func (s *daemonStats) fold(t *daemonStats) {
+	t.rxPackets.Add(s.rxPackets.Load())
+	t.unmatched.Add(s.unmatched.Load())
+	t.disallowed.Add(s.disallowed.Load())
+	for i := range s.drops {
+		t.drops[i].Add(s.drops[i].Load())
+	}
 }

@@ -180,6 +180,8 @@ type Host struct {
 	// interface needs (design.md, Data path).
 	recv  map[recvKey]*receiver
 	spans map[spanKey]func() error
+	// stats hold what receivers already stopped counted; live receivers
+	// keep their own (receiver.stats).
 	stats daemonStats
 	// deny is OpenBSD's net.inet.gre.allow=0: every GRE packet is dropped
 	// and counted. Stored negated so that the zero value allows.
@@ -464,18 +466,13 @@ func (h *Host) Flows(name string) ([]Flow, uint64) {
 // DaemonCounters returns a snapshot of the daemon-wide counters.
 func (h *Host) DaemonCounters() DaemonCounters {
 	var c DaemonCounters
-	c.RxPackets = h.stats.rxPackets.Load()
-	c.Unmatched = h.stats.unmatched.Load()
-	c.Disallowed = h.stats.disallowed.Load()
-	for i := range c.Drops {
-		c.Drops[i] = h.stats.drops[i].Load()
-	}
 	h.mu.Lock()
-	c.KernelDrops = h.stats.closedKernelDrops.Load()
+	defer h.mu.Unlock()
+	h.stats.addTo(&c)
 	for _, r := range h.recv {
+		r.stats.addTo(&c)
 		c.KernelDrops += r.sock.KernelDrops()
 	}
-	h.mu.Unlock()
 	return c
 }
 
@@ -572,5 +569,6 @@ func (h *Host) stopReceiver(k recvKey) {
 	delete(h.recv, k)
 	r.sock.Close()
 	<-r.done
+	r.stats.fold(&h.stats)
 	h.stats.closedKernelDrops.Add(r.sock.KernelDrops())
 }

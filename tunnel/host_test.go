@@ -116,6 +116,18 @@ func TestDemuxOrder(t *testing.T) {
 	if c := r.h.Counters("erspan2"); c.RxPackets != 2 || c.TypeI != 1 || c.TypeII != 1 || c.RxBytes != 120 {
 		t.Errorf("catch-all counters %+v", c)
 	}
+	// Receivers count for themselves; what a stopped one counted stays.
+	for _, name := range []string{"erspan0", "erspan1", "erspan2"} {
+		if err := r.h.Destroy(name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(r.h.recv) != 0 {
+		t.Fatalf("%d receivers left with no interface", len(r.h.recv))
+	}
+	if c := r.h.DaemonCounters(); c.Unmatched != 1 || c.RxPackets != 5 {
+		t.Errorf("daemon counters after the receiver stopped %+v, want 1 unmatched of 5", c)
+	}
 }
 
 func TestCaptureOnlyWithoutMonitor(t *testing.T) {

@@ -21,6 +21,10 @@ type receiver struct {
 	table atomic.Pointer[demuxTable] // for this socket's namespace
 	done  chan struct{}
 	pkt   erspan.Packet // scratch, reused per packet
+	// stats are this receiver's share of the daemon-wide counters: one
+	// writer, no cache line shared with the other receivers; summed when
+	// read (Host.DaemonCounters).
+	stats daemonStats
 }
 
 func newReceiver(h *Host, s Socket) *receiver {
@@ -65,7 +69,7 @@ func (r *receiver) run() {
 // TAPs. It allocates nothing.
 func (r *receiver) handle(t *demuxTable, msgs []Message) {
 	for i := range msgs {
-		ifc := r.h.input(t, &msgs[i], &r.pkt)
+		ifc := r.input(t, &msgs[i])
 		if ifc == nil {
 			continue
 		}
@@ -78,35 +82,52 @@ func (r *receiver) handle(t *demuxTable, msgs []Message) {
 	r.flush()
 }
 
-// flush writes the queued frames and counts them on their interfaces.
+// flush writes the queued frames and counts them on their interfaces, one
+// addition per run of frames for the same interface (usually the batch).
 func (r *receiver) flush() {
 	if len(r.outIf) == 0 {
 		return
 	}
+	var (
+		cur            *iface
+		packets, bytes uint64
+	)
+	add := func() {
+		if cur != nil && packets > 0 {
+			cur.stats.rxPackets.Add(packets)
+			cur.stats.rxBytes.Add(bytes)
+		}
+	}
 	for i, err := range r.out.Flush() {
-		s := &r.outIf[i].ifc.stats
+		q := &r.outIf[i]
+		if q.ifc != cur {
+			add()
+			cur, packets, bytes = q.ifc, 0, 0
+		}
 		if err != nil {
-			s.rxErrors.Add(1)
+			cur.stats.rxErrors.Add(1)
 			continue
 		}
-		s.rxPackets.Add(1)
-		s.rxBytes.Add(uint64(r.outIf[i].len))
+		packets++
+		bytes += uint64(q.len)
 	}
+	add()
 	clear(r.outIf)
 	r.outIf = r.outIf[:0]
 }
 
-// input takes one packet through decode and demux. It returns the
-// interface whose TAP p.Frame is for, or nil when the packet stops here
-// (counted). It allocates nothing.
-func (h *Host) input(t *demuxTable, m *Message, p *erspan.Packet) *iface {
-	h.stats.rxPackets.Add(1)
-	if h.deny.Load() {
-		h.stats.disallowed.Add(1)
+// input takes one packet through decode (into r.pkt) and demux. It
+// returns the interface whose TAP r.pkt.Frame is for, or nil when the
+// packet stops here (counted). It allocates nothing.
+func (r *receiver) input(t *demuxTable, m *Message) *iface {
+	p, st := &r.pkt, &r.stats
+	st.rxPackets.Add(1)
+	if r.h.deny.Load() {
+		st.disallowed.Add(1)
 		return nil
 	}
 	if m.Err != nil {
-		h.drop(m.Err)
+		st.drop(m.Err)
 		return nil
 	}
 	err := erspan.Decode(m.GRE, p)
@@ -115,42 +136,42 @@ func (h *Host) input(t *demuxTable, m *Message, p *erspan.Packet) *iface {
 	case erspan.ErrFrameType, erspan.ErrInnerShort:
 		// The headers are valid: charge the drop to the interface that
 		// would have taken the frame, as well as daemon-wide.
-		h.drop(err)
-		if r := t.lookup(m.Dst, m.Src, session(p)); r != nil {
-			r.ifc.flows.count(m.Src, p, len(m.GRE)-p.Offset)
+		st.drop(err)
+		if e := t.lookup(m.Dst, m.Src, session(p)); e != nil {
+			e.ifc.flows.count(m.Src, p, len(m.GRE)-p.Offset)
 			if err == erspan.ErrFrameType {
-				r.ifc.stats.rxFrameType.Add(1)
+				e.ifc.stats.rxFrameType.Add(1)
 			} else {
-				r.ifc.stats.rxInnerShort.Add(1)
+				e.ifc.stats.rxInnerShort.Add(1)
 			}
 		}
 		return nil
 	default:
-		h.drop(err)
+		st.drop(err)
 		return nil
 	}
-	r := t.lookup(m.Dst, m.Src, session(p))
-	if r == nil {
-		h.stats.unmatched.Add(1)
+	e := t.lookup(m.Dst, m.Src, session(p))
+	if e == nil {
+		st.unmatched.Add(1)
 		return nil
 	}
-	s := &r.ifc.stats
+	s := &e.ifc.stats
 	s.countType(p.Type)
-	r.ifc.flows.count(m.Src, p, len(p.Frame))
-	captureOnly := r.captureOnly
+	e.ifc.flows.count(m.Src, p, len(p.Frame))
+	captureOnly := e.captureOnly
 	if p.Truncated {
 		// spec/erspan.md §2: a truncated frame is counted and captured,
 		// never given to the network stack.
 		s.rxTruncated.Add(1)
 		captureOnly = true
 	}
-	if captureOnly && !r.monitor {
+	if captureOnly && !e.monitor {
 		// Without monitor mode the TAP hands frames to the stack; these
 		// may only be captured, so they stop here.
 		s.rxCaptureOnly.Add(1)
 		return nil
 	}
-	return r.ifc
+	return e.ifc
 }
 
 func session(p *erspan.Packet) int32 {
@@ -160,12 +181,12 @@ func session(p *erspan.Packet) int32 {
 	return int32(p.Session)
 }
 
-func (h *Host) drop(err error) {
+func (s *daemonStats) drop(err error) {
 	// A type assertion, not errors.As: the socket and the decoder return
 	// bare erspan.Error values, and this runs per bad packet.
 	e, ok := err.(erspan.Error)
 	if !ok || e >= erspan.NumErrors {
 		e = erspan.ErrIPHeader
 	}
-	h.stats.drops[e].Add(1)
+	s.drops[e].Add(1)
 }

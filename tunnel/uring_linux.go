@@ -293,17 +293,17 @@ func (w *tapWriter) flushRing(errs []error) {
 			_, errs[i] = w.queues[i].Write(w.frames[i])
 			continue
 		}
-		w.fds[k], w.frames[k], w.res[k] = w.fds[i], w.frames[i], int32(i)
+		// Compacted in place: slot k is frame idx[k].
+		w.fds[k], w.frames[k], w.idx[k] = w.fds[i], w.frames[i], int32(i)
 		k++
 	}
 	if k == 0 {
 		return
 	}
-	orig := w.idx[:k] // where each submitted frame came from
-	copy(orig, w.res[:k])
+	orig := w.idx[:k]
 	if err := w.ring.writeAll(w.fds[:k], w.frames[:k], w.res[:k]); err != nil {
-		for j := 0; j < k; j++ {
-			errs[orig[j]] = err
+		for _, i := range orig {
+			errs[i] = err
 		}
 		return
 	}
