@@ -246,75 +246,71 @@ func TestCaptures(t *testing.T) {
 		t.Fatalf("no captures in %s: %v", captureDir, err)
 	}
 	sort.Strings(names)
-	for _, fam := range []family{inet, inet6} {
-		t.Run(fam.name, func(t *testing.T) {
-			t.Parallel()
-			e := newEnv(t)
-			L := fam.local
-			e.d.mustCtl("create", "erspan0", "tunneladdr", L.String(), "up")
-			e.d.mustCtl("create", "erspan1", "tunneladdr", L.String(), "vnetid", "101", "up")
-			all, s101 := e.reader("erspan0"), e.reader("erspan1")
-			dl := e.deliveries(all, s101)
-			frameType := map[*packetReader]uint64{}
-			truncated := map[*packetReader]uint64{}
-			var summary strings.Builder
-			sent := 0
-			for _, path := range names {
-				name := filepath.Base(path)
-				pkts := readCapture(t, name)
-				sources := map[netip.Addr]netip.Addr{}
-				delivered, ft := 0, 0
-				for _, p := range pkts {
-					src, ok := sources[p.src]
-					if !ok {
-						src = []netip.Addr{fam.remote, fam.otherSrc}[len(sources)%2]
-						sources[p.src] = src
-					}
-					x := classify(p.gre)
-					to := all
-					if x.erspanTyp >= 2 && x.session == 101 {
-						to = s101
-					}
-					switch x.verdict {
-					case deliver:
-						dl.expect(to, x.frame, fmt.Sprintf("%s frame %d (Type %d)", name, p.index, x.erspanTyp))
-						delivered++
-						if x.truncated {
-							truncated[to]++
-						}
-					case dropFrameType:
-						frameType[to]++
-						ft++
-					}
-					e.sender.send(src, L, p.gre)
-					sent++
-					// Keep at most 16 packets in flight: the test is
-					// about bytes and order, not about buffer sizes.
-					if sent%16 == 0 && !dl.wait() {
-						dl.check()
-						t.Fatalf("frames missing after %s frame %d; stopped", name, p.index)
-					}
+	eachFamily(t, func(t *testing.T, e *env, fam family) {
+		L := fam.local
+		e.d.mustCtl("create", "erspan0", "tunneladdr", L.String(), "up")
+		e.d.mustCtl("create", "erspan1", "tunneladdr", L.String(), "vnetid", "101", "up")
+		all, s101 := e.reader("erspan0"), e.reader("erspan1")
+		dl := e.deliveries(all, s101)
+		frameType := map[*packetReader]uint64{}
+		truncated := map[*packetReader]uint64{}
+		var summary strings.Builder
+		sent := 0
+		for _, path := range names {
+			name := filepath.Base(path)
+			pkts := readCapture(t, name)
+			sources := map[netip.Addr]netip.Addr{}
+			delivered, ft := 0, 0
+			for _, p := range pkts {
+				src, ok := sources[p.src]
+				if !ok {
+					src = []netip.Addr{fam.remote, fam.otherSrc}[len(sources)%2]
+					sources[p.src] = src
 				}
-				want, known := captureFrames[name]
-				if !known {
-					t.Errorf("%s: no expected frame count in captureFrames; add one", name)
-				} else if delivered != want {
-					t.Errorf("%s: the test expects %d frames, the capture notes say %d", name, delivered, want)
+				x := classify(p.gre)
+				to := all
+				if x.erspanTyp >= 2 && x.session == 101 {
+					to = s101
 				}
-				fmt.Fprintf(&summary, "%-46s %3d GRE packets from %d sources: %3d frames, %2d FT!=0\n", name, len(pkts), len(sources), delivered, ft)
-			}
-			dl.check()
-			t.Logf("sent:\n%s", summary.String())
-			if frameType[s101] == 0 {
-				t.Errorf("no FT != 0 packet for session 101: tcpdump__erspan-type-iii-ft-7.pcap should have given some")
-			}
-			for _, r := range []*packetReader{all, s101} {
-				c := e.d.status(r.name).Counters
-				if c.RxPackets != uint64(len(dl.want[r])) || c.RxFrameType != frameType[r] || c.RxTruncated != truncated[r] {
-					t.Errorf("%s: rx_packets %d rx_frame_type %d rx_truncated %d, want %d %d %d",
-						r.name, c.RxPackets, c.RxFrameType, c.RxTruncated, len(dl.want[r]), frameType[r], truncated[r])
+				switch x.verdict {
+				case deliver:
+					dl.expect(to, x.frame, fmt.Sprintf("%s frame %d (Type %d)", name, p.index, x.erspanTyp))
+					delivered++
+					if x.truncated {
+						truncated[to]++
+					}
+				case dropFrameType:
+					frameType[to]++
+					ft++
+				}
+				e.sender.send(src, L, p.gre)
+				sent++
+				// Keep at most 16 packets in flight: the test is
+				// about bytes and order, not about buffer sizes.
+				if sent%16 == 0 && !dl.wait() {
+					dl.check()
+					t.Fatalf("frames missing after %s frame %d; stopped", name, p.index)
 				}
 			}
-		})
-	}
+			want, known := captureFrames[name]
+			if !known {
+				t.Errorf("%s: no expected frame count in captureFrames; add one", name)
+			} else if delivered != want {
+				t.Errorf("%s: the test expects %d frames, the capture notes say %d", name, delivered, want)
+			}
+			fmt.Fprintf(&summary, "%-46s %3d GRE packets from %d sources: %3d frames, %2d FT!=0\n", name, len(pkts), len(sources), delivered, ft)
+		}
+		dl.check()
+		t.Logf("sent:\n%s", summary.String())
+		if frameType[s101] == 0 {
+			t.Errorf("no FT != 0 packet for session 101: tcpdump__erspan-type-iii-ft-7.pcap should have given some")
+		}
+		for _, r := range []*packetReader{all, s101} {
+			c := e.d.status(r.name).Counters
+			if c.RxPackets != uint64(len(dl.want[r])) || c.RxFrameType != frameType[r] || c.RxTruncated != truncated[r] {
+				t.Errorf("%s: rx_packets %d rx_frame_type %d rx_truncated %d, want %d %d %d",
+					r.name, c.RxPackets, c.RxFrameType, c.RxTruncated, len(dl.want[r]), frameType[r], truncated[r])
+			}
+		}
+	})
 }

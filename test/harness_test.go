@@ -62,6 +62,17 @@ var (
 	inet6 = family{"inet6", collect6, switch6, other6}
 )
 
+// eachFamily runs fn as parallel subtests, one per address family, each
+// with an environment (namespaces and a daemon) of its own.
+func eachFamily(t *testing.T, fn func(t *testing.T, e *env, fam family)) {
+	for _, fam := range []family{inet, inet6} {
+		t.Run(fam.name, func(t *testing.T) {
+			t.Parallel()
+			fn(t, newEnv(t), fam)
+		})
+	}
+}
+
 // requireRoot skips the test when it cannot create namespaces, and fails it
 // when it could but iproute2 is missing (a broken setup, not a reason to
 // pass silently).

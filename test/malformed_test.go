@@ -28,80 +28,76 @@ type badPacket struct {
 func TestMalformed(t *testing.T) {
 	requireRoot(t)
 	t.Parallel()
-	for _, fam := range []family{inet, inet6} {
-		t.Run(fam.name, func(t *testing.T) {
-			t.Parallel()
-			e := newEnv(t)
-			L, R := fam.local, fam.remote
-			e.d.mustCtl("create", "erspan0", "tunnel", L.String(), R.String(), "vnetid", "77", "up")
-			e.d.mustCtl("create", "erspan1", "tunneladdr", L.String(), "up")
-			exact, all := e.reader("erspan0"), e.reader("erspan1")
-			dl := e.deliveries(exact, all)
-			markers := 0
-			marker := func() {
-				markers++
-				label := fmt.Sprintf("%s marker %d", fam.name, markers)
-				f := labeledFrame(label, 60)
-				e.sender.send(R, L, encap(t, typeII(77), f))
-				dl.expect(exact, f, label)
-			}
-			before := e.d.all().Daemon
+	eachFamily(t, func(t *testing.T, e *env, fam family) {
+		L, R := fam.local, fam.remote
+		e.d.mustCtl("create", "erspan0", "tunnel", L.String(), R.String(), "vnetid", "77", "up")
+		e.d.mustCtl("create", "erspan1", "tunneladdr", L.String(), "up")
+		exact, all := e.reader("erspan0"), e.reader("erspan1")
+		dl := e.deliveries(exact, all)
+		markers := 0
+		marker := func() {
+			markers++
+			label := fmt.Sprintf("%s marker %d", fam.name, markers)
+			f := labeledFrame(label, 60)
+			e.sender.send(R, L, encap(t, typeII(77), f))
+			dl.expect(exact, f, label)
+		}
+		before := e.d.all().Daemon
 
-			// Crafted packets, each with a known reason.
-			bad := craftedBadPackets(t, fam.name)
-			want := make(map[string]uint64)
+		// Crafted packets, each with a known reason.
+		bad := craftedBadPackets(t, fam.name)
+		want := make(map[string]uint64)
+		for _, b := range bad {
+			e.sender.send(R, L, b.pkt)
+			want[b.reason]++
+		}
+		marker()
+		dl.check()
+		after := waitDrops(t, e.d, before, sumCounts(want))
+		for reason := range before.Drops {
+			if got := after.Drops[reason] - before.Drops[reason]; got != want[reason] {
+				t.Errorf("daemon.drops[%q] went up by %d, want %d", reason, got, want[reason])
+			}
+		}
+		for reason := range want {
+			if _, ok := after.Drops[reason]; !ok {
+				t.Errorf("daemon.drops has no %q reason: %v", reason, after.Drops)
+			}
+		}
+		if c := e.d.status("erspan0").Counters; c.RxInnerShort != 2 {
+			// Two of the inner-short packets carry erspan0's
+			// session from its switch (see craftedBadPackets).
+			t.Errorf("erspan0 rx_inner_short = %d, want 2", c.RxInnerShort)
+		}
+		if t.Failed() {
 			for _, b := range bad {
-				e.sender.send(R, L, b.pkt)
-				want[b.reason]++
+				t.Logf("sent %-40s %-12s % x", b.what, b.reason, b.pkt[:min(len(b.pkt), 24)])
 			}
-			marker()
-			dl.check()
-			after := waitDrops(t, e.d, before, sumCounts(want))
-			for reason := range before.Drops {
-				if got := after.Drops[reason] - before.Drops[reason]; got != want[reason] {
-					t.Errorf("daemon.drops[%q] went up by %d, want %d", reason, got, want[reason])
-				}
-			}
-			for reason := range want {
-				if _, ok := after.Drops[reason]; !ok {
-					t.Errorf("daemon.drops has no %q reason: %v", reason, after.Drops)
-				}
-			}
-			if c := e.d.status("erspan0").Counters; c.RxInnerShort != 2 {
-				// Two of the inner-short packets carry erspan0's
-				// session from its switch (see craftedBadPackets).
-				t.Errorf("erspan0 rx_inner_short = %d, want 2", c.RxInnerShort)
-			}
-			if t.Failed() {
-				for _, b := range bad {
-					t.Logf("sent %-40s %-12s % x", b.what, b.reason, b.pkt[:min(len(b.pkt), 24)])
-				}
-			}
+		}
 
-			// Random bytes claiming to be ERSPAN, and a real fuzzed
-			// capture. Their reasons depend on which check a decoder
-			// makes first, so only the total is checked.
-			before = after
-			rnd := randomBadPackets(32)
-			if fam == inet {
-				// The capture's outer header is IPv6; its GRE payload
-				// is what matters, and one family is enough.
-				rnd = append(rnd, fuzzedCapturePayload(t))
-			}
-			for _, p := range rnd {
-				e.sender.send(R, L, p)
-			}
-			marker()
-			dl.check()
-			after = waitDrops(t, e.d, before, uint64(len(rnd)))
-			if after.Unmatched != before.Unmatched {
-				t.Errorf("daemon.unmatched went up by %d for malformed packets, want 0", after.Unmatched-before.Unmatched)
-			}
-			if !e.d.alive() {
-				t.Fatalf("erspand died")
-			}
-		})
-	}
+		// Random bytes claiming to be ERSPAN, and a real fuzzed
+		// capture. Their reasons depend on which check a decoder
+		// makes first, so only the total is checked.
+		before = after
+		rnd := randomBadPackets(32)
+		if fam == inet {
+			// The capture's outer header is IPv6; its GRE payload
+			// is what matters, and one family is enough.
+			rnd = append(rnd, fuzzedCapturePayload(t))
+		}
+		for _, p := range rnd {
+			e.sender.send(R, L, p)
+		}
+		marker()
+		dl.check()
+		after = waitDrops(t, e.d, before, uint64(len(rnd)))
+		if after.Unmatched != before.Unmatched {
+			t.Errorf("daemon.unmatched went up by %d for malformed packets, want 0", after.Unmatched-before.Unmatched)
+		}
+		if !e.d.alive() {
+			t.Fatalf("erspand died")
+		}
+	})
 }
 
 func sumCounts(m map[string]uint64) uint64 {
