@@ -27,8 +27,14 @@ func TestAutostart(t *testing.T) {
 	dir := tempDir(t)
 	sock := filepath.Join(dir, "erspand.sock")
 	// Registered before anything can start a daemon, so that it runs
-	// (before the namespace goes) however the test ends.
-	t.Cleanup(func() { stopDaemonsOn(t, sock) })
+	// (before the namespace goes) however the test ends. erspanctl gives
+	// the daemon it starts our GORACE (see TestMain) and erspand.log,
+	// beside the socket, for stderr.
+	t.Cleanup(func() {
+		stopDaemonsOn(t, sock)
+		log, _ := os.ReadFile(filepath.Join(dir, "erspand.log"))
+		checkRace(t, "autostarted erspand in "+ns.name, string(log))
+	})
 
 	r := runCtl(t, ns, erspanctl, []string{"--socket", sock, "create", "erspan0"})
 	if r.code != 0 {

@@ -309,8 +309,9 @@ func (d *daemon) stop() {
 		}
 	}
 	log := d.log()
-	if strings.Contains(log, "WARNING: DATA RACE") || strings.Contains(log, "panic:") || strings.Contains(log, "fatal error:") {
-		t.Errorf("erspand reported a data race, panic or fatal error:\n%s", log)
+	checkRace(t, "erspand in "+d.ns.name, log)
+	if strings.Contains(log, "panic:") || strings.Contains(log, "fatal error:") {
+		t.Errorf("erspand reported a panic or fatal error:\n%s", log)
 	} else if t.Failed() {
 		t.Logf("erspand log (%s):\n%s", d.logPath, log)
 	}
@@ -365,6 +366,7 @@ func runCtl(t *testing.T, ns *netNS, bin string, args []string) ctlResult {
 	cmd.WaitDelay = 2 * time.Second
 	err := cmd.Run()
 	r := ctlResult{args: args, stdout: stdout.String(), stderr: stderr.String()}
+	checkRace(t, "erspanctl "+strings.Join(args, " "), r.stderr)
 	var ee *exec.ExitError
 	switch {
 	case err == nil:

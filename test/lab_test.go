@@ -37,7 +37,23 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
-		out, err := exec.Command("go", "build", "-o", dir+"/", "../cmd/erspand", "../cmd/erspanctl").CombinedOutput()
+		build := []string{"build", "-o", dir + "/"}
+		if raceEnabled {
+			// Under go test -race the daemons get the race detector
+			// too: most of the project's concurrency runs in them, not
+			// in this binary. Every process the tests start inherits
+			// GORACE, directly or through ip netns exec and erspanctl's
+			// autostart. log_path=stderr, last so that it wins over a
+			// caller's GORACE, puts reports in the daemon's stderr,
+			// which the harnesses capture and checkRace scans.
+			// atexit_sleep_ms=0, first so that a caller's GORACE can
+			// override it: a race-built process otherwise sleeps 1s
+			// before exiting, which made every erspanctl run a second
+			// longer and ./test/ take 2m20s instead of 30s.
+			build = append(build, "-race")
+			os.Setenv("GORACE", "atexit_sleep_ms=0 "+os.Getenv("GORACE")+" log_path=stderr")
+		}
+		out, err := exec.Command("go", append(build, "../cmd/erspand", "../cmd/erspanctl")...).CombinedOutput()
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "building the binaries: %v\n%s", err, out)
 			os.Exit(1)
@@ -48,6 +64,21 @@ func TestMain(m *testing.M) {
 		os.Exit(code)
 	}
 	os.Exit(m.Run())
+}
+
+// checkRace fails t when out, the captured stderr or log of the process
+// called name, holds a race detector report, quoting the first 40 lines of
+// the first one. Without -race (see TestMain) there are none to find.
+func checkRace(t *testing.T, name, out string) {
+	t.Helper()
+	const warning = "WARNING: DATA RACE"
+	i := strings.Index(out, warning)
+	if i < 0 {
+		return
+	}
+	lines := strings.SplitAfter(out[i:], "\n")
+	lines = lines[:min(len(lines), 40)]
+	t.Errorf("%s reported %d data race(s); the first:\n%s", name, strings.Count(out, warning), strings.Join(lines, ""))
 }
 
 var labCounter atomic.Int32
@@ -121,7 +152,8 @@ func (l *lab) pair(a, b string) {
 func (l *lab) sock(ns string) string { return filepath.Join(l.dir, ns, "erspand.sock") }
 
 // daemon starts erspand in ns, with extra arguments; stderr goes to a file
-// printed when the test fails. It returns the process.
+// printed when the test fails and scanned for data races. It returns the
+// process.
 func (l *lab) daemon(ns string, args ...string) *exec.Cmd {
 	l.t.Helper()
 	sock := l.sock(ns)
@@ -129,6 +161,11 @@ func (l *lab) daemon(ns string, args ...string) *exec.Cmd {
 		l.t.Fatal(err)
 	}
 	logPath := filepath.Join(l.dir, ns+".log")
+	// Daemons a test starts in ns one after another (TestRestart) share
+	// the log; the first one's cleanup, which runs after the others'
+	// (cleanups run last in, first out), checks it all for races.
+	_, statErr := os.Stat(logPath)
+	first := statErr != nil
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		l.t.Fatal(err)
@@ -143,8 +180,11 @@ func (l *lab) daemon(ns string, args ...string) *exec.Cmd {
 	l.t.Cleanup(func() {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
+		b, _ := os.ReadFile(logPath)
+		if first {
+			checkRace(l.t, "erspand in "+ns, string(b))
+		}
 		if l.t.Failed() {
-			b, _ := os.ReadFile(logPath)
 			l.t.Logf("erspand log of %s:\n%s", ns, b)
 		}
 	})
@@ -168,6 +208,7 @@ func (l *lab) ctl(ns string, args ...string) (stdout, stderr string, code int) {
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err := cmd.Run()
+	checkRace(l.t, "erspanctl "+strings.Join(args, " "), e.String())
 	if ee, ok := err.(*exec.ExitError); ok {
 		code = ee.ExitCode()
 	} else if err != nil {
