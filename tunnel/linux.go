@@ -135,16 +135,33 @@ func (l *Linux) OpenQueue(ns, name string) (q Queue, err error) {
 	return q, err
 }
 
-func (l *Linux) ListenGRE(ns string, family int) (sock Socket, err error) {
-	err = inNamespace(ns, func() error {
-		s, err := ListenGRE(family, l.Batch, l.BufSize, l.RcvBuf, l.Moderate)
+// ListenGRE opens a receive socket whose guard (see openGuard) is the
+// shared send socket of (ns, family, no DF), held open until the receive
+// socket closes: one raw GRE socket fewer for the kernel to clone every
+// GRE packet to whenever an interface there sends without DF, as a
+// collector with a tunnel destination does.
+func (l *Linux) ListenGRE(ns string, family int) (Socket, error) {
+	var release func()
+	if guardSockets {
+		_, rel, err := l.sendSocket(ns, family, false)
 		if err != nil {
-			return err
+			return nil, fmt.Errorf("raw GRE guard socket (IPv%d): %w", family, err)
 		}
-		sock = s
-		return nil
+		release = rel
+	}
+	var s *GRESocket
+	err := inNamespace(ns, func() (err error) {
+		s, err = listenGRE(family, l.Batch, l.BufSize, l.RcvBuf, l.Moderate, false)
+		return err
 	})
-	return sock, err
+	if err != nil {
+		if release != nil {
+			release()
+		}
+		return nil, err
+	}
+	s.guard = release
+	return s, nil
 }
 
 func (l *Linux) ListenCapture(ns, dev string) (sock Socket, err error) {
@@ -166,17 +183,23 @@ func (l *Linux) OpenSender(ns string, src, dst netip.Addr, ttl int, df bool) (Se
 	if src.Is6() {
 		family = 6
 	}
-	sock, release, err := l.senders.get(sendKey{ns, family, df}, func() (s *sendSocket, err error) {
+	sock, release, err := l.sendSocket(ns, family, df)
+	if err != nil {
+		return nil, err
+	}
+	return newRawSender(sock, release, src, dst, ttl), nil
+}
+
+// sendSocket returns the shared send socket of (ns, family, df), opening
+// it for the first user, and the function that gives it back.
+func (l *Linux) sendSocket(ns string, family int, df bool) (*sendSocket, func(), error) {
+	return l.senders.get(sendKey{ns, family, df}, func() (s *sendSocket, err error) {
 		err = inNamespace(ns, func() error {
 			s, err = openSendSocket(family, df)
 			return err
 		})
 		return s, err
 	})
-	if err != nil {
-		return nil, err
-	}
-	return newRawSender(sock, release, src, dst, ttl), nil
 }
 
 func (l *Linux) CheckNamespace(name string) error { return CheckNamespace(name) }

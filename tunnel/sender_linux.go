@@ -26,7 +26,9 @@ const SocketMark = 0x65727370 // "ersp"
 // unconnected socket per (namespace, family, df), which accepts nothing:
 // each interface gives its destination per message (msg_name) and its
 // source address, TTL and TOS as control messages. The kernel still writes
-// the outer IP header and fragments (without df).
+// the outer IP header and fragments (without df). The socket without df
+// is also the guard of the namespace's receive socket (Linux.ListenGRE),
+// so a collector that can send costs the kernel no third clone.
 
 type sendKey struct {
 	ns     string

@@ -41,7 +41,7 @@ type Message struct {
 type GRESocket struct {
 	c      *batchConn
 	family int
-	guard  int // the guard socket (see openGuard), or -1
+	guard  func() // gives the guard socket back (see openGuard); nil: none
 	drops  atomic.Uint64
 	names  []unix.RawSockaddrInet6 // IPv6 only: the source address
 	msgs   []Message
@@ -73,8 +73,16 @@ const maxBatch = 1024
 // receive buffer is full: Linux 6.10 and later answer those with protocol
 // unreachable (seen on 6.18), hence a large rcvbuf. A second raw GRE socket
 // whose filter drops everything, open beside this one, was seen to
-// silence those too.
+// silence those too: ListenGRE opens one (see openGuard).
 func ListenGRE(family int, batch int, bufSize int, rcvbuf int, moderate time.Duration) (*GRESocket, error) {
+	return listenGRE(family, batch, bufSize, rcvbuf, moderate, guardSockets)
+}
+
+// listenGRE is ListenGRE with its own guard socket or none; without one
+// the caller keeps a drop-all raw GRE socket of the family open beside it
+// (Linux.ListenGRE: the shared send socket) and may set the guard field
+// to give it back at Close.
+func listenGRE(family int, batch int, bufSize int, rcvbuf int, moderate time.Duration, ownGuard bool) (*GRESocket, error) {
 	var af, oobSize int
 	switch family {
 	case 4:
@@ -100,14 +108,15 @@ func ListenGRE(family int, batch int, bufSize int, rcvbuf int, moderate time.Dur
 		return nil, err
 	}
 
-	guard := -1
-	if guardSockets {
-		if guard, err = openGuard(af); err != nil {
+	s := &GRESocket{family: family, msgs: make([]Message, batch)}
+	if ownGuard {
+		g, err := openGuard(af)
+		if err != nil {
 			unix.Close(fd)
 			return nil, err
 		}
+		s.guard = func() { unix.Close(g) }
 	}
-	s := &GRESocket{family: family, guard: guard, msgs: make([]Message, batch)}
 	nameLen, name := 0, func(int) unsafe.Pointer { return nil }
 	if family == 6 {
 		s.names = make([]unix.RawSockaddrInet6, batch)
@@ -313,9 +322,9 @@ func (s *GRESocket) Close() error {
 }
 
 func (s *GRESocket) closeGuard() {
-	if s.guard >= 0 {
-		unix.Close(s.guard)
-		s.guard = -1
+	if s.guard != nil {
+		s.guard()
+		s.guard = nil
 	}
 }
 
@@ -328,7 +337,10 @@ var guardSockets = true
 // unreachable: under overload the switch would get ICMP from us
 // (design.md, Data path: ICMP). A second raw GRE socket whose filter
 // accepts nothing keeps every packet delivered, whatever the first one's
-// buffer. The cost is one clone and one filter run per GRE packet.
+// buffer. The cost is one clone and one filter run per GRE packet, which
+// is why erspand (Linux.ListenGRE) does not open one of its own: a shared
+// send socket is such a socket already (sender_linux.go), and it keeps the
+// namespace's one without DF open as the receive socket's guard.
 func openGuard(af int) (int, error) {
 	fd, err := unix.Socket(af, unix.SOCK_RAW|unix.SOCK_CLOEXEC, erspan.IPProtoGRE)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -301,13 +302,20 @@ func TestICMPUnreachable(t *testing.T) {
 
 // TestNoICMPOnOverflow: a receive socket whose buffer overflows must not
 // make the kernel answer the switch with ICMP (Linux 6.10 and later do,
-// for packets a full raw socket drops). The control run, without the guard
+// for packets a full raw socket drops). The control run, without a guard
 // socket, shows the sniffer sees that ICMP on this kernel; if the kernel
-// sends none even then, the control says so and the guarded run still
-// must see none.
+// sends none even then, the control says so and the guarded runs still
+// must see none. Guarded twice: by ListenGRE's own guard, and as erspand
+// runs, by the shared send socket (Linux.ListenGRE), which must also leave
+// the namespace with two raw GRE sockets when an interface sends there.
 func TestNoICMPOnOverflow(t *testing.T) {
-	run := func(guard bool) (icmp bool, drops uint64) {
-		guardSockets = guard
+	const (
+		noGuard = iota
+		ownGuard
+		sharedGuard
+	)
+	run := func(mode int) (icmp bool, drops uint64) {
+		guardSockets = mode != noGuard
 		defer func() { guardSockets = true }()
 		sender, collector := vethPair(t)
 		var s *GRESocket
@@ -316,11 +324,46 @@ func TestNoICMPOnOverflow(t *testing.T) {
 			if out, err := exec.Command("sh", "-c", sh).CombinedOutput(); err != nil {
 				t.Fatalf("%s: %v %s", sh, err, out)
 			}
+			if mode == sharedGuard {
+				return
+			}
 			var err error
 			if s, err = ListenGRE(4, 16, 2048, 1, DefaultModerate); err != nil {
 				t.Fatalf("ListenGRE: %v", err)
 			}
 		})
+		if mode == sharedGuard {
+			l, err := NewLinux()
+			if err != nil {
+				t.Fatal(err)
+			}
+			l.Batch, l.BufSize, l.RcvBuf = 16, 2048, 1
+			sock, err := l.ListenGRE(collector.name, 4)
+			if err != nil {
+				t.Fatalf("Linux.ListenGRE: %v", err)
+			}
+			s = sock.(*GRESocket)
+			tx, err := l.OpenSender(collector.name, netip.MustParseAddr("192.0.2.2"), netip.MustParseAddr("192.0.2.1"), 64, false)
+			if err != nil {
+				t.Fatalf("OpenSender: %v", err)
+			}
+			rawGRE := func() int {
+				out, err := exec.Command("ip", "netns", "exec", collector.name, "cat", "/proc/net/raw").Output()
+				if err != nil {
+					t.Fatal(err)
+				}
+				return strings.Count(string(out), ":002F ")
+			}
+			if n := rawGRE(); n != 2 {
+				t.Errorf("%d raw GRE sockets with one receive socket and one sender, want 2 (the sender's socket is the guard)", n)
+			}
+			// The guard outlives the last sender: the overflow below
+			// happens with none.
+			tx.Close()
+			if n := rawGRE(); n != 2 {
+				t.Errorf("%d raw GRE sockets after the sender closed, want 2 (receive socket and guard)", n)
+			}
+		}
 		defer s.Close()
 		var sniff *packetSniffer
 		var snd *greSender
@@ -342,18 +385,20 @@ func TestNoICMPOnOverflow(t *testing.T) {
 		readGRE(t, s, 1, 5*time.Second)
 		return icmp, s.KernelDrops()
 	}
-	controlICMP, controlDrops := run(false)
+	controlICMP, controlDrops := run(noGuard)
 	if controlDrops == 0 {
 		t.Fatal("the control run did not overflow the socket: the test proves nothing")
 	}
 	if !controlICMP {
 		t.Log("this kernel sends no ICMP for a full raw socket even without the guard")
 	}
-	icmp, drops := run(true)
-	if drops == 0 {
-		t.Fatal("the guarded run did not overflow the socket")
-	}
-	if icmp {
-		t.Error("ICMP protocol unreachable sent while the receive socket overflowed, guard open")
+	for mode, name := range map[int]string{ownGuard: "ListenGRE's own guard", sharedGuard: "the shared send socket as guard"} {
+		icmp, drops := run(mode)
+		if drops == 0 {
+			t.Fatalf("%s: the guarded run did not overflow the socket", name)
+		}
+		if icmp {
+			t.Errorf("%s: ICMP protocol unreachable sent while the receive socket overflowed", name)
+		}
 	}
 }
