@@ -42,8 +42,8 @@ trap cleanup EXIT
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 
-say "building erspand, erspanctl and ersend"
-go build -o "$work/bin/" ./cmd/erspand ./cmd/erspanctl ./scripts/ersend
+say "building erspand, erspanctl and gen (the benchmark's generator, here a switch sending ERSPAN)"
+go build -o "$work/bin/" ./cmd/erspand ./cmd/erspanctl ./scripts/bench/gen
 
 say "the network: hosts $H1 (198.51.100.11) and $H2 (198.51.100.12) on bridge br0 of $SW (198.51.100.1); $SW (192.0.2.1) and $COL (192.0.2.2) joined by a veth"
 for ns in $ALL; do
@@ -95,7 +95,7 @@ udp $H1 198.51.100.1
 udp $SW 198.51.100.12
 
 say "another switch, session 12, Type III: it lands on the collector's catch-all erspan1"
-run ip netns exec $SW "$work/bin/ersend" --dst 192.0.2.2 --type 3 --session 12 --count 3 --interval 10ms
+run ip netns exec $SW "$work/bin/gen" --mode gre --dst 192.0.2.2 --type 3 --session 12 --count 3 --interval 10ms
 
 for _ in $(seq 50); do kill -0 "$tcpdump_pid" 2>/dev/null || break; sleep 0.1; done
 say "what tcpdump saw on the collector's erspan0"

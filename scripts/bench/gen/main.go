@@ -1,13 +1,15 @@
-// Command gen is the benchmark's traffic generator. In gre and eth modes it
-// plays a switch: ERSPAN Type II packets to a collector, either over a raw
-// IPPROTO_GRE socket (the kernel routes and builds the IPv4 header) or as
-// whole Ethernet frames on an AF_PACKET socket (no routing, no IP output:
-// more packets per core, so that the generator is less often the limit).
-// In tap mode it plays a bridge feeding a span port: plain Ethernet frames
+// Command gen is the traffic generator of the benchmark and the demo. In
+// gre and eth modes it plays a switch: ERSPAN packets to a collector,
+// either over a raw IPPROTO_GRE socket (the kernel routes and builds the
+// IPv4 or IPv6 header; Type I, II or III) or as whole Ethernet frames on an
+// AF_PACKET socket (no routing, no IP output: more packets per core, so
+// that the generator is less often the limit; Type II over IPv4 only). In
+// tap mode it plays a bridge feeding a span port: plain Ethernet frames
 // written into an interface (erspanN in source mode). All send with
-// sendmmsg from a ring of prebuilt packets, at a given rate or as fast as
-// they can, and stop at a count or a duration, whichever comes first. It
-// prints what it sent as key=value.
+// sendmmsg from a ring of prebuilt packets, at a given rate, one at a time
+// with a pause between (-interval, for demos) or as fast as they can, and
+// stop at a count or a duration, whichever comes first. It prints what it
+// sent as key=value.
 package main
 
 import (
@@ -31,21 +33,23 @@ import (
 const ringLen = 4096
 
 func main() {
-	mode := flag.String("mode", "gre", "gre or eth (ERSPAN II to -dst), or tap (Ethernet frames into -dev)")
+	mode := flag.String("mode", "gre", "gre or eth (ERSPAN to -dst), or tap (Ethernet frames into -dev)")
 	src := flag.String("src", "192.0.2.1", "eth mode: switch (source) IPv4 address")
-	dst := flag.String("dst", "192.0.2.2", "gre and eth modes: collector IPv4 address")
+	dst := flag.String("dst", "192.0.2.2", "gre and eth modes: collector address (IPv6 in gre mode only)")
+	typ := flag.Int("type", 2, "ERSPAN type: 1, 2 or 3 in gre mode; eth mode sends 2 only")
 	dstMAC := flag.String("dstmac", "", "eth mode: the collector's MAC address on -dev")
 	dev := flag.String("dev", "erspan0", "eth and tap modes: interface to send on")
 	size := flag.Int("size", 64, "inner Ethernet frame size in bytes (no FCS)")
-	session := flag.Int("session", 77, "gre mode: first ERSPAN session ID")
+	session := flag.Int("session", 77, "gre mode: first ERSPAN session ID (Type II and III)")
 	sessions := flag.Int("sessions", 1, "gre mode: spread packets over this many consecutive session IDs")
 	rate := flag.Float64("rate", 0, "packets per second; 0 = as fast as possible")
+	interval := flag.Duration("interval", 0, "pause between packets, sent one at a time (instead of -rate)")
 	count := flag.Int64("count", 1_000_000, "stop after this many packets")
 	dur := flag.Duration("duration", 5*time.Second, "stop after this long")
 	batch := flag.Int("batch", 32, "packets per sendmmsg")
 	flag.Parse()
 
-	o := opts{*mode, *src, *dst, *dstMAC, *dev, *size, *session, *sessions, *rate, *count, *dur, *batch}
+	o := opts{*mode, *src, *dst, *dstMAC, *dev, *size, *typ, *session, *sessions, *rate, *count, *dur, *interval, *batch}
 	if err := run(&o); err != nil {
 		fmt.Fprintln(os.Stderr, "gen:", err)
 		os.Exit(1)
@@ -53,12 +57,12 @@ func main() {
 }
 
 type opts struct {
-	mode, src, dst, dstMAC, dev string
-	size, session, sessions     int
-	rate                        float64
-	count                       int64
-	dur                         time.Duration
-	batch                       int
+	mode, src, dst, dstMAC, dev  string
+	size, typ, session, sessions int
+	rate                         float64
+	count                        int64
+	dur, interval                time.Duration
+	batch                        int
 }
 
 func run(o *opts) error {
@@ -71,10 +75,28 @@ func run(o *opts) error {
 		return fmt.Errorf("batch %d outside 1..%d", o.batch, ringLen)
 	case o.sessions < 1 || o.session < 0 || o.session+o.sessions > 1024:
 		return fmt.Errorf("sessions %d..%d outside 0..1023", o.session, o.session+o.sessions-1)
+	case o.typ < 1 || o.typ > 3:
+		return fmt.Errorf("-type %d: want 1, 2 or 3", o.typ)
+	case o.typ != 2 && o.mode != "gre":
+		// eth mode's prebuilt outer IPv4 header has the length of a
+		// Type II packet; tap mode sends no ERSPAN at all.
+		return fmt.Errorf("-type %d: only gre mode sends Type I or III (eth mode sends Type II)", o.typ)
+	case o.interval < 0 || o.interval > time.Minute:
+		return fmt.Errorf("interval %v outside 0..1m", o.interval)
+	case o.interval > 0 && o.rate > 0:
+		return fmt.Errorf("-interval and -rate exclude each other: give one")
+	}
+	if o.interval > 0 {
+		// A pause between packets means one packet per send.
+		o.batch = 1
 	}
 	dst, err := netip.ParseAddr(o.dst)
-	if err != nil || !dst.Is4() {
-		return fmt.Errorf("-dst %q: want an IPv4 address", o.dst)
+	switch {
+	case err != nil:
+		return fmt.Errorf("-dst %q: want an IP address", o.dst)
+	case o.mode != "gre" && !dst.Is4():
+		// eth mode builds the outer IPv4 header itself.
+		return fmt.Errorf("-dst %q: want an IPv4 address (IPv6 only in gre mode)", o.dst)
 	}
 	var (
 		fd     int
@@ -85,7 +107,11 @@ func run(o *opts) error {
 	)
 	switch o.mode {
 	case "gre":
-		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW, erspan.IPProtoGRE)
+		family := unix.AF_INET
+		if dst.Is6() {
+			family = unix.AF_INET6
+		}
+		fd, err = unix.Socket(family, unix.SOCK_RAW, erspan.IPProtoGRE)
 		if err != nil {
 			return fmt.Errorf("raw GRE socket: %w", err)
 		}
@@ -97,8 +123,13 @@ func run(o *opts) error {
 			&unix.SockFprog{Len: 1, Filter: &drop[0]}); err != nil {
 			return fmt.Errorf("attach drop filter: %w", err)
 		}
-		sa := &unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: dst.As4()}
-		name, nlen = unsafe.Pointer(sa), unix.SizeofSockaddrInet4
+		if dst.Is6() {
+			sa := &unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: dst.As16()}
+			name, nlen = unsafe.Pointer(sa), unix.SizeofSockaddrInet6
+		} else {
+			sa := &unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: dst.As4()}
+			name, nlen = unsafe.Pointer(sa), unix.SizeofSockaddrInet4
+		}
 	case "eth", "tap":
 		ifi, err := net.InterfaceByName(o.dev)
 		if err != nil {
@@ -136,10 +167,12 @@ func run(o *opts) error {
 
 	// One buffer per ring slot (outer headers, then the frame), one
 	// iovec and one mmsghdr each, all built once, so that a batch is a
-	// pointer into msgs and a count.
+	// pointer into msgs and a count. Type I has no session and no
+	// sequence number (Encode leaves both out); II and III carry both.
+	typ := erspan.Type(o.typ)
 	hl := len(prefix)
 	if encap {
-		hl += erspan.EncapTypeIILen
+		hl += erspan.HeaderLen(&erspan.Packet{Type: typ, HasSeq: typ != erspan.TypeI})
 	}
 	bufs := make([][]byte, ringLen)
 	hdrs := make([]erspan.Packet, ringLen)
@@ -148,7 +181,7 @@ func run(o *opts) error {
 	for i := range bufs {
 		bufs[i] = append(make([]byte, hl, hl+o.size), frame.Build(o.size, i)...)
 		copy(bufs[i], prefix)
-		hdrs[i] = erspan.Packet{Type: erspan.TypeII, HasSeq: true, Session: uint16(o.session + i%o.sessions)}
+		hdrs[i] = erspan.Packet{Type: typ, HasSeq: typ != erspan.TypeI, Session: uint16(o.session + i%o.sessions)}
 		iovs[i].Base = &bufs[i][0]
 		iovs[i].SetLen(len(bufs[i]))
 		msgs[i].Hdr.Name = (*byte)(name)
@@ -173,6 +206,10 @@ func run(o *opts) error {
 				}
 				time.Sleep(wait)
 			}
+		} else if o.interval > 0 && sent > 0 {
+			// A pause between packets, as a person watching
+			// the demo would send them; none before the first.
+			time.Sleep(o.interval)
 		}
 		if time.Now().After(deadline) {
 			break
