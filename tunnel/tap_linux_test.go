@@ -186,7 +186,7 @@ func TestTAPQueue(t *testing.T) {
 			t.Errorf("rx counters went from %d/%d to %d/%d, want +3 packets +%d bytes", p0, b0, p1, b1, 3*len(frame))
 		}
 
-		// A Read parked in the netpoller returns once the queue closes.
+		// A Read waiting for a frame returns once the queue closes.
 		q3, err := OpenQueue("erspan3")
 		if err != nil {
 			t.Fatalf("third OpenQueue: %v", err)
@@ -217,6 +217,142 @@ func TestTAPQueue(t *testing.T) {
 		}
 		if err := DeleteTAP("erspan3"); err != nil {
 			t.Errorf("DeleteTAP with a queue open: %v", err)
+		}
+	})
+}
+
+// TestTAPQueueWait: a ReadBatch waiting on an empty queue (armed in
+// tapWaits, outside the netpoller) stays waiting while nothing leaves the
+// TAP, wakes for the next frame, and takes a burst whole and in order,
+// also on a second queue after the first closed, and with a stale wake-up
+// pending (left by an event for a closed queue whose descriptor number
+// was reused), which must cost nothing but a re-read.
+func TestTAPQueueWait(t *testing.T) {
+	ns := newTestNetns(t)
+	ns.do(t, func() {
+		l, _, err := CreateTAP("erspan4", nil, 0)
+		if err != nil {
+			t.Fatalf("CreateTAP: %v", err)
+		}
+		if err := SetLinkUp("erspan4", true); err != nil {
+			t.Fatalf("SetLinkUp: %v", err)
+		}
+		// Frames sent on the TAP by a packet socket leave it: they are
+		// what the queue reads.
+		ps, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatalf("AF_PACKET socket: %v", err)
+		}
+		defer unix.Close(ps)
+		to := &unix.SockaddrLinklayer{Ifindex: l.Index, Halen: 6}
+		send := func(tag byte) []byte {
+			f := fakeFrame(tag)
+			if err := unix.Sendto(ps, f, 0, to); err != nil {
+				t.Fatalf("send on erspan4: %v", err)
+			}
+			return f
+		}
+		const burst = 40
+		type result struct {
+			frames [][]byte
+			err    error
+		}
+		// read runs ReadBatch once in the background.
+		read := func(q Queue) chan result {
+			c := make(chan result, 1)
+			go func() {
+				bufs, sizes := make([][]byte, burst), make([]int, burst)
+				for i := range bufs {
+					bufs[i] = make([]byte, 2048)
+				}
+				n, err := q.ReadBatch(bufs, sizes, 16)
+				var r result
+				for i := range n {
+					r.frames = append(r.frames, bufs[i][16:16+sizes[i]])
+				}
+				r.err = err
+				c <- r
+			}()
+			return c
+		}
+		// IPv6 on the TAP sends router solicitations and the like:
+		// only frames with our tag count.
+		ours := func(fs [][]byte) (out [][]byte) {
+			for _, f := range fs {
+				if len(f) == 60 && f[12] == 0x88 && f[13] == 0xb5 {
+					out = append(out, f)
+				}
+			}
+			return out
+		}
+		for round, name := range []string{"first queue", "queue with a stale wake-up"} {
+			q, err := OpenQueue("erspan4")
+			if err != nil {
+				t.Fatalf("%s: OpenQueue: %v", name, err)
+			}
+			defer q.Close() // on failure; closed below otherwise
+			if round == 1 {
+				// What an event for a closed queue whose descriptor
+				// number this one got leaves behind.
+				q.(*tapQueue).ready <- struct{}{}
+			}
+			// Three times: wait on an empty queue, then one frame. The
+			// second and third waits need the queue re-armed.
+			var want, got [][]byte
+			deadline := time.After(2 * time.Second)
+			for i := range 3 {
+				c := read(q)
+				select {
+				case r := <-c:
+					// Only the kernel's own chatter may wake it.
+					if len(ours(r.frames)) != 0 || r.err != nil {
+						t.Fatalf("%s: ReadBatch returned %d frames (%v) before any was sent", name, len(r.frames), r.err)
+					}
+					got = append(got, r.frames...)
+					c = read(q)
+				case <-time.After(100 * time.Millisecond):
+				}
+				want = append(want, send(byte(10*round+i)))
+				for len(ours(got)) < i+1 {
+					select {
+					case r := <-c:
+						if r.err != nil {
+							t.Fatalf("%s: ReadBatch: %v", name, r.err)
+						}
+						got = append(got, r.frames...)
+						if len(ours(got)) < i+1 {
+							c = read(q)
+						}
+					case <-deadline:
+						t.Fatalf("%s: waiting ReadBatch %d did not wake for a frame", name, i+1)
+					}
+				}
+			}
+			// A burst sent while nobody reads: one ReadBatch takes
+			// what is queued, the next ones the rest; all of it, in
+			// order.
+			for i := range burst - 3 {
+				want = append(want, send(byte(10*round+3+i)))
+			}
+			for len(ours(got)) < burst {
+				select {
+				case r := <-read(q):
+					if r.err != nil {
+						t.Fatalf("%s: ReadBatch: %v", name, r.err)
+					}
+					got = append(got, r.frames...)
+				case <-deadline:
+					t.Fatalf("%s: %d of %d frames read", name, len(ours(got)), burst)
+				}
+			}
+			for i, f := range ours(got) {
+				if !bytes.Equal(f, want[i]) {
+					t.Fatalf("%s: frame %d is % x, want % x", name, i, f, want[i])
+				}
+			}
+			if err := q.Close(); err != nil {
+				t.Fatalf("%s: Close: %v", name, err)
+			}
 		}
 	})
 }
