@@ -47,7 +47,9 @@ func (r *receiver) run() {
 	defer close(r.done)
 	defer r.out.Close()
 	var backoff time.Duration
+	var y yielder
 	for {
+		y.batch()
 		msgs, err := r.sock.ReadBatch()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {

@@ -88,7 +88,9 @@ func (h *Host) transmit(ifc *iface) {
 	var p erspan.Packet
 	var backoff time.Duration
 	s := &ifc.stats
+	var y yielder
 	for {
+		y.batch()
 		n, err := ifc.queue.ReadBatch(bufs[:have], sizes, txHeadroom)
 		if err != nil {
 			if errors.Is(err, os.ErrClosed) || errors.Is(err, net.ErrClosed) {
