@@ -134,16 +134,24 @@ func TestTAPCreateAdoptDelete(t *testing.T) {
 	})
 }
 
+// upTAP creates the TAP name in the calling thread's namespace (inside
+// testNetns.do) and sets it up.
+func upTAP(t *testing.T, name string) Link {
+	t.Helper()
+	l, _, err := CreateTAP(name, nil, 0)
+	if err != nil {
+		t.Fatalf("CreateTAP %s: %v", name, err)
+	}
+	if err := SetLinkUp(name, true); err != nil {
+		t.Fatalf("SetLinkUp %s: %v", name, err)
+	}
+	return l
+}
+
 func TestTAPQueue(t *testing.T) {
 	ns := newTestNetns(t)
 	ns.do(t, func() {
-		l, _, err := CreateTAP("erspan3", nil, 0)
-		if err != nil {
-			t.Fatalf("CreateTAP: %v", err)
-		}
-		if err := SetLinkUp("erspan3", true); err != nil {
-			t.Fatalf("SetLinkUp: %v", err)
-		}
+		l := upTAP(t, "erspan3")
 		if nl, err := netlink.LinkByName("erspan3"); err != nil || nl.Attrs().Flags&net.FlagUp == 0 {
 			t.Fatalf("link not up after SetLinkUp: %v", err)
 		}
@@ -230,13 +238,7 @@ func TestTAPQueue(t *testing.T) {
 func TestTAPQueueWait(t *testing.T) {
 	ns := newTestNetns(t)
 	ns.do(t, func() {
-		l, _, err := CreateTAP("erspan4", nil, 0)
-		if err != nil {
-			t.Fatalf("CreateTAP: %v", err)
-		}
-		if err := SetLinkUp("erspan4", true); err != nil {
-			t.Fatalf("SetLinkUp: %v", err)
-		}
+		l := upTAP(t, "erspan4")
 		// Frames sent on the TAP by a packet socket leave it: they are
 		// what the queue reads.
 		ps, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)

@@ -33,13 +33,7 @@ func TestFrameWriter(t *testing.T) {
 func testFrameWriter(t *testing.T, w FrameWriter) {
 	ns := newTestNetns(t)
 	ns.do(t, func() {
-		l, _, err := CreateTAP("erspan5", nil, 0)
-		if err != nil {
-			t.Fatalf("CreateTAP: %v", err)
-		}
-		if err := SetLinkUp("erspan5", true); err != nil {
-			t.Fatal(err)
-		}
+		l := upTAP(t, "erspan5")
 		q, err := OpenQueue("erspan5")
 		if err != nil {
 			t.Fatal(err)
