@@ -263,6 +263,13 @@ func OpenQueue(name string) (Queue, error) {
 	if cerr != nil || err != nil {
 		return nil, fmt.Errorf("attach a queue to TAP %s: dup: %w", name, errors.Join(cerr, err))
 	}
+	// Reads must never block while they hold mu (Close waits for it).
+	// water opens the device non-blocking already; say so here rather
+	// than rely on it.
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("attach a queue to TAP %s: %w", name, err)
+	}
 	return &tapQueue{fd: int32(fd), done: make(chan struct{}), ready: make(chan struct{}, 1)}, nil
 }
 
