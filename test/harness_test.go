@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -87,7 +88,7 @@ func requireRoot(t *testing.T) {
 }
 
 // binaries returns the paths of erspand and erspanctl, which TestMain (in
-// lab_test.go) builds from this tree once per run when running as root; a
+// main_test.go) builds from this tree once per run when running as root; a
 // build failure there fails the whole run with the compiler's output.
 func binaries(t *testing.T) (erspand, erspanctl string) {
 	t.Helper()
@@ -103,13 +104,15 @@ type netNS struct {
 	name string
 }
 
+// nsCounter numbers the namespaces of a run, so that names never clash.
+var nsCounter atomic.Int32
+
 // newNetNS makes a namespace named erspt-e2e-PID-N-role with lo up; it is
-// deleted when the test ends. N comes from the counter the lab helpers of
-// lab_test.go use too, so that names never clash.
+// deleted when the test ends.
 func newNetNS(t *testing.T, role string) *netNS {
 	t.Helper()
 	requireRoot(t)
-	n := &netNS{name: fmt.Sprintf("erspt-e2e-%d-%d-%s", os.Getpid(), labCounter.Add(1), role)}
+	n := &netNS{name: fmt.Sprintf("erspt-e2e-%d-%d-%s", os.Getpid(), nsCounter.Add(1), role)}
 	runCmd(t, "ip", "netns", "add", n.name)
 	t.Cleanup(func() {
 		if out, err := exec.Command("ip", "netns", "del", n.name).CombinedOutput(); err != nil {
@@ -131,6 +134,23 @@ func (n *netNS) ip(t *testing.T, args ...string) string {
 func (n *netNS) ipErr(args ...string) (string, error) {
 	out, err := exec.Command("ip", append([]string{"-n", n.name}, args...)...).CombinedOutput()
 	return string(out), err
+}
+
+// veth joins n and peer with a veth pair, name in n and peerName in peer,
+// both up; a nil MAC address leaves the kernel's choice.
+func (n *netNS) veth(t *testing.T, name string, mac net.HardwareAddr, peer *netNS, peerName string, peerMAC net.HardwareAddr) {
+	t.Helper()
+	args := []string{"link", "add", name}
+	if mac != nil {
+		args = append(args, "address", mac.String())
+	}
+	args = append(args, "type", "veth", "peer", "name", peerName)
+	if peerMAC != nil {
+		args = append(args, "address", peerMAC.String())
+	}
+	n.ip(t, append(args, "netns", peer.name)...)
+	n.ip(t, "link", "set", name, "up")
+	peer.ip(t, "link", "set", peerName, "up")
 }
 
 // do runs fn on a fresh OS thread inside the namespace and returns its
@@ -180,8 +200,7 @@ type topology struct {
 func newTopology(t *testing.T) *topology {
 	t.Helper()
 	tp := &topology{sw: newNetNS(t, "sw"), col: newNetNS(t, "col")}
-	tp.sw.ip(t, "link", "add", "veth0", "address", switchMAC.String(), "type", "veth",
-		"peer", "name", "veth0", "address", collectMAC.String(), "netns", tp.col.name)
+	tp.sw.veth(t, "veth0", switchMAC, tp.col, "veth0", collectMAC)
 	for _, s := range []struct {
 		ns    *netNS
 		addrs []netip.Addr
@@ -198,7 +217,6 @@ func newTopology(t *testing.T) *topology {
 				s.ns.ip(t, "addr", "add", a.String()+"/64", "dev", "veth0", "nodad")
 			}
 		}
-		s.ns.ip(t, "link", "set", "veth0", "up")
 		for _, p := range s.peers {
 			s.ns.ip(t, "neigh", "replace", p.String(), "lladdr", s.peer.String(), "dev", "veth0", "nud", "permanent")
 		}
@@ -206,11 +224,23 @@ func newTopology(t *testing.T) *topology {
 	return tp
 }
 
+// setMTU sets the MTU of veth0 on both sides. The receive tests keep 1500,
+// so that a full-size mirrored frame arrives fragmented; the transmit tests
+// set 1600, room for one plus its outer headers, as on networks that carry
+// ERSPAN (those that want fragments send larger frames).
+func (tp *topology) setMTU(t *testing.T, mtu int) {
+	t.Helper()
+	for _, ns := range []*netNS{tp.sw, tp.col} {
+		ns.ip(t, "link", "set", "veth0", "mtu", fmt.Sprint(mtu))
+	}
+}
+
 // daemon is an erspand running in a namespace, with its control socket in
 // a directory of its own.
 type daemon struct {
 	t       *testing.T
 	ns      *netNS
+	dir     string
 	sock    string
 	logPath string
 	ctlBin  string
@@ -221,20 +251,31 @@ type daemon struct {
 
 // startDaemon starts erspand in ns (`ip netns exec NS erspand --socket
 // DIR/erspand.sock --config-dir DIR/etc`; ip execs erspand in place, so the
-// PID is the daemon's) and waits until its socket accepts connections. At the end of
-// the test it is stopped by PID; its log is printed when the test failed,
-// and a data race or panic in it fails the test.
+// PID is the daemon's), DIR a directory of its own, and waits until its
+// socket accepts connections. At the end of the test it is stopped by PID;
+// its log is printed when the test failed, and a data race or panic in it
+// fails the test.
 func startDaemon(t *testing.T, ns *netNS) *daemon {
 	t.Helper()
+	binaries(t) // before making a directory
+	return startDaemonIn(t, ns, tempDir(t))
+}
+
+// startDaemonIn is startDaemon with DIR given: a test writes its
+// hostname.erspanN files into DIR/etc first, or starts a daemon in the DIR
+// of one it killed, which then finds its state file beside the socket.
+// Each daemon logs to a file of its own, so that the one before keeps its
+// log for its own checks at the end of the test.
+func startDaemonIn(t *testing.T, ns *netNS, dir string) *daemon {
+	t.Helper()
 	erspand, erspanctl := binaries(t)
-	dir := tempDir(t)
-	d := &daemon{t: t, ns: ns, sock: filepath.Join(dir, "erspand.sock"),
-		logPath: filepath.Join(dir, "erspand.stderr"), ctlBin: erspanctl, exited: make(chan struct{})}
-	logf, err := os.Create(d.logPath)
+	logf, err := os.CreateTemp(dir, "erspand.*.stderr")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer logf.Close()
+	d := &daemon{t: t, ns: ns, dir: dir, sock: filepath.Join(dir, "erspand.sock"),
+		logPath: logf.Name(), ctlBin: erspanctl, exited: make(chan struct{})}
 	// An empty --config-dir: the host's /etc/erspan/hostname.erspanN
 	// files must not leak into a test.
 	cmd := exec.Command("ip", "netns", "exec", ns.name, erspand, "--socket", d.sock,
@@ -294,6 +335,16 @@ func (d *daemon) alive() bool {
 	default:
 		return true
 	}
+}
+
+// kill ends the daemon with SIGKILL, as a crash would, and waits until it
+// has exited. Its log is still checked at the end of the test.
+func (d *daemon) kill() {
+	d.t.Helper()
+	if err := syscall.Kill(d.pid, syscall.SIGKILL); err != nil {
+		d.t.Fatalf("kill erspand (pid %d): %v", d.pid, err)
+	}
+	<-d.exited
 }
 
 func (d *daemon) stop() {
@@ -401,6 +452,19 @@ func (d *daemon) all() ifconfig.All {
 		d.t.Fatalf("erspanctl -j: %v\n%s", err, out)
 	}
 	return a
+}
+
+// waitFor waits until cond holds, at most frameTimeout, and fails the test
+// if it does not.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(frameTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // env is the usual setting of a test: the topology, a daemon in the

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -131,10 +132,38 @@ func (s *sender) sendWithIPOptions(src, dst netip.Addr, payload, opts []byte) {
 	}
 }
 
+// inject writes frames out of interface ifname of ns with a packet socket:
+// into a TAP they are what its daemon reads, as if the host sent them; into
+// a veth they arrive at the peer.
+func inject(t *testing.T, ns *netNS, ifname string, frames ...[]byte) {
+	t.Helper()
+	err := ns.do(func() error {
+		ifc, err := net.InterfaceByName(ifname)
+		if err != nil {
+			return err
+		}
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("packet socket: %w", err)
+		}
+		defer unix.Close(fd)
+		sa := &unix.SockaddrLinklayer{Ifindex: ifc.Index}
+		for i, f := range frames {
+			if err := unix.Sendto(fd, f, 0, sa); err != nil {
+				return fmt.Errorf("frame %d (%d bytes): %w", i, len(f), err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("inject into %s in %s: %v", ifname, ns.name, err)
+	}
+}
+
 // packetReader is an AF_PACKET socket on one interface. It collects, in the
 // background, the frames that come in on the interface (for a TAP: what
 // the daemon wrote into it) apart from those the namespace sends out of it
-// (PACKET_OUTGOING).
+// (PACKET_OUTGOING), and both in the order they passed.
 type packetReader struct {
 	name    string
 	index   int
@@ -144,10 +173,12 @@ type packetReader struct {
 	done    chan struct{}
 	changed chan struct{}
 
-	mu  sync.Mutex
-	in  [][]byte
-	out [][]byte
-	err error
+	mu   sync.Mutex
+	in   [][]byte
+	out  [][]byte
+	both [][]byte
+	last time.Time // when the last frame, either way, was read
+	err  error
 }
 
 // newPacketReader opens the reader on interface ifname of ns; it is closed
@@ -221,8 +252,7 @@ func (r *packetReader) loop() {
 		}
 		// The kernel moves a received frame's outer VLAN tag out of the
 		// data; put it back as tcpdump does, from PACKET_AUXDATA
-		// (withVLAN, lab_test.go), so frames compare as they were
-		// written to the TAP.
+		// (withVLAN), so frames compare as they were written to the TAP.
 		frame := withVLAN(buf[:m], oob[:oobn])
 		ll, _ := from.(*unix.SockaddrLinklayer)
 		r.mu.Lock()
@@ -231,12 +261,42 @@ func (r *packetReader) loop() {
 		} else {
 			r.in = append(r.in, frame)
 		}
+		r.both = append(r.both, frame)
+		r.last = time.Now()
 		r.mu.Unlock()
 		select {
 		case r.changed <- struct{}{}:
 		default:
 		}
 	}
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// withVLAN copies frame, putting back the VLAN tag the kernel reported in
+// a PACKET_AUXDATA control message.
+func withVLAN(frame, oob []byte) []byte {
+	f := append([]byte(nil), frame...)
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return f
+	}
+	for _, m := range msgs {
+		if m.Header.Level != unix.SOL_PACKET || m.Header.Type != unix.PACKET_AUXDATA || len(m.Data) < int(unsafe.Sizeof(unix.TpacketAuxdata{})) {
+			continue
+		}
+		aux := (*unix.TpacketAuxdata)(unsafe.Pointer(&m.Data[0]))
+		if aux.Status&unix.TP_STATUS_VLAN_VALID == 0 || len(f) < 12 {
+			continue
+		}
+		tpid := uint16(0x8100)
+		if aux.Status&unix.TP_STATUS_VLAN_TPID_VALID != 0 {
+			tpid = aux.Vlan_tpid
+		}
+		tag := []byte{byte(tpid >> 8), byte(tpid), byte(aux.Vlan_tci >> 8), byte(aux.Vlan_tci)}
+		f = append(f[:12], append(tag, f[12:]...)...)
+	}
+	return f
 }
 
 func (r *packetReader) fail(err error) {
@@ -256,6 +316,35 @@ func (r *packetReader) received() [][]byte {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return append([][]byte(nil), r.in...)
+}
+
+// passed returns every frame so far, both ways, in the order they passed
+// the interface: what tcpdump on it would show.
+func (r *packetReader) passed() [][]byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([][]byte(nil), r.both...)
+}
+
+// settle waits until no frame has passed the interface, either way, for
+// settleTime since the call or the last frame, at most frameTimeout: for
+// tests that cannot tell how many frames to wait for.
+func (r *packetReader) settle() {
+	start := time.Now()
+	deadline := start.Add(frameTimeout)
+	for {
+		r.mu.Lock()
+		quiet := start
+		if r.last.After(quiet) {
+			quiet = r.last
+		}
+		r.mu.Unlock()
+		wait := settleTime - time.Since(quiet)
+		if wait <= 0 || time.Now().After(deadline) {
+			return
+		}
+		time.Sleep(min(wait, time.Until(deadline)+time.Millisecond))
+	}
 }
 
 // waitUntil waits until cond, called with the frames so far, holds, or
@@ -343,8 +432,8 @@ func (d *deliveries) wait() bool {
 
 // check waits for every expected frame, keeps listening for settleTime, and
 // fails the test unless each reader received exactly its expected frames,
-// byte for byte and in order.
-func (d *deliveries) check() {
+// byte for byte and in order; it reports whether they did.
+func (d *deliveries) check() bool {
 	d.t.Helper()
 	start := time.Now()
 	complete := d.wait()
@@ -353,11 +442,13 @@ func (d *deliveries) check() {
 		d.t.Logf("the frames took %v to arrive (all there: %v)", took.Round(time.Millisecond), complete)
 	}
 	time.Sleep(settleTime)
+	ok := true
 	for _, r := range d.order {
 		got, want := r.received(), d.want[r]
 		if equalFrames(got, want) {
 			continue
 		}
+		ok = false
 		var b strings.Builder
 		fmt.Fprintf(&b, "%s received %d frames, want %d:\n", r.name, len(got), len(want))
 		for i := 0; i < max(len(got), len(want)); i++ {
@@ -377,6 +468,7 @@ func (d *deliveries) check() {
 	if d.t.Failed() && d.daemon != nil {
 		d.t.Logf("erspanctl -j:\n%s", d.daemon.ctl("-j").stdout)
 	}
+	return ok
 }
 
 // describe names a received frame by the expected frame it equals, where

@@ -1,10 +1,9 @@
 package test
 
 import (
-	"bytes"
 	"encoding/binary"
+	"fmt"
 	"net"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -19,16 +18,12 @@ import (
 // are deployed. The frames are built here and sent with a packet socket,
 // so that outer 802.1Q tags, IPv6 and fragments need no kernel modules.
 
-var (
-	swMAC  = net.HardwareAddr{2, 0, 0, 0, 0, 1}
-	colMAC = net.HardwareAddr{2, 0, 0, 0, 0, 2}
-)
-
 // outerFrame builds Ethernet [+ 802.1Q vlan] + IPv4 or IPv6 + gre, from
-// src to dst. frag sets the IPv4 more-fragments bit.
+// src to dst, from the switch's MAC address to the sensor's. frag sets the
+// IPv4 more-fragments bit.
 func outerFrame(vlan int, src, dst string, gre []byte, frag bool) []byte {
-	f := append([]byte(nil), colMAC...)
-	f = append(f, swMAC...)
+	f := append([]byte(nil), collectMAC...)
+	f = append(f, switchMAC...)
 	if vlan >= 0 {
 		f = append(f, 0x81, 0x00, byte(vlan>>8), byte(vlan))
 	}
@@ -62,28 +57,23 @@ func erspanII(session uint16, seq uint32, frame []byte) []byte {
 	return b[:n+len(frame)]
 }
 
-// sensorLab: a switch namespace and a sensor namespace joined by a veth
-// (va, vb); the sensor's vb has no address.
-func sensorLab(t *testing.T) (l *lab, sw, sensor string) {
-	l = newLab(t)
-	sw, sensor = l.ns("sw"), l.ns("sensor")
-	l.sh(strings.Join([]string{
-		"ip link add va netns " + sw + " address 02:00:00:00:00:01 type veth peer name vb netns " + sensor + " address 02:00:00:00:00:02",
-		"ip -n " + sw + " link set va up", "ip -n " + sensor + " link set vb up",
-	}, " && "))
-	l.daemon(sensor)
-	return l, sw, sensor
+// newSensor makes a switch namespace and a sensor namespace joined by a
+// veth, veth0 on both sides, with the topology's MAC addresses but no IP
+// address on the sensor's, and starts erspand in the sensor.
+func newSensor(t *testing.T) (sw, sensor *netNS, d *daemon) {
+	t.Helper()
+	binaries(t) // fail early, before making namespaces, when the build fails
+	sw, sensor = newNetNS(t, "sw"), newNetNS(t, "sensor")
+	sw.veth(t, "veth0", switchMAC, sensor, "veth0", collectMAC)
+	return sw, sensor, startDaemon(t, sensor)
 }
 
 // promisc reports the interface's promiscuity count (ip -d link): sysfs
 // shows the namespace it was mounted for, not the thread's.
-func promisc(t *testing.T, ns, dev string) bool {
+func promisc(t *testing.T, ns *netNS, dev string) bool {
 	t.Helper()
-	out, err := exec.Command("ip", "-n", ns, "-d", "link", "show", dev).Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := strings.Fields(string(out))
+	out := ns.ip(t, "-d", "link", "show", dev)
+	f := strings.Fields(out)
 	for i := range f[:len(f)-1] {
 		if f[i] == "promiscuity" {
 			n, _ := strconv.Atoi(f[i+1])
@@ -95,96 +85,92 @@ func promisc(t *testing.T, ns, dev string) bool {
 }
 
 func TestSensorMode(t *testing.T) {
-	l, sw, sensor := sensorLab(t)
-	f5, f6, f7 := testFrame(5, 80, -1), testFrame(6, 81, 3), testFrame(7, 82, -1)
+	sw, sensor, d := newSensor(t)
+	f5, f6, f7 := labeledFrame("f5", 80), labeledFrame("f6", 81, 0x8100<<16|3<<13|42), labeledFrame("f7", 82)
 	pkts := [][]byte{
 		outerFrame(-1, "192.0.2.1", "198.51.100.7", erspanII(5, 1, f5), false),
 		outerFrame(100, "192.0.2.1", "198.51.100.7", erspanII(6, 1, f6), false), // outer 802.1Q
 		outerFrame(-1, "2001:db8::1", "2001:db8::7", erspanII(5, 2, f7), false), // outer IPv6
 	}
 	// Without tunneldev nothing arrives: the packets are not for this host.
-	l.mustCtl(sensor, "create", "erspan0", "tunneladdr", "198.51.100.7", "vnetid", "5", "up")
-	got := capture(t, sensor, "erspan0", false, func() { inject(t, sw, "va", pkts...) })
-	if len(got) != 0 {
-		t.Fatalf("%d frames arrived without tunneldev", len(got))
+	d.mustCtl("create", "erspan0", "tunneladdr", "198.51.100.7", "vnetid", "5", "up")
+	tap0 := newPacketReader(t, sensor, "erspan0")
+	dl := newDeliveries(t, tap0)
+	dl.daemon = d
+	inject(t, sw, "veth0", pkts...)
+	if !dl.check() {
+		t.Fatalf("frames arrived without tunneldev")
 	}
-	if promisc(t, sensor, "vb") {
-		t.Fatal("vb promiscuous before any tunneldev")
+	if promisc(t, sensor, "veth0") {
+		t.Fatal("veth0 promiscuous before any tunneldev")
 	}
-	_, stderr, code := l.ctl(sensor, "erspan0", "tunneldev", "vb")
-	if code == 0 || !strings.Contains(stderr, "EBUSY") {
-		t.Errorf("tunneldev while up: %d %q", code, stderr)
+	r := d.ctl("erspan0", "tunneldev", "veth0")
+	if r.code == 0 || !strings.Contains(r.stderr, "EBUSY") {
+		t.Errorf("tunneldev while up: %d %q", r.code, r.stderr)
 	}
-	_, stderr, code = l.ctl(sensor, "erspan0", "down", "tunneldev", "eth9")
-	if code == 0 || !strings.Contains(stderr, "ENODEV") || !strings.Contains(stderr, "eth9") {
-		t.Errorf("tunneldev of a missing NIC: %d %q", code, stderr)
+	r = d.ctl("erspan0", "down", "tunneldev", "eth9")
+	if r.code == 0 || !strings.Contains(r.stderr, "ENODEV") || !strings.Contains(r.stderr, "eth9") {
+		t.Errorf("tunneldev of a missing NIC: %d %q", r.code, r.stderr)
 	}
 	// erspan0: session 5 only, any address; erspan1: every other session.
-	l.mustCtl(sensor, "erspan0", "-tunnel", "tunneldev", "vb", "up")
-	l.mustCtl(sensor, "create", "erspan1", "tunneldev", "vb", "up")
-	if !promisc(t, sensor, "vb") {
-		t.Error("vb not promiscuous while a tunneldev uses it")
+	d.mustCtl("erspan0", "-tunnel", "tunneldev", "veth0", "up")
+	d.mustCtl("create", "erspan1", "tunneldev", "veth0", "up")
+	if !promisc(t, sensor, "veth0") {
+		t.Error("veth0 not promiscuous while a tunneldev uses it")
 	}
-	var got1 [][]byte
-	got = capture(t, sensor, "erspan0", false, func() {
-		got1 = capture(t, sensor, "erspan1", false, func() { inject(t, sw, "va", pkts...) })
-	})
-	if len(got) != 2 || !bytes.Equal(got[0], f5) || !bytes.Equal(got[1], f7) {
-		t.Errorf("erspan0 (session 5) got %d frames, want f5 and f7 byte-exact", len(got))
-	}
-	if len(got1) != 1 || !bytes.Equal(got1[0], f6) {
-		t.Errorf("erspan1 (the rest) got %d frames, want f6 byte-exact", len(got1))
-	}
-	if text := l.mustCtl(sensor, "erspan0"); !strings.Contains(text, "\ttunnel: dev vb ttl 64 nodf\n") {
+	tap0 = newPacketReader(t, sensor, "erspan0")
+	tap1 := newPacketReader(t, sensor, "erspan1")
+	dl = newDeliveries(t, tap0, tap1)
+	dl.daemon = d
+	dl.expect(tap0, f5, "f5 to erspan0 (session 5)")
+	dl.expect(tap0, f7, "f7 to erspan0 (session 5)")
+	dl.expect(tap1, f6, "f6 to erspan1 (the rest)")
+	inject(t, sw, "veth0", pkts...)
+	dl.check()
+	if text := d.mustCtl("erspan0"); !strings.Contains(text, "\ttunnel: dev veth0 ttl 64 nodf\n") {
 		t.Errorf("status:\n%s", text)
 	}
 
 	// Fragments cannot be reassembled on a capture socket: counted, dropped.
-	before := l.status(sensor, "erspan0").Counters.RxPackets
-	inject(t, sw, "va", outerFrame(-1, "192.0.2.1", "198.51.100.7", erspanII(5, 3, f5), true))
-	waitFor(t, "the fragment counter", func() bool { return allStatus(l, sensor).Daemon.Drops["fragment"] == 1 })
-	if l.status(sensor, "erspan0").Counters.RxPackets != before {
+	before := d.status("erspan0").Counters.RxPackets
+	inject(t, sw, "veth0", outerFrame(-1, "192.0.2.1", "198.51.100.7", erspanII(5, 3, f5), true))
+	waitFor(t, "the fragment counter", func() bool { return d.all().Daemon.Drops["fragment"] == 1 })
+	if d.status("erspan0").Counters.RxPackets != before {
 		t.Error("a fragment was delivered")
 	}
 
 	// net.inet.gre.allow=0 drops and counts everything; =1 restores.
-	if out := l.mustCtl(sensor, "sysctl", "net.inet.gre.allow=0"); strings.TrimSpace(out) != "0" {
+	if out := d.mustCtl("sysctl", "net.inet.gre.allow=0"); strings.TrimSpace(out) != "0" {
 		t.Errorf("sysctl =0 printed %q", out)
 	}
-	got = capture(t, sensor, "erspan0", false, func() { inject(t, sw, "va", pkts[0]) })
-	if len(got) != 0 {
+	tap0 = newPacketReader(t, sensor, "erspan0")
+	dl = newDeliveries(t, tap0)
+	dl.daemon = d
+	inject(t, sw, "veth0", pkts[0])
+	if !dl.check() {
 		t.Error("delivered with net.inet.gre.allow=0")
 	}
-	waitFor(t, "the disallowed counter", func() bool { return allStatus(l, sensor).Daemon.Disallowed == 1 })
-	l.mustCtl(sensor, "sysctl", "net.inet.gre.allow=1")
-	if out := l.mustCtl(sensor, "sysctl", "net.inet.gre.allow"); strings.TrimSpace(out) != "1" {
+	waitFor(t, "the disallowed counter", func() bool { return d.all().Daemon.Disallowed == 1 })
+	d.mustCtl("sysctl", "net.inet.gre.allow=1")
+	if out := d.mustCtl("sysctl", "net.inet.gre.allow"); strings.TrimSpace(out) != "1" {
 		t.Errorf("sysctl read %q", out)
 	}
-	got = capture(t, sensor, "erspan0", false, func() { inject(t, sw, "va", pkts[0]) })
-	if len(got) != 1 {
+	tap0 = newPacketReader(t, sensor, "erspan0")
+	dl = newDeliveries(t, tap0)
+	dl.daemon = d
+	dl.expect(tap0, f5, "f5 after net.inet.gre.allow=1")
+	inject(t, sw, "veth0", pkts[0])
+	if !dl.check() {
 		t.Error("not delivered after net.inet.gre.allow=1")
 	}
 
-	// Promiscuous mode goes when the last user of vb does.
-	l.mustCtl(sensor, "erspan0", "down")
-	if !promisc(t, sensor, "vb") {
-		t.Error("vb left promiscuous mode while erspan1 still uses it")
+	// Promiscuous mode goes when the last user of veth0 does.
+	d.mustCtl("erspan0", "down")
+	if !promisc(t, sensor, "veth0") {
+		t.Error("veth0 left promiscuous mode while erspan1 still uses it")
 	}
-	l.mustCtl(sensor, "destroy", "erspan1")
-	waitFor(t, "vb to leave promiscuous mode", func() bool { return !promisc(t, sensor, "vb") })
-}
-
-func allStatus(l *lab, ns string) (a struct {
-	Daemon struct {
-		Drops      map[string]uint64 `json:"drops"`
-		Disallowed uint64            `json:"disallowed"`
-	} `json:"daemon"`
-}) {
-	l.t.Helper()
-	if err := jsonUnmarshal(l.mustCtl(ns, "-j"), &a); err != nil {
-		l.t.Fatal(err)
-	}
-	return a
+	d.mustCtl("destroy", "erspan1")
+	waitFor(t, "veth0 to leave promiscuous mode", func() bool { return !promisc(t, sensor, "veth0") })
 }
 
 // TestSensorCaptures: every real capture's GRE payloads, re-sent from test
@@ -192,8 +178,8 @@ func allStatus(l *lab, ns string) (a struct {
 // never replayed), come out of a tunneldev catch-all byte for byte and in
 // order, as the independent parser of capture_test.go expects.
 func TestSensorCaptures(t *testing.T) {
-	l, sw, sensor := sensorLab(t)
-	l.mustCtl(sensor, "create", "erspan0", "tunneldev", "vb", "up")
+	sw, sensor, d := newSensor(t)
+	d.mustCtl("create", "erspan0", "tunneldev", "veth0", "up")
 	names, err := filepath.Glob(filepath.Join(captureDir, "*.pcap"))
 	if err != nil || len(names) == 0 {
 		t.Fatalf("no captures in %s: %v", captureDir, err)
@@ -201,24 +187,19 @@ func TestSensorCaptures(t *testing.T) {
 	total := 0
 	for _, path := range names {
 		name := filepath.Base(path)
-		var frames, want [][]byte
-		for _, p := range readCapture(t, name) {
+		tap := newPacketReader(t, sensor, "erspan0")
+		dl := newDeliveries(t, tap)
+		dl.daemon = d
+		var frames [][]byte
+		for i, p := range readCapture(t, name) {
 			if x := classify(p.gre); x.verdict == deliver {
-				want = append(want, x.frame)
+				dl.expect(tap, x.frame, fmt.Sprintf("%s: packet %d", name, i))
+				total++
 			}
 			frames = append(frames, outerFrame(-1, "192.0.2.1", "198.51.100.7", p.gre, false))
 		}
-		got := capture(t, sensor, "erspan0", false, func() { inject(t, sw, "va", frames...) })
-		if len(got) != len(want) {
-			t.Errorf("%s: %d frames out of erspan0, want %d", name, len(got), len(want))
-			continue
-		}
-		for i := range want {
-			if !bytes.Equal(got[i], want[i]) {
-				t.Errorf("%s: frame %d differs", name, i)
-			}
-		}
-		total += len(want)
+		inject(t, sw, "veth0", frames...)
+		dl.check()
 	}
 	if total < 250 {
 		t.Errorf("only %d frames in all the captures: the captures are not all there", total)

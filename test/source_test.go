@@ -3,6 +3,7 @@ package test
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -17,13 +18,6 @@ import (
 	"github.com/gopacket/gopacket/pcapgo"
 
 	"github.com/erspan-linux/erspan/erspan"
-)
-
-var (
-	swAddr4  = netip.MustParseAddr("192.0.2.1")
-	colAddr4 = netip.MustParseAddr("192.0.2.2")
-	swAddr6  = netip.MustParseAddr("2001:db8::1")
-	colAddr6 = netip.MustParseAddr("2001:db8::2")
 )
 
 // wirePacket is an outer packet seen on the wire, decoded by gopacket: an
@@ -106,6 +100,22 @@ func framePrio(f []byte) uint8 {
 	return 3
 }
 
+// newSourceTopology is the topology with MTU 1600 on the veth (setMTU):
+// a full-size mirrored frame leaves the switch unfragmented.
+func newSourceTopology(t *testing.T) *topology {
+	t.Helper()
+	tp := newTopology(t)
+	tp.setMTU(t, 1600)
+	return tp
+}
+
+// expectFrames adds frames, in order, to what r must receive.
+func expectFrames(dl *deliveries, r *packetReader, frames ...[]byte) {
+	for _, f := range frames {
+		dl.expect(r, f, frameLabel(f))
+	}
+}
+
 // TestSourceToCollector: frames written into erspan0 of one namespace
 // arrive byte for byte on erspan0 of another, in order; on the wire they
 // are GRE + ERSPAN Type II as spec/erspan.md §2 (Transmit) says, checked
@@ -116,31 +126,28 @@ func TestSourceToCollector(t *testing.T) {
 		swIP, colIP netip.Addr
 		ttlF, tosF  string
 	}{
-		{"IPv4", swAddr4, colAddr4, "ip.ttl", "ip.dsfield"},
-		{"IPv6", swAddr6, colAddr6, "ipv6.hlim", "ipv6.tclass"},
+		{"IPv4", switch4, collect4, "ip.ttl", "ip.dsfield"},
+		{"IPv6", switch6, collect6, "ipv6.hlim", "ipv6.tclass"},
 	} {
 		t.Run(fam.name, func(t *testing.T) {
-			l := newLab(t)
-			sw, col := l.ns("sw"), l.ns("col")
-			l.pair(sw, col)
-			l.daemon(sw)
-			l.daemon(col)
-			l.mustCtl(sw, "create", "erspan0", "tunnel", fam.swIP.String(), fam.colIP.String(), "vnetid", "300", "up")
-			l.mustCtl(col, "create", "erspan0", "tunnel", fam.colIP.String(), fam.swIP.String(), "vnetid", "300", "up")
-			frames := [][]byte{testFrame(1, 60, -1), testFrame(2, 64, 5), testFrame(3, 1514, -1), testFrame(4, 200, 0), testFrame(5, 90, 7)}
-			var got [][]byte
-			wire := capture(t, sw, "va", true, func() {
-				got = capture(t, col, "erspan0", false, func() { inject(t, sw, "erspan0", frames...) })
-			})
-			if len(got) != len(frames) {
+			tp := newSourceTopology(t)
+			sw, col := startDaemon(t, tp.sw), startDaemon(t, tp.col)
+			sw.mustCtl("create", "erspan0", "tunnel", fam.swIP.String(), fam.colIP.String(), "vnetid", "300", "up")
+			col.mustCtl("create", "erspan0", "tunnel", fam.colIP.String(), fam.swIP.String(), "vnetid", "300", "up")
+			frames := [][]byte{labeledFrame("1", 60), labeledFrame("2", 64, 0x8100<<16|5<<13|42), labeledFrame("3", 1514),
+				labeledFrame("4", 200, 0x8100<<16|0<<13|42), labeledFrame("5", 90, 0x8100<<16|7<<13|42)}
+			wire := newPacketReader(t, tp.sw, "veth0")
+			tap := newPacketReader(t, tp.col, "erspan0")
+			dl := newDeliveries(t, tap)
+			dl.daemon = col
+			expectFrames(dl, tap, frames...)
+			inject(t, tp.sw, "erspan0", frames...)
+			dl.check()
+			if got := tap.received(); len(got) != len(frames) {
 				t.Fatalf("collector got %d frames, want %d", len(got), len(frames))
 			}
-			for i := range frames {
-				if !bytes.Equal(got[i], frames[i]) {
-					t.Errorf("frame %d differs at the collector", i)
-				}
-			}
-			pkts := decodeWire(t, wire)
+			wire.settle()
+			pkts := decodeWire(t, wire.passed())
 			if len(pkts) != len(frames) {
 				t.Fatalf("%d ERSPAN packets on the wire, want %d", len(pkts), len(frames))
 			}
@@ -160,7 +167,7 @@ func TestSourceToCollector(t *testing.T) {
 					t.Errorf("packet %d carries another frame", i)
 				}
 			}
-			rows := tshark(t, wire, "gre.sequence_number", "erspan.version", "erspan.spanid", "erspan.cos", fam.ttlF, fam.tosF)
+			rows := tshark(t, wire.passed(), "gre.sequence_number", "erspan.version", "erspan.spanid", "erspan.cos", fam.ttlF, fam.tosF)
 			if len(rows) != len(frames) {
 				t.Fatalf("tshark decoded %d ERSPAN packets, want %d", len(rows), len(frames))
 			}
@@ -172,7 +179,7 @@ func TestSourceToCollector(t *testing.T) {
 					t.Errorf("tshark packet %d: %v, want %v and tos %#x", i, r, want, prio<<5)
 				}
 			}
-			s := l.status(sw, "erspan0")
+			s := sw.status("erspan0")
 			var frameBytes uint64
 			for _, f := range frames {
 				frameBytes += uint64(len(f))
@@ -180,7 +187,7 @@ func TestSourceToCollector(t *testing.T) {
 			if s.Counters.TxPackets != uint64(len(frames)) || s.Counters.TxBytes != frameBytes {
 				t.Errorf("tx_packets %d tx_bytes %d, want %d and %d", s.Counters.TxPackets, s.Counters.TxBytes, len(frames), frameBytes)
 			}
-			c := l.status(col, "erspan0")
+			c := col.status("erspan0")
 			if len(c.Sources) != 1 || c.Sources[0].Lost != 0 || c.Sources[0].LastSeq != uint32(len(frames)-1) {
 				t.Errorf("collector's source counters %+v", c.Sources)
 			}
@@ -204,32 +211,35 @@ func equalStrings(a, b []string) bool {
 // oversize packet is dropped and counted with tunneldf, fragmented (and
 // reassembled byte-exact at the collector) without.
 func TestTransmitSettings(t *testing.T) {
-	l := newLab(t)
-	sw, col := l.ns("sw"), l.ns("col")
-	l.pair(sw, col)
-	l.daemon(sw)
-	l.daemon(col)
-	l.mustCtl(sw, "create", "erspan0", "tunnel", "192.0.2.1", "192.0.2.2", "vnetid", "7", "tunnelttl", "9", "tunneldf", "txprio", "6", "mtu", "9000", "up")
-	l.mustCtl(col, "create", "erspan0", "tunneladdr", "192.0.2.2", "mtu", "9000", "up")
-	small, big := testFrame(1, 100, -1), testFrame(2, 3000, 2)
-	wire := capture(t, sw, "va", true, func() { inject(t, sw, "erspan0", small, big) })
-	pkts := decodeWire(t, wire)
+	tp := newSourceTopology(t)
+	sw, col := startDaemon(t, tp.sw), startDaemon(t, tp.col)
+	sw.mustCtl("create", "erspan0", "tunnel", "192.0.2.1", "192.0.2.2", "vnetid", "7", "tunnelttl", "9", "tunneldf", "txprio", "6", "mtu", "9000", "up")
+	col.mustCtl("create", "erspan0", "tunneladdr", "192.0.2.2", "mtu", "9000", "up")
+	small, big := labeledFrame("small", 100), labeledFrame("big", 3000, 0x8100<<16|2<<13|42)
+	wire := newPacketReader(t, tp.sw, "veth0")
+	inject(t, tp.sw, "erspan0", small, big)
+	wire.settle()
+	pkts := decodeWire(t, wire.passed())
 	if len(pkts) != 1 {
 		t.Fatalf("%d packets on the wire, want 1 (the big one dropped with df)", len(pkts))
 	}
 	if p := pkts[0]; p.ttl != 9 || !p.df || p.tos != 6<<5 || p.erspan.CoS != 3 || p.erspan.SessionID != 7 {
 		t.Errorf("ttl %d df %v tos %#x cos %d session %d, want 9 true 0xc0 3 7", p.ttl, p.df, p.tos, p.erspan.CoS, p.erspan.SessionID)
 	}
-	waitFor(t, "tx_too_big", func() bool { return l.status(sw, "erspan0").Counters.TxTooBig == 1 })
+	waitFor(t, "tx_too_big", func() bool { return sw.status("erspan0").Counters.TxTooBig == 1 })
 
 	// Allowed while up, as in OpenBSD.
-	l.mustCtl(sw, "erspan0", "-tunneldf", "txprio", "packet")
-	var got [][]byte
-	wire = capture(t, sw, "va", true, func() {
-		got = capture(t, col, "erspan0", false, func() { inject(t, sw, "erspan0", big) })
-	})
+	sw.mustCtl("erspan0", "-tunneldf", "txprio", "packet")
+	wire = newPacketReader(t, tp.sw, "veth0")
+	r := newPacketReader(t, tp.col, "erspan0")
+	dl := newDeliveries(t, r)
+	dl.daemon = col
+	dl.expect(r, big, "the big frame, whole")
+	inject(t, tp.sw, "erspan0", big)
+	dl.check()
+	wire.settle()
 	frags := 0
-	for _, f := range wire {
+	for _, f := range wire.passed() {
 		p := gopacket.NewPacket(f, layers.LayerTypeEthernet, gopacket.Default)
 		if ip, ok := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4); ok && ip.Protocol == layers.IPProtocolGRE {
 			frags++
@@ -241,18 +251,15 @@ func TestTransmitSettings(t *testing.T) {
 	if frags < 2 {
 		t.Errorf("%d outer packets for a 3000-byte frame without df, want fragments", frags)
 	}
-	if len(got) != 1 || !bytes.Equal(got[0], big) {
-		t.Errorf("collector got %d frames, want the big frame whole", len(got))
-	}
 	// The dropped frame had sequence number 1: the collector counts it
 	// lost, as it would any mirrored frame that never arrived.
-	if s := l.status(col, "erspan0"); len(s.Sources) != 1 || s.Sources[0].LastSeq != 2 || s.Sources[0].Lost != 1 {
+	if s := col.status("erspan0"); len(s.Sources) != 1 || s.Sources[0].LastSeq != 2 || s.Sources[0].Lost != 1 {
 		t.Errorf("collector's source counters %+v", s.Sources)
 	}
 	for _, bad := range [][]string{{"tunnelttl", "0"}, {"txprio", "8"}, {"mtu", "40"}} {
-		_, stderr, code := l.ctl(sw, append([]string{"erspan0"}, bad...)...)
-		if code == 0 || !strings.Contains(stderr, "EINVAL") || !strings.Contains(stderr, "erspan0 "+bad[0]) {
-			t.Errorf("%v: exit %d, %q", bad, code, stderr)
+		res := sw.ctl(append([]string{"erspan0"}, bad...)...)
+		if res.code == 0 || !strings.Contains(res.stderr, "EINVAL") || !strings.Contains(res.stderr, "erspan0 "+bad[0]) {
+			t.Errorf("%v: exit %d, %q", bad, res.code, res.stderr)
 		}
 	}
 }
@@ -261,82 +268,101 @@ func TestTransmitSettings(t *testing.T) {
 // namespace than the daemon's; rdomain moves the interface into another
 // (an IDS container's), while the tunnel stays where it is.
 func TestNamespaces(t *testing.T) {
-	l := newLab(t)
-	hostA, sw, col, hostB, ids := l.ns("hosta"), l.ns("sw"), l.ns("col"), l.ns("hostb"), l.ns("ids")
-	l.pair(sw, col)
-	l.daemon(hostA)
-	l.daemon(hostB)
-	l.mustCtl(hostA, "create", "erspan0", "tunneldomain", sw, "tunnel", "192.0.2.1", "192.0.2.2", "vnetid", "5", "up")
-	_, stderr, code := l.ctl(hostA, "erspan0", "tunneldomain", col)
-	if code == 0 || !strings.Contains(stderr, "EBUSY") {
-		t.Errorf("tunneldomain while up: exit %d %q", code, stderr)
+	hostA := newNetNS(t, "hosta")
+	tp := newSourceTopology(t)
+	hostB, ids := newNetNS(t, "hostb"), newNetNS(t, "ids")
+	a, b := startDaemon(t, hostA), startDaemon(t, hostB)
+	a.mustCtl("create", "erspan0", "tunneldomain", tp.sw.name, "tunnel", "192.0.2.1", "192.0.2.2", "vnetid", "5", "up")
+	res := a.ctl("erspan0", "tunneldomain", tp.col.name)
+	if res.code == 0 || !strings.Contains(res.stderr, "EBUSY") {
+		t.Errorf("tunneldomain while up: exit %d %q", res.code, res.stderr)
 	}
-	_, stderr, code = l.ctl(hostB, "create", "erspan0", "tunneldomain", "erspt-no-such-ns")
-	if code == 0 || !strings.Contains(stderr, "ENOENT") || !strings.Contains(stderr, "ip netns") {
-		t.Errorf("tunneldomain of a missing namespace: exit %d %q", code, stderr)
+	res = b.ctl("create", "erspan0", "tunneldomain", "erspt-no-such-ns")
+	if res.code == 0 || !strings.Contains(res.stderr, "ENOENT") || !strings.Contains(res.stderr, "ip netns") {
+		t.Errorf("tunneldomain of a missing namespace: exit %d %q", res.code, res.stderr)
 	}
-	l.mustCtl(hostB, "erspan0", "tunneldomain", col, "tunnel", "192.0.2.2", "192.0.2.1", "vnetid", "5", "rdomain", ids, "up")
-	frames := [][]byte{testFrame(1, 80, -1), testFrame(2, 81, 4)}
-	got := capture(t, ids, "erspan0", false, func() { inject(t, hostA, "erspan0", frames...) })
-	if len(got) != 2 || !bytes.Equal(got[0], frames[0]) || !bytes.Equal(got[1], frames[1]) {
-		t.Fatalf("the IDS namespace got %d frames, want both byte-exact", len(got))
+	b.mustCtl("erspan0", "tunneldomain", tp.col.name, "tunnel", "192.0.2.2", "192.0.2.1", "vnetid", "5", "rdomain", ids.name, "up")
+	frames := [][]byte{labeledFrame("1", 80), labeledFrame("2", 81, 0x8100<<16|4<<13|42)}
+	idsTAP := newPacketReader(t, ids, "erspan0")
+	dl := newDeliveries(t, idsTAP)
+	dl.daemon = b
+	expectFrames(dl, idsTAP, frames...)
+	inject(t, hostA, "erspan0", frames...)
+	if !dl.check() {
+		t.Fatalf("the IDS namespace did not get both frames byte-exact")
 	}
-	s := l.status(hostB, "erspan0")
-	if s.TunnelDomain != col || s.Rdomain != ids || !s.Up || !s.Monitor {
+	s := b.status("erspan0")
+	if s.TunnelDomain != tp.col.name || s.Rdomain != ids.name || !s.Up || !s.Monitor {
 		t.Errorf("status %+v", s)
 	}
-	text := l.mustCtl(hostB, "erspan0")
-	if !strings.Contains(text, "ttl 64 nodf rdomain "+col) || !strings.Contains(text, "\trdomain "+ids) {
+	text := b.mustCtl("erspan0")
+	if !strings.Contains(text, "ttl 64 nodf rdomain "+tp.col.name) || !strings.Contains(text, "\trdomain "+ids.name) {
 		t.Errorf("status text:\n%s", text)
 	}
 	// Back home: the interface returns to the daemon's namespace, still
 	// up, still in monitor mode.
-	l.mustCtl(hostB, "erspan0", "-rdomain")
-	got = capture(t, hostB, "erspan0", false, func() { inject(t, hostA, "erspan0", frames[0]) })
-	if len(got) != 1 {
-		t.Errorf("after -rdomain: %d frames", len(got))
-	}
+	b.mustCtl("erspan0", "-rdomain")
+	home := newPacketReader(t, hostB, "erspan0")
+	dl = newDeliveries(t, home)
+	dl.daemon = b
+	dl.expect(home, frames[0], "after -rdomain: "+frameLabel(frames[0]))
+	inject(t, hostA, "erspan0", frames[0])
+	dl.check()
 }
 
 // TestSpanPort: with addspan every frame crossing a Linux bridge (port to
 // port, port to host, host to port) reaches a collector; after delspan none
 // does, and no rule is left.
 func TestSpanPort(t *testing.T) {
-	l := newLab(t)
-	sw, col, h1, h2 := l.ns("sw"), l.ns("col"), l.ns("h1"), l.ns("h2")
-	l.pair(sw, col)
-	l.sh(strings.Join([]string{
-		"ip -n " + sw + " link add br0 type bridge", "ip -n " + sw + " addr add 198.51.100.1/24 dev br0", "ip -n " + sw + " link set br0 up",
-		"ip link add p1 netns " + sw + " type veth peer name eth0 netns " + h1,
-		"ip -n " + sw + " link set p1 master br0 up",
-		"ip -n " + h1 + " addr add 198.51.100.11/24 dev eth0", "ip -n " + h1 + " link set eth0 up",
-	}, " && "))
-	l.daemon(sw)
-	l.daemon(col)
-	l.mustCtl(sw, "create", "erspan0", "tunnel", "192.0.2.1", "192.0.2.2", "vnetid", "40", "up")
-	l.mustCtl(col, "create", "erspan0", "tunnel", "192.0.2.2", "192.0.2.1", "vnetid", "40", "up")
-	l.mustCtl(sw, "br0", "addspan", "erspan0")
+	tp := newSourceTopology(t)
+	h1, h2 := newNetNS(t, "h1"), newNetNS(t, "h2")
+	tp.sw.ip(t, "link", "add", "br0", "type", "bridge")
+	tp.sw.ip(t, "addr", "add", "198.51.100.1/24", "dev", "br0")
+	tp.sw.ip(t, "link", "set", "br0", "up")
+	port := func(name string, h *netNS, addr string) {
+		t.Helper()
+		tp.sw.veth(t, name, nil, h, "eth0", nil)
+		tp.sw.ip(t, "link", "set", name, "master", "br0")
+		h.ip(t, "addr", "add", addr, "dev", "eth0")
+	}
+	port("p1", h1, "198.51.100.11/24")
+	sw, col := startDaemon(t, tp.sw), startDaemon(t, tp.col)
+	sw.mustCtl("create", "erspan0", "tunnel", "192.0.2.1", "192.0.2.2", "vnetid", "40", "up")
+	col.mustCtl("create", "erspan0", "tunnel", "192.0.2.2", "192.0.2.1", "vnetid", "40", "up")
+	sw.mustCtl("br0", "addspan", "erspan0")
 	// A port that joins after addspan is covered too.
-	l.sh(strings.Join([]string{
-		"ip link add p2 netns " + sw + " type veth peer name eth0 netns " + h2,
-		"ip -n " + sw + " link set p2 master br0 up",
-		"ip -n " + h2 + " addr add 198.51.100.12/24 dev eth0", "ip -n " + h2 + " link set eth0 up",
-	}, " && "))
+	port("p2", h2, "198.51.100.12/24")
+	tcFilters := func(dev, dir string) string {
+		out, _ := exec.Command("tc", "-n", tp.sw.name, "filter", "show", "dev", dev, dir).Output()
+		return string(out)
+	}
 	waitFor(t, "the span rule on the new port", func() bool {
-		out, _ := exec.Command("ip", "netns", "exec", sw, "tc", "filter", "show", "dev", "p2", "ingress").Output()
-		return strings.Contains(string(out), "erspan-span-erspan0")
+		return strings.Contains(tcFilters("p2", "ingress"), "erspan-span-erspan0")
 	})
-	if !strings.Contains(l.mustCtl(sw, "erspan0"), "\tspan: br0\n") {
+	if !strings.Contains(sw.mustCtl("erspan0"), "\tspan: br0\n") {
 		t.Error("no span: br0 in the status")
 	}
-	udp := func(ns, dst, msg string) {
-		l.sh("ip netns exec " + ns + " bash -c 'echo " + msg + " >/dev/udp/" + dst + "/9999' || true")
+	udp := func(ns *netNS, dst, msg string) {
+		t.Helper()
+		err := ns.do(func() error {
+			c, err := net.Dial("udp", net.JoinHostPort(dst, "9999"))
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			_, err = c.Write([]byte(msg + "\n"))
+			return err
+		})
+		if err != nil {
+			t.Errorf("%s: UDP from %s to %s: %v", msg, ns.name, dst, err)
+		}
 	}
-	got := capture(t, col, "erspan0", false, func() {
-		udp(h1, "198.51.100.12", "port-to-port")
-		udp(h1, "198.51.100.1", "port-to-host")
-		udp(sw, "198.51.100.12", "host-to-port")
-	})
+	r := newPacketReader(t, tp.col, "erspan0")
+	udp(h1, "198.51.100.12", "port-to-port")
+	udp(h1, "198.51.100.1", "port-to-host")
+	udp(tp.sw, "198.51.100.12", "host-to-port")
+	r.settle()
+	got := r.received()
 	for _, msg := range []string{"port-to-port", "port-to-host", "host-to-port"} {
 		n := 0
 		for _, f := range got {
@@ -350,32 +376,31 @@ func TestSpanPort(t *testing.T) {
 			t.Errorf("%s: mirrored %d times, want once", msg, n)
 		}
 	}
-	l.mustCtl(sw, "br0", "delspan", "erspan0")
-	for _, dev := range []string{"p1 ingress", "p2 ingress", "br0 egress"} {
-		out, _ := exec.Command("sh", "-c", "ip netns exec "+sw+" tc filter show dev "+dev).Output()
-		if strings.Contains(string(out), "erspan-span") {
-			t.Errorf("a span rule is left on %s:\n%s", dev, out)
+	sw.mustCtl("br0", "delspan", "erspan0")
+	for _, dev := range [][2]string{{"p1", "ingress"}, {"p2", "ingress"}, {"br0", "egress"}} {
+		if out := tcFilters(dev[0], dev[1]); strings.Contains(out, "erspan-span") {
+			t.Errorf("a span rule is left on %s %s:\n%s", dev[0], dev[1], out)
 		}
 	}
-	got = capture(t, col, "erspan0", false, func() { udp(h1, "198.51.100.12", "after-delspan") })
-	for _, f := range got {
+	r = newPacketReader(t, tp.col, "erspan0")
+	udp(h1, "198.51.100.12", "after-delspan")
+	r.settle()
+	for _, f := range r.received() {
 		if bytes.Contains(f, []byte("after-delspan")) {
 			t.Error("traffic mirrored after delspan")
 		}
 	}
-	_, stderr, code := l.ctl(sw, "br9", "addspan", "erspan0")
-	if code == 0 || !strings.Contains(stderr, "ENODEV") {
-		t.Errorf("addspan on a missing bridge: exit %d %q", code, stderr)
+	if res := sw.ctl("br9", "addspan", "erspan0"); res.code == 0 || !strings.Contains(res.stderr, "ENODEV") {
+		t.Errorf("addspan on a missing bridge: exit %d %q", res.code, res.stderr)
 	}
 }
 
 // TestHostnameFiles: erspand applies /etc/erspan/hostname.erspanN at start;
 // a bad line is reported with file and line and does not stop the others.
 func TestHostnameFiles(t *testing.T) {
-	l := newLab(t)
-	sw, col := l.ns("sw"), l.ns("col")
-	l.pair(sw, col)
-	etc := filepath.Join(l.dir, col+"-etc")
+	tp := newSourceTopology(t)
+	dir := tempDir(t)
+	etc := filepath.Join(dir, "etc")
 	if err := os.MkdirAll(etc, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -389,93 +414,84 @@ func TestHostnameFiles(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	l.daemon(col)
-	s := l.status(col, "erspan0")
+	col := startDaemonIn(t, tp.col, dir)
+	s := col.status("erspan0")
 	if !s.Up || s.VNetID == nil || *s.VNetID != 5 || s.Tunnel == nil || s.Tunnel.Dst != "192.0.2.1" {
 		t.Errorf("erspan0 from its hostname file: %+v", s)
 	}
-	if s := l.status(col, "erspan1"); !s.Up || s.VNetID != nil {
+	if s := col.status("erspan1"); !s.Up || s.VNetID != nil {
 		t.Errorf("erspan1: %+v", s)
 	}
-	log, _ := os.ReadFile(filepath.Join(l.dir, col+".log"))
-	if !strings.Contains(string(log), "hostname.erspan0:3") || !strings.Contains(string(log), "EINVAL") {
+	if log := col.log(); !strings.Contains(log, "hostname.erspan0:3") || !strings.Contains(log, "EINVAL") {
 		t.Errorf("the bad line is not reported with file:line:\n%s", log)
 	}
 	// The interface works.
-	f := testFrame(9, 70, -1)
-	pkt := make([]byte, 16+len(f))
-	n, _ := erspan.Encode(pkt, &erspan.Packet{Type: erspan.TypeII, Session: 5})
-	copy(pkt[n:], f)
-	got := capture(t, col, "erspan0", false, func() { sendGRE(t, sw, netip.Addr{}, colAddr4, pkt) })
-	if len(got) != 1 || !bytes.Equal(got[0], f) {
-		t.Errorf("got %d frames", len(got))
-	}
+	f := labeledFrame("hostname file", 70)
+	r := newPacketReader(t, tp.col, "erspan0")
+	dl := newDeliveries(t, r)
+	dl.daemon = col
+	dl.expect(r, f, "the frame to session 5")
+	newSender(t, tp.sw).send(switch4, collect4, encap(t, erspan.Packet{Type: erspan.TypeII, Session: 5}, f))
+	dl.check()
 }
 
 // TestRestart: erspand killed with SIGKILL and started again re-adopts its
 // TAPs with all their settings; frames flow again and the GRE sequence
 // continues upward.
 func TestRestart(t *testing.T) {
-	l := newLab(t)
-	sw, col := l.ns("sw"), l.ns("col")
-	l.pair(sw, col)
-	d := l.daemon(sw)
-	l.daemon(col)
-	l.mustCtl(sw, "create", "erspan0", "tunnel", "192.0.2.1", "192.0.2.2", "vnetid", "21", "tunnelttl", "33", "txprio", "2", "lladdr", "fe:e1:ba:d0:00:21", "up")
-	l.mustCtl(col, "create", "erspan0", "tunnel", "192.0.2.2", "192.0.2.1", "vnetid", "21", "up")
-	before := l.status(sw, "erspan0")
+	tp := newSourceTopology(t)
+	sw, col := startDaemon(t, tp.sw), startDaemon(t, tp.col)
+	sw.mustCtl("create", "erspan0", "tunnel", "192.0.2.1", "192.0.2.2", "vnetid", "21", "tunnelttl", "33", "txprio", "2", "lladdr", "fe:e1:ba:d0:00:21", "up")
+	col.mustCtl("create", "erspan0", "tunnel", "192.0.2.2", "192.0.2.1", "vnetid", "21", "up")
+	before := sw.status("erspan0")
 	seqs := func(frames ...[]byte) []uint32 {
+		wire := newPacketReader(t, tp.sw, "veth0")
+		inject(t, tp.sw, "erspan0", frames...)
+		wire.settle()
 		var s []uint32
-		for _, p := range decodeWire(t, capture(t, sw, "va", true, func() { inject(t, sw, "erspan0", frames...) })) {
+		for _, p := range decodeWire(t, wire.passed()) {
 			s = append(s, p.gre.Seq)
 		}
 		return s
 	}
-	first := seqs(testFrame(1, 64, -1), testFrame(2, 64, -1), testFrame(3, 64, -1))
+	first := seqs(labeledFrame("1", 64), labeledFrame("2", 64), labeledFrame("3", 64))
 	if fmt.Sprint(first) != "[0 1 2]" {
 		t.Fatalf("sequence numbers %v, want [0 1 2]", first)
 	}
 	// Let the state file catch the sequence number (saved every second).
 	waitFor(t, "the state file", func() bool {
-		b, _ := os.ReadFile(filepath.Join(filepath.Dir(l.sock(sw)), "state"))
+		b, _ := os.ReadFile(filepath.Join(sw.dir, "state"))
 		return strings.Contains(string(b), `"seq": 3`)
 	})
-	if err := d.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	_ = d.Wait()
-	l.daemon(sw)
-	after := l.status(sw, "erspan0")
+	sw.kill()
+	sw = startDaemonIn(t, tp.sw, sw.dir)
+	after := sw.status("erspan0")
 	if after.Index != before.Index || after.LLAddr != before.LLAddr || after.TTL != 33 || after.TxPrio != "2" || !after.Up ||
 		after.VNetID == nil || *after.VNetID != 21 || after.Tunnel == nil || after.Tunnel.Dst != "192.0.2.2" {
 		t.Errorf("after restart:\n%+v\nbefore:\n%+v", after, before)
 	}
-	var got [][]byte
-	var second []uint32
-	f := testFrame(4, 64, -1)
-	got = capture(t, col, "erspan0", false, func() { second = seqs(f, f) })
+	f := labeledFrame("4", 64)
+	r := newPacketReader(t, tp.col, "erspan0")
+	dl := newDeliveries(t, r)
+	dl.daemon = col
+	dl.expect(r, f, "first frame after the restart")
+	dl.expect(r, f, "second frame after the restart")
+	second := seqs(f, f)
 	if len(second) != 2 || second[0] <= 2 || second[1] != second[0]+1 {
 		t.Errorf("sequence after restart %v: must continue upward from 2", second)
 	}
-	if len(got) != 2 {
-		t.Errorf("collector got %d frames after the restart, want 2", len(got))
-	}
+	dl.check()
 }
 
 // TestLossCounters: a sender that skips, reorders and duplicates sequence
 // numbers is reported exactly, per source, and nothing is dropped.
 func TestLossCounters(t *testing.T) {
-	l := newLab(t)
-	sw, col := l.ns("sw"), l.ns("col")
-	l.pair(sw, col)
-	l.sh("ip -n " + sw + " addr add 192.0.2.3/24 dev va")
-	l.daemon(col)
-	l.mustCtl(col, "create", "erspan0", "tunneladdr", "192.0.2.2", "up")
+	tp := newSourceTopology(t)
+	col := startDaemon(t, tp.col)
+	snd := newSender(t, tp.sw)
+	col.mustCtl("create", "erspan0", "tunneladdr", "192.0.2.2", "up")
 	pkt := func(seq uint32, typ erspan.Type, session uint16) []byte {
-		b := make([]byte, 64+32)
-		n, _ := erspan.Encode(b, &erspan.Packet{Type: typ, HasSeq: true, Seq: seq, Session: session})
-		copy(b[n:], testFrame(byte(seq), 64, -1))
-		return b[:n+64]
+		return encap(t, erspan.Packet{Type: typ, HasSeq: true, Seq: seq, Session: session}, labeledFrame(fmt.Sprint(seq), 64))
 	}
 	var a, b2, z [][]byte
 	for _, s := range []uint32{1, 2, 3, 6, 5, 5, 7, 9, 8, 12} {
@@ -487,15 +503,19 @@ func TestLossCounters(t *testing.T) {
 	for range 3 {
 		z = append(z, pkt(0, erspan.TypeII, 10))
 	}
-	src3 := netip.MustParseAddr("192.0.2.3")
-	got := capture(t, col, "erspan0", false, func() {
-		sendGRE(t, sw, swAddr4, colAddr4, a...)
-		sendGRE(t, sw, src3, colAddr4, b2...)
-	})
-	if len(got) != len(a)+len(b2) {
+	r := newPacketReader(t, tp.col, "erspan0")
+	for _, p := range a {
+		snd.send(switch4, collect4, p)
+	}
+	for _, p := range b2 {
+		snd.send(other4, collect4, p)
+	}
+	r.waitIn(len(a) + len(b2))
+	r.settle()
+	if got := r.received(); len(got) != len(a)+len(b2) {
 		t.Errorf("%d frames delivered, want all %d: anomalies never drop", len(got), len(a)+len(b2))
 	}
-	s := l.status(col, "erspan0")
+	s := col.status("erspan0")
 	if len(s.Sources) != 2 {
 		t.Fatalf("sources %+v", s.Sources)
 	}
@@ -508,12 +528,17 @@ func TestLossCounters(t *testing.T) {
 	}
 	// A switch whose sequence is always 0 (session 10 here) is "no
 	// sequence", not loss nor duplicates.
-	capture(t, col, "erspan0", false, func() { sendGRE(t, sw, swAddr4, colAddr4, z...) })
-	s = l.status(col, "erspan0")
+	r = newPacketReader(t, tp.col, "erspan0")
+	for _, p := range z {
+		snd.send(switch4, collect4, p)
+	}
+	r.waitIn(len(z))
+	r.settle()
+	s = col.status("erspan0")
 	if len(s.Sources) != 3 || !s.Sources[1].NoSequence || s.Sources[1].Duplicates != 0 || s.Sources[1].Packets != 3 || *s.Sources[1].Session != 10 {
 		t.Errorf("always-0 source: %+v", s.Sources)
 	}
-	if text := l.mustCtl(col, "erspan0"); !strings.Contains(text, "source 192.0.2.1 session 10: 3 packets, 192 bytes, no sequence") ||
+	if text := col.mustCtl("erspan0"); !strings.Contains(text, "source 192.0.2.1 session 10: 3 packets, 192 bytes, no sequence") ||
 		!strings.Contains(text, "source 192.0.2.1 session 9: 10 packets, 640 bytes, seq 12, 3 lost in 3 gaps, 2 reordered, 1 duplicates") {
 		t.Errorf("text:\n%s", text)
 	}
