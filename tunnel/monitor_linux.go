@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"unsafe"
 
 	"github.com/vishvananda/netlink"
@@ -30,8 +31,7 @@ const tcActShot = 2
 //	exit               (BPF_JMP | BPF_EXIT)
 //
 // Each is the kernel's struct bpf_insn: opcode, dst and src register
-// nibbles, 16-bit offset, 32-bit immediate. Package-level, so that the
-// address handed to bpf(2) is not on a goroutine stack that could move.
+// nibbles, 16-bit offset, 32-bit immediate.
 var monitorInsns = [2]bpfInsn{
 	{code: unix.BPF_ALU64 | unix.BPF_MOV | unix.BPF_K, imm: tcActShot},
 	{code: unix.BPF_JMP | unix.BPF_EXIT},
@@ -278,22 +278,29 @@ func filterList(link netlink.Link, parent uint32) ([]netlink.Filter, error) {
 	return fs, nil
 }
 
-// loadMonitorProg loads the drop-everything program with bpf(2) and
-// returns its fd. (Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK
-// and may want it raised; later ones charge the memory cgroup.)
-func loadMonitorProg() (int, error) {
+// loadMonitorProg loads the drop-everything program and returns its fd.
+func loadMonitorProg() (int, error) { return loadProgram(monitorInsns[:], monitorProgName) }
+
+// loadProgram loads a sched_cls program with bpf(2) and returns its fd
+// (O_CLOEXEC already set). name is the kernel's name of it, [A-Za-z0-9_.]
+// and at most 15 bytes. (Kernels before 5.11 charge BPF memory to
+// RLIMIT_MEMLOCK and may want it raised; later ones charge the memory
+// cgroup.)
+func loadProgram(insns []bpfInsn, name string) (int, error) {
 	attr := bpfProgLoadAttr{
 		progType: unix.BPF_PROG_TYPE_SCHED_CLS,
-		insnCnt:  uint32(len(monitorInsns)),
-		insns:    uint64(uintptr(unsafe.Pointer(&monitorInsns[0]))),
+		insnCnt:  uint32(len(insns)),
+		insns:    uint64(uintptr(unsafe.Pointer(&insns[0]))),
 		license:  uint64(uintptr(unsafe.Pointer(&monitorLicense[0]))),
 	}
-	copy(attr.progName[:], monitorProgName)
+	copy(attr.progName[:15], name)
 	fd, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_PROG_LOAD, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
+	// The kernel reads insns through an integer address the GC does not
+	// see: keep the slice alive until bpf(2) returned.
+	runtime.KeepAlive(insns)
 	if errno != 0 {
-		return -1, fmt.Errorf("load the monitor eBPF program (bpf BPF_PROG_LOAD): %w", errno)
+		return -1, fmt.Errorf("load eBPF program %s (bpf BPF_PROG_LOAD): %w", name, errno)
 	}
-	// bpf(2) returns its fds with O_CLOEXEC already set.
 	return int(fd), nil
 }
 

@@ -3,9 +3,7 @@ package tunnel
 import (
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
-	"unsafe"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -30,16 +28,16 @@ func spanFilterName(tap string) string { return "erspan-span-" + tap }
 func spanPriority(tapIndex int) uint16 { return uint16(0x4000 + tapIndex%0x3fff) }
 
 // spanProgram returns the instructions of the span rule for TAP tapIndex.
-func spanProgram(tapIndex int) []uint64 {
-	insn := func(code, dst, src uint8, off int16, imm int32) uint64 {
-		return uint64(code) | uint64(src<<4|dst)<<8 | uint64(uint16(off))<<16 | uint64(uint32(imm))<<32
+func spanProgram(tapIndex int) []bpfInsn {
+	insn := func(code, dst, src uint8, off int16, imm int32) bpfInsn {
+		return bpfInsn{code: code, regs: src<<4 | dst, off: off, imm: imm}
 	}
 	const (
 		skbMarkOffset     = 8  // offsetof(struct __sk_buff, mark)
 		bpfFuncCloneRedir = 13 // BPF_FUNC_clone_redirect
 		tcActUnspec       = -1
 	)
-	return []uint64{
+	return []bpfInsn{
 		insn(0xbf, 6, 1, 0, 0),                 // r6 = r1 (the skb)
 		insn(0x61, 2, 1, skbMarkOffset, 0),     // r2 = skb->mark
 		insn(0x15, 2, 0, 4, SocketMark),        // if r2 == SocketMark goto out
@@ -50,24 +48,6 @@ func spanProgram(tapIndex int) []uint64 {
 		insn(0xb7, 0, 0, 0, tcActUnspec),       // out: r0 = TC_ACT_UNSPEC
 		insn(0x95, 0, 0, 0, 0),                 // exit
 	}
-}
-
-// loadProgram loads a sched_cls program. insns must not be on a goroutine
-// stack (the kernel reads it through an integer address); slices made by
-// spanProgram live on the heap.
-func loadProgram(insns []uint64, name string) (int, error) {
-	attr := bpfProgLoadAttr{
-		progType: unix.BPF_PROG_TYPE_SCHED_CLS,
-		insnCnt:  uint32(len(insns)),
-		insns:    uint64(uintptr(unsafe.Pointer(&insns[0]))),
-		license:  uint64(uintptr(unsafe.Pointer(&monitorLicense[0]))),
-	}
-	copy(attr.progName[:15], name)
-	fd, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_PROG_LOAD, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
-	if errno != 0 {
-		return -1, fmt.Errorf("load eBPF program %s: %w", name, errno)
-	}
-	return int(fd), nil
 }
 
 // ensureClsact adds a clsact qdisc unless the link has one: an existing
@@ -103,14 +83,16 @@ func (r spanRule) filter(link, parent, fd int) *netlink.BpfFilter {
 	}
 }
 
-// has reports whether our rule is on the link at parent.
+// has reports whether our rule is on the link at parent (false when the
+// filters cannot be listed: adding then fails with the reason).
 func (r spanRule) has(l netlink.Link, parent uint32) bool {
-	fs, err := netlink.FilterList(l, parent)
+	fs, err := filterList(l, parent)
 	if err != nil {
 		return false
 	}
 	for _, f := range fs {
-		if b, ok := f.(*netlink.BpfFilter); ok && strings.HasPrefix(b.Name, spanFilterName(r.tap)) {
+		// Exact: erspan-span-erspan1 is a prefix of erspan-span-erspan10.
+		if b, ok := f.(*netlink.BpfFilter); ok && b.Name == spanFilterName(r.tap) {
 			return true
 		}
 	}
