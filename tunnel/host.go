@@ -6,6 +6,7 @@ package tunnel
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -353,7 +354,14 @@ func (h *Host) Destroy(name string) error {
 		h.log.errorf("%s: %v", name, err)
 	}
 	h.stopTx(ifc)
-	return h.sys.DeleteTAP(ifc.cfg.Rdomain, name)
+	// ENXIO: the TAP is gone already (ip link del), or the name is now
+	// somebody else's link, which is not ours to remove. Either way the
+	// interface is destroyed; failing here would leave the registry
+	// holding a name the host has forgotten.
+	if err := h.sys.DeleteTAP(ifc.cfg.Rdomain, name); err != nil && !errors.Is(err, unix.ENXIO) {
+		return err
+	}
+	return nil
 }
 
 // AddSpan makes interface name a span port of bridge, which must be in

@@ -229,6 +229,22 @@ func TestSocketsFollowFamilies(t *testing.T) {
 	}
 }
 
+// TestDestroyLinkGone: an interface whose TAP somebody removed behind
+// erspand's back (ip link del) is destroyed all the same, and its name can
+// be created again; before, Destroy failed with ENXIO after forgetting the
+// interface, and the name stayed taken in the registry for good.
+func TestDestroyLinkGone(t *testing.T) {
+	r := newRig(t)
+	r.add(Config{Name: "erspan0", Up: true, Src: local, Dst: remote, VNetID: 1})
+	if err := r.sys.DeleteTAP("", "erspan0"); err != nil { // ip link del erspan0
+		t.Fatal(err)
+	}
+	if err := r.h.Destroy("erspan0"); err != nil {
+		t.Fatalf("destroy an interface whose TAP is gone: %v", err)
+	}
+	r.add(Config{Name: "erspan0", Up: true, Src: local, Dst: remote, VNetID: 1})
+}
+
 func TestCreateForeignLink(t *testing.T) {
 	r := newRig(t)
 	r.sys.foreign["erspan0"] = true

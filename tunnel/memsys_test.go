@@ -45,6 +45,9 @@ func (m *memSystem) CreateTAP(_, name string, mac net.HardwareAddr, mtu int) (Li
 func (m *memSystem) DeleteTAP(_, name string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.links[name] == nil {
+		return fmt.Errorf("no link %s: %w", name, unix.ENXIO) // as DeleteTAP
+	}
 	delete(m.links, name)
 	return nil
 }
