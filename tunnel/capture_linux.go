@@ -219,4 +219,9 @@ func (s *CaptureSocket) KernelDrops() uint64 {
 }
 
 // Close closes the socket, which also ends its promiscuous membership.
-func (s *CaptureSocket) Close() error { return s.c.close() }
+// It takes the kernel's drop count first, so that KernelDrops after Close
+// still has it (a closed socket has no statistics to read).
+func (s *CaptureSocket) Close() error {
+	s.KernelDrops()
+	return s.c.close()
+}
