@@ -6,6 +6,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -91,9 +92,10 @@ func openSendSocket(family int, df bool) (*sendSocket, error) {
 	// every sent packet freed by the device (sock_wfree) signalled write
 	// space to epoll and woke a thread blocked in epoll_wait for nothing,
 	// one wake-up per packet (~0.9 µs of 5.2 per encapsulated frame,
-	// README, Performance). A full send buffer now blocks sendmmsg in the
-	// kernel until the device frees room, as a blocking write should;
-	// closing waits for a send in progress (os.File's reference count).
+	// README, Performance). A full send buffer blocks sendmmsg in the
+	// kernel until the device frees room, for at most sendTimeout; the
+	// descriptor is closed only once a send in progress has returned
+	// (os.File's reference count).
 	fd, err := unix.Socket(af, unix.SOCK_RAW|unix.SOCK_CLOEXEC, erspan.IPProtoGRE)
 	if err != nil {
 		return nil, fmt.Errorf("raw GRE socket: %w", err)
@@ -118,6 +120,10 @@ func setupSendSocket(fd, family int, df bool) error {
 	}
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, SocketMark); err != nil {
 		return fmt.Errorf("SO_MARK: %w", err)
+	}
+	tv := unix.NsecToTimeval(int64(sendTimeout))
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
+		return fmt.Errorf("SO_SNDTIMEO: %w", err)
 	}
 	if family == 4 {
 		// FREEBIND: a source address given per packet need not be
@@ -154,6 +160,11 @@ func setupSendSocket(fd, family int, df bool) error {
 	return nil
 }
 
+// sendTimeout bounds how long a send waits for room in a full send buffer
+// (a congested egress link) before the rest of its batch is dropped: the
+// transmit loop, and a Destroy waiting for it, are never stuck longer.
+const sendTimeout = 100 * time.Millisecond
+
 // senderBatch is how many packets one sendmmsg takes.
 const senderBatch = 64
 
@@ -175,7 +186,7 @@ type rawSender struct {
 	bn     int // packets in the batch
 	bsent  int // sent so far
 	bErr   syscall.Errno
-	batchF func(fd uintptr) bool
+	batchF func(fd uintptr)
 }
 
 // cmsg appends a control message carrying data to b.
@@ -259,13 +270,24 @@ func (r *rawSender) SendBatch(pkts [][]byte, tos []uint8) (sent, tooBig int, byt
 		for r.bsent < r.bn {
 			r.bErr = 0
 			before := r.bsent
-			werr := r.sock.rc.Write(r.batchF)
+			// Control, not Write: Write would take the descriptor's
+			// write lock, and every interface sharing the socket would
+			// wait for the others' sends, blocked ones included.
+			werr := r.sock.rc.Control(r.batchF)
 			for i := before; i < r.bsent; i++ {
 				bytes += uint64(r.hdrs[i].Len) // what sendmmsg says it sent
 			}
 			sent += r.bsent - before
 			if werr != nil {
 				return sent, tooBig, bytes, werr // closed under us
+			}
+			if r.bErr == unix.EAGAIN {
+				// The send buffer stayed full for sendTimeout: the
+				// link is congested. The rest of the batch is
+				// dropped (and counted as errors by the caller), as
+				// a full interface queue drops, rather than each
+				// packet waiting its own timeout.
+				return sent, tooBig, bytes, r.bErr
 			}
 			if r.bErr != 0 {
 				// The packet at bsent failed alone; go on after it.
@@ -286,8 +308,9 @@ func (r *rawSender) SendBatch(pkts [][]byte, tos []uint8) (sent, tooBig int, byt
 }
 
 // writeBatch is the RawConn callback of SendBatch: it sends from bsent on,
-// and stops at the first packet the kernel refuses, recording its errno.
-func (r *rawSender) writeBatch(fd uintptr) bool {
+// and stops at the first packet the kernel refuses, recording its errno
+// (EAGAIN: the send buffer stayed full for sendTimeout).
+func (r *rawSender) writeBatch(fd uintptr) {
 	for r.bsent < r.bn {
 		n, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[r.bsent])), uintptr(r.bn-r.bsent), 0, 0, 0)
 		switch e {
@@ -295,13 +318,10 @@ func (r *rawSender) writeBatch(fd uintptr) bool {
 			r.bsent += int(n)
 		case unix.EINTR:
 		default:
-			// The socket blocks, so no EAGAIN: were it ever to come,
-			// it is one failed packet, like any other errno.
 			r.bErr = e
-			return true
+			return
 		}
 	}
-	return true
 }
 
 // Close gives the shared socket back.
