@@ -10,7 +10,7 @@ import (
 
 // The TAP side of decap: a TAP takes one frame per write(2), and writev
 // gathers one frame, so the only way to hand the kernel many frames per
-// system call is io_uring (Linux 5.1+): one IORING_OP_WRITE per frame, all
+// system call is io_uring (Linux 5.6+, which has IORING_OP_WRITE): one write per frame, all
 // submitted, and run inline, by one io_uring_enter. Measured here at 64
 // bytes (scripts/bench.sh, README, Performance), against a write(2) per
 // frame. Where io_uring is missing or forbidden (older kernels, the
@@ -28,6 +28,7 @@ const (
 	ioringOffCQRing     = 0x8000000
 	ioringOffSQEs       = 0x10000000
 	ioringFeatSingleMap = 1 << 0
+	ioringFeatRWCurPos  = 1 << 3 // Linux 5.6, the release that brought IORING_OP_WRITE
 	ioringEnterGetEvts  = 1 << 0
 	ioringOpWrite       = 23
 )
@@ -101,6 +102,12 @@ func newURing(entries uint32) (*uring, error) {
 	fail := func(err error) (*uring, error) {
 		r.close()
 		return nil, err
+	}
+	// io_uring since 5.1, IORING_OP_WRITE only since 5.6: before, the
+	// ring sets up and every write fails with EINVAL. No opcode probe
+	// before 5.6 either; a feature flag of the same release tells.
+	if p.Features&ioringFeatRWCurPos == 0 {
+		return fail(fmt.Errorf("io_uring without IORING_OP_WRITE (Linux before 5.6): %w", unix.EOPNOTSUPP))
 	}
 	r.sqLen = int(p.SQOff.Array + p.SQEntries*4)
 	r.cqLen = int(p.CQOff.CQEs + p.CQEntries*uint32(unsafe.Sizeof(ioUringCQE{})))
@@ -302,6 +309,13 @@ func (w *tapWriter) flushRing(errs []error) {
 	}
 	orig := w.idx[:k]
 	if err := w.ring.writeAll(w.fds[:k], w.frames[:k], w.res[:k]); err != nil {
+		// The kernel may or may not have taken the queued entries, and
+		// would read them at the next io_uring_enter, with buffers and
+		// descriptors no longer pinned: the ring is given up for good,
+		// later batches go by write(2). This batch is counted as lost
+		// (some frames may have been written: not written twice).
+		w.ring.close()
+		w.ring = nil
 		for _, i := range orig {
 			errs[i] = err
 		}

@@ -68,6 +68,13 @@ func run(c *cli.Context) error {
 		return fmt.Errorf("--rx-moderate %v: want 0 to 10ms", sys.Moderate)
 	}
 	sys.URing = c.Bool("io-uring")
+	if sys.URing {
+		w := sys.NewFrameWriter(1)
+		if u, ok := w.(interface{ URing() bool }); !ok || !u.URing() {
+			logger.Printf("--io-uring: io_uring is not available here (kernel before 5.6, kernel.io_uring_disabled, or a seccomp profile); writing frames with write(2)")
+		}
+		w.Close()
+	}
 	// The receive goroutines block in the kernel (ppoll, the moderation
 	// sleep) by design. With one P (a daemon pinned to one CPU), each
 	// block makes the runtime's sysmon take the P away and wake itself
