@@ -70,8 +70,12 @@ func (r *receiver) run() {
 // handle takes a batch of packets through decode and demux into their
 // TAPs. It allocates nothing.
 func (r *receiver) handle(t *demuxTable, msgs []Message) {
+	// Per batch, not per packet: the receiver's own counter and the
+	// sysctl, which changes rarely.
+	r.stats.rxPackets.Add(uint64(len(msgs)))
+	deny := r.h.deny.Load()
 	for i := range msgs {
-		ifc := r.input(t, &msgs[i])
+		ifc := r.input(t, &msgs[i], deny)
 		if ifc == nil {
 			continue
 		}
@@ -120,11 +124,12 @@ func (r *receiver) flush() {
 
 // input takes one packet through decode (into r.pkt) and demux. It
 // returns the interface whose TAP r.pkt.Frame is for, or nil when the
-// packet stops here (counted). It allocates nothing.
-func (r *receiver) input(t *demuxTable, m *Message) *iface {
+// packet stops here (counted). deny is net.inet.gre.allow=0, read once
+// per batch by handle, which also counts the batch's packets. It
+// allocates nothing.
+func (r *receiver) input(t *demuxTable, m *Message, deny bool) *iface {
 	p, st := &r.pkt, &r.stats
-	st.rxPackets.Add(1)
-	if r.h.deny.Load() {
+	if deny {
 		st.disallowed.Add(1)
 		return nil
 	}

@@ -43,8 +43,10 @@ type GRESocket struct {
 	family int
 	guard  func() // gives the guard socket back (see openGuard); nil: none
 	drops  atomic.Uint64
-	names  []unix.RawSockaddrInet6 // IPv6 only: the source address
-	msgs   []Message
+	// lastDrops is the latest SO_RXQ_OVFL seen, by ReadBatch only.
+	lastDrops uint64
+	names     []unix.RawSockaddrInet6 // IPv6 only: the source address
+	msgs      []Message
 }
 
 // Per-message control buffer sizes. Every packet may carry SO_RXQ_OVFL (a
@@ -229,8 +231,12 @@ func (s *GRESocket) ReadBatch() ([]Message, error) {
 		}
 		return nil, fmt.Errorf("recvmmsg on the GRE socket: %w", err)
 	}
+	drops := s.lastDrops
 	for i := 0; i < n; i++ {
 		s.parse(i)
+	}
+	if s.lastDrops != drops {
+		s.drops.Store(s.lastDrops) // once per batch, for KernelDrops
 	}
 	return s.msgs[:n], nil
 }
@@ -258,7 +264,7 @@ func (s *GRESocket) parse(i int) {
 		case level == unix.SOL_SOCKET && typ == unix.SO_RXQ_OVFL && len(data) >= 4:
 			// The socket's cumulative drop count when this packet was
 			// queued (sk_drops); the kernel adds it only once non-zero.
-			s.drops.Store(uint64(binary.NativeEndian.Uint32(data)))
+			s.lastDrops = uint64(binary.NativeEndian.Uint32(data))
 		case level == unix.IPPROTO_IPV6 && typ == unix.IPV6_PKTINFO && len(data) >= unix.SizeofInet6Pktinfo:
 			copy(dst[:], data[:16])
 			hasDst = true

@@ -114,8 +114,9 @@ func (h *Host) transmit(ifc *iface) {
 			s.txNoTunnel.Add(uint64(n))
 			continue
 		}
+		seq := ifc.seq.Add(uint32(n)) - uint32(n) // the batch's numbers, taken at once
 		for i := 0; i < n; i++ {
-			pkts[i], tos[i] = encap(bufs[i], sizes[i], st, ifc.seq.Add(1)-1, &p)
+			pkts[i], tos[i] = encap(bufs[i], sizes[i], st, seq+uint32(i), &p)
 		}
 		sent, tooBig, bytes, _ := st.sender.SendBatch(pkts[:n], tos[:n])
 		s.txPackets.Add(uint64(sent))
