@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"fmt"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -46,6 +47,16 @@ type batchConn struct {
 	oobSize int
 	nameLen uint32 // bytes of the sockaddr each message's Name points to
 	poll    [2]unix.PollFd
+}
+
+// checkBatchArgs checks the sizes a receive socket is opened with: batch
+// 1 to maxBatch messages of at least 64 bytes, rcvbuf 0 (the default) or
+// more.
+func checkBatchArgs(batch, bufSize, rcvbuf int) error {
+	if batch < 1 || batch > maxBatch || bufSize < 64 || rcvbuf < 0 {
+		return fmt.Errorf("batch %d, buffer %d, rcvbuf %d: %w", batch, bufSize, rcvbuf, unix.EINVAL)
+	}
+	return nil
 }
 
 // newBatchConn takes over fd (any socket type recvmmsg reads) for batches

@@ -84,6 +84,9 @@ var captureFilter = []unix.SockFilter{
 // thread's network namespace. The error wraps ENODEV when there is no such
 // interface. batch, bufSize, rcvbuf and moderate are as for ListenGRE.
 func ListenCapture(dev string, batch, bufSize, rcvbuf int, moderate time.Duration) (*CaptureSocket, error) {
+	if err := checkBatchArgs(batch, bufSize, rcvbuf); err != nil {
+		return nil, fmt.Errorf("capture on %s: %w", dev, err)
+	}
 	ifi, err := net.InterfaceByName(dev)
 	if err != nil {
 		return nil, fmt.Errorf("interface %s: %w", dev, unix.ENODEV)
@@ -108,14 +111,11 @@ func ListenCapture(dev string, batch, bufSize, rcvbuf int, moderate time.Duratio
 }
 
 func setupCapture(fd, ifindex, rcvbuf int) error {
-	prog := unix.SockFprog{Len: uint16(len(captureFilter)), Filter: &captureFilter[0]}
-	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &prog); err != nil {
+	if err := attachFilter(fd, captureFilter); err != nil {
 		return fmt.Errorf("attach the ERSPAN filter: %w", err)
 	}
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvbuf); err != nil {
-		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, rcvbuf); err != nil {
-			return fmt.Errorf("SO_RCVBUF: %w", err)
-		}
+	if err := setRcvBuf(fd, rcvbuf); err != nil {
+		return err
 	}
 	mreq := unix.PacketMreq{Ifindex: int32(ifindex), Type: unix.PACKET_MR_PROMISC}
 	if err := unix.SetsockoptPacketMreq(fd, unix.SOL_PACKET, unix.PACKET_ADD_MEMBERSHIP, &mreq); err != nil {

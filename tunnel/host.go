@@ -313,7 +313,7 @@ func (h *Host) apply(ifc *iface, cfg Config, fresh bool) (err error) {
 	}
 	if moved || cfg.Up != old.Up {
 		if err := h.sys.SetLinkUp(ns, name, cfg.Up); err != nil {
-			return fmt.Errorf("set %s %s: %w", name, upDown(cfg.Up), err)
+			return fmt.Errorf("set %s %s: %w", name, upDownWord(cfg.Up), err)
 		}
 		undo = append(undo, func() { _ = h.sys.SetLinkUp(ns, name, old.Up) })
 	}
@@ -328,13 +328,6 @@ func (h *Host) apply(ifc *iface, cfg Config, fresh bool) (err error) {
 		return err
 	}
 	return nil
-}
-
-func upDown(up bool) string {
-	if up {
-		return "up"
-	}
-	return "down"
 }
 
 // Destroy removes the interface and its TAP.
@@ -579,4 +572,12 @@ func (h *Host) stopReceiver(k recvKey) {
 	<-r.done
 	r.stats.fold(&h.stats)
 	h.stats.closedKernelDrops.Add(r.sock.KernelDrops())
+}
+
+// upDownWord names the state for messages.
+func upDownWord(up bool) string {
+	if up {
+		return "up"
+	}
+	return "down"
 }

@@ -94,8 +94,8 @@ func listenGRE(family int, batch int, bufSize int, rcvbuf int, moderate time.Dur
 	default:
 		return nil, fmt.Errorf("GRE socket: address family %d: %w", family, unix.EAFNOSUPPORT)
 	}
-	if batch < 1 || batch > maxBatch || bufSize < 64 || rcvbuf < 0 {
-		return nil, fmt.Errorf("GRE socket: batch %d, buffer %d, rcvbuf %d: %w", batch, bufSize, rcvbuf, unix.EINVAL)
+	if err := checkBatchArgs(batch, bufSize, rcvbuf); err != nil {
+		return nil, fmt.Errorf("GRE socket: %w", err)
 	}
 	filter, err := ersFilter(family)
 	if err != nil {
@@ -133,8 +133,7 @@ func listenGRE(family int, batch int, bufSize int, rcvbuf int, moderate time.Dur
 }
 
 func setupGRE(fd, family int, filter []unix.SockFilter, rcvbuf int) error {
-	prog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
-	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &prog); err != nil {
+	if err := attachFilter(fd, filter); err != nil {
 		return fmt.Errorf("GRE socket (IPv%d): attach the ERSPAN filter: %w", family, err)
 	}
 	// The socket received every GRE packet from its creation until the
@@ -149,14 +148,8 @@ func setupGRE(fd, family int, filter []unix.SockFilter, rcvbuf int) error {
 			break
 		}
 	}
-	if rcvbuf > 0 {
-		// SO_RCVBUFFORCE ignores net.core.rmem_max but needs
-		// CAP_NET_ADMIN; without it SO_RCVBUF gets what rmem_max allows.
-		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvbuf); err != nil {
-			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, rcvbuf); err != nil {
-				return fmt.Errorf("GRE socket (IPv%d): receive buffer %d: %w", family, rcvbuf, err)
-			}
-		}
+	if err := setRcvBuf(fd, rcvbuf); err != nil {
+		return fmt.Errorf("GRE socket (IPv%d): %w", family, err)
 	}
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RXQ_OVFL, 1); err != nil {
 		return fmt.Errorf("GRE socket (IPv%d): SO_RXQ_OVFL: %w", family, err)
@@ -365,9 +358,29 @@ var dropAll = []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}}
 // attachDropAll makes a raw socket receive nothing: the kernel drops what
 // would be queued to it at once.
 func attachDropAll(fd int) error {
-	prog := unix.SockFprog{Len: uint16(len(dropAll)), Filter: &dropAll[0]}
-	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &prog); err != nil {
+	if err := attachFilter(fd, dropAll); err != nil {
 		return fmt.Errorf("attach a drop-all filter: %w", err)
+	}
+	return nil
+}
+
+// attachFilter attaches the classic BPF program prog to socket fd.
+func attachFilter(fd int, prog []unix.SockFilter) error {
+	fp := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
+	return unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &fp)
+}
+
+// setRcvBuf sets socket fd's receive buffer to n bytes; 0 keeps the
+// default. SO_RCVBUFFORCE ignores net.core.rmem_max but needs
+// CAP_NET_ADMIN; without it SO_RCVBUF gets what rmem_max allows.
+func setRcvBuf(fd, n int) error {
+	if n == 0 {
+		return nil
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, n); err != nil {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, n); err != nil {
+			return fmt.Errorf("receive buffer %d: %w", n, err)
+		}
 	}
 	return nil
 }

@@ -456,10 +456,3 @@ func linkOf(link netlink.Link) Link {
 	a := link.Attrs()
 	return Link{Index: a.Index, Name: a.Name, MAC: a.HardwareAddr, MTU: a.MTU}
 }
-
-func upDownWord(up bool) string {
-	if up {
-		return "up"
-	}
-	return "down"
-}
