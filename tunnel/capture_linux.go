@@ -3,12 +3,12 @@ package tunnel
 import (
 	"encoding/binary"
 	"fmt"
-	"net"
 	"net/netip"
 	"sync/atomic"
 	"time"
 	"unsafe"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/erspan-linux/erspan/erspan"
@@ -87,9 +87,9 @@ func ListenCapture(dev string, batch, bufSize, rcvbuf int, moderate time.Duratio
 	if err := checkBatchArgs(batch, bufSize, rcvbuf); err != nil {
 		return nil, fmt.Errorf("capture on %s: %w", dev, err)
 	}
-	ifi, err := net.InterfaceByName(dev)
+	ifindex, err := deviceIndex(dev)
 	if err != nil {
-		return nil, fmt.Errorf("interface %s: %w", dev, unix.ENODEV)
+		return nil, err
 	}
 	// Protocol 0: nothing is received until bind, which comes after the
 	// filter, so no unfiltered packet is ever queued.
@@ -97,7 +97,7 @@ func ListenCapture(dev string, batch, bufSize, rcvbuf int, moderate time.Duratio
 	if err != nil {
 		return nil, fmt.Errorf("packet socket: %w", err)
 	}
-	if err := setupCapture(fd, ifi.Index, rcvbuf); err != nil {
+	if err := setupCapture(fd, ifindex, rcvbuf); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("capture on %s: %w", dev, err)
 	}
@@ -108,6 +108,19 @@ func ListenCapture(dev string, batch, bufSize, rcvbuf int, moderate time.Duratio
 		return nil, fmt.Errorf("capture on %s: %w", dev, err)
 	}
 	return s, nil
+}
+
+// deviceIndex returns the index of network interface dev in the calling
+// thread's namespace; the error wraps ENODEV when there is none.
+func deviceIndex(dev string) (int, error) {
+	l, err := netlink.LinkByName(dev)
+	if err != nil {
+		if isLinkNotFound(err) {
+			return 0, fmt.Errorf("no interface %s: %w", dev, unix.ENODEV)
+		}
+		return 0, fmt.Errorf("interface %s: %w", dev, err)
+	}
+	return l.Attrs().Index, nil
 }
 
 func setupCapture(fd, ifindex, rcvbuf int) error {

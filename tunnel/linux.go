@@ -8,7 +8,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 )
 
 // Receive socket sizing. A batch of 64 keeps one recvmmsg per wake-up well
@@ -76,9 +75,9 @@ func (l *Linux) SetMonitor(ns, name string, on bool) error {
 
 func (l *Linux) SetLinkAttrs(ns, name string, mtu int, mac net.HardwareAddr) error {
 	return inNamespace(ns, func() error {
-		link, err := netlink.LinkByName(name)
+		link, err := linkByName(name)
 		if err != nil {
-			return fmt.Errorf("link %s: %w", name, err)
+			return err
 		}
 		if link.Attrs().MTU != mtu {
 			if err := netlink.LinkSetMTU(link, mtu); err != nil {
@@ -105,9 +104,9 @@ func (l *Linux) MoveTAP(name, from, to string) (Link, error) {
 		target = h
 	}
 	err := inNamespace(from, func() error {
-		link, err := netlink.LinkByName(name)
+		link, err := linkByName(name)
 		if err != nil {
-			return fmt.Errorf("link %s: %w", name, err)
+			return err
 		}
 		return netlink.LinkSetNsFd(link, int(target))
 	})
@@ -116,12 +115,11 @@ func (l *Linux) MoveTAP(name, from, to string) (Link, error) {
 	}
 	var out Link
 	err = inNamespace(to, func() error {
-		link, err := netlink.LinkByName(name)
+		link, err := linkByName(name)
 		if err != nil {
-			return fmt.Errorf("link %s after the move: %w", name, err)
+			return fmt.Errorf("after the move: %w", err)
 		}
-		a := link.Attrs()
-		out = Link{Index: a.Index, Name: a.Name, MAC: a.HardwareAddr, MTU: a.MTU}
+		out = linkOf(link)
 		return nil
 	})
 	return out, err
@@ -206,9 +204,7 @@ func (l *Linux) CheckNamespace(name string) error { return CheckNamespace(name) 
 
 func (l *Linux) CheckDevice(ns, dev string) error {
 	return inNamespace(ns, func() error {
-		if _, err := net.InterfaceByName(dev); err != nil {
-			return fmt.Errorf("interface %s: %w", dev, unix.ENODEV)
-		}
-		return nil
+		_, err := deviceIndex(dev)
+		return err
 	})
 }
