@@ -463,20 +463,27 @@ func benchPackets() (typeI, typeII, typeIII []byte) {
 // or on any error (an Error in an error interface does not allocate).
 func TestDecodeAllocs(t *testing.T) {
 	i, ii, iii := benchPackets()
-	inputs := map[string][]byte{
-		"I": i, "II": ii, "III": iii,
-		"checksum": validPackets()["II+C+K"],
-		"short":    ii[:10],
-		"TEB":      buildGRE(0x2000, 0x6558, 1, 0, testFrame(14)),
-		"FT":       buildGRE(0, 0x22eb, 0, 0, typeIIIHeader(0, 0, typeIIIWord2(0, false, 2, 0, 0, 0, false), nil), testFrame(14)),
+	inputs := map[string]struct {
+		b    []byte
+		want error // the path measured: checked, so it cannot change unseen
+	}{
+		"I":        {i, nil},
+		"II":       {ii, nil},
+		"III":      {iii, nil},
+		"checksum": {validPackets()["II+C+K"], nil},
+		"short":    {ii[:10], ErrShort},
+		"TEB":      {buildGRE(0x2000, 0x6558, 1, 0, testFrame(14)), ErrNotERSPAN},
+		"FT":       {buildGRE(0, 0x22eb, 0, 0, typeIIIHeader(0, 0, typeIIIWord2(0, false, 2, 0, 0, 0, false), nil), testFrame(14)), ErrFrameType},
 	}
-	for name, b := range inputs {
+	for name, in := range inputs {
 		var p Packet
 		var err error
-		if a := testing.AllocsPerRun(1000, func() { err = Decode(b, &p) }); a != 0 {
+		if a := testing.AllocsPerRun(1000, func() { err = Decode(in.b, &p) }); a != 0 {
 			t.Errorf("Decode %s: %v allocations", name, a)
 		}
-		_ = err
+		if err != in.want {
+			t.Errorf("Decode %s: %v, want %v: the test no longer measures the path it names", name, err, in.want)
+		}
 	}
 }
 

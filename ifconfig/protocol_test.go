@@ -26,7 +26,10 @@ func TestProtocolRoundTrip(t *testing.T) {
 	if err := c.Create("erspan0"); err != nil {
 		t.Fatal(err)
 	}
-	ss, _ := ParseSettings("erspan0", []string{"tunnel", "2001:db8::2", "2001:db8::1", "vnetid", "300", "up", "tunnelttl", "9"})
+	ss, err := ParseSettings("erspan0", []string{"tunnel", "2001:db8::2", "2001:db8::1", "vnetid", "300", "up", "tunnelttl", "9"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := c.Set("erspan0", ss); err != nil {
 		t.Fatal(err)
 	}
@@ -34,12 +37,14 @@ func TestProtocolRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want, _ := r.Status("erspan0")
+	want := mustStatus(t, r, "erspan0")
 	if !equalJSON(t, got, want) {
 		t.Errorf("over the wire:\n%+v\nlocally:\n%+v", got, want)
 	}
 	// Errors keep their errno, interface, setting and advice.
-	ss, _ = ParseSettings("erspan0", []string{"vnetid", "5"})
+	if ss, err = ParseSettings("erspan0", []string{"vnetid", "5"}); err != nil {
+		t.Fatal(err)
+	}
 	err = c.Set("erspan0", ss)
 	var e *Error
 	if !errors.As(err, &e) || e.Errno != syscall.EBUSY || e.Iface != "erspan0" || e.Setting != "vnetid 5" || !strings.Contains(e.Msg, "down") {

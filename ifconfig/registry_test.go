@@ -22,6 +22,17 @@ type fakeBackend struct {
 	deny      bool
 }
 
+// mustStatus is r.Status(name), failing the test on an error (whose zero
+// Status would pass checks for "no tunnel", "no spans" and the like).
+func mustStatus(t *testing.T, r *Registry, name string) Status {
+	t.Helper()
+	s, err := r.Status(name)
+	if err != nil {
+		t.Fatalf("status of %s: %v", name, err)
+	}
+	return s
+}
+
 func newFake() *fakeBackend { return &fakeBackend{cfgs: map[string]tunnel.Config{}} }
 
 func (f *fakeBackend) Create(cfg tunnel.Config) (tunnel.Link, error) {
@@ -242,7 +253,7 @@ func TestBackendErrnoKept(t *testing.T) {
 	err = set(r, "erspan0", "tunneladdr", "192.0.2.2")
 	wantErrno(t, err, syscall.EPERM, "erspan0", "tunneladdr")
 	// A refused change is not recorded.
-	if s, _ := r.Status("erspan0"); s.Tunnel != nil {
+	if s := mustStatus(t, r, "erspan0"); s.Tunnel != nil {
 		t.Errorf("refused change recorded: %+v", s.Tunnel)
 	}
 }
@@ -256,14 +267,14 @@ func TestSettingsLeftToRight(t *testing.T) {
 	// the tunnel is set, vnetid fails, up is never tried.
 	err := set(r, "erspan0", "tunnel", "2001:db8::2", "2001:db8::1", "vnetid", "5000", "up")
 	wantErrno(t, err, syscall.EINVAL, "erspan0", "vnetid 5000")
-	s, _ := r.Status("erspan0")
+	s := mustStatus(t, r, "erspan0")
 	if s.Tunnel == nil || s.Tunnel.Family != "inet6" || s.Up {
 		t.Errorf("after partial apply: %+v %+v", s, s.Tunnel)
 	}
 	if err := set(r, "erspan0", "-tunnel", "-monitor"); err != nil {
 		t.Fatal(err)
 	}
-	if s, _ := r.Status("erspan0"); s.Tunnel != nil || s.Monitor {
+	if s := mustStatus(t, r, "erspan0"); s.Tunnel != nil || s.Monitor {
 		t.Errorf("-tunnel -monitor: %+v", s)
 	}
 }
@@ -284,14 +295,14 @@ func TestSettingsWhileUp(t *testing.T) {
 	if c.TTL != 17 || !c.DF || c.TxPrio != 5 || c.MTU != 9000 || net.HardwareAddr(c.LLAddr).String() != "fe:e1:ba:d0:00:01" || c.Rdomain != "sensor" {
 		t.Errorf("config %+v", c)
 	}
-	s, _ := r.Status("erspan0")
+	s := mustStatus(t, r, "erspan0")
 	if s.TTL != 17 || !s.DF || s.TxPrio != "5" || s.MTU != 9000 || s.Rdomain != "sensor" {
 		t.Errorf("status %+v", s)
 	}
 	if err := set(r, "erspan0", "txprio", "packet", "-tunneldf", "-rdomain"); err != nil {
 		t.Fatal(err)
 	}
-	if s, _ := r.Status("erspan0"); s.TxPrio != "packet" || s.DF || s.Rdomain != "" {
+	if s := mustStatus(t, r, "erspan0"); s.TxPrio != "packet" || s.DF || s.Rdomain != "" {
 		t.Errorf("status %+v", s)
 	}
 }
@@ -319,7 +330,7 @@ func TestSpanPorts(t *testing.T) {
 	if err := r.AddSpan("br0", "erspan0"); err != nil {
 		t.Errorf("addspan twice: %v", err)
 	}
-	s, _ := r.Status("erspan0")
+	s := mustStatus(t, r, "erspan0")
 	if len(s.Spans) != 1 || s.Spans[0] != "br0" {
 		t.Errorf("spans %v", s.Spans)
 	}
@@ -333,7 +344,7 @@ func TestSpanPorts(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantErrno(t, r.DelSpan("br0", "erspan0"), syscall.ENOENT, "br0", "delspan erspan0")
-	if s, _ := r.Status("erspan0"); len(s.Spans) != 0 {
+	if s := mustStatus(t, r, "erspan0"); len(s.Spans) != 0 {
 		t.Errorf("spans after delspan: %v", s.Spans)
 	}
 }
@@ -357,7 +368,7 @@ func TestSensorMode(t *testing.T) {
 	if err := set(r, "erspan1", "vnetid", "7", "up"); err != nil {
 		t.Fatal(err)
 	}
-	s, _ := r.Status("erspan1")
+	s := mustStatus(t, r, "erspan1")
 	var b bytes.Buffer
 	WriteStatus(&b, &s)
 	if s.TunnelDev != "eth1" || !strings.Contains(b.String(), "\ttunnel: dev eth1 ttl 64 nodf\n") {
@@ -390,7 +401,7 @@ func TestSysctl(t *testing.T) {
 	if _, err := c.Sysctl("net.inet.ip.forwarding", ""); !errors.Is(err, syscall.ENOENT) {
 		t.Errorf("unknown: %v", err)
 	}
-	if a, _ := c.All(); a.Daemon.GREAllow {
-		t.Error("gre_allow in get")
+	if a, err := c.All(); err != nil || a.Daemon.GREAllow {
+		t.Errorf("gre_allow in get: %v, %v", a.Daemon.GREAllow, err)
 	}
 }

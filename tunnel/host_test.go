@@ -254,15 +254,33 @@ func TestCreateForeignLink(t *testing.T) {
 }
 
 // The receive path must not allocate per packet (DEVELOPERS.md); checked
-// here, not only in a benchmark.
+// here, not only in a benchmark, with one packet down every branch of
+// input: each lookup rule, each type, the T bit, capture-only without
+// monitor, the drops charged to an interface, and the daemon-wide ones.
 func TestInputAllocs(t *testing.T) {
 	r := newRig(t)
-	r.add(Config{Name: "erspan0", Up: true, Monitor: true, Src: local, Dst: remote, VNetID: 77})
-	r.sys.queue("erspan0").keep = false
+	for _, cfg := range []Config{
+		{Name: "erspan0", Up: true, Monitor: true, Src: local, Dst: remote, VNetID: 77}, // exact
+		{Name: "erspan1", Up: true, Monitor: true, Src: local, VNetID: 5},               // session-only
+		{Name: "erspan2", Up: true, Src: local, VNetID: NoSession},                      // catch-all, no monitor
+	} {
+		r.add(cfg)
+		r.sys.queue(cfg.Name).keep = false
+	}
+	typeIII := func(session uint16) erspan.Packet {
+		return erspan.Packet{Type: erspan.TypeIII, HasSeq: true, Session: session}
+	}
+	truncated, ft := typeII(77), typeIII(5)
+	truncated.Truncated, ft.FrameType = true, 2
 	msgs := []Message{
-		{Src: remote, Dst: local, GRE: gre(t, typeII(77), frame(1, 64))},
-		{Src: remote2, Dst: local, GRE: gre(t, typeII(77), frame(1, 64))},
-		{Src: remote, Dst: local, GRE: []byte{0, 0}},
+		{Src: remote, Dst: local, GRE: gre(t, typeII(77), frame(1, 64))},                         // exact
+		{Src: remote2, Dst: local, GRE: gre(t, typeIII(5), frame(2, 64))},                        // session-only
+		{Src: remote2, Dst: local, GRE: gre(t, erspan.Packet{Type: erspan.TypeI}, frame(3, 64))}, // catch-all, Type I, capture-only
+		{Src: remote, Dst: local, GRE: gre(t, truncated, frame(4, 64))},                          // T bit, monitor
+		{Src: remote2, Dst: local, GRE: gre(t, ft, frame(6, 64))},                                // FT != 0, charged to erspan1
+		{Src: remote, Dst: local, GRE: gre(t, typeII(77), frame(7, 10))},                         // inner frame too short
+		{Src: remote, Dst: local, GRE: []byte{0, 0}},                                             // decode error
+		{Src: remote, Dst: local, Err: erspan.ErrIPHeader},                                       // socket's error
 	}
 	tab := r.h.recv[recvKey{family: 4}].table.Load()
 	rc := newReceiver(r.h, nil)
@@ -270,6 +288,18 @@ func TestInputAllocs(t *testing.T) {
 	allocs := testing.AllocsPerRun(1000, func() { rc.handle(tab, msgs) })
 	if allocs != 0 {
 		t.Errorf("%v allocations per batch, want 0", allocs)
+	}
+	// Every branch was taken (the counters say so), or the test would
+	// measure less than it claims.
+	c0, c1, c2 := r.h.Counters("erspan0"), r.h.Counters("erspan1"), r.h.Counters("erspan2")
+	for what, n := range map[string]uint64{
+		"exact": c0.TypeII, "session-only": c1.TypeIII, "catch-all Type I": c2.TypeI,
+		"capture-only without monitor": c2.RxCaptureOnly, "T bit": c0.RxTruncated,
+		"frame type": c1.RxFrameType, "inner short": c0.RxInnerShort,
+	} {
+		if n == 0 {
+			t.Errorf("%s: no packet counted: the branch was not taken", what)
+		}
 	}
 }
 

@@ -390,7 +390,9 @@ func TestNoICMPOnOverflow(t *testing.T) {
 		t.Fatal("the control run did not overflow the socket: the test proves nothing")
 	}
 	if !controlICMP {
-		t.Log("this kernel sends no ICMP for a full raw socket even without the guard")
+		// Nothing for a guard to prevent: the guarded runs could not
+		// fail, so they must not report a pass.
+		t.Skip("this kernel sends no ICMP for a full raw socket even without the guard")
 	}
 	for mode, name := range map[int]string{ownGuard: "ListenGRE's own guard", sharedGuard: "the shared send socket as guard"} {
 		icmp, drops := run(mode)

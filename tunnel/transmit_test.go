@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"bytes"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -205,10 +206,20 @@ func BenchmarkDemux(b *testing.B) {
 	}
 	ifs = append(ifs, &iface{cfg: Config{Up: true, Src: local, VNetID: 5}}, &iface{cfg: Config{Up: true, Src: local, VNetID: NoSession}})
 	t := buildTable(ifs, "", "")
-	b.ReportAllocs()
-	for b.Loop() {
-		if t.lookup(local, remote, 777) == nil || t.lookup(local, remote2, 5) == nil || t.lookup(local, remote2, 9) == nil {
-			b.Fatal("no match")
-		}
+	// One sub-benchmark per rule of the lookup order, each one lookup per
+	// op: exact tunnel, session-only collector, catch-all.
+	for _, c := range []struct {
+		name    string
+		src     netip.Addr
+		session int32
+	}{{"exact", remote, 777}, {"session", remote2, 5}, {"catchall", remote2, 9}} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if t.lookup(local, c.src, c.session) == nil {
+					b.Fatal("no match")
+				}
+			}
+		})
 	}
 }
