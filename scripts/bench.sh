@@ -10,7 +10,8 @@
 # assumed: the generator (and with it the collector's receive softirq, which
 # veth runs on the sending CPU; RPS on the collector's veth sends it there
 # too when erspand is the sender) is pinned to CPU 0, the program measured
-# (ceiling, naive, erspand: GOMAXPROCS follows the affinity, so 1) to CPU 1.
+# (ceiling, naive, erspand; erspand raises GOMAXPROCS to 2 whatever its
+# affinity) to CPU 1.
 # CPU time is the measured process's utime + stime from /proc/PID/stat
 # (getrusage for the ceiling), which includes the kernel work done in its
 # own syscalls (the TAP write, the tc ingress drop behind it).

@@ -165,8 +165,15 @@ func (s *CaptureSocket) ReadBatch() ([]Message, error) {
 
 // parse takes the Ethernet, VLAN and IP headers off the i-th frame.
 func (s *CaptureSocket) parse(i int, m *Message) {
-	b := s.c.buf(i)
-	if s.c.hdrs[i].Hdr.Flags&unix.MSG_TRUNC != 0 {
+	parseFrame(s.c.buf(i), s.c.hdrs[i].Hdr.Flags&unix.MSG_TRUNC != 0, m)
+}
+
+// parseFrame takes the Ethernet, VLAN and IP headers off frame b into m;
+// truncated: the frame did not fit the buffer. Unlike a raw IP socket's,
+// these packets never went through the IP stack's input checks, so the
+// IPv4 header checksum is verified here.
+func parseFrame(b []byte, truncated bool, m *Message) {
+	if truncated {
 		m.Err = erspan.ErrShort
 		return
 	}
@@ -193,6 +200,9 @@ func (s *CaptureSocket) parse(i int, m *Message) {
 			return
 		}
 		m.Src, m.Dst, m.GRE, m.Err = erspan.ParseIPv4(ip)
+		if m.Err == nil && erspan.Checksum(ip[:int(ip[0]&0x0f)*4]) != 0 {
+			m.Err = erspan.ErrIPHeader // a header that sums right gives 0
+		}
 		if m.Err != nil {
 			m.GRE = nil
 		}

@@ -45,8 +45,10 @@ type DaemonCounters struct {
 	KernelDrops uint64
 }
 
-// ifStats is the live form of IfCounters. Counters are atomics because the
-// IPv4 and IPv6 receivers may deliver to the same interface at once.
+// ifStats is the live form of IfCounters. Counters are atomics: the
+// receiver delivering to the interface (one at a time in practice: its
+// address family, or its sensor NIC) writes them while erspanctl reads
+// them, and the transmit loop owns the tx ones.
 type ifStats struct {
 	rxPackets, rxBytes, rxTruncated, rxCaptureOnly     atomic.Uint64
 	rxFrameType, rxInnerShort, rxErrors                atomic.Uint64

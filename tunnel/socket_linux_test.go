@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"net"
 	"net/netip"
@@ -401,6 +402,49 @@ func TestNoICMPOnOverflow(t *testing.T) {
 		}
 		if icmp {
 			t.Errorf("%s: ICMP protocol unreachable sent while the receive socket overflowed", name)
+		}
+	}
+}
+
+// TestParseFrame: the sensor path takes Ethernet, up to two VLAN tags and
+// IPv4 off a captured frame, and, since these packets never passed the IP
+// stack's checks, drops one whose IPv4 header checksum is wrong.
+func TestParseFrame(t *testing.T) {
+	gre := grePacket(erspan.ProtoERSPAN, true, 1, typeIIBody(1))
+	ipv4 := func() []byte {
+		h := make([]byte, 20, 20+len(gre))
+		h[0], h[8], h[9] = 0x45, 64, erspan.IPProtoGRE
+		binary.BigEndian.PutUint16(h[2:], uint16(20+len(gre)))
+		copy(h[12:], []byte{192, 0, 2, 1, 198, 51, 100, 7})
+		binary.BigEndian.PutUint16(h[10:], erspan.Checksum(h))
+		return append(h, gre...)
+	}
+	eth := func(tags int, ip []byte) []byte {
+		f := []byte{2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1}
+		for range tags {
+			f = append(f, 0x81, 0x00, 0x00, 0x05)
+		}
+		return append(append(f, 0x08, 0x00), ip...)
+	}
+	bad := ipv4()
+	bad[10] ^= 0xff
+	for _, c := range []struct {
+		name string
+		f    []byte
+		want error
+	}{
+		{"plain", eth(0, ipv4()), nil},
+		{"two VLAN tags", eth(2, ipv4()), nil},
+		{"bad IPv4 header checksum", eth(0, bad), erspan.ErrIPHeader},
+	} {
+		var m Message
+		parseFrame(c.f, false, &m)
+		if m.Err != c.want {
+			t.Errorf("%s: %v, want %v", c.name, m.Err, c.want)
+			continue
+		}
+		if c.want == nil && (!bytes.Equal(m.GRE, gre) || m.Src != netip.MustParseAddr("192.0.2.1") || m.Dst != netip.MustParseAddr("198.51.100.7")) {
+			t.Errorf("%s: %v -> %v, GRE % x", c.name, m.Src, m.Dst, m.GRE)
 		}
 	}
 }
