@@ -219,10 +219,11 @@ type memQueue struct {
 	closed bool
 	out    chan []byte   // frames the "kernel" sends out of the TAP
 	done   chan struct{} // closed by Close
+	fail   chan error    // an error the next Read returns
 }
 
 func newMemQueue() *memQueue {
-	return &memQueue{out: make(chan []byte), done: make(chan struct{})}
+	return &memQueue{out: make(chan []byte), done: make(chan struct{}), fail: make(chan error)}
 }
 
 // Read hands out the frames a test sends with send.
@@ -230,6 +231,8 @@ func (q *memQueue) Read(b []byte) (int, error) {
 	select {
 	case f := <-q.out:
 		return copy(b, f), nil
+	case err := <-q.fail:
+		return 0, err
 	case <-q.done:
 		return 0, net.ErrClosed
 	}

@@ -6,6 +6,8 @@ import (
 	"os"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/erspan-linux/erspan/erspan"
 )
 
@@ -89,6 +91,10 @@ func (h *Host) transmit(ifc *iface) {
 	var backoff time.Duration
 	s := &ifc.stats
 	var y yielder
+	// Errors are logged when they change, not per batch: a lasting one
+	// (no route to the destination) would flood the log; the counters
+	// count every frame.
+	var lastRead, lastSend error
 	for {
 		y.batch()
 		n, err := ifc.queue.ReadBatch(bufs[:have], sizes, txHeadroom)
@@ -96,12 +102,21 @@ func (h *Host) transmit(ifc *iface) {
 			if errors.Is(err, os.ErrClosed) || errors.Is(err, net.ErrClosed) {
 				return
 			}
+			if errors.Is(err, unix.EBADFD) {
+				// The kernel detached the queue: the TAP was removed
+				// outside erspand. Nothing will come from it again.
+				h.log.errorf("%s: the TAP was removed outside erspand (ip link del?): nothing is sent for it; destroy and create the interface again", ifc.cfg.Name)
+				return
+			}
+			if !sameErr(err, lastRead) {
+				h.log.errorf("%s: read from the TAP: %v", ifc.cfg.Name, err)
+			}
+			lastRead = err
 			backoff = min(max(backoff*2, time.Millisecond), 100*time.Millisecond)
-			h.log.errorf("%s: read from the TAP: %v", ifc.cfg.Name, err)
 			time.Sleep(backoff)
 			continue
 		}
-		backoff = 0
+		backoff, lastRead = 0, nil
 		if n == have && have < limit {
 			grown := min(2*have, limit)
 			for i := have; i < grown; i++ {
@@ -118,7 +133,11 @@ func (h *Host) transmit(ifc *iface) {
 		for i := 0; i < n; i++ {
 			pkts[i], tos[i] = encap(bufs[i], sizes[i], st, seq+uint32(i), &p)
 		}
-		sent, tooBig, bytes, _ := st.sender.SendBatch(pkts[:n], tos[:n])
+		sent, tooBig, bytes, err := st.sender.SendBatch(pkts[:n], tos[:n])
+		if err != nil && !sameErr(err, lastSend) {
+			h.log.errorf("%s: sending ERSPAN: %v (frames counted in tx_errors; logged again when the error changes)", ifc.cfg.Name, err)
+		}
+		lastSend = err
 		s.txPackets.Add(uint64(sent))
 		s.txBytes.Add(bytes - uint64(sent)*txHeadroom) // frame bytes, as rx_bytes
 		s.txTooBig.Add(uint64(tooBig))                 // tunneldf: dropped, never truncated
@@ -153,4 +172,13 @@ func framePrio(f []byte) uint8 {
 		}
 	}
 	return defaultPrio
+}
+
+// sameErr reports whether a and b are the same error, for logging each
+// error once while it lasts: equal errnos, or equal text.
+func sameErr(a, b error) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a == b || a.Error() == b.Error()
 }

@@ -2,9 +2,14 @@ package tunnel
 
 import (
 	"bytes"
+	"fmt"
 	"net/netip"
+	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/erspan-linux/erspan/erspan"
 )
@@ -221,5 +226,40 @@ func BenchmarkDemux(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestTransmitTAPRemoved: when the kernel detaches the queue (EBADFD: the
+// TAP was removed with ip link del), the transmit loop says so once, with
+// the fix, and ends, rather than logging every 100 ms until destroy.
+func TestTransmitTAPRemoved(t *testing.T) {
+	sys := newMemSystem()
+	var mu sync.Mutex
+	var logs []string
+	h := NewHost(sys, &Logger{Errorf: func(f string, a ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		logs = append(logs, fmt.Sprintf(f, a...))
+	}})
+	defer h.Close()
+	if _, err := h.Create(Config{Name: "erspan0", VNetID: NoSession, MTU: 1500}); err != nil {
+		t.Fatal(err)
+	}
+	sys.queue("erspan0").fail <- unix.EBADFD
+	h.mu.Lock()
+	done := h.ifaces["erspan0"].txDone
+	h.mu.Unlock()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+		t.Fatal("the transmit loop goes on after EBADFD")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(logs) != 1 || !strings.Contains(logs[0], "erspan0: the TAP was removed outside erspand") || !strings.Contains(logs[0], "destroy and create") {
+		t.Errorf("logged %q, want one line naming the interface, the cause and the fix", logs)
+	}
+	if err := h.Destroy("erspan0"); err != nil {
+		t.Errorf("destroy after the loop ended: %v", err)
 	}
 }
