@@ -76,17 +76,6 @@ func (s *ifStats) snapshot() IfCounters {
 	}
 }
 
-func (s *ifStats) countType(t erspan.Type) {
-	switch t {
-	case erspan.TypeI:
-		s.typeI.Add(1)
-	case erspan.TypeII:
-		s.typeII.Add(1)
-	case erspan.TypeIII:
-		s.typeIII.Add(1)
-	}
-}
-
 // daemonStats are daemon-wide counters: each receiver keeps its own, the
 // Host those of the receivers already stopped.
 type daemonStats struct {

@@ -5,8 +5,6 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
-
-	"github.com/erspan-linux/erspan/erspan"
 )
 
 // Mirror-loss accounting per (source address, session) on each interface:
@@ -104,20 +102,6 @@ func lenOf(m *map[flowKey]*flow) int {
 		return 0
 	}
 	return len(*m)
-}
-
-// count records one packet from src. It allocates only for a new source.
-func (t *flowTable) count(src netip.Addr, p *erspan.Packet, n int) {
-	f := t.get(flowKey{src: src, session: session(p)})
-	if f == nil {
-		t.overflow.Add(1)
-		return
-	}
-	f.packets.Add(1)
-	f.bytes.Add(uint64(n))
-	if p.HasSeq {
-		f.sequence(p.Seq)
-	}
 }
 
 func (f *flow) sequence(seq uint32) {

@@ -107,3 +107,18 @@ func TestFlowStartsAtZero(t *testing.T) {
 		t.Errorf("%+v", f[0])
 	}
 }
+
+// count records one packet from src, as a receiver run of one packet
+// does (receiver.lookup, count and endRun).
+func (t *flowTable) count(src netip.Addr, p *erspan.Packet, n int) {
+	f := t.get(flowKey{src: src, session: session(p)})
+	if f == nil {
+		t.overflow.Add(1)
+		return
+	}
+	f.packets.Add(1)
+	f.bytes.Add(uint64(n))
+	if p.HasSeq {
+		f.sequence(p.Seq)
+	}
+}

@@ -3,6 +3,7 @@ package tunnel
 import (
 	"errors"
 	"net"
+	"net/netip"
 	"sync/atomic"
 	"time"
 
@@ -21,6 +22,7 @@ type receiver struct {
 	table atomic.Pointer[demuxTable] // for this socket's namespace
 	done  chan struct{}
 	pkt   erspan.Packet // scratch, reused per packet
+	cur   run
 	// stats are this receiver's share of the daemon-wide counters: one
 	// writer, no cache line shared with the other receivers; summed when
 	// read (Host.DaemonCounters).
@@ -32,6 +34,75 @@ func newReceiver(h *Host, s Socket) *receiver {
 		outIf: make([]queued, 0, rxWriteBatch), done: make(chan struct{})}
 	r.table.Store(&demuxTable{})
 	return r
+}
+
+// run is the receiver's current run of packets with the same addresses
+// and session within one batch: what a batch usually is (one switch's one
+// mirror session). The demux and flow tables are consulted once per run,
+// and the run's packet, byte and type counts are added to the flow's and
+// the interface's atomics once, when the run ends (issue 4: counters per
+// goroutine, summed when read).
+type run struct {
+	valid          bool // a run has begun
+	local, remote  netip.Addr
+	session        int32
+	route          *route // nil: no interface takes the run
+	flow           *flow  // nil: beyond maxFlows, counted in overflow
+	packets, bytes uint64
+	typeI, typeII  uint64
+	typeIII        uint64
+}
+
+// lookup returns the route for a packet of session from m.Src to m.Dst, from
+// the current run when the packet continues it.
+func (r *receiver) lookup(t *demuxTable, m *Message, session int32) *route {
+	c := &r.cur
+	if c.valid && c.session == session && c.local == m.Dst && c.remote == m.Src {
+		return c.route
+	}
+	r.endRun()
+	c.valid, c.local, c.remote, c.session = true, m.Dst, m.Src, session
+	c.route = t.lookup(m.Dst, m.Src, session)
+	if c.route != nil {
+		c.flow = c.route.ifc.flows.get(flowKey{src: m.Src, session: session})
+	}
+	return c.route
+}
+
+// count records a packet of the run of n bytes after its ERSPAN header.
+// Loss tracking needs every sequence number in order, so it is per packet.
+func (r *receiver) count(p *erspan.Packet, n int) {
+	c := &r.cur
+	c.packets++
+	c.bytes += uint64(n)
+	if p.HasSeq && c.flow != nil {
+		c.flow.sequence(p.Seq)
+	}
+}
+
+// endRun adds the run's counts to the flow and the interface and forgets
+// it. handle ends the last run of every batch, so a run never outlives
+// its batch's demux table, nor keeps an interface alive.
+func (r *receiver) endRun() {
+	c := &r.cur
+	if c.packets > 0 {
+		if c.flow != nil {
+			c.flow.packets.Add(c.packets)
+			c.flow.bytes.Add(c.bytes)
+		} else {
+			c.route.ifc.flows.overflow.Add(c.packets)
+		}
+		s := &c.route.ifc.stats
+		for _, n := range [...]struct {
+			c *atomic.Uint64
+			n uint64
+		}{{&s.typeI, c.typeI}, {&s.typeII, c.typeII}, {&s.typeIII, c.typeIII}} {
+			if n.n > 0 {
+				n.c.Add(n.n)
+			}
+		}
+	}
+	*c = run{}
 }
 
 type queued struct {
@@ -85,6 +156,9 @@ func (r *receiver) handle(t *demuxTable, msgs []Message) {
 		}
 		r.outIf = append(r.outIf, queued{ifc, len(r.pkt.Frame)})
 	}
+	// Counters before frames, so that whoever sees a frame on the TAP
+	// finds it counted.
+	r.endRun()
 	r.flush()
 }
 
@@ -144,8 +218,8 @@ func (r *receiver) input(t *demuxTable, m *Message, deny bool) *iface {
 		// The headers are valid: charge the drop to the interface that
 		// would have taken the frame, as well as daemon-wide.
 		st.drop(err)
-		if e := t.lookup(m.Dst, m.Src, session(p)); e != nil {
-			e.ifc.flows.count(m.Src, p, len(m.GRE)-p.Offset)
+		if e := r.lookup(t, m, session(p)); e != nil {
+			r.count(p, len(m.GRE)-p.Offset)
 			if err == erspan.ErrFrameType {
 				e.ifc.stats.rxFrameType.Add(1)
 			} else {
@@ -157,14 +231,21 @@ func (r *receiver) input(t *demuxTable, m *Message, deny bool) *iface {
 		st.drop(err)
 		return nil
 	}
-	e := t.lookup(m.Dst, m.Src, session(p))
+	e := r.lookup(t, m, session(p))
 	if e == nil {
 		st.unmatched.Add(1)
 		return nil
 	}
 	s := &e.ifc.stats
-	s.countType(p.Type)
-	e.ifc.flows.count(m.Src, p, len(p.Frame))
+	r.count(p, len(p.Frame))
+	switch p.Type {
+	case erspan.TypeI:
+		r.cur.typeI++
+	case erspan.TypeII:
+		r.cur.typeII++
+	case erspan.TypeIII:
+		r.cur.typeIII++
+	}
 	captureOnly := e.captureOnly
 	if p.Truncated {
 		// spec/erspan.md §2: a truncated frame is counted and captured,
