@@ -130,6 +130,11 @@ func setupCapture(fd, ifindex, rcvbuf int) error {
 	if err := setRcvBuf(fd, rcvbuf); err != nil {
 		return err
 	}
+	// Frames this host sends are of no use to a sensor: with
+	// PACKET_IGNORE_OUTGOING (Linux 4.20) the kernel does not hand them to
+	// the socket at all; older kernels refuse the option, and ReadBatch
+	// skips them instead.
+	_ = unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1)
 	mreq := unix.PacketMreq{Ifindex: int32(ifindex), Type: unix.PACKET_MR_PROMISC}
 	if err := unix.SetsockoptPacketMreq(fd, unix.SOL_PACKET, unix.PACKET_ADD_MEMBERSHIP, &mreq); err != nil {
 		return fmt.Errorf("promiscuous mode: %w", err)
@@ -142,7 +147,8 @@ func setupCapture(fd, ifindex, rcvbuf int) error {
 }
 
 // ReadBatch reads what arrived, as GRESocket.ReadBatch does; frames the
-// host sent are skipped. It allocates nothing.
+// host sent are skipped (kernels before 4.20 pass them up). It allocates
+// nothing.
 func (s *CaptureSocket) ReadBatch() ([]Message, error) {
 	for {
 		n, err := s.c.read()

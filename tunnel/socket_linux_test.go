@@ -34,7 +34,7 @@ type receivedGRE struct {
 // readGRE reads n messages from s (copying them out of its buffers), and
 // fails the test if they do not come within d: the socket is then closed
 // to end the pending ReadBatch.
-func readGRE(t *testing.T, s *GRESocket, n int, d time.Duration) []receivedGRE {
+func readGRE(t *testing.T, s Socket, n int, d time.Duration) []receivedGRE {
 	t.Helper()
 	timer := time.AfterFunc(d, func() { s.Close() })
 	defer timer.Stop()
@@ -179,6 +179,32 @@ func testSocket(t *testing.T, family int, ipOptions bool) {
 	}
 	if _, err := s.ReadBatch(); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("ReadBatch on a closed socket: %v, want net.ErrClosed", err)
+	}
+}
+
+// A sensor's capture socket passes up what arrives on its interface, not
+// what the host sends out of it (ERSPAN the host itself sends, say).
+func TestCaptureSkipsOutgoing(t *testing.T) {
+	sender, collector := vethPair(t)
+	var s *CaptureSocket
+	collector.do(t, func() {
+		var err error
+		if s, err = ListenCapture("eth0", 16, 2048, 0, 0); err != nil {
+			t.Fatalf("ListenCapture: %v", err)
+		}
+		t.Cleanup(func() { s.Close() })
+		// Out of the captured interface, before anything comes in.
+		newGRESender(t, net.IPv4(192, 0, 2, 1)).send(grePacket(erspan.ProtoERSPAN, true, 1, typeIIBody(1)))
+	})
+	sender.do(t, func() {
+		newGRESender(t, net.IPv4(192, 0, 2, 2)).send(grePacket(erspan.ProtoERSPAN, true, 2, typeIIBody(2)))
+	})
+	// The socket keeps the order frames passed, so the outgoing one
+	// would come first.
+	got := readGRE(t, s, 1, 5*time.Second)
+	want := grePacket(erspan.ProtoERSPAN, true, 2, typeIIBody(2))
+	if got[0].src != netip.MustParseAddr("192.0.2.1") || !bytes.Equal(got[0].gre, want) {
+		t.Errorf("first packet captured from %v (%x), want the incoming one from 192.0.2.1", got[0].src, got[0].gre)
 	}
 }
 
