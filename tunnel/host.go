@@ -121,8 +121,9 @@ type System interface {
 	CheckNamespace(name string) error
 	// AddSpan mirrors every frame crossing bridge (in namespace ns) out
 	// of TAP tap until the returned function is called, which removes all
-	// it added.
-	AddSpan(ns, bridge, tap string, tapIndex int) (func() error, error)
+	// it added. Errors after it returned (keeping up with the bridge's
+	// ports) go to report.
+	AddSpan(ns, bridge, tap string, tapIndex int, report func(error)) (func() error, error)
 }
 
 // Logger is a tiny injectable logger; nil functions discard. Nothing is
@@ -370,7 +371,8 @@ func (h *Host) AddSpan(bridge, name string) error {
 	if h.spans[k] != nil {
 		return nil
 	}
-	stop, err := h.sys.AddSpan(ifc.cfg.Rdomain, bridge, name, ifc.link.Index)
+	report := func(err error) { h.log.errorf("%v", err) }
+	stop, err := h.sys.AddSpan(ifc.cfg.Rdomain, bridge, name, ifc.link.Index, report)
 	if err != nil {
 		return err
 	}

@@ -146,7 +146,7 @@ func (m *memSystem) CheckNamespace(string) error { return nil }
 
 func (m *memSystem) CheckDevice(ns, dev string) error { return nil }
 
-func (m *memSystem) AddSpan(ns, bridge, tap string, tapIndex int) (func() error, error) {
+func (m *memSystem) AddSpan(ns, bridge, tap string, tapIndex int, _ func(error)) (func() error, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.spans++

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -169,43 +171,94 @@ func (r spanRule) reconcile(bridge string, remove bool) error {
 // span is a running span port: its rules and the watcher that covers
 // ports joining the bridge later.
 type span struct {
+	home       netns.NsHandle // the daemon's namespace, for ns ""
 	ns, bridge string
 	rule       spanRule
+	report     func(error)
 	done       chan struct{}
 	stopped    chan struct{}
-	mu         sync.Mutex // one reconcile at a time
+	mu         sync.Mutex                   // one reconcile at a time
+	sub        atomic.Pointer[subscription] // the watcher's; swapped on resubscribe
 }
 
 // AddSpan mirrors every frame crossing bridge (in namespace ns) out of TAP
 // tap, until the returned stop function is called, which removes every rule
-// it added. Ports that join the bridge later are covered within moments.
-func (l *Linux) AddSpan(ns, bridge, tap string, tapIndex int) (func() error, error) {
-	s := &span{ns: ns, bridge: bridge, rule: spanRule{tap: tap, tapIndex: tapIndex},
-		done: make(chan struct{}), stopped: make(chan struct{})}
+// it added. Ports that join the bridge later are covered within moments;
+// what goes wrong then (a rule that cannot be added, link changes the
+// kernel could not report) is passed to report, which must not block.
+func (l *Linux) AddSpan(ns, bridge, tap string, tapIndex int, report func(error)) (func() error, error) {
+	s, err := startSpan(l.home, ns, bridge, spanRule{tap: tap, tapIndex: tapIndex}, report)
+	if err != nil {
+		return nil, err
+	}
+	return s.stop, nil
+}
+
+func startSpan(home netns.NsHandle, ns, bridge string, rule spanRule, report func(error)) (*span, error) {
+	s := &span{home: home, ns: ns, bridge: bridge, rule: rule,
+		report: report, done: make(chan struct{}), stopped: make(chan struct{})}
+	// Watch first, then put the rules in place: a port that joins in
+	// between is seen by the watcher rather than missed.
+	sub, err := s.subscribe()
+	if err != nil {
+		return nil, err
+	}
 	if err := s.reconcile(false); err != nil {
+		sub.cancel()
 		_ = s.reconcile(true)
 		return nil, err
 	}
-	handle := l.home
-	if ns != "" {
-		h, err := netns.GetFromName(ns)
+	s.sub.Store(sub)
+	go s.watch()
+	return s, nil
+}
+
+// subscription is one netlink subscription to the link changes of the
+// span's namespace.
+type subscription struct {
+	updates chan netlink.LinkUpdate
+	done    chan struct{}
+	once    sync.Once
+	// err is the last error the library reported (a Pointer: the errors
+	// are of several types, which atomic.Value refuses).
+	err atomic.Pointer[error]
+}
+
+func (s *span) subscribe() (*subscription, error) {
+	handle := s.home
+	if s.ns != "" {
+		h, err := netns.GetFromName(s.ns)
 		if err != nil {
-			_ = s.reconcile(true)
-			return nil, fmt.Errorf("network namespace %s: %w", ns, err)
+			return nil, fmt.Errorf("network namespace %s: %w", s.ns, err)
 		}
+		// The subscription's socket keeps the namespace.
+		defer h.Close()
 		handle = h
 	}
-	updates := make(chan netlink.LinkUpdate, 64)
-	err := netlink.LinkSubscribeWithOptions(updates, s.done, netlink.LinkSubscribeOptions{Namespace: &handle})
-	if ns != "" {
-		handle.Close()
-	}
+	sub := &subscription{updates: make(chan netlink.LinkUpdate, 64), done: make(chan struct{})}
+	err := netlink.LinkSubscribeWithOptions(sub.updates, sub.done, netlink.LinkSubscribeOptions{
+		Namespace: &handle, ErrorCallback: func(err error) { sub.err.Store(&err) }})
 	if err != nil {
-		_ = s.reconcile(true)
-		return nil, fmt.Errorf("watch the ports of %s: %w", bridge, err)
+		return nil, fmt.Errorf("watch the ports of %s: %w", s.bridge, err)
 	}
-	go s.watch(updates)
-	return s.stop, nil
+	return sub, nil
+}
+
+// cancel closes the subscription's socket and waits for the library's
+// reader to end, which it does once the socket is closed (netlink v1.3
+// reads through the netpoller). Draining matters: a reader blocked on a
+// full channel would never see the close.
+func (c *subscription) cancel() {
+	c.once.Do(func() { close(c.done) })
+	for range c.updates {
+	}
+}
+
+func (c *subscription) lastErr() error {
+	if p := c.err.Load(); p != nil {
+		return *p
+	}
+	return errors.New("no error given")
 }
 
 func (s *span) reconcile(remove bool) error {
@@ -214,22 +267,59 @@ func (s *span) reconcile(remove bool) error {
 	return inNamespace(s.ns, func() error { return s.rule.reconcile(s.bridge, remove) })
 }
 
-func (s *span) watch(updates <-chan netlink.LinkUpdate) {
+// watch reconciles after every burst of link changes until stop. The
+// library ends a subscription on any receive error, ENOBUFS among them:
+// the kernel dropped changes a burst of them (say, creating a thousand
+// interfaces) did not leave room for. The watcher then subscribes again
+// and reconciles, which covers whatever was missed.
+func (s *span) watch() {
 	defer close(s.stopped)
+	sub := s.sub.Load()
 	for {
 		select {
 		case <-s.done:
+			sub.cancel()
 			return
-		case _, ok := <-updates:
+		case _, ok := <-sub.updates:
 			if !ok {
-				return
+				sub.cancel()
+				if sub = s.resubscribe(sub.lastErr()); sub == nil {
+					return // stopped meanwhile
+				}
 			}
 			// Drain a burst of updates, then reconcile once.
-			for len(updates) > 0 {
-				<-updates
+			for len(sub.updates) > 0 {
+				<-sub.updates
 			}
-			_ = s.reconcile(false)
+			s.check(s.reconcile(false))
 		}
+	}
+}
+
+// resubscribe subscribes again after a subscription ended on error cause,
+// retrying every second until it can or stop is called (then it returns
+// nil).
+func (s *span) resubscribe(cause error) *subscription {
+	s.check(fmt.Errorf("link change reports ended (%v), changes may have been missed: watching again and checking every port", cause))
+	for {
+		sub, err := s.subscribe()
+		if err == nil {
+			s.sub.Store(sub)
+			return sub
+		}
+		s.check(err)
+		select {
+		case <-s.done:
+			return nil
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// check reports err, if any, naming the span port.
+func (s *span) check(err error) {
+	if err != nil && s.report != nil {
+		s.report(fmt.Errorf("span port %s of %s: %w", s.rule.tap, s.bridge, err))
 	}
 }
 
