@@ -16,6 +16,11 @@ import (
 // the socket, and waits for it to answer (design.md, Processes).
 func DialOrStart(path string, autostart bool) (*Client, error) {
 	c, err := Dial(path)
+	if errors.Is(err, syscall.EACCES) {
+		// The socket and its directory are the daemon's user's alone
+		// (Listen): starting another erspand would not help.
+		return nil, fmt.Errorf("erspand's control socket %s: %w: run erspanctl as the user erspand runs as (root)", path, err)
+	}
 	if err == nil || !autostart || !(errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED)) {
 		if err != nil {
 			return nil, fmt.Errorf("no erspand answers on %s (%w); start it with: erspand --socket %s", path, err, path)

@@ -84,7 +84,7 @@ func (r *Registry) Create(name string) error {
 // create makes the interface in network namespace rdomain from the start:
 // a restarted daemon finds its TAP where a former rdomain setting put it.
 func (r *Registry) create(name, rdomain string) error {
-	if err := checkName(name); err != nil {
+	if err := CheckName(name); err != nil {
 		return err
 	}
 	r.mu.Lock()
@@ -133,7 +133,7 @@ func (r *Registry) Destroy(name string) error {
 }
 
 func (r *Registry) lookup(name, setting string) (*entry, error) {
-	if err := checkName(name); err != nil {
+	if err := CheckName(name); err != nil {
 		return nil, err
 	}
 	e, ok := r.ifs[name]

@@ -92,7 +92,9 @@ var nameRE = regexp.MustCompile(`^erspan(0|[1-9][0-9]{0,8})$`)
 // ValidName reports whether name is an acceptable interface name.
 func ValidName(name string) bool { return nameRE.MatchString(name) }
 
-func checkName(name string) error {
+// CheckName returns an EINVAL error naming the rule when name is not an
+// erspanN interface name.
+func CheckName(name string) error {
 	if !ValidName(name) {
 		return newError(syscall.EINVAL, name, "",
 			"interface names are erspan followed by a unit number, such as erspan0")

@@ -18,7 +18,8 @@ import (
 
 // TestAutostart checks that erspanctl starts erspand itself, from beside its
 // own executable, when no daemon answers on the socket: in the namespace
-// erspanctl runs in, detached from it, and answering afterwards.
+// erspanctl runs in, detached from it, and answering afterwards; and not
+// for arguments it can tell are wrong.
 func TestAutostart(t *testing.T) {
 	requireRoot(t)
 	t.Parallel()
@@ -35,6 +36,24 @@ func TestAutostart(t *testing.T) {
 		log, _ := os.ReadFile(filepath.Join(dir, "erspand.log"))
 		checkRace(t, "autostarted erspand in "+ns.name, string(log))
 	})
+
+	// Arguments erspanctl can tell are wrong fail before any daemon is
+	// reached or started.
+	for _, bad := range []struct{ args, says string }{
+		{"create foo", "foo: invalid argument (EINVAL): interface names are erspan"},
+		{"erspan0 vnetd 5", "erspan0 vnetd: invalid argument (EINVAL): unknown setting"},
+		{"create erspan0 tunnel 192.0.2.2", `missing argument: the form is "tunnel SRC DST"`},
+		{"br0 addspan", "usage: erspanctl br0 addspan erspanN"},
+		{"bogus", "neither a command"},
+	} {
+		r := runCtl(t, ns, erspanctl, append([]string{"--socket", sock}, strings.Fields(bad.args)...))
+		if r.code == 0 || !strings.Contains(r.stderr, bad.says) {
+			t.Errorf("want a failure saying %q:\n%v", bad.says, r)
+		}
+		if _, err := os.Stat(sock); !os.IsNotExist(err) {
+			t.Fatalf("erspanctl %s started a daemon (%s: %v)", bad.args, sock, err)
+		}
+	}
 
 	r := runCtl(t, ns, erspanctl, []string{"--socket", sock, "create", "erspan0"})
 	if r.code != 0 {

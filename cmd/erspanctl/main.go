@@ -38,83 +38,116 @@ func main() {
 	}
 }
 
+// command is what the arguments ask of erspand.
+type command func(cl *ifconfig.Client, jsonOut bool) error
+
 func run(c *cli.Context) error {
-	args := c.Args().Slice()
+	// Arguments are checked before erspand is reached (or started): a
+	// typo must not start a daemon.
+	cmd, err := parse(c.Args().Slice())
+	if err != nil {
+		return err
+	}
 	cl, err := ifconfig.DialOrStart(c.String("socket"), !c.Bool("no-autostart"))
 	if err != nil {
 		return err
 	}
 	defer cl.Close()
-	jsonOut := c.Bool("j")
+	return cmd(cl, c.Bool("j"))
+}
+
+// parse checks the arguments as far as can be done without erspand and
+// returns the command they make.
+func parse(args []string) (command, error) {
 	if len(args) == 0 {
-		a, err := cl.All()
-		if err != nil {
-			return err
-		}
-		if jsonOut {
-			return printJSON(a)
-		}
-		ifconfig.WriteAll(os.Stdout, &a)
-		return nil
+		return func(cl *ifconfig.Client, jsonOut bool) error {
+			a, err := cl.All()
+			if err != nil {
+				return err
+			}
+			if jsonOut {
+				return printJSON(a)
+			}
+			ifconfig.WriteAll(os.Stdout, &a)
+			return nil
+		}, nil
 	}
 	switch args[0] {
 	case "create":
 		if len(args) < 2 {
-			return fmt.Errorf("create needs an interface name: erspanctl create erspanN [SETTING...]")
+			return nil, fmt.Errorf("create needs an interface name: erspanctl create erspanN [SETTING...]")
 		}
 		name := args[1]
+		if err := ifconfig.CheckName(name); err != nil {
+			return nil, err
+		}
 		settings, err := ifconfig.ParseSettings(name, args[2:])
 		if err != nil {
-			return err
+			return nil, err
 		}
-		if err := cl.Create(name); err != nil {
-			return err
-		}
-		return cl.Set(name, settings)
+		return func(cl *ifconfig.Client, _ bool) error {
+			if err := cl.Create(name); err != nil {
+				return err
+			}
+			return cl.Set(name, settings)
+		}, nil
 	case "sysctl":
 		if len(args) != 2 {
-			return fmt.Errorf("usage: erspanctl sysctl net.inet.gre.allow[=0|1]")
+			return nil, fmt.Errorf("usage: erspanctl sysctl net.inet.gre.allow[=0|1]")
 		}
 		name, value, _ := strings.Cut(args[1], "=")
-		v, err := cl.Sysctl(name, value)
-		if err != nil {
-			return err
-		}
-		fmt.Println(v)
-		return nil
+		return func(cl *ifconfig.Client, _ bool) error {
+			v, err := cl.Sysctl(name, value)
+			if err != nil {
+				return err
+			}
+			fmt.Println(v)
+			return nil
+		}, nil
 	case "destroy":
 		if len(args) != 2 {
-			return fmt.Errorf("usage: erspanctl destroy erspanN")
+			return nil, fmt.Errorf("usage: erspanctl destroy erspanN")
 		}
-		return cl.Destroy(args[1])
+		if err := ifconfig.CheckName(args[1]); err != nil {
+			return nil, err
+		}
+		return func(cl *ifconfig.Client, _ bool) error { return cl.Destroy(args[1]) }, nil
 	}
 	name := args[0]
-	if len(args) == 3 && (args[1] == "addspan" || args[1] == "delspan") {
+	if len(args) > 1 && (args[1] == "addspan" || args[1] == "delspan") {
 		// OpenBSD: ifconfig bridge0 addspan erspan0.
-		if args[1] == "addspan" {
-			return cl.AddSpan(name, args[2])
+		if len(args) != 3 {
+			return nil, fmt.Errorf("usage: erspanctl %s %s erspanN", name, args[1])
 		}
-		return cl.DelSpan(name, args[2])
+		if err := ifconfig.CheckName(args[2]); err != nil {
+			return nil, err
+		}
+		if args[1] == "addspan" {
+			return func(cl *ifconfig.Client, _ bool) error { return cl.AddSpan(name, args[2]) }, nil
+		}
+		return func(cl *ifconfig.Client, _ bool) error { return cl.DelSpan(name, args[2]) }, nil
 	}
 	if !ifconfig.ValidName(name) {
-		return fmt.Errorf("%q is neither a command (create, destroy) nor an interface name (erspanN)", name)
+		return nil, fmt.Errorf("%q is neither a command (create, destroy, sysctl) nor an interface name (erspanN)", name)
 	}
 	if len(args) > 1 {
 		settings, err := ifconfig.ParseSettings(name, args[1:])
 		if err != nil {
+			return nil, err
+		}
+		return func(cl *ifconfig.Client, _ bool) error { return cl.Set(name, settings) }, nil
+	}
+	return func(cl *ifconfig.Client, jsonOut bool) error {
+		s, err := cl.Status(name)
+		if err != nil {
 			return err
 		}
-		return cl.Set(name, settings)
-	}
-	s, err := cl.Status(name)
-	if err != nil {
-		return err
-	}
-	if jsonOut {
-		return printJSON(s)
-	}
-	ifconfig.WriteStatus(os.Stdout, &s)
-	return nil
+		if jsonOut {
+			return printJSON(s)
+		}
+		ifconfig.WriteStatus(os.Stdout, &s)
+		return nil
+	}, nil
 }
 
 func printJSON(v any) error {
