@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -344,6 +345,23 @@ func (r *packetReader) settle() {
 			return
 		}
 		time.Sleep(min(wait, time.Until(deadline)+time.Millisecond))
+	}
+}
+
+// awaitLabel waits (at most frameTimeout) until a frame carrying label
+// (labeledFrame's) has passed the interface either way, and fails the test
+// if none does. To show that a frame did not pass, a test sends such a
+// marker after it along the same path, where frames keep their order: once
+// the marker is seen, whatever went before it has been seen too, with no
+// quiet period guessed.
+func (r *packetReader) awaitLabel(t *testing.T, label string) {
+	t.Helper()
+	mark := []byte(labelMark + label + "\x00")
+	has := func(frames [][]byte) bool {
+		return slices.ContainsFunc(frames, func(f []byte) bool { return bytes.Contains(f, mark) })
+	}
+	if !r.waitUntil(frameTimeout, func(in, out [][]byte) bool { return has(in) || has(out) }) {
+		t.Fatalf("the marker frame %q did not pass %s within %v", label, r.name, frameTimeout)
 	}
 }
 

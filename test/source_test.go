@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -215,13 +216,15 @@ func TestTransmitSettings(t *testing.T) {
 	sw, col := startDaemon(t, tp.sw), startDaemon(t, tp.col)
 	sw.mustCtl("create", "erspan0", "tunnel", "192.0.2.1", "192.0.2.2", "vnetid", "7", "tunnelttl", "9", "tunneldf", "txprio", "6", "mtu", "9000", "up")
 	col.mustCtl("create", "erspan0", "tunneladdr", "192.0.2.2", "mtu", "9000", "up")
-	small, big := labeledFrame("small", 100), labeledFrame("big", 3000, 0x8100<<16|2<<13|42)
+	small, big, marker := labeledFrame("small", 100), labeledFrame("big", 3000, 0x8100<<16|2<<13|42), labeledFrame("marker", 100)
 	wire := newPacketReader(t, tp.sw, "veth0")
-	inject(t, tp.sw, "erspan0", small, big)
-	wire.settle()
+	// The marker follows big through the same TAP queue and transmit
+	// loop: once it is on the wire, big would have been.
+	inject(t, tp.sw, "erspan0", small, big, marker)
+	wire.awaitLabel(t, "marker")
 	pkts := decodeWire(t, wire.passed())
-	if len(pkts) != 1 {
-		t.Fatalf("%d packets on the wire, want 1 (the big one dropped with df)", len(pkts))
+	if len(pkts) != 2 || frameLabel(pkts[0].inner) != "small" || frameLabel(pkts[1].inner) != "marker" {
+		t.Fatalf("%d packets on the wire, want 2: small and the marker (big dropped with df)", len(pkts))
 	}
 	if p := pkts[0]; p.ttl != 9 || !p.df || p.tos != 6<<5 || p.erspan.CoS != 3 || p.erspan.SessionID != 7 {
 		t.Errorf("ttl %d df %v tos %#x cos %d session %d, want 9 true 0xc0 3 7", p.ttl, p.df, p.tos, p.erspan.CoS, p.erspan.SessionID)
@@ -237,11 +240,27 @@ func TestTransmitSettings(t *testing.T) {
 	dl.expect(r, big, "the big frame, whole")
 	inject(t, tp.sw, "erspan0", big)
 	dl.check()
-	wire.settle()
-	frags := 0
-	for _, f := range wire.passed() {
+	greOf := func(f []byte) *layers.IPv4 {
 		p := gopacket.NewPacket(f, layers.LayerTypeEthernet, gopacket.Default)
 		if ip, ok := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4); ok && ip.Protocol == layers.IPProtocolGRE {
+			return ip
+		}
+		return nil
+	}
+	// The collector reassembled the frame, so every fragment passed;
+	// wait for this reader to have read them.
+	lastFrag := func(_, out [][]byte) bool {
+		return slices.ContainsFunc(out, func(f []byte) bool {
+			ip := greOf(f)
+			return ip != nil && ip.FragOffset != 0 && ip.Flags&layers.IPv4MoreFragments == 0
+		})
+	}
+	if !wire.waitUntil(frameTimeout, lastFrag) {
+		t.Error("the last fragment of the big frame was not seen on the wire")
+	}
+	frags := 0
+	for _, f := range wire.passed() {
+		if ip := greOf(f); ip != nil {
 			frags++
 			if ip.Flags&layers.IPv4DontFragment != 0 || ip.TOS != 2<<5 {
 				t.Errorf("fragment flags %v tos %#x", ip.Flags, ip.TOS)
@@ -253,7 +272,7 @@ func TestTransmitSettings(t *testing.T) {
 	}
 	// The dropped frame had sequence number 1: the collector counts it
 	// lost, as it would any mirrored frame that never arrived.
-	if s := col.status("erspan0"); len(s.Sources) != 1 || s.Sources[0].LastSeq != 2 || s.Sources[0].Lost != 1 {
+	if s := col.status("erspan0"); len(s.Sources) != 1 || s.Sources[0].LastSeq != 3 || s.Sources[0].Lost != 1 {
 		t.Errorf("collector's source counters %+v", s.Sources)
 	}
 	for _, bad := range [][]string{{"tunnelttl", "0"}, {"txprio", "8"}, {"mtu", "40"}} {
@@ -361,7 +380,11 @@ func TestSpanPort(t *testing.T) {
 	udp(h1, "198.51.100.12", "port-to-port")
 	udp(h1, "198.51.100.1", "port-to-host")
 	udp(tp.sw, "198.51.100.12", "host-to-port")
-	r.settle()
+	// Each datagram is mirrored (or not) while it crosses the bridge, in
+	// the sending call; one more, sent after, comes out of the same TAP
+	// queue and tunnel after their copies.
+	udp(h1, "198.51.100.12", labelMark+"span-marker\x00")
+	r.awaitLabel(t, "span-marker")
 	got := r.received()
 	for _, msg := range []string{"port-to-port", "port-to-host", "host-to-port"} {
 		n := 0
@@ -384,7 +407,10 @@ func TestSpanPort(t *testing.T) {
 	}
 	r = newPacketReader(t, tp.col, "erspan0")
 	udp(h1, "198.51.100.12", "after-delspan")
-	r.settle()
+	// No mirror is left to carry a marker: send one into erspan0 itself,
+	// behind the copy a rule left behind would have queued there.
+	inject(t, tp.sw, "erspan0", labeledFrame("delspan-marker", 64))
+	r.awaitLabel(t, "delspan-marker")
 	for _, f := range r.received() {
 		if bytes.Contains(f, []byte("after-delspan")) {
 			t.Error("traffic mirrored after delspan")
