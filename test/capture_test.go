@@ -229,6 +229,18 @@ var captureFrames = map[string]int{
 	"zeek__gre-erspan3-dot1q.pcap":                  2,
 }
 
+// checkCaptureFrames fails the test unless the classifier expects of
+// capture name as many frames as captureFrames says.
+func checkCaptureFrames(t *testing.T, name string, delivered int) {
+	t.Helper()
+	want, known := captureFrames[name]
+	if !known {
+		t.Errorf("%s: no expected frame count in captureFrames; add one", name)
+	} else if delivered != want {
+		t.Errorf("%s: the test expects %d frames, the capture notes say %d", name, delivered, want)
+	}
+}
+
 // TestCaptures re-sends the GRE payload of every packet of the public
 // captures (Types I, II and III; two switches with one session; a switch
 // whose sequence is always 0; Type III without GRE sequence and with the
@@ -292,12 +304,7 @@ func TestCaptures(t *testing.T) {
 					t.Fatalf("frames missing after %s frame %d; stopped", name, p.index)
 				}
 			}
-			want, known := captureFrames[name]
-			if !known {
-				t.Errorf("%s: no expected frame count in captureFrames; add one", name)
-			} else if delivered != want {
-				t.Errorf("%s: the test expects %d frames, the capture notes say %d", name, delivered, want)
-			}
+			checkCaptureFrames(t, name, delivered)
 			fmt.Fprintf(&summary, "%-46s %3d GRE packets from %d sources: %3d frames, %2d FT!=0\n", name, len(pkts), len(sources), delivered, ft)
 		}
 		dl.check()
