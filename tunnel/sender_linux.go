@@ -92,10 +92,11 @@ func openSendSocket(family int, df bool) (*sendSocket, error) {
 	// every sent packet freed by the device (sock_wfree) signalled write
 	// space to epoll and woke a thread blocked in epoll_wait for nothing,
 	// one wake-up per packet (~0.9 µs of 5.2 per encapsulated frame,
-	// README, Performance). A full send buffer blocks sendmmsg in the
-	// kernel until the device frees room, for at most sendTimeout; the
-	// descriptor is closed only once a send in progress has returned
-	// (os.File's reference count).
+	// README, Performance). A raw socket does not wait for send buffer
+	// space anyway (ENOBUFS, see SendBatch); should a send block for
+	// another reason, sendTimeout bounds it. The descriptor is closed
+	// only once a send in progress has returned (os.File's reference
+	// count).
 	fd, err := unix.Socket(af, unix.SOCK_RAW|unix.SOCK_CLOEXEC, erspan.IPProtoGRE)
 	if err != nil {
 		return nil, fmt.Errorf("raw GRE socket: %w", err)
@@ -160,9 +161,10 @@ func setupSendSocket(fd, family int, df bool) error {
 	return nil
 }
 
-// sendTimeout bounds how long a send waits for room in a full send buffer
-// (a congested egress link) before the rest of its batch is dropped: the
-// transmit loop, and a Destroy waiting for it, are never stuck longer.
+// sendTimeout bounds how long a send may block before the rest of its
+// batch is dropped: the transmit loop, and a Destroy waiting for it, are
+// never stuck longer. (A raw IP socket fails at once with ENOBUFS rather
+// than wait for room in its send buffer; this is a bound for the rest.)
 const sendTimeout = 100 * time.Millisecond
 
 // senderBatch is how many packets one sendmmsg takes.
@@ -281,12 +283,15 @@ func (r *rawSender) SendBatch(pkts [][]byte, tos []uint8) (sent, tooBig int, byt
 			if werr != nil {
 				return sent, tooBig, bytes, werr // closed under us
 			}
-			if r.bErr == unix.EAGAIN {
-				// The send buffer stayed full for sendTimeout: the
-				// link is congested. The rest of the batch is
-				// dropped (and counted as errors by the caller), as
-				// a full interface queue drops, rather than each
-				// packet waiting its own timeout.
+			if r.bErr == unix.ENOBUFS || r.bErr == unix.EAGAIN {
+				// No room: the egress link is congested. A raw
+				// socket never waits for room: ip_append_data
+				// without a transport header fails with ENOBUFS once
+				// twice its send buffer is in flight (EAGAIN would be
+				// a wait that outlasted sendTimeout). The rest of the
+				// batch is dropped (and counted as errors by the
+				// caller), as a full interface queue drops, rather
+				// than failing one system call per packet.
 				return sent, tooBig, bytes, r.bErr
 			}
 			if r.bErr != 0 {
@@ -309,7 +314,7 @@ func (r *rawSender) SendBatch(pkts [][]byte, tos []uint8) (sent, tooBig int, byt
 
 // writeBatch is the RawConn callback of SendBatch: it sends from bsent on,
 // and stops at the first packet the kernel refuses, recording its errno
-// (EAGAIN: the send buffer stayed full for sendTimeout).
+// (ENOBUFS: no room to queue it, EAGAIN: a wait outlasted sendTimeout).
 func (r *rawSender) writeBatch(fd uintptr) {
 	for r.bsent < r.bn {
 		n, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[r.bsent])), uintptr(r.bn-r.bsent), 0, 0, 0)

@@ -474,3 +474,56 @@ func TestParseFrame(t *testing.T) {
 		}
 	}
 }
+
+// TestSendCongested: when the egress link stays congested the shared send
+// socket's buffer fills; SendBatch then drops the rest of its batch with
+// ENOBUFS (what a raw socket says: it never waits for room) or EAGAIN (a
+// wait outlasted sendTimeout), never blocking the transmit loop (and a
+// Destroy behind it), and sends again once the link drains.
+func TestSendCongested(t *testing.T) {
+	sender, _ := vethPair(t)
+	// 8 bits a second, a 10 MB queue: packets leave the socket for the
+	// queue and stay there, charged to its send buffer.
+	runIP(t, "-n", sender.name, "link", "set", "eth0", "txqueuelen", "100000")
+	if out, err := exec.Command("tc", "-n", sender.name, "qdisc", "add", "dev", "eth0", "root",
+		"tbf", "rate", "8bit", "burst", "1600", "limit", "10000000").CombinedOutput(); err != nil {
+		t.Fatalf("tbf qdisc: %v: %s", err, out)
+	}
+	l, err := NewLinux()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, err := l.OpenSender(sender.name, netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2"), 64, false)
+	if err != nil {
+		t.Fatalf("OpenSender: %v", err)
+	}
+	defer tx.Close()
+	pkts, tos := make([][]byte, senderBatch), make([]uint8, senderBatch)
+	for i := range pkts {
+		pkts[i] = grePacket(erspan.ProtoERSPAN, true, uint32(i), typeIIBody(byte(i)))
+	}
+	// The default send buffer (212 kB) holds a few hundred such packets:
+	// bounded at 100 batches, far more than it takes.
+	total, congested := 0, false
+	for range 100 {
+		sent, _, _, err := tx.SendBatch(pkts, tos)
+		total += sent
+		if err != nil {
+			if !errors.Is(err, unix.ENOBUFS) && !errors.Is(err, unix.EAGAIN) || sent == len(pkts) {
+				t.Fatalf("SendBatch after %d packets: sent %d of %d, %v; want ENOBUFS or EAGAIN with the rest dropped", total, sent, len(pkts), err)
+			}
+			congested = true
+			break
+		}
+	}
+	if !congested {
+		t.Fatalf("%d packets sent into a link that passes 8 bits a second and none was refused", total)
+	}
+	// The link drains: sending works again.
+	if out, err := exec.Command("tc", "-n", sender.name, "qdisc", "del", "dev", "eth0", "root").CombinedOutput(); err != nil {
+		t.Fatalf("remove the tbf qdisc: %v: %s", err, out)
+	}
+	if sent, _, _, err := tx.SendBatch(pkts[:1], tos); sent != 1 || err != nil {
+		t.Errorf("SendBatch after the link drained: sent %d, %v", sent, err)
+	}
+}
