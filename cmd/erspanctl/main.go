@@ -5,6 +5,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 
@@ -60,17 +61,7 @@ func run(c *cli.Context) error {
 // returns the command they make.
 func parse(args []string) (command, error) {
 	if len(args) == 0 {
-		return func(cl *ifconfig.Client, jsonOut bool) error {
-			a, err := cl.All()
-			if err != nil {
-				return err
-			}
-			if jsonOut {
-				return printJSON(a)
-			}
-			ifconfig.WriteAll(os.Stdout, &a)
-			return nil
-		}, nil
+		return show((*ifconfig.Client).All, ifconfig.WriteAll), nil
 	}
 	switch args[0] {
 	case "create":
@@ -137,17 +128,24 @@ func parse(args []string) (command, error) {
 		}
 		return func(cl *ifconfig.Client, _ bool) error { return cl.Set(name, settings) }, nil
 	}
+	status := func(cl *ifconfig.Client) (ifconfig.Status, error) { return cl.Status(name) }
+	return show(status, ifconfig.WriteStatus), nil
+}
+
+// show is the command that gets a report from erspand and prints it, as
+// text or JSON.
+func show[T any](get func(*ifconfig.Client) (T, error), write func(io.Writer, *T)) command {
 	return func(cl *ifconfig.Client, jsonOut bool) error {
-		s, err := cl.Status(name)
+		v, err := get(cl)
 		if err != nil {
 			return err
 		}
 		if jsonOut {
-			return printJSON(s)
+			return printJSON(v)
 		}
-		ifconfig.WriteStatus(os.Stdout, &s)
+		write(os.Stdout, &v)
 		return nil
-	}, nil
+	}
 }
 
 func printJSON(v any) error {
