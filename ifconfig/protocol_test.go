@@ -41,6 +41,16 @@ func TestProtocolRoundTrip(t *testing.T) {
 	if !equalJSON(t, got, want) {
 		t.Errorf("over the wire:\n%+v\nlocally:\n%+v", got, want)
 	}
+	// The backend's sources (fakeBackend.Flows) come through, or the
+	// comparison above proves nothing about them.
+	if len(got.Sources) != 2 || got.Sources[0].Lost != 2 || got.SourcesOverflow != 3 {
+		t.Errorf("sources %+v, overflow %d; want the backend's 2 sources and 3", got.Sources, got.SourcesOverflow)
+	}
+	var text bytes.Buffer
+	WriteStatus(&text, &got)
+	if line := "\tsources beyond the tracking limit: 3 packets\n"; !strings.Contains(text.String(), line) {
+		t.Errorf("missing %q in:\n%s", line, text.String())
+	}
 	// Errors keep their errno, interface, setting and advice.
 	if ss, err = ParseSettings("erspan0", []string{"vnetid", "5"}); err != nil {
 		t.Fatal(err)

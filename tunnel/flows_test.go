@@ -81,15 +81,25 @@ func TestFlowRestartAndWrap(t *testing.T) {
 	}
 }
 
+// TestFlowLimit: past maxFlows sources an interface tracks no new one,
+// counts their packets as overflow and still delivers them; through the
+// receiver, which does the counting in production.
 func TestFlowLimit(t *testing.T) {
-	var ft flowTable
-	for i := range maxFlows + 10 {
+	r := newRig(t)
+	q := r.add(Config{Name: "erspan0", Up: true, Monitor: true, Src: local, VNetID: NoSession})
+	q.keep = false
+	msgs := make([]Message, maxFlows+10)
+	for i := range msgs {
 		src := netip.AddrFrom4([4]byte{198, 51, byte(i >> 8), byte(i)})
-		ft.count(src, &erspan.Packet{Type: erspan.TypeI}, 64)
+		msgs[i] = Message{Src: src, Dst: local, GRE: gre(t, erspan.Packet{Type: erspan.TypeI}, frame(1, 64))}
 	}
-	f, overflow := ft.snapshot()
+	r.sys.socket(4).inject(msgs...)
+	f, overflow := r.h.Flows("erspan0")
 	if len(f) != maxFlows || overflow != 10 {
-		t.Errorf("%d flows, %d overflow", len(f), overflow)
+		t.Errorf("%d flows, %d overflow; want %d and 10", len(f), overflow, maxFlows)
+	}
+	if c := r.h.Counters("erspan0"); c.RxPackets != uint64(len(msgs)) {
+		t.Errorf("%d frames delivered, want all %d", c.RxPackets, len(msgs))
 	}
 }
 
@@ -108,8 +118,10 @@ func TestFlowStartsAtZero(t *testing.T) {
 	}
 }
 
-// count records one packet from src, as a receiver run of one packet
-// does (receiver.lookup, count and endRun).
+// count records one packet from src as a receiver's run of one packet
+// would (receiver.lookup, count and endRun), for the tests of the
+// sequence logic; TestFlowLimit and TestRunsInBatch count through the
+// receiver itself.
 func (t *flowTable) count(src netip.Addr, p *erspan.Packet, n int) {
 	f := t.get(flowKey{src: src, session: session(p)})
 	if f == nil {

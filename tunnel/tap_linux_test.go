@@ -306,8 +306,10 @@ func TestTAPQueueWait(t *testing.T) {
 				c := read(q)
 				select {
 				case r := <-c:
-					// Only the kernel's own chatter may wake it.
-					if len(ours(r.frames)) != 0 || r.err != nil {
+					// Only the kernel's own chatter may wake it, and
+					// a return with nothing is a wait that did not
+					// wait.
+					if len(ours(r.frames)) != 0 || r.err != nil || len(r.frames) == 0 {
 						t.Fatalf("%s: ReadBatch returned %d frames (%v) before any was sent", name, len(r.frames), r.err)
 					}
 					got = append(got, r.frames...)
@@ -318,8 +320,8 @@ func TestTAPQueueWait(t *testing.T) {
 				for len(ours(got)) < i+1 {
 					select {
 					case r := <-c:
-						if r.err != nil {
-							t.Fatalf("%s: ReadBatch: %v", name, r.err)
+						if r.err != nil || len(r.frames) == 0 {
+							t.Fatalf("%s: ReadBatch: %d frames, %v", name, len(r.frames), r.err)
 						}
 						got = append(got, r.frames...)
 						if len(ours(got)) < i+1 {

@@ -32,6 +32,20 @@ func waitSent(t *testing.T, s *memSender, n int) ([][]byte, []uint8) {
 	return nil, nil
 }
 
+// waitCounters waits until erspan0's counters satisfy ok: the transmit
+// loop counts a batch after SendBatch returns, which is after waitSent saw
+// its packets.
+func waitCounters(t *testing.T, h *Host, ok func(IfCounters) bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !ok(h.Counters("erspan0")) {
+		if time.Now().After(deadline) {
+			t.Fatalf("counters %+v after 5s", h.Counters("erspan0"))
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func tagged(pcp byte, n int) []byte {
 	f := frame(7, n)
 	copy(f[12:], []byte{0x81, 0x00, pcp << 5, 42, 0x08, 0x00})
@@ -70,9 +84,7 @@ func TestTransmitTypeII(t *testing.T) {
 			t.Errorf("packet %d tos %#x, want %#x", i, tos[i], wantCOS[i]<<5)
 		}
 	}
-	if c := r.h.Counters("erspan0"); c.TxPackets != 3 || c.TxBytes != 60+64+1514 {
-		t.Errorf("counters %+v", c)
-	}
+	waitCounters(t, r.h, func(c IfCounters) bool { return c.TxPackets == 3 && c.TxBytes == 60+64+1514 })
 }
 
 func TestTransmitSettings(t *testing.T) {
@@ -113,9 +125,7 @@ func TestTransmitSettings(t *testing.T) {
 	if p.Session != 6 || tos[0] != 7<<5 || p.Seq != 2 {
 		t.Errorf("after changes: session %d tos %#x seq %d", p.Session, tos[0], p.Seq)
 	}
-	if c := r.h.Counters("erspan0"); c.TxTooBig != 1 || c.TxPackets != 2 {
-		t.Errorf("counters %+v", c)
-	}
+	waitCounters(t, r.h, func(c IfCounters) bool { return c.TxTooBig == 1 && c.TxPackets == 2 })
 }
 
 func TestTransmitNoTunnel(t *testing.T) {
