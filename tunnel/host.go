@@ -147,7 +147,10 @@ func (l *Logger) errorf(format string, args ...any) {
 
 // iface is one erspanN as the data path holds it.
 type iface struct {
-	cfg   Config // written under Host.mu; the data path never reads it
+	// name is cfg.Name, for the data path's log lines: cfg is written
+	// under Host.mu, and the data path never reads it.
+	name  string
+	cfg   Config
 	link  Link
 	queue Queue
 	stats ifStats
@@ -232,7 +235,7 @@ func (h *Host) Create(cfg Config) (Link, error) {
 		h.undoCreate(cfg.Rdomain, cfg.Name, adopted)
 		return Link{}, fmt.Errorf("attach a queue to %s: %w", cfg.Name, err)
 	}
-	ifc := &iface{link: link, queue: q, txDone: make(chan struct{})}
+	ifc := &iface{name: cfg.Name, link: link, queue: q, txDone: make(chan struct{})}
 	// Start from the state a new link is in and move it to cfg, so that
 	// Create and Update share one path.
 	ifc.cfg = Config{Name: cfg.Name, VNetID: NoSession, MTU: link.MTU, LLAddr: link.MAC, Rdomain: cfg.Rdomain}

@@ -105,11 +105,11 @@ func (h *Host) transmit(ifc *iface) {
 			if errors.Is(err, unix.EBADFD) {
 				// The kernel detached the queue: the TAP was removed
 				// outside erspand. Nothing will come from it again.
-				h.log.errorf("%s: the TAP was removed outside erspand (ip link del?): nothing is sent for it; destroy and create the interface again", ifc.cfg.Name)
+				h.log.errorf("%s: the TAP was removed outside erspand (ip link del?): nothing is sent for it; destroy and create the interface again", ifc.name)
 				return
 			}
 			if !sameErr(err, lastRead) {
-				h.log.errorf("%s: read from the TAP: %v", ifc.cfg.Name, err)
+				h.log.errorf("%s: read from the TAP: %v", ifc.name, err)
 			}
 			lastRead = err
 			backoff = min(max(backoff*2, time.Millisecond), 100*time.Millisecond)
@@ -135,7 +135,7 @@ func (h *Host) transmit(ifc *iface) {
 		}
 		sent, tooBig, bytes, err := st.sender.SendBatch(pkts[:n], tos[:n])
 		if err != nil && !sameErr(err, lastSend) {
-			h.log.errorf("%s: sending ERSPAN: %v (frames counted in tx_errors; logged again when the error changes)", ifc.cfg.Name, err)
+			h.log.errorf("%s: sending ERSPAN: %v (frames counted in tx_errors; logged again when the error changes)", ifc.name, err)
 		}
 		lastSend = err
 		s.txPackets.Add(uint64(sent))
