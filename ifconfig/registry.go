@@ -125,10 +125,14 @@ func (r *Registry) Destroy(name string) error {
 	if _, err := r.lookup(name, "destroy"); err != nil {
 		return err
 	}
-	if err := r.b.Destroy(name); err != nil {
+	// The backend has forgotten the interface even when it reports an
+	// error (a TAP it could not remove is left behind, the error says
+	// why): so does the registry, or the name would be held here alone.
+	err := r.b.Destroy(name)
+	delete(r.ifs, name)
+	if err != nil {
 		return asError(err, name, "destroy")
 	}
-	delete(r.ifs, name)
 	return nil
 }
 

@@ -16,10 +16,11 @@ import (
 
 // fakeBackend records what the registry hands to the data path.
 type fakeBackend struct {
-	cfgs      map[string]tunnel.Config
-	createErr error
-	updateErr error
-	deny      bool
+	cfgs       map[string]tunnel.Config
+	createErr  error
+	updateErr  error
+	destroyErr error
+	deny       bool
 }
 
 // mustStatus is r.Status(name), failing the test on an error (whose zero
@@ -51,7 +52,10 @@ func (f *fakeBackend) Update(cfg tunnel.Config) error {
 	return nil
 }
 
-func (f *fakeBackend) Destroy(name string) error { delete(f.cfgs, name); return nil }
+func (f *fakeBackend) Destroy(name string) error {
+	delete(f.cfgs, name)
+	return f.destroyErr
+}
 
 func (f *fakeBackend) Counters(string) tunnel.IfCounters { return tunnel.IfCounters{RxPackets: 3} }
 
@@ -255,6 +259,16 @@ func TestBackendErrnoKept(t *testing.T) {
 	// A refused change is not recorded.
 	if s := mustStatus(t, r, "erspan0"); s.Tunnel != nil {
 		t.Errorf("refused change recorded: %+v", s.Tunnel)
+	}
+	// The backend forgets an interface it failed to remove the TAP of
+	// (tunnel.Host.Destroy): the error is reported, and the name is free
+	// again rather than held by the registry alone (create EEXIST,
+	// destroy ENXIO for ever).
+	f.destroyErr = fmt.Errorf("namespace gone: %w", syscall.ENOENT)
+	wantErrno(t, r.Destroy("erspan0"), syscall.ENOENT, "erspan0", "destroy")
+	f.destroyErr = nil
+	if err := r.Create("erspan0"); err != nil {
+		t.Errorf("create after a destroy that failed: %v", err)
 	}
 }
 

@@ -334,7 +334,9 @@ func (h *Host) apply(ifc *iface, cfg Config, fresh bool) (err error) {
 	return nil
 }
 
-// Destroy removes the interface and its TAP.
+// Destroy removes the interface and its TAP. Once the interface exists it
+// is forgotten whatever happens; an error then says the TAP could not be
+// removed and is left behind.
 func (h *Host) Destroy(name string) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -352,11 +354,9 @@ func (h *Host) Destroy(name string) error {
 	}
 	h.stopTx(ifc)
 	// ENXIO: the TAP is gone already (ip link del), or the name is now
-	// somebody else's link, which is not ours to remove. Either way the
-	// interface is destroyed; failing here would leave the registry
-	// holding a name the host has forgotten.
+	// somebody else's link, which is not ours to remove: destroyed.
 	if err := h.sys.DeleteTAP(ifc.cfg.Rdomain, name); err != nil && !errors.Is(err, unix.ENXIO) {
-		return err
+		return fmt.Errorf("the TAP %s is left behind (remove it with ip link del): %w", name, err)
 	}
 	return nil
 }
