@@ -126,12 +126,12 @@ func setupSendSocket(fd, family int, df bool) error {
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
 		return fmt.Errorf("SO_SNDTIMEO: %w", err)
 	}
+	// The tunnel's source address must be one of the namespace's own,
+	// as for Linux's GRE tunnels: until it is, sends fail (counted in
+	// tx_errors, logged). Sending from an address the host does not have
+	// (IP_TRANSPARENT) would make a standby that lacks a failover
+	// address mirror as well as the active node.
 	if family == 4 {
-		// FREEBIND: a source address given per packet need not be
-		// configured (yet), as on OpenBSD.
-		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_FREEBIND, 1); err != nil {
-			return fmt.Errorf("IP_FREEBIND: %w", err)
-		}
 		// DF set: the kernel refuses oversize packets with EMSGSIZE.
 		// DF clear: it fragments them (OpenBSD's nodf default).
 		pmtu := unix.IP_PMTUDISC_DONT
@@ -142,9 +142,6 @@ func setupSendSocket(fd, family int, df bool) error {
 			return fmt.Errorf("IP_MTU_DISCOVER: %w", err)
 		}
 		return nil
-	}
-	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_FREEBIND, 1); err != nil {
-		return fmt.Errorf("IPV6_FREEBIND: %w", err)
 	}
 	// IPv6 routers never fragment: without DF the source does, to the
 	// outgoing link's MTU; with it, oversize packets are refused.

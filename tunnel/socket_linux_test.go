@@ -527,3 +527,25 @@ func TestSendCongested(t *testing.T) {
 		t.Errorf("SendBatch after the link drained: sent %d, %v", sent, err)
 	}
 }
+
+// TestSendFromForeignSource: a tunnel source the namespace does not have
+// is refused by the kernel for both families (as for Linux's own GRE
+// tunnels), not sent from.
+func TestSendFromForeignSource(t *testing.T) {
+	sender, _ := vethPair(t)
+	l, err := NewLinux()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ src, dst string }{{"192.0.2.99", "192.0.2.2"}, {"2001:db8::99", "2001:db8::2"}} {
+		tx, err := l.OpenSender(sender.name, netip.MustParseAddr(c.src), netip.MustParseAddr(c.dst), 64, false)
+		if err != nil {
+			t.Fatalf("OpenSender: %v", err)
+		}
+		pkt := grePacket(erspan.ProtoERSPAN, true, 1, typeIIBody(1))
+		if sent, _, _, err := tx.SendBatch([][]byte{pkt}, []uint8{0}); sent != 0 || err == nil {
+			t.Errorf("from %s, which the namespace lacks: sent %d, %v; want refused", c.src, sent, err)
+		}
+		tx.Close()
+	}
+}
