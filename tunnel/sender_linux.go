@@ -122,6 +122,14 @@ func setupSendSocket(fd, family int, df bool) error {
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, SocketMark); err != nil {
 		return fmt.Errorf("SO_MARK: %w", err)
 	}
+	// Every sending interface of the namespace shares the socket, and so
+	// its send buffer: the kernel refuses packets (ENOBUFS) once twice
+	// the buffer is queued for the links. The default (212 kB, a few
+	// hundred packets) would let one congested tunnel make all the others
+	// drop.
+	if err := setBuf(fd, unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, sendBuf, "send"); err != nil {
+		return err
+	}
 	tv := unix.NsecToTimeval(int64(sendTimeout))
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
 		return fmt.Errorf("SO_SNDTIMEO: %w", err)
@@ -163,6 +171,9 @@ func setupSendSocket(fd, family int, df bool) error {
 // never stuck longer. (A raw IP socket fails at once with ENOBUFS rather
 // than wait for room in its send buffer; this is a bound for the rest.)
 const sendTimeout = 100 * time.Millisecond
+
+// sendBuf is the shared send socket's buffer.
+const sendBuf = 4 << 20
 
 // senderBatch is how many packets one sendmmsg takes.
 const senderBatch = 64

@@ -374,12 +374,18 @@ func attachFilter(fd int, prog []unix.SockFilter) error {
 // default. SO_RCVBUFFORCE ignores net.core.rmem_max but needs
 // CAP_NET_ADMIN; without it SO_RCVBUF gets what rmem_max allows.
 func setRcvBuf(fd, n int) error {
+	return setBuf(fd, unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, n, "receive")
+}
+
+// setBuf sets a socket buffer to n bytes beyond the sysctl maximum (the
+// FORCE option, root) or else up to it; 0 keeps the default.
+func setBuf(fd, force, opt, n int, what string) error {
 	if n == 0 {
 		return nil
 	}
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, n); err != nil {
-		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, n); err != nil {
-			return fmt.Errorf("receive buffer %d: %w", n, err)
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, force, n); err != nil {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, opt, n); err != nil {
+			return fmt.Errorf("%s buffer %d: %w", what, n, err)
 		}
 	}
 	return nil
