@@ -127,22 +127,11 @@ func MonitorEnabled(name string) (bool, error) {
 // reports whether it did.
 func attachMonitor(link netlink.Link) (bool, error) {
 	name := link.Attrs().Name
-	q, err := findClsact(link)
+	q, addedQdisc, err := ensureClsact(link)
 	if err != nil {
 		return false, err
 	}
-	addedQdisc := false
-	if q == nil {
-		q = &netlink.Clsact{QdiscAttrs: netlink.QdiscAttrs{
-			LinkIndex: link.Attrs().Index,
-			Handle:    netlink.MakeHandle(0xffff, 0),
-			Parent:    netlink.HANDLE_CLSACT,
-		}}
-		if err := netlink.QdiscAdd(q); err != nil {
-			return false, fmt.Errorf("add clsact qdisc to %s: %w", name, err)
-		}
-		addedQdisc = true
-	} else {
+	if !addedQdisc {
 		fs, err := monitorFilters(link)
 		if err != nil {
 			return false, err
@@ -202,6 +191,30 @@ func detachMonitor(link netlink.Link) error {
 			return fmt.Errorf("remove the monitor filter from %s: %w", name, err)
 		}
 	}
+	return removeClsactIfEmpty(link, q)
+}
+
+// ensureClsact returns the link's clsact qdisc, adding one (added true)
+// when it has none. Monitor mode and span rules share it; an existing one
+// may carry somebody else's filters and is used as it is.
+func ensureClsact(link netlink.Link) (q netlink.Qdisc, added bool, err error) {
+	if q, err = findClsact(link); err != nil || q != nil {
+		return q, false, err
+	}
+	q = &netlink.Clsact{QdiscAttrs: netlink.QdiscAttrs{
+		LinkIndex: link.Attrs().Index,
+		Handle:    netlink.MakeHandle(0xffff, 0),
+		Parent:    netlink.HANDLE_CLSACT,
+	}}
+	if err := netlink.QdiscAdd(q); err != nil {
+		return nil, false, fmt.Errorf("add clsact qdisc to %s: %w", link.Attrs().Name, err)
+	}
+	return q, true, nil
+}
+
+// removeClsactIfEmpty removes the link's clsact qdisc q once no filter is
+// left on either of its hooks, ours or anybody's.
+func removeClsactIfEmpty(link netlink.Link, q netlink.Qdisc) error {
 	for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
 		others, err := filterList(link, parent)
 		if err != nil {
@@ -212,7 +225,7 @@ func detachMonitor(link netlink.Link) error {
 		}
 	}
 	if err := netlink.QdiscDel(q); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
-		return fmt.Errorf("remove the clsact qdisc from %s: %w", name, err)
+		return fmt.Errorf("remove the clsact qdisc from %s: %w", link.Attrs().Name, err)
 	}
 	return nil
 }
@@ -242,7 +255,7 @@ func findClsact(link netlink.Link) (netlink.Qdisc, error) {
 		if q.Type() == "clsact" {
 			return q, nil
 		}
-		return nil, fmt.Errorf("%s has a %s qdisc where monitor mode needs clsact: %w", name, q.Type(), unix.EBUSY)
+		return nil, fmt.Errorf("%s has a %s qdisc where erspan's monitor mode and span rules need clsact: %w", name, q.Type(), unix.EBUSY)
 	}
 	return nil, nil
 }

@@ -25,9 +25,13 @@ import (
 
 func spanFilterName(tap string) string { return "erspan-span-" + tap }
 
-// spanPriority gives each span target its own tc priority, so that rules
-// for several erspanN on one bridge coexist.
-func spanPriority(tapIndex int) uint16 { return uint16(0x4000 + tapIndex%0x3fff) }
+// spanPriority is the tc priority of every span rule. Rules for several
+// erspanN on one link coexist in one cls_bpf instance, told apart by their
+// handle, the TAP's ifindex (unique in the namespace; a priority derived
+// from it would have to fold 31 bits into 16, and rules whose TAPs folded
+// alike replaced each other). Each returns TC_ACT_UNSPEC, so the next one
+// runs too.
+const spanPriority = 0x4000
 
 // spanProgram returns the instructions of the span rule for TAP tapIndex.
 func spanProgram(tapIndex int) []bpfInsn {
@@ -52,19 +56,6 @@ func spanProgram(tapIndex int) []bpfInsn {
 	}
 }
 
-// ensureClsact adds a clsact qdisc unless the link has one: an existing
-// one may carry somebody else's filters and is left alone.
-func ensureClsact(index int) error {
-	err := netlink.QdiscAdd(&netlink.GenericQdisc{
-		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
-		QdiscType:  "clsact",
-	})
-	if err != nil && !errors.Is(err, unix.EEXIST) {
-		return err
-	}
-	return nil
-}
-
 type spanRule struct {
 	tap      string
 	tapIndex int
@@ -75,9 +66,9 @@ func (r spanRule) filter(link, parent, fd int) *netlink.BpfFilter {
 		FilterAttrs: netlink.FilterAttrs{
 			LinkIndex: link,
 			Parent:    uint32(parent),
-			Handle:    netlink.MakeHandle(0, 1),
+			Handle:    uint32(r.tapIndex),
 			Protocol:  unix.ETH_P_ALL,
-			Priority:  spanPriority(r.tapIndex),
+			Priority:  spanPriority,
 		},
 		Fd:           fd,
 		Name:         spanFilterName(r.tap),
@@ -103,8 +94,8 @@ func (r spanRule) has(l netlink.Link, parent uint32) bool {
 
 func (r spanRule) add(l netlink.Link, parent uint32) error {
 	idx := l.Attrs().Index
-	if err := ensureClsact(idx); err != nil {
-		return fmt.Errorf("clsact on %s: %w", l.Attrs().Name, err)
+	if _, _, err := ensureClsact(l); err != nil {
+		return err
 	}
 	fd, err := loadProgram(spanProgram(r.tapIndex), "erspan_span")
 	if err != nil {
@@ -125,7 +116,12 @@ func (r spanRule) del(l netlink.Link, parent uint32) error {
 	if err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("remove the span rule on %s: %w", l.Attrs().Name, err)
 	}
-	return nil
+	// As monitor mode does: the qdisc goes once nothing uses it.
+	q, err := findClsact(l)
+	if err != nil || q == nil {
+		return err
+	}
+	return removeClsactIfEmpty(l, q)
 }
 
 // reconcile puts the rule on the bridge's egress and on the ingress of

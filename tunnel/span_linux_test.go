@@ -9,16 +9,19 @@ import (
 	"github.com/vishvananda/netns"
 )
 
-// TestSpanRulesOfPrefixNames: the span rules of erspan10 and erspan1 on
-// one bridge are told apart (one name is a prefix of the other): adding
-// erspan1's after erspan10's puts it on the bridge and its port, and
-// removing it leaves erspan10's.
+// TestSpanRulesOfPrefixNames: the span rules of erspan10, erspan1 and
+// erspan2 on one bridge are told apart (one name is a prefix of another;
+// erspan2's ifindex is 0x3fff above erspan1's): each is on the bridge and
+// its port, and removing erspan1's leaves the others.
 func TestSpanRulesOfPrefixNames(t *testing.T) {
 	ns := newTestNetns(t)
 	runIP(t, "-n", ns.name, "link", "add", "br0", "type", "bridge")
 	runIP(t, "-n", ns.name, "link", "add", "p0", "type", "veth", "peer", "name", "p1")
 	runIP(t, "-n", ns.name, "link", "set", "p0", "master", "br0")
 	ten, one := spanRule{tap: "erspan10", tapIndex: 10}, spanRule{tap: "erspan1", tapIndex: 1}
+	// An ifindex 0x3fff above erspan1's: a priority folded from the
+	// ifindex made the two rules one.
+	far := spanRule{tap: "erspan2", tapIndex: 1 + 0x3fff}
 	ns.do(t, func() {
 		check := func(when string, want ...string) {
 			t.Helper()
@@ -29,16 +32,31 @@ func TestSpanRulesOfPrefixNames(t *testing.T) {
 				t.Errorf("%s: span rules on p0's ingress %v, want %v", when, got, want)
 			}
 		}
-		for _, r := range []spanRule{ten, one} {
+		for _, r := range []spanRule{ten, one, far} {
 			if err := r.reconcile("br0", false); err != nil {
 				t.Fatalf("span %s: %v", r.tap, err)
 			}
 		}
-		check("both spanning", "erspan-span-erspan1", "erspan-span-erspan10")
+		check("all spanning", "erspan-span-erspan1", "erspan-span-erspan10", "erspan-span-erspan2")
 		if err := one.reconcile("br0", true); err != nil {
 			t.Fatalf("remove erspan1's span: %v", err)
 		}
-		check("erspan1's removed", "erspan-span-erspan10")
+		check("erspan1's removed", "erspan-span-erspan10", "erspan-span-erspan2")
+		for _, r := range []spanRule{ten, far} {
+			if err := r.reconcile("br0", true); err != nil {
+				t.Fatalf("remove %s's span: %v", r.tap, err)
+			}
+		}
+		// The clsact qdiscs the rules needed go with the last of them.
+		for _, name := range []string{"br0", "p0"} {
+			l, err := netlink.LinkByName(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if q, err := findClsact(l); q != nil || err != nil {
+				t.Errorf("%s after the last span rule went: clsact %v (%v)", name, q, err)
+			}
+		}
 	})
 }
 
