@@ -200,7 +200,7 @@ func (r *uring) close() {
 
 // tapWriter is the FrameWriter of a Linux host: frames for TAP queues
 // collected, then written by one io_uring_enter, or one write(2) each
-// without io_uring.
+// without io_uring, each queue's descriptor pinned once per batch.
 type tapWriter struct {
 	ring   *uring // nil: write(2) per frame
 	queues []Queue
@@ -243,7 +243,7 @@ func (w *tapWriter) Add(q Queue, frame []byte) bool {
 		return false
 	}
 	fd := int32(-1)
-	if tq, ok := q.(*tapQueue); ok && w.ring != nil {
+	if tq, ok := q.(*tapQueue); ok {
 		fd = w.pin(tq)
 	}
 	w.queues = append(w.queues, q)
@@ -253,8 +253,9 @@ func (w *tapWriter) Add(q Queue, frame []byte) bool {
 }
 
 // pin keeps tq's descriptor open until Flush returns (tapQueue.Close
-// waits), so that the number in a submission entry is still the TAP's
-// when the kernel looks it up. It returns -1 for a closed queue.
+// waits), so that the number in a submission entry or a write(2) is still
+// the TAP's: one lock per queue per batch, not per frame. It returns -1
+// for a closed queue.
 func (w *tapWriter) pin(tq *tapQueue) int32 {
 	for _, l := range w.locked {
 		if l == tq {
@@ -276,8 +277,8 @@ func (w *tapWriter) Flush() []error {
 	if w.ring != nil {
 		w.flushRing(errs)
 	} else {
-		for i, f := range w.frames {
-			_, errs[i] = w.queues[i].Write(f)
+		for i := range w.frames {
+			errs[i] = w.write(i)
 		}
 	}
 	for _, tq := range w.locked {
@@ -291,13 +292,38 @@ func (w *tapWriter) Flush() []error {
 	return errs
 }
 
+// write writes frame i with one write(2) on its pinned descriptor, which
+// does not block (the kernel takes the frame or fails), or through its
+// queue when it has none. The error of a failed write is the bare errno:
+// nothing is allocated per frame even when every write fails (a TAP
+// removed under erspand).
+func (w *tapWriter) write(i int) error {
+	fd, f := w.fds[i], w.frames[i]
+	if fd < 0 {
+		_, err := w.queues[i].Write(f)
+		return err
+	}
+	for {
+		n, err := unix.Write(int(fd), f)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return err
+		case n != len(f):
+			return fmt.Errorf("short write to a TAP: %d of %d bytes", n, len(f))
+		}
+		return nil
+	}
+}
+
 func (w *tapWriter) flushRing(errs []error) {
 	// Frames for queues that are not TAPs of ours, or closed, go one by
 	// one; the rest in one submission, in order. In practice all are.
 	k := 0
 	for i := range w.frames {
 		if w.fds[i] < 0 {
-			_, errs[i] = w.queues[i].Write(w.frames[i])
+			errs[i] = w.write(i)
 			continue
 		}
 		// Compacted in place: slot k is frame idx[k].

@@ -107,6 +107,19 @@ func testFrameWriter(t *testing.T, w FrameWriter) {
 		if allocs != 0 {
 			t.Errorf("%v allocations per batch, want 0", allocs)
 		}
+		// Nor when writes fail: a frame shorter than an Ethernet header
+		// is refused by the kernel (EINVAL), as every frame is once the
+		// TAP is removed under erspand.
+		short := frames[0][:4]
+		allocs = testing.AllocsPerRun(100, func() {
+			w.Add(q, short)
+			if err := w.Flush()[0]; err == nil {
+				t.Fatal("a 4-byte frame was written into a TAP")
+			}
+		})
+		if allocs != 0 {
+			t.Errorf("%v allocations per failed write, want 0", allocs)
+		}
 		nl, err := netlink.LinkByName("erspan5")
 		if err != nil {
 			t.Fatal(err)
