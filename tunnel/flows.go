@@ -31,16 +31,25 @@ type flowKey struct {
 }
 
 // flow is one source's session. The counters are atomics for readers; the
-// sequence state is touched only by the receiver that owns the source's
-// address family and namespace.
+// sequence state is plain, touched only by the receiver that owns the
+// source's address family and namespace, and published to lastSeq and
+// tracking (for readers) once per run of packets, not per packet.
 type flow struct {
 	packets, bytes                   atomic.Uint64
 	gaps, lost, reordered, dups, res atomic.Uint64
-	lastSeq                          atomic.Uint32
-	tracking                         atomic.Bool // a nonzero sequence number has been seen
+	lastSeq                          atomic.Uint32 // published last
+	tracking                         atomic.Bool   // published tracked
 
-	window uint64 // bit i: lastSeq-i was seen
-	zeros  int    // sequence number 0 seen before tracking began
+	last    uint32 // the highest sequence number seen
+	tracked bool   // a nonzero sequence number has been seen
+	window  uint64 // bit i: last-i was seen
+	zeros   int    // sequence number 0 seen before tracking began
+}
+
+// publish makes the sequence state visible to readers (snapshot).
+func (f *flow) publish() {
+	f.lastSeq.Store(f.last)
+	f.tracking.Store(f.tracked)
 }
 
 // Flow is the report of one (source, session).
@@ -72,6 +81,11 @@ func (t *flowTable) get(k flowKey) *flow {
 	if m := t.m.Load(); m != nil {
 		if f := (*m)[k]; f != nil {
 			return f
+		}
+		if len(*m) >= maxFlows {
+			// Full: no lock, or a flood of spoofed sources would take
+			// it per packet. (The map only grows.)
+			return nil
 		}
 	}
 	t.mu.Lock()
@@ -105,24 +119,24 @@ func lenOf(m *map[flowKey]*flow) int {
 }
 
 func (f *flow) sequence(seq uint32) {
-	if !f.tracking.Load() {
+	if !f.tracked {
 		// Until a nonzero number comes, the source may be one that
 		// always sends 0 (seen in the wild): not loss, not duplicates.
 		if seq == 0 {
 			f.zeros++
 			return
 		}
-		f.tracking.Store(true)
+		f.tracked = true
 		f.window = 1
 		if f.zeros != 1 {
-			f.lastSeq.Store(seq)
+			f.last = seq
 			return
 		}
 		// A single 0 first: a counter that started at 0, as ours
 		// does. Go on from it, so that a gap right after it shows.
-		f.lastSeq.Store(0)
+		f.last = 0
 	}
-	last := f.lastSeq.Load()
+	last := f.last
 	d := int32(seq - last) // serial arithmetic: wraps at 2^32
 	switch {
 	case d > 0:
@@ -135,7 +149,7 @@ func (f *flow) sequence(seq uint32) {
 		} else {
 			f.window = f.window<<uint(d) | 1
 		}
-		f.lastSeq.Store(seq)
+		f.last = seq
 	case d == 0:
 		f.dups.Add(1)
 	case -d < seqWindow:
@@ -151,7 +165,7 @@ func (f *flow) sequence(seq uint32) {
 		f.reorderedLate()
 	default:
 		f.res.Add(1)
-		f.lastSeq.Store(seq)
+		f.last = seq
 		f.window = 1
 	}
 }

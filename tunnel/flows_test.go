@@ -133,4 +133,5 @@ func (t *flowTable) count(src netip.Addr, p *erspan.Packet, n int) {
 	if p.HasSeq {
 		f.sequence(p.Seq)
 	}
+	f.publish()
 }

@@ -188,6 +188,28 @@ func TestRunsInBatch(t *testing.T) {
 	}
 }
 
+// TestGREAllow: with net.inet.gre.allow=0 every GRE packet of a batch is
+// dropped and counted as disallowed, none delivered; =1 restores.
+func TestGREAllow(t *testing.T) {
+	r := newRig(t)
+	q := r.add(Config{Name: "erspan0", Up: true, Monitor: true, Src: local, Dst: remote, VNetID: 77})
+	sock := r.sys.socket(4)
+	msg := Message{Src: remote, Dst: local, GRE: gre(t, typeII(77), frame(1, 64))}
+	r.h.SetGREAllow(false)
+	sock.inject(msg, msg, msg)
+	if n := len(q.take()); n != 0 {
+		t.Errorf("%d frames delivered with net.inet.gre.allow=0", n)
+	}
+	if c := r.h.DaemonCounters(); c.Disallowed != 3 || c.RxPackets != 3 {
+		t.Errorf("daemon counters %+v, want 3 of 3 disallowed", c)
+	}
+	r.h.SetGREAllow(true)
+	sock.inject(msg)
+	if n := len(q.take()); n != 1 {
+		t.Errorf("%d frames delivered after net.inet.gre.allow=1, want 1", n)
+	}
+}
+
 func TestCaptureOnlyWithoutMonitor(t *testing.T) {
 	r := newRig(t)
 	exact := r.add(Config{Name: "erspan0", Up: true, Src: local, Dst: remote, VNetID: 1})

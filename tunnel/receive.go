@@ -39,18 +39,20 @@ func newReceiver(h *Host, s Socket) *receiver {
 // run is the receiver's current run of packets with the same addresses
 // and session within one batch: what a batch usually is (one switch's one
 // mirror session). The demux and flow tables are consulted once per run,
-// and the run's packet, byte and type counts are added to the flow's and
-// the interface's atomics once, when the run ends (issue 4: counters per
+// and the run's counts are added to the flow's, the interface's and the
+// receiver's atomics once, when the run ends (issue 4: counters per
 // goroutine, summed when read).
 type run struct {
-	valid          bool // a run has begun
-	local, remote  netip.Addr
-	session        int32
-	route          *route // nil: no interface takes the run
-	flow           *flow  // nil: beyond maxFlows, counted in overflow
-	packets, bytes uint64
-	typeI, typeII  uint64
-	typeIII        uint64
+	valid         bool // a run has begun
+	local, remote netip.Addr
+	session       int32
+	route         *route // nil: no interface takes the run
+	flow          *flow  // nil: beyond maxFlows, counted in overflow
+
+	packets, bytes         uint64 // taken by route's interface
+	typeI, typeII, typeIII uint64
+	truncated, captureOnly uint64 // IfCounters.RxTruncated, RxCaptureOnly
+	unmatched              uint64 // when route is nil
 }
 
 // lookup returns the route for a packet of session from m.Src to m.Dst, from
@@ -85,10 +87,14 @@ func (r *receiver) count(p *erspan.Packet, n int) {
 // its batch's demux table, nor keeps an interface alive.
 func (r *receiver) endRun() {
 	c := &r.cur
+	if c.unmatched > 0 {
+		r.stats.unmatched.Add(c.unmatched)
+	}
 	if c.packets > 0 {
 		if c.flow != nil {
 			c.flow.packets.Add(c.packets)
 			c.flow.bytes.Add(c.bytes)
+			c.flow.publish()
 		} else {
 			c.route.ifc.flows.overflow.Add(c.packets)
 		}
@@ -96,7 +102,8 @@ func (r *receiver) endRun() {
 		for _, n := range [...]struct {
 			c *atomic.Uint64
 			n uint64
-		}{{&s.typeI, c.typeI}, {&s.typeII, c.typeII}, {&s.typeIII, c.typeIII}} {
+		}{{&s.typeI, c.typeI}, {&s.typeII, c.typeII}, {&s.typeIII, c.typeIII},
+			{&s.rxTruncated, c.truncated}, {&s.rxCaptureOnly, c.captureOnly}} {
 			if n.n > 0 {
 				n.c.Add(n.n)
 			}
@@ -126,8 +133,8 @@ func (r *receiver) run() {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
-			// Back off on repeated errors rather than spin; a single
-			// error (ENOBUFS, say) costs nothing.
+			// Back off on repeated errors rather than spin: 1 ms
+			// after the first, doubling up to 100 ms.
 			backoff = min(max(backoff*2, time.Millisecond), 100*time.Millisecond)
 			r.h.log.errorf("GRE receive: %v", err)
 			time.Sleep(backoff)
@@ -144,9 +151,12 @@ func (r *receiver) handle(t *demuxTable, msgs []Message) {
 	// Per batch, not per packet: the receiver's own counter and the
 	// sysctl, which changes rarely.
 	r.stats.rxPackets.Add(uint64(len(msgs)))
-	deny := r.h.deny.Load()
+	if r.h.deny.Load() {
+		r.stats.disallowed.Add(uint64(len(msgs)))
+		return
+	}
 	for i := range msgs {
-		ifc := r.input(t, &msgs[i], deny)
+		ifc := r.input(t, &msgs[i])
 		if ifc == nil {
 			continue
 		}
@@ -156,8 +166,9 @@ func (r *receiver) handle(t *demuxTable, msgs []Message) {
 		}
 		r.outIf = append(r.outIf, queued{ifc, len(r.pkt.Frame)})
 	}
-	// Counters before frames, so that whoever sees a frame on the TAP
-	// finds it counted.
+	// The run's counts (types, flows, drops) go in before its frames are
+	// written, so that whoever sees a frame on a TAP finds them counted;
+	// rx_packets and rx_bytes count what the writes took, after them.
 	r.endRun()
 	r.flush()
 }
@@ -198,15 +209,9 @@ func (r *receiver) flush() {
 
 // input takes one packet through decode (into r.pkt) and demux. It
 // returns the interface whose TAP r.pkt.Frame is for, or nil when the
-// packet stops here (counted). deny is net.inet.gre.allow=0, read once
-// per batch by handle, which also counts the batch's packets. It
-// allocates nothing.
-func (r *receiver) input(t *demuxTable, m *Message, deny bool) *iface {
+// packet stops here (counted). It allocates nothing.
+func (r *receiver) input(t *demuxTable, m *Message) *iface {
 	p, st := &r.pkt, &r.stats
-	if deny {
-		st.disallowed.Add(1)
-		return nil
-	}
 	if m.Err != nil {
 		st.drop(m.Err)
 		return nil
@@ -233,10 +238,9 @@ func (r *receiver) input(t *demuxTable, m *Message, deny bool) *iface {
 	}
 	e := r.lookup(t, m, session(p))
 	if e == nil {
-		st.unmatched.Add(1)
+		r.cur.unmatched++
 		return nil
 	}
-	s := &e.ifc.stats
 	r.count(p, len(p.Frame))
 	switch p.Type {
 	case erspan.TypeI:
@@ -250,13 +254,13 @@ func (r *receiver) input(t *demuxTable, m *Message, deny bool) *iface {
 	if p.Truncated {
 		// spec/erspan.md §2: a truncated frame is counted and captured,
 		// never given to the network stack.
-		s.rxTruncated.Add(1)
+		r.cur.truncated++
 		captureOnly = true
 	}
 	if captureOnly && !e.monitor {
 		// Without monitor mode the TAP hands frames to the stack; these
 		// may only be captured, so they stop here.
-		s.rxCaptureOnly.Add(1)
+		r.cur.captureOnly++
 		return nil
 	}
 	return e.ifc
