@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 	"net"
@@ -314,7 +315,10 @@ func (s *GRESocket) KernelDrops() uint64 { return s.drops.Load() }
 // net.ErrClosed. Closing twice returns net.ErrClosed.
 func (s *GRESocket) Close() error {
 	err := s.c.close()
-	if err == nil {
+	if !errors.Is(err, net.ErrClosed) {
+		// The first close, even one close(2) reported an error for:
+		// the descriptor is gone either way, and so must the guard's
+		// reference be.
 		s.closeGuard()
 	}
 	return err
