@@ -23,6 +23,8 @@ import (
 //	vnetid=77               SIOCSVNETID, SIOCSIFFLAGS, ...); the first
 //	up=                     failure stops the rest
 //	get=erspan0             one interface; get= with no name: all of them
+//	sysctl=net.inet.gre.allow   read it; a line value=0|1 sets it
+//	addspan=br0             then interface=erspan0 (delspan= alike)
 //
 // The reply is zero or more key=value lines, then errno=N (0 for success)
 // and a blank line. A failure adds, before errno, the lines iface=,

@@ -116,7 +116,8 @@ type System interface {
 	// ns (sensor mode); ENODEV when there is no such interface.
 	ListenCapture(ns, dev string) (Socket, error)
 	CheckDevice(ns, dev string) error
-	// OpenSender opens a send-only socket from src to dst in namespace ns.
+	// OpenSender returns a sender from src to dst in namespace ns (on a
+	// send-only socket the namespace's senders may share).
 	OpenSender(ns string, src, dst netip.Addr, ttl int, df bool) (Sender, error)
 	CheckNamespace(name string) error
 	// AddSpan mirrors every frame crossing bridge (in namespace ns) out

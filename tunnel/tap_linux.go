@@ -33,8 +33,11 @@ type Link struct {
 
 // tapFlags are the TUNSETIFF flags of an erspanN TAP besides IFF_TAP: no
 // packet-information prefix (a read returns the Ethernet frame alone) and
-// several queues, so that decap can be spread over cores. A queue attached
-// later must ask for the same flags or TUNSETIFF fails with EINVAL.
+// multi-queue. erspand attaches one queue: with more, the kernel hashes
+// every written frame to steer flows, and per CPU-second a queue each for
+// several writers cost more than one (README, Performance). A queue
+// attached later must ask for the same flags or TUNSETIFF fails with
+// EINVAL.
 const tapFlags = netlink.TUNTAP_NO_PI | netlink.TUNTAP_MULTI_QUEUE
 
 // RandomMAC returns a random locally administered unicast address of the

@@ -32,9 +32,9 @@ const (
 )
 
 // applyTx gives ifc the sender cfg asks for: none unless it is up with a
-// destination and a session (spec/erspan.md §2, Transmit), a new socket
+// destination and a session (spec/erspan.md §2, Transmit), a new sender
 // when the addresses, TTL, DF or namespace change, and otherwise the same
-// socket with new header values. old is the configuration being replaced.
+// sender with new header values. old is the configuration being replaced.
 func (h *Host) applyTx(ifc *iface, old, cfg *Config) error {
 	cur := ifc.tx.Load()
 	if !cfg.Up || !cfg.Dst.IsValid() || cfg.VNetID == NoSession {
