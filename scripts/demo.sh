@@ -24,6 +24,9 @@ H1=erspan-demo-host1
 H2=erspan-demo-host2
 ALL="$SW $COL $H1 $H2"
 work=$(mktemp -d /tmp/erspan-demo.XXXXXX)
+# The daemons erspanctl starts read this (empty) directory, not the host's
+# /etc/erspan/hostname.erspanN files.
+export ERSPAN_CONFIG_DIR=$work/etc
 tcpdump_pid=
 
 cleanup() {

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -69,6 +70,11 @@ func TestAutostart(t *testing.T) {
 	}
 	if !sameNetNS(t, pid, ns) {
 		t.Errorf("the daemon (pid %d) is not in %s, where erspanctl ran", pid, ns.name)
+	}
+	// Off the host's hostname.erspanN files (TestMain).
+	if env, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ"); err != nil ||
+		!slices.Contains(strings.Split(string(env), "\x00"), "ERSPAN_CONFIG_DIR="+os.Getenv("ERSPAN_CONFIG_DIR")) {
+		t.Errorf("the daemon (pid %d) does not have the test's ERSPAN_CONFIG_DIR (%v)", pid, err)
 	}
 	// It answers without being started again, and made the TAP.
 	r = runCtl(t, ns, erspanctl, []string{"--socket", sock, "--no-autostart", "-j", "erspan0"})

@@ -39,6 +39,9 @@ func TestMain(m *testing.M) {
 			fmt.Fprintf(os.Stderr, "building the binaries: %v\n%s", err, out)
 			os.Exit(1)
 		}
+		// A daemon erspanctl autostarts gets only --socket: this keeps
+		// it off the host's /etc/erspan/hostname.erspanN files.
+		os.Setenv("ERSPAN_CONFIG_DIR", dir+"/no-config")
 		bin = dir
 		code := m.Run()
 		os.RemoveAll(dir)

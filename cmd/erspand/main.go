@@ -26,7 +26,7 @@ func main() {
 		UsageText: "erspand [--socket PATH] [--config-dir DIR] [--state PATH] [--rx-moderate DURATION] [--io-uring] [--verbose]",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "socket", Value: ifconfig.DefaultSocket, EnvVars: []string{"ERSPAN_SOCKET"}, Usage: "control socket `PATH`"},
-			&cli.StringFlag{Name: "config-dir", Value: "/etc/erspan", Usage: "`DIR` of hostname.erspanN files, applied at start when there is no state to restore"},
+			&cli.StringFlag{Name: "config-dir", Value: "/etc/erspan", EnvVars: []string{"ERSPAN_CONFIG_DIR"}, Usage: "`DIR` of hostname.erspanN files, applied at start when there is no state to restore"},
 			&cli.StringFlag{Name: "state", Usage: "state file `PATH` (default: \"state\" beside the socket)"},
 			&cli.DurationFlag{Name: "rx-moderate", Value: tunnel.DefaultModerate,
 				Usage: "receive interrupt moderation: after a read that emptied a socket, wait `DURATION` (0 to 10ms) so the next read takes a batch; " +
