@@ -5,9 +5,11 @@ import (
 	"bytes"
 	"errors"
 	"net"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // serve runs the registry's protocol over an in-memory connection and
@@ -128,5 +130,39 @@ func TestFormat(t *testing.T) {
 	WriteStatus(&b, &s)
 	if line := "\ttunnel: inet6 2001:db8::2 ttl 3 df rdomain sensor\n"; !strings.Contains(b.String(), line) {
 		t.Errorf("missing %q in:\n%s", line, b.String())
+	}
+}
+
+// TestServeListenerEnds: once its listener is closed, ServeListener ends
+// the open connections and returns only after their handlers have, so that
+// erspand's final state save follows the last change.
+func TestServeListenerEnds(t *testing.T) {
+	l, err := Listen(filepath.Join(t.TempDir(), "erspand.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewRegistry(newFake())
+	served := make(chan error, 1)
+	go func() { served <- r.ServeListener(l, nil) }()
+	c, err := Dial(l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Create("erspan0"); err != nil { // the handler is running
+		t.Fatal(err)
+	}
+	l.Close()
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Errorf("ServeListener: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("ServeListener still running 5s after its listener closed")
+	}
+	// The handler is gone: the connection is closed under the client.
+	if _, err := c.All(); err == nil {
+		t.Error("a request on a connection of a stopped server was answered")
 	}
 }

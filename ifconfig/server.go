@@ -6,7 +6,9 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -37,8 +39,25 @@ func Listen(path string) (net.Listener, error) {
 }
 
 // ServeListener accepts connections on l and serves each on its own
-// goroutine, until l is closed.
+// goroutine, until l is closed. It then ends every connection once its
+// request in progress (if any) is answered, and returns only when every
+// handler has: the caller's final state save comes after the last change.
 func (r *Registry) ServeListener(l net.Listener, logf func(string, ...any)) error {
+	var (
+		mu    sync.Mutex
+		conns = map[net.Conn]bool{}
+		wg    sync.WaitGroup
+	)
+	defer func() {
+		mu.Lock()
+		for c := range conns {
+			// A read deadline in the past: the handler's next read of a
+			// request fails at once; a request being applied is not cut.
+			_ = c.SetReadDeadline(time.Now())
+		}
+		mu.Unlock()
+		wg.Wait()
+	}()
 	for {
 		c, err := l.Accept()
 		if err != nil {
@@ -47,9 +66,19 @@ func (r *Registry) ServeListener(l net.Listener, logf func(string, ...any)) erro
 			}
 			return err
 		}
+		mu.Lock()
+		conns[c] = true
+		mu.Unlock()
+		wg.Add(1)
 		go func() {
-			defer c.Close()
-			if err := r.Serve(c); err != nil && logf != nil {
+			defer wg.Done()
+			defer func() {
+				mu.Lock()
+				delete(conns, c)
+				mu.Unlock()
+				c.Close()
+			}()
+			if err := r.Serve(c); err != nil && logf != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 				logf("control connection: %v", err)
 			}
 		}()
