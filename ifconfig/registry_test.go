@@ -391,7 +391,7 @@ func TestSensorMode(t *testing.T) {
 	if err := set(r, "erspan1", "down", "tunneladdr", "192.0.2.2", "up"); err != nil {
 		t.Fatal(err)
 	}
-	s, _ = r.Status("erspan1")
+	s = mustStatus(t, r, "erspan1")
 	b.Reset()
 	WriteStatus(&b, &s)
 	if !strings.Contains(b.String(), "\ttunnel: dev eth1 inet 192.0.2.2 ttl 64 nodf\n") {

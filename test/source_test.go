@@ -352,7 +352,11 @@ func TestSpanPort(t *testing.T) {
 	// A port that joins after addspan is covered too.
 	port("p2", h2, "198.51.100.12/24")
 	tcFilters := func(dev, dir string) string {
-		out, _ := exec.Command("tc", "-n", tp.sw.name, "filter", "show", "dev", dev, dir).Output()
+		t.Helper()
+		out, err := exec.Command("tc", "-n", tp.sw.name, "filter", "show", "dev", dev, dir).Output()
+		if err != nil {
+			t.Fatalf("tc filter show dev %s %s: %v", dev, dir, err)
+		}
 		return string(out)
 	}
 	waitFor(t, "the span rule on the new port", func() bool {
@@ -473,6 +477,8 @@ func TestRestart(t *testing.T) {
 	seqs := func(frames ...[]byte) []uint32 {
 		wire := newPacketReader(t, tp.sw, "veth0")
 		inject(t, tp.sw, "erspan0", frames...)
+		// Every frame's packet, then quiet: one more would show.
+		wire.waitUntil(frameTimeout, func(_, out [][]byte) bool { return len(decodeWire(t, out)) >= len(frames) })
 		wire.settle()
 		var s []uint32
 		for _, p := range decodeWire(t, wire.passed()) {

@@ -372,7 +372,10 @@ func TestInputAllocs(t *testing.T) {
 	// Every branch was taken (the counters say so), or the test would
 	// measure less than it claims.
 	c0, c1, c2 := r.h.Counters("erspan0"), r.h.Counters("erspan1"), r.h.Counters("erspan2")
+	var d DaemonCounters // rc is not the host's: its own counters
+	rc.stats.addTo(&d)
 	for what, n := range map[string]uint64{
+		"decode error": d.Drops[erspan.ErrShort], "socket's error": d.Drops[erspan.ErrIPHeader],
 		"exact": c0.TypeII, "session-only": c1.TypeIII, "catch-all Type I": c2.TypeI,
 		"capture-only without monitor": c2.RxCaptureOnly, "T bit": c0.RxTruncated,
 		"frame type": c1.RxFrameType, "inner short": c0.RxInnerShort,
