@@ -8,7 +8,6 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/erspan-linux/erspan/erspan"
@@ -113,12 +112,9 @@ func ListenCapture(dev string, batch, bufSize, rcvbuf int, moderate time.Duratio
 // deviceIndex returns the index of network interface dev in the calling
 // thread's namespace; the error wraps ENODEV when there is none.
 func deviceIndex(dev string) (int, error) {
-	l, err := netlink.LinkByName(dev)
+	l, err := linkNamed(dev, unix.ENODEV)
 	if err != nil {
-		if isLinkNotFound(err) {
-			return 0, fmt.Errorf("no interface %s: %w", dev, unix.ENODEV)
-		}
-		return 0, fmt.Errorf("interface %s: %w", dev, err)
+		return 0, err
 	}
 	return l.Attrs().Index, nil
 }

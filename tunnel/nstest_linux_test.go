@@ -2,8 +2,8 @@ package tunnel
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
-	"github.com/erspan-linux/erspan/erspan"
 	"net"
 	"os"
 	"os/exec"
@@ -15,6 +15,8 @@ import (
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/erspan-linux/erspan/erspan"
 )
 
 // Shared helpers of the Linux tests: network namespaces, packet sockets
@@ -288,4 +290,27 @@ func fakeFrame(tag byte) []byte {
 		f[i] = tag
 	}
 	return f
+}
+
+// checkCloseUnblocks runs read, which blocks until there is something to
+// read or the reader is closed, then calls closeFn, and fails t unless
+// read returns an error wrapping want within 2 s. read gets 50 ms to block
+// first; should it not have, it runs after the close and must fail with
+// want all the same.
+func checkCloseUnblocks(t *testing.T, what string, read, closeFn func() error, want error) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- read() }()
+	time.Sleep(50 * time.Millisecond)
+	if err := closeFn(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, want) {
+			t.Errorf("%s after Close: %v, want %v", what, err, want)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatalf("Close did not unblock a pending %s", what)
+	}
 }

@@ -160,23 +160,7 @@ func testSocket(t *testing.T, family int, ipOptions bool) {
 	}
 
 	// Close unblocks a pending ReadBatch, which returns net.ErrClosed.
-	done := make(chan error, 1)
-	go func() {
-		_, err := s.ReadBatch()
-		done <- err
-	}()
-	time.Sleep(50 * time.Millisecond)
-	if err := s.Close(); err != nil {
-		t.Errorf("Close: %v", err)
-	}
-	select {
-	case err := <-done:
-		if !errors.Is(err, net.ErrClosed) {
-			t.Errorf("ReadBatch after Close: %v, want net.ErrClosed", err)
-		}
-	case <-time.After(2 * time.Second):
-		t.Fatal("Close did not unblock a pending ReadBatch")
-	}
+	checkCloseUnblocks(t, "ReadBatch", func() error { _, err := s.ReadBatch(); return err }, s.Close, net.ErrClosed)
 	if _, err := s.ReadBatch(); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("ReadBatch on a closed socket: %v, want net.ErrClosed", err)
 	}

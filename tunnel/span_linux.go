@@ -128,15 +128,12 @@ func (r spanRule) del(l netlink.Link, parent uint32) error {
 // every member port, and takes it off links that are no longer members.
 // remove takes it off everything. It runs in the bridge's namespace.
 func (r spanRule) reconcile(bridge string, remove bool) error {
-	br, err := netlink.LinkByName(bridge)
+	br, err := linkNamed(bridge, unix.ENODEV)
 	if err != nil {
 		if remove {
 			return nil // the bridge is gone, and its ports' rules with it
 		}
-		if errors.As(err, &netlink.LinkNotFoundError{}) {
-			return fmt.Errorf("no interface %s: %w", bridge, unix.ENODEV)
-		}
-		return fmt.Errorf("bridge %s: %w", bridge, err)
+		return err
 	}
 	if _, ok := br.(*netlink.Bridge); !ok {
 		return fmt.Errorf("%s is a %s, not a bridge: %w", bridge, br.Type(), unix.EINVAL)

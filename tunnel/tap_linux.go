@@ -431,13 +431,18 @@ func ourTAP(name string, usable bool) (netlink.Link, error) {
 }
 
 // linkByName is netlink.LinkByName with ENXIO for a missing link.
-func linkByName(name string) (netlink.Link, error) {
+func linkByName(name string) (netlink.Link, error) { return linkNamed(name, unix.ENXIO) }
+
+// linkNamed looks up link name in the calling thread's namespace; a
+// missing one is an error wrapping missing: ENXIO for an erspanN (the
+// kernel's answer for a missing unit), ENODEV for another device.
+func linkNamed(name string, missing unix.Errno) (netlink.Link, error) {
 	link, err := netlink.LinkByName(name)
 	if err != nil {
 		if isLinkNotFound(err) {
-			return nil, fmt.Errorf("no link %s: %w", name, unix.ENXIO)
+			return nil, fmt.Errorf("no interface %s: %w", name, missing)
 		}
-		return nil, fmt.Errorf("look up link %s: %w", name, err)
+		return nil, fmt.Errorf("look up interface %s: %w", name, err)
 	}
 	return link, nil
 }

@@ -202,24 +202,8 @@ func TestTAPQueue(t *testing.T) {
 		if err := SetLinkUp("erspan3", false); err != nil { // no IPv6 chatter to read
 			t.Fatalf("SetLinkUp down: %v", err)
 		}
-		done := make(chan error, 1)
-		go func() {
-			buf := make([]byte, 2048)
-			_, err := q3.Read(buf)
-			done <- err
-		}()
-		time.Sleep(50 * time.Millisecond)
-		if err := q3.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-		select {
-		case err := <-done:
-			if !errors.Is(err, os.ErrClosed) {
-				t.Errorf("Read after Close: %v, want os.ErrClosed", err)
-			}
-		case <-time.After(2 * time.Second):
-			t.Fatal("Close did not unblock a pending Read")
-		}
+		buf := make([]byte, 2048)
+		checkCloseUnblocks(t, "Read", func() error { _, err := q3.Read(buf); return err }, q3.Close, os.ErrClosed)
 		if _, err := q3.Write(frame); !errors.Is(err, os.ErrClosed) {
 			t.Errorf("Write after Close: %v, want os.ErrClosed", err)
 		}
