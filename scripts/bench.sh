@@ -15,11 +15,15 @@
 # (getrusage for the ceiling), which includes the kernel work done in its
 # own syscalls (the TAP write, the tc ingress drop behind it).
 #
-# Measurements (medians of REPS runs of DUR seconds each):
+# Measurements (REPS runs of DUR seconds each; a row shows the run with the
+# median frames per CPU-second; frames per second count what arrived while
+# the generator sent, loss and CPU also what arrived after):
 #  ceiling  a Go program writes prebuilt frames into a TAP, one write() each,
 #           the TAP made like erspanN (multi-queue, up, monitor filter);
 #           and again with erspand's io_uring writer (erspand --io-uring),
-#           32 writes per io_uring_enter, on one queue as erspand has.
+#           32 writes per io_uring_enter, on one queue as erspand has;
+#           and on two queues of one TAP with a writer thread per queue,
+#           on both CPUs (frames per second and per CPU-second).
 #  naive    scripts/bench/naive (ListenIP + ReadFrom + Write) fed by gen.
 #           naive_speedup_64 compares frames per CPU-second, as the ratios
 #           do: both programs are fed the same load by one generator, which
@@ -117,7 +121,9 @@ counter() { nsx "$1" sh -c "cat /sys/class/net/$2/statistics/$3" | awk '{s += $1
 # Raw IPPROTO_GRE (47 = 0x2F) sockets in a namespace: the receive softirq
 # clones every GRE packet to each of them, wanted or not.
 raw_gre() { nsx "$1" cat /proc/net/raw | awk 'NR > 1 && $2 ~ /:002F$/' | wc -l; }
-median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+# mid: of lines of numbers, one line per run, the line of the run whose
+# first number is the median: a row's figures all come from one run.
+mid() { grep . | sort -g -k1,1 | awk '{v[NR] = $0} END {print v[int((NR + 1) / 2)]}'; }
 
 # start NS CMD...: start a pinned process in NS in the background, record
 # its PID (ip netns exec and taskset exec, so $! is the program itself;
@@ -171,27 +177,42 @@ row() { rows="$rows$(printf '%-26s %5s %10s %10s %9s %7s %6s %11s %6s' "$@")"$'\
 # ---- ceiling ----------------------------------------------------------------
 for ns in $ALL_NS; do ip netns del "$ns" 2>/dev/null || true; done # a previous run's, killed
 ip netns add $CEIL
-declare -A ceil_pps ceil_eff uring_eff
+declare -A ceil_pps ceil_eff uring_eff mq_pps mq_eff
 for size in 64 1514; do
-	p="" e=""
+	runs=""
 	for _ in $(seq $REPS); do
 		out=$(nsx $CEIL taskset -c $DUT_CPU "$bin/ceiling" -name bench0 -size $size -duration ${DUR}s)
-		p="$p $(kv pps "$out")" e="$e $(kv per_cpu_s "$out")"
+		runs="$runs$(kv per_cpu_s "$out") $(kv pps "$out")"$'\n'
 	done
-	ceil_pps[$size]=$(echo "$p" | median) ceil_eff[$size]=$(echo "$e" | median)
+	read -r e p <<<"$(printf '%s' "$runs" | mid)"
+	ceil_pps[$size]=$p ceil_eff[$size]=$e
 	row "ceiling (TAP write)" $size - "${ceil_pps[$size]}" - - - "${ceil_eff[$size]}" 1.00
 	log "ceiling $size B: ${ceil_pps[$size]} pps, ${ceil_eff[$size]} per CPU-s"
-	p="" e=""
+	runs=""
 	for _ in $(seq $REPS); do
 		if ! out=$(nsx $CEIL taskset -c $DUT_CPU "$bin/ceiling" -name bench1 -size $size -duration ${DUR}s -uring 32); then
 			out="pps=0 per_cpu_s=0" # no io_uring here: the row says 0
 		fi
-		p="$p $(kv pps "$out")" e="$e $(kv per_cpu_s "$out")"
+		runs="$runs$(kv per_cpu_s "$out") $(kv pps "$out")"$'\n'
 	done
-	uring_eff[$size]=$(echo "$e" | median)
-	row "ceiling (io_uring, 32)" $size - "$(echo "$p" | median)" - - - "${uring_eff[$size]}" \
+	read -r e p <<<"$(printf '%s' "$runs" | mid)"
+	uring_eff[$size]=$e
+	row "ceiling (io_uring, 32)" $size - "$p" - - - "${uring_eff[$size]}" \
 		"$(calc %.2f "${uring_eff[$size]} / ${ceil_eff[$size]}")"
 	log "ceiling io_uring $size B: ${uring_eff[$size]} per CPU-s"
+	# Multi-queue: two queues of one TAP, a writer thread on each, both
+	# CPUs (nothing else runs meanwhile): more frames per second, fewer
+	# per CPU-second (the kernel steers flows between queues per frame).
+	runs=""
+	for _ in $(seq $REPS); do
+		out=$(nsx $CEIL taskset -c $GEN_CPU,$DUT_CPU "$bin/ceiling" -name bench2 -size $size -duration ${DUR}s -queues 2)
+		runs="$runs$(kv per_cpu_s "$out") $(kv pps "$out")"$'\n'
+	done
+	read -r e p <<<"$(printf '%s' "$runs" | mid)"
+	mq_pps[$size]=$p mq_eff[$size]=$e
+	row "ceiling (2 queues, 2 thr.)" $size - "${mq_pps[$size]}" - - - "${mq_eff[$size]}" \
+		"$(calc %.2f "${mq_eff[$size]} / ${ceil_eff[$size]}")"
+	log "ceiling 2 queues $size B: ${mq_pps[$size]} pps, ${mq_eff[$size]} per CPU-s"
 done
 
 # ---- the tunnel: sender (192.0.2.1) -- veth -- collector (192.0.2.2) ----------
@@ -214,9 +235,9 @@ ip -n $COL neigh replace 192.0.2.1 lladdr "$snd_mac" dev veth-col nud permanent
 nsx $COL sh -c "echo $((1 << GEN_CPU)) > /sys/class/net/veth-col/queues/rx-0/rps_cpus"
 
 # decap PID IFGLOB SIZE RATE COUNT SESSION SESSIONS: gen sends ERSPAN II to
-# the collector; sets sent, deliv, pps, cpu, eff, busy.
+# the collector; sets sent, deliv, pps, cpu, eff, busy, offered.
 decap() {
-	local pid=$1 ifs=$2 size=$3 rate=$4 count=$5 session=$6 sessions=$7 r0 r1 c0 c1 out el prev
+	local pid=$1 ifs=$2 size=$3 rate=$4 count=$5 session=$6 sessions=$7 r0 r1 rend c0 c1 out el prev
 	# Bounded by time as well as count: DUR at full speed, or long enough
 	# for count at the rate asked (or at 50k pps when count is set at full
 	# speed), at most 60 s.
@@ -231,9 +252,13 @@ decap() {
 	c0=$(ticks "$pid")
 	out=$(nsx $SND taskset -c $GEN_CPU "$bin/gen" -mode eth -dev veth-snd -dstmac "$col_mac" \
 		-size "$size" -rate "$rate" -count "$count" -duration "${dur}s" -session "$session" -sessions "$sessions")
+	# The rate counts what was delivered while gen sent; what the
+	# receiver takes from its socket buffer afterwards counts for loss
+	# and CPU, not for the rate (it would flatter a receiver that lags).
+	r1=$(counter $COL "$ifs" rx_packets) prev=-1
+	rend=$r1
 	# Let the receiver drain its socket buffer: wait until the count
 	# stops moving (at most 2 s).
-	r1=$(counter $COL "$ifs" rx_packets) prev=-1
 	for _ in $(seq 20); do
 		[ "$r1" = "$prev" ] && break
 		sleep 0.1
@@ -242,23 +267,23 @@ decap() {
 	c1=$(ticks "$pid")
 	sent=$(kv sent "$out") el=$(kv elapsed "$out")
 	deliv=$((r1 - r0))
-	pps=$(calc %.0f "$deliv / $el")
+	pps=$(calc %.0f "($rend - $r0) / $el")
 	cpu=$(calc %.2f "($c1 - $c0) / $HZ")
 	eff=$(calc %.0f "$deliv / (($c1 - $c0) / $HZ + 1e-9)")
 	busy=$(calc %.0f "100 * ($c1 - $c0) / $HZ / $el")
 	offered=$(kv rate "$out")
 }
 
-# best-of-REPS by delivered rate (median) of decap at full speed; prints a row.
+# REPS runs of decap at full speed; prints the row of the run with the
+# median frames per CPU-second, and sets pps and eff from it.
 decap_row() {
-	local label=$1 pid=$2 ifs=$3 size=$4 session=$5 sessions=$6 p="" e="" o="" l="" c="" b=""
+	local label=$1 pid=$2 ifs=$3 size=$4 session=$5 sessions=$6 runs="" o l c b
 	for _ in $(seq $REPS); do
 		decap "$pid" "$ifs" "$size" 0 100000000 "$session" "$sessions"
-		p="$p $pps" e="$e $eff" o="$o $offered" l="$l $((sent - deliv))" c="$c $cpu" b="$b $busy"
+		runs="$runs$eff $pps $offered $((sent - deliv)) $cpu $busy"$'\n'
 	done
-	pps=$(echo "$p" | median) eff=$(echo "$e" | median)
-	row "$label" "$size" "$(echo "$o" | median)" "$pps" "$(echo "$l" | median)" "$(echo "$c" | median)" \
-		"$(echo "$b" | median)%" "$eff" "$(calc %.2f "$eff / ${ceil_eff[$size]}")"
+	read -r eff pps o l c b <<<"$(printf '%s' "$runs" | mid)"
+	row "$label" "$size" "$o" "$pps" "$l" "$c" "$b%" "$eff" "$(calc %.2f "$eff / ${ceil_eff[$size]}")"
 	log "$label $size B: $pps pps, $eff per CPU-s"
 }
 
@@ -282,23 +307,24 @@ nsx $COL "$bin/dropin" veth-col on
 nsx $COL sh -c "echo 0 > /sys/class/net/veth-col/queues/rx-0/rps_cpus"
 declare -A encap_pps encap_eff
 for size in 64 1514; do
-	p="" e="" o="" l="" c="" b=""
+	runs=""
 	for _ in $(seq $REPS); do
 		r0=$(counter $COL veth-col rx_packets) d0=$(counter $SND erspan0 tx_dropped) c0=$(ticks $snd)
 		out=$(nsx $SND taskset -c $GEN_CPU "$bin/gen" -mode tap -dev erspan0 -size $size -count 100000000 -duration ${DUR}s)
+		rend=$(counter $COL veth-col rx_packets) # the rate: while gen sent
 		sleep 0.2
 		r1=$(counter $COL veth-col rx_packets) d1=$(counter $SND erspan0 tx_dropped) c1=$(ticks $snd)
 		el=$(kv elapsed "$out") n=$((r1 - r0))
-		p="$p $(calc %.0f "$n / $el")" e="$e $(calc %.0f "$n / (($c1 - $c0) / $HZ + 1e-9)")"
 		# gen sends a frame the TAP refused (tx_dropped) again, so
 		# offered counts attempts and lost is what gen sent that never
 		# reached the peer.
-		o="$o $(calc %.0f "($(kv sent "$out") + $d1 - $d0) / $el")" l="$l $(($(kv sent "$out") - n))"
-		c="$c $(calc %.2f "($c1 - $c0) / $HZ")" b="$b $(calc %.0f "100 * ($c1 - $c0) / $HZ / $el")"
+		runs="$runs$(calc %.0f "$n / (($c1 - $c0) / $HZ + 1e-9)") $(calc %.0f "($rend - $r0) / $el")"
+		runs="$runs $(calc %.0f "($(kv sent "$out") + $d1 - $d0) / $el") $(($(kv sent "$out") - n))"
+		runs="$runs $(calc %.2f "($c1 - $c0) / $HZ") $(calc %.0f "100 * ($c1 - $c0) / $HZ / $el")"$'\n'
 	done
-	encap_pps[$size]=$(echo "$p" | median) encap_eff[$size]=$(echo "$e" | median)
-	row "erspand encap" $size "$(echo "$o" | median)" "${encap_pps[$size]}" "$(echo "$l" | median)" \
-		"$(echo "$c" | median)" "$(echo "$b" | median)%" "${encap_eff[$size]}" \
+	read -r e p o l c b <<<"$(printf '%s' "$runs" | mid)"
+	encap_pps[$size]=$p encap_eff[$size]=$e
+	row "erspand encap" $size "$o" "${encap_pps[$size]}" "$l" "$c" "$b%" "${encap_eff[$size]}" \
 		"$(calc %.2f "${encap_eff[$size]} / ${ceil_eff[$size]}")"
 	log "encap $size B: ${encap_pps[$size]} pps, ${encap_eff[$size]} per CPU-s"
 done
@@ -376,7 +402,7 @@ stop $col
 echo
 echo "erspan benchmark: $(nproc) CPUs, kernel $(uname -r), $(go version | cut -d' ' -f3), commit $(git rev-parse --short HEAD 2>/dev/null || echo ?)$( [ $QUICK -eq 1 ] && echo ', --quick')"
 echo "machine idle before the run: ${idle}% (less than ~95% means another load shares the CPUs)"
-echo "medians of $REPS run(s) of ${DUR}s; generator on CPU $GEN_CPU, the measured program on CPU $DUT_CPU"
+echo "$REPS run(s) of ${DUR}s, each row from the run with the median frames per CPU-s; generator on CPU $GEN_CPU, the measured program on CPU $DUT_CPU"
 echo
 printf '%-26s %5s %10s %10s %9s %7s %6s %11s %6s\n' measurement bytes offered/s frames/s lost CPU-s busy frames/CPU-s ratio
 printf '%s' "$rows"
@@ -396,6 +422,8 @@ echo "limit, and frames/CPU-s is the better estimate of what one core would take
 echo "allocations per frame: $allocs (TestInputAllocs, TestSocketAllocs); BenchmarkInputBatch: $bench_allocs allocs per batch of 64"
 echo "wall time: $(($(date +%s) - t0)) s"
 echo
+echo "multi-queue TAP, two queues with a writer thread each, relative to one queue: $(calc %.2f "${mq_pps[64]} / ${ceil_pps[64]}") of the frames per second,"
+echo "  $(calc %.2f "${mq_eff[64]} / ${ceil_eff[64]}") of the frames per CPU-s (64 B); erspand writes each TAP from one thread, on one queue"
 echo "decap with --io-uring, frames per CPU-s relative to the default: $(calc %.2f "${decap_uring_eff[64]} / ${decap_eff[64]}") (64 B), $(calc %.2f "${decap_uring_eff[1514]} / ${decap_eff[1514]}") (1514 B)"
 echo "naive_speedup_64: erspand's decap frames per CPU-s over the naive loop's at 64 B, fed by the same"
 echo "generator; frames per second: $(calc %.2f "${decap_pps[64]} / ${naive_pps[64]}") (equal when both keep up with the generator, so not a measure of either)"

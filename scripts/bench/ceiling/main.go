@@ -11,6 +11,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -24,44 +26,46 @@ func main() {
 	size := flag.Int("size", 64, "frame size in bytes (no FCS)")
 	dur := flag.Duration("duration", 3*time.Second, "how long to write")
 	uring := flag.Int("uring", 0, "write batches of this many frames with one io_uring_enter (erspand's FrameWriter) rather than one write() each")
+	queues := flag.Int("queues", 1, "open this many queues of the TAP and write into each from its own thread, one write() per frame")
 	flag.Parse()
-	if err := run(*name, *size, *dur, *uring); err != nil {
+	if *queues < 1 || *queues > 16 || (*queues > 1 && *uring != 0) {
+		fmt.Fprintln(os.Stderr, "ceiling: -queues takes 1 to 16, and more than 1 only with write()")
+		os.Exit(2)
+	}
+	if err := run(*name, *size, *dur, *uring, *queues); err != nil {
 		fmt.Fprintln(os.Stderr, "ceiling:", err)
 		os.Exit(1)
 	}
 }
 
-func run(name string, size int, dur time.Duration, uring int) error {
+func run(name string, size int, dur time.Duration, uring, queues int) error {
 	if size < frame.Min || size > frame.Max || dur <= 0 || dur > time.Minute {
 		return fmt.Errorf("size %d or duration %v out of range", size, dur)
 	}
 	var (
-		fd  int
+		fds []int
 		w   tunnel.FrameWriter
 		q   tunnel.Queue
 		err error
 	)
 	if uring == 0 {
-		fd, err = unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(fd)
-		ifr, err := unix.NewIfreq(name)
-		if err != nil {
-			return err
-		}
 		// The flags of an erspanN TAP (tunnel/tap_linux.go): a
 		// multi-queue TAP takes a slightly different path in the kernel
-		// than a plain one. The TAP goes away with fd (not persistent).
-		ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_MULTI_QUEUE)
-		if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-			return fmt.Errorf("TUNSETIFF %s: %w", name, err)
+		// than a plain one. The TAP goes away with its last queue's fd
+		// (not persistent). With more than one queue the kernel also
+		// hashes every frame to steer its flow (tun_flow_update): that
+		// cost is part of what -queues measures.
+		for range queues {
+			fd, err := openQueue(name)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(fd)
+			fds = append(fds, fd)
 		}
 	} else {
 		// erspand's own TAP, queue and io_uring writer. One queue only,
-		// as erspand has: with two, the kernel hashes every frame to
-		// steer flows (tun_flow_update), a fifth of the cost.
+		// as erspand has.
 		if _, _, err := tunnel.CreateTAP(name, nil, 0); err != nil {
 			return err
 		}
@@ -91,24 +95,63 @@ func run(name string, size int, dur time.Duration, uring int) error {
 	start := time.Now()
 	deadline := start.Add(dur)
 	var n, errs int64
-	// time.Now every 256 writes: cheap next to 256 syscalls.
+	if w != nil {
+		n, errs = uringLoop(w, q, uring, frames, deadline)
+	} else {
+		// A writer per queue, each on its own thread, as a multi-queue
+		// TAP is meant to be used; with one queue, this goroutine alone.
+		var (
+			wg sync.WaitGroup
+			mu sync.Mutex
+		)
+		for _, fd := range fds {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				runtime.LockOSThread()
+				k, e := writeLoop(fd, frames, deadline)
+				mu.Lock()
+				n, errs = n+k, errs+e
+				mu.Unlock()
+			}()
+		}
+		wg.Wait()
+	}
+	elapsed := time.Since(start).Seconds()
+	used := cpu() - before
+	fmt.Printf("frames=%d elapsed=%.6f cpu=%.6f pps=%.0f per_cpu_s=%.0f errors=%d queues=%d\n",
+		n, elapsed, used, float64(n)/elapsed, float64(n)/used, errs, queues)
+	return nil
+}
+
+// openQueue opens one queue of the multi-queue TAP name, making it with
+// the first.
+func openQueue(name string) (int, error) {
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	ifr, err := unix.NewIfreq(name)
+	if err == nil {
+		ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_MULTI_QUEUE)
+		if err = unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+			err = fmt.Errorf("TUNSETIFF %s: %w", name, err)
+		}
+	}
+	if err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+// writeLoop writes frames into fd, one write() each, until deadline, and
+// returns the frames written and the writes refused. It looks at the
+// clock every 256 writes: cheap next to 256 syscalls.
+func writeLoop(fd int, frames [][]byte, deadline time.Time) (n, errs int64) {
 	for i := 0; ; i++ {
 		if i&255 == 0 && time.Now().After(deadline) {
-			break
-		}
-		if w != nil {
-			w.Add(q, frames[i&4095])
-			if (i+1)%uring != 0 {
-				continue
-			}
-			for _, err := range w.Flush() {
-				if err != nil {
-					errs++
-				} else {
-					n++
-				}
-			}
-			continue
+			return n, errs
 		}
 		if _, err := unix.Write(fd, frames[i&4095]); err != nil {
 			errs++
@@ -116,11 +159,27 @@ func run(name string, size int, dur time.Duration, uring int) error {
 		}
 		n++
 	}
-	elapsed := time.Since(start).Seconds()
-	used := cpu() - before
-	fmt.Printf("frames=%d elapsed=%.6f cpu=%.6f pps=%.0f per_cpu_s=%.0f errors=%d\n",
-		n, elapsed, used, float64(n)/elapsed, float64(n)/used, errs)
-	return nil
+}
+
+// uringLoop writes frames into q through w, batch at a time, until
+// deadline, and returns the frames written and the writes refused.
+func uringLoop(w tunnel.FrameWriter, q tunnel.Queue, batch int, frames [][]byte, deadline time.Time) (n, errs int64) {
+	for i := 0; ; i++ {
+		if i&255 == 0 && time.Now().After(deadline) {
+			return n, errs
+		}
+		w.Add(q, frames[i&4095])
+		if (i+1)%batch != 0 {
+			continue
+		}
+		for _, err := range w.Flush() {
+			if err != nil {
+				errs++
+			} else {
+				n++
+			}
+		}
+	}
 }
 
 // cpu returns the process's user + system CPU seconds so far.
