@@ -7,7 +7,6 @@ import (
 	"slices"
 	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 
@@ -168,38 +167,22 @@ func (r *Registry) Set(name string, s Setting) error {
 		return newError(syscall.EINVAL, name, s.String(), "malformed setting")
 	}
 	cfg := e.cfg
-	busy := func() error {
+	if kw.down && cfg.Up {
 		return newError(syscall.EBUSY, name, s.String(),
 			"%s is up; take it down first (erspanctl %s down), change it, then bring it up", name, name)
 	}
+	v, err := parseValue(name, s)
+	if err != nil {
+		return err
+	}
 	switch s.Name {
 	case "tunnel", "tunneladdr":
-		if cfg.Up {
-			return busy()
-		}
-		src, dst, err := parseTunnel(name, s)
-		if err != nil {
-			return err
-		}
-		cfg.Src, cfg.Dst = src, dst
+		cfg.Src, cfg.Dst = v.src, v.dst
 	case "-tunnel":
-		if cfg.Up {
-			return busy()
-		}
 		cfg.Src, cfg.Dst = netip.Addr{}, netip.Addr{}
 	case "vnetid":
-		if cfg.Up {
-			return busy()
-		}
-		n, err := strconv.Atoi(s.Args[0])
-		if err != nil || n < 0 || n > MaxSession {
-			return newError(syscall.EINVAL, name, s.String(), "the session ID (vnetid) is a number from 0 to %d", MaxSession)
-		}
-		cfg.VNetID = n
+		cfg.VNetID = v.n
 	case "-vnetid":
-		if cfg.Up {
-			return busy()
-		}
 		cfg.VNetID = tunnel.NoSession
 	case "up":
 		if cfg.Up {
@@ -216,63 +199,29 @@ func (r *Registry) Set(name string, s Setting) error {
 	case "-monitor":
 		cfg.Monitor = false
 	case "tunnelttl":
-		n, err := strconv.Atoi(s.Args[0])
-		if err != nil || n < 1 || n > 255 {
-			return newError(syscall.EINVAL, name, s.String(), "the tunnel TTL is a number from 1 to 255")
-		}
-		cfg.TTL = n
+		cfg.TTL = v.n
 	case "tunneldf":
 		cfg.DF = true
 	case "-tunneldf":
 		cfg.DF = false
 	case "txprio":
-		if s.Args[0] == "packet" {
-			cfg.TxPrio = tunnel.TxPrioPacket
-			break
-		}
-		n, err := strconv.Atoi(s.Args[0])
-		if err != nil || n < 0 || n > 7 {
-			return newError(syscall.EINVAL, name, s.String(), "txprio is a priority from 0 to 7, or packet (the frame's own priority)")
-		}
-		cfg.TxPrio = n
+		cfg.TxPrio = v.n
 	case "mtu":
-		n, err := strconv.Atoi(s.Args[0])
-		if err != nil || n < MinMTU || n > MaxMTU {
-			return newError(syscall.EINVAL, name, s.String(), "the MTU is a number from %d to %d", MinMTU, MaxMTU)
-		}
-		cfg.MTU = n
+		cfg.MTU = v.n
 	case "lladdr":
-		mac, err := net.ParseMAC(s.Args[0])
-		if err != nil || len(mac) != 6 || mac[0]&1 != 0 || isZero(mac) {
-			return newError(syscall.EINVAL, name, s.String(), "lladdr is a unicast Ethernet address such as fe:e1:ba:d0:12:34")
-		}
-		cfg.LLAddr = mac
+		cfg.LLAddr = v.mac
 	case "tunneldomain", "-tunneldomain":
-		if cfg.Up {
-			return busy()
-		}
-		ns, err := r.namespace(name, s)
-		if err != nil {
+		if cfg.TunnelDomain, err = r.namespace(name, s, v.name); err != nil {
 			return err
 		}
-		cfg.TunnelDomain = ns
 	case "tunneldev":
-		if cfg.Up {
-			return busy()
-		}
-		if err := checkIfName(s.Args[0], s.String()); err != nil {
-			return err
-		}
-		if err := r.b.CheckDevice(cfg.TunnelDomain, s.Args[0]); err != nil {
+		if err := r.b.CheckDevice(cfg.TunnelDomain, v.name); err != nil {
 			e := asError(err, name, s.String())
-			e.Iface, e.Msg = name, fmt.Sprintf("no interface %s in the tunnel's network namespace (see ip link)", s.Args[0])
+			e.Iface, e.Msg = name, fmt.Sprintf("no interface %s in the tunnel's network namespace (see ip link)", v.name)
 			return e
 		}
-		cfg.TunnelDev = s.Args[0]
+		cfg.TunnelDev = v.name
 	case "-tunneldev":
-		if cfg.Up {
-			return busy()
-		}
 		cfg.TunnelDev = ""
 	case "rdomain", "-rdomain":
 		if len(e.spans) > 0 {
@@ -280,11 +229,9 @@ func (r *Registry) Set(name string, s Setting) error {
 				"%s is a span port of %s, which stays in this namespace; remove it first: erspanctl %s delspan %s",
 				name, e.spans[0], e.spans[0], name)
 		}
-		ns, err := r.namespace(name, s)
-		if err != nil {
+		if cfg.Rdomain, err = r.namespace(name, s, v.name); err != nil {
 			return err
 		}
-		cfg.Rdomain = ns
 	}
 	if err := r.b.Update(cfg); err != nil {
 		return asError(err, name, s.String())
@@ -293,25 +240,11 @@ func (r *Registry) Set(name string, s Setting) error {
 	return nil
 }
 
-func isZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
-}
-
-// namespace maps a routing domain argument to a network namespace name:
-// OpenBSD's 0 (and "default", and the - forms) is the daemon's own
-// namespace, "".
-func (r *Registry) namespace(name string, s Setting) (string, error) {
-	if len(s.Args) == 0 || s.Args[0] == "0" || s.Args[0] == "default" {
+// namespace checks that ns, a routing domain's network namespace
+// (parseValue's), exists; "" is the daemon's own.
+func (r *Registry) namespace(name string, s Setting, ns string) (string, error) {
+	if ns == "" {
 		return "", nil
-	}
-	ns := s.Args[0]
-	if strings.ContainsAny(ns, "/\x00") || ns == "." || ns == ".." {
-		return "", newError(syscall.EINVAL, name, s.String(), "%q is not a network namespace name", ns)
 	}
 	if err := r.b.CheckNamespace(ns); err != nil {
 		e := asError(err, name, s.String())
@@ -389,13 +322,6 @@ func (r *Registry) DelSpan(bridge, name string) error {
 	return nil
 }
 
-func checkIfName(name, setting string) error {
-	if name == "" || len(name) > 15 || strings.ContainsAny(name, "/ \x00") {
-		return newError(syscall.EINVAL, name, setting, "%q is not an interface name", name)
-	}
-	return nil
-}
-
 // checkUp applies erspan_up's rules: EDESTADDRREQ without a local address,
 // or with a destination but no session; EADDRINUSE when another up
 // interface has the same (local, remote, session) key.
@@ -420,35 +346,6 @@ func (r *Registry) checkUp(name string, s Setting, cfg *tunnel.Config) error {
 		}
 	}
 	return nil
-}
-
-// parseTunnel checks tunnel addresses as gre_set_tunnel does: both of one
-// family, neither unspecified nor multicast.
-func parseTunnel(name string, s Setting) (src, dst netip.Addr, err error) {
-	addrs := make([]netip.Addr, len(s.Args))
-	for i, a := range s.Args {
-		ip, perr := netip.ParseAddr(a)
-		if perr != nil {
-			return src, dst, newError(syscall.EINVAL, name, s.String(), "%q is not an IPv4 or IPv6 address", a)
-		}
-		ip = ip.Unmap()
-		if ip.Zone() != "" {
-			return src, dst, newError(syscall.EINVAL, name, s.String(), "%q: scoped (zoned) addresses are not supported", a)
-		}
-		if ip.IsUnspecified() || ip.IsMulticast() {
-			return src, dst, newError(syscall.EINVAL, name, s.String(), "%s is not a unicast address", ip)
-		}
-		addrs[i] = ip
-	}
-	src = addrs[0]
-	if len(addrs) == 2 {
-		dst = addrs[1]
-		if src.Is4() != dst.Is4() {
-			return netip.Addr{}, netip.Addr{}, newError(syscall.EINVAL, name, s.String(),
-				"the source and destination must both be IPv4 or both be IPv6")
-		}
-	}
-	return src, dst, nil
 }
 
 // Status returns one interface as erspanctl shows it.

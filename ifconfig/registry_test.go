@@ -278,11 +278,12 @@ func TestSettingsLeftToRight(t *testing.T) {
 		t.Fatal(err)
 	}
 	// ifconfig applies left to right and stops at the first failure:
-	// the tunnel is set, vnetid fails, up is never tried.
-	err := set(r, "erspan0", "tunnel", "2001:db8::2", "2001:db8::1", "vnetid", "5000", "up")
-	wantErrno(t, err, syscall.EINVAL, "erspan0", "vnetid 5000")
+	// the tunnel is set, up is refused for want of a session (a state
+	// the line itself made), and mtu after it is never tried.
+	err := set(r, "erspan0", "tunnel", "2001:db8::2", "2001:db8::1", "up", "mtu", "1400")
+	wantErrno(t, err, syscall.EDESTADDRREQ, "erspan0", "up")
 	s := mustStatus(t, r, "erspan0")
-	if s.Tunnel == nil || s.Tunnel.Family != "inet6" || s.Up {
+	if s.Tunnel == nil || s.Tunnel.Family != "inet6" || s.Up || s.MTU == 1400 {
 		t.Errorf("after partial apply: %+v %+v", s, s.Tunnel)
 	}
 	if err := set(r, "erspan0", "-tunnel", "-monitor"); err != nil {
@@ -290,6 +291,15 @@ func TestSettingsLeftToRight(t *testing.T) {
 	}
 	if s := mustStatus(t, r, "erspan0"); s.Tunnel != nil || s.Monitor {
 		t.Errorf("-tunnel -monitor: %+v", s)
+	}
+	// A value that is wrong whatever the state (a number out of range,
+	// not an address) refuses the whole line before any of it applies:
+	// erspanctl finds it without erspand, and a line is not left half
+	// done for a typo.
+	err = set(r, "erspan0", "tunnel", "2001:db8::2", "2001:db8::1", "vnetid", "5000", "up")
+	wantErrno(t, err, syscall.EINVAL, "erspan0", "vnetid 5000")
+	if s := mustStatus(t, r, "erspan0"); s.Tunnel != nil || s.Up {
+		t.Errorf("a line with a bad value applied in part: %+v", s)
 	}
 }
 

@@ -46,6 +46,9 @@ func TestAutostart(t *testing.T) {
 		{"create erspan0 tunnel 192.0.2.2", `missing argument: the form is "tunnel SRC DST"`},
 		{"br0 addspan", "usage: erspanctl br0 addspan erspanN"},
 		{"bogus", "neither a command"},
+		{"create erspan0 tunnel 192.0.2.2 192.0.2.1 vnetid 5000 up", "erspan0 vnetid 5000: invalid argument (EINVAL): the session ID"},
+		{"erspan0 tunnel 192.0.2.2 2001:db8::1", "must both be IPv4 or both be IPv6"},
+		{"erspan0 mtu 9", "the MTU is a number"},
 	} {
 		r := runCtl(t, ns, erspanctl, append([]string{"--socket", sock}, strings.Fields(bad.args)...))
 		if r.code == 0 || !strings.Contains(r.stderr, bad.says) {
