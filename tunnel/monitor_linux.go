@@ -307,7 +307,22 @@ func loadProgram(insns []bpfInsn, name string) (int, error) {
 		license:  uint64(uintptr(unsafe.Pointer(&monitorLicense[0]))),
 	}
 	copy(attr.progName[:15], name)
-	fd, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_PROG_LOAD, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
+	var (
+		fd    uintptr
+		errno unix.Errno
+	)
+	// The verifier gives up with EAGAIN when a signal is pending for the
+	// thread (do_check's signal_pending test), and Go's runtime signals
+	// its threads (SIGURG) to preempt goroutines: a load fails now and
+	// then for no fault of the program, as it did creating the 279th of
+	// 512 interfaces in a row. Loading again is what libbpf and
+	// cilium/ebpf do; the bound only keeps a loop finite.
+	for range 1000 {
+		fd, _, errno = unix.Syscall(unix.SYS_BPF, unix.BPF_PROG_LOAD, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
+		if errno != unix.EAGAIN && errno != unix.EINTR {
+			break
+		}
+	}
 	// The kernel reads insns through an integer address the GC does not
 	// see: keep the slice alive until bpf(2) returned.
 	runtime.KeepAlive(insns)

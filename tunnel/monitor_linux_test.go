@@ -3,10 +3,13 @@ package tunnel
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"net"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -220,4 +223,41 @@ func mustLinkByName(t *testing.T, name string) netlink.Link {
 		t.Fatalf("link %s: %v", name, err)
 	}
 	return l
+}
+
+// TestLoadProgramUnderSignals: the verifier refuses with EAGAIN while a
+// signal is pending for the loading thread, which Go's preemption signals
+// make happen at random (a create among hundreds failed so). Here the
+// loading thread is sent SIGURG (which the runtime takes and ignores when
+// it did not ask for it) without pause; every load must still succeed.
+func TestLoadProgramUnderSignals(t *testing.T) {
+	requireRoot(t)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	pid, tid := unix.Getpid(), unix.Gettid()
+	var stop atomic.Bool
+	done := make(chan int)
+	go func() {
+		sent := 0
+		for ; !stop.Load() && sent < 10_000_000; sent++ {
+			_ = unix.Tgkill(pid, tid, unix.SIGURG)
+		}
+		done <- sent
+	}()
+	const loads = 500
+	var failed error
+	for i := 0; i < loads && failed == nil; i++ {
+		fd, err := loadProgram(spanProgram(5), "erspan_span")
+		if err != nil {
+			failed = fmt.Errorf("load %d of %d: %w", i+1, loads, err)
+			break
+		}
+		unix.Close(fd)
+	}
+	stop.Store(true)
+	sent := <-done
+	if failed != nil {
+		t.Fatalf("%v (%d signals sent meanwhile)", failed, sent)
+	}
+	t.Logf("%d loads, %d signals sent meanwhile", loads, sent)
 }
