@@ -261,3 +261,44 @@ func TestLoadProgramUnderSignals(t *testing.T) {
 	}
 	t.Logf("%d loads, %d signals sent meanwhile", loads, sent)
 }
+
+// TestFindClsact: the clsact lookup asks the kernel for one device's
+// ingress slot (no dump of every qdisc): none on a fresh link, the one
+// added, none again once it is removed (the slot then holds a noop qdisc
+// the kernel does not report), and EBUSY for an "ingress" qdisc, which
+// takes the same slot and cannot hold our filters.
+func TestFindClsact(t *testing.T) {
+	ns := newTestNetns(t)
+	runIP(t, "-n", ns.name, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+	ns.do(t, func() {
+		link := mustLinkByName(t, "v0")
+		if q, err := findClsact(link); err != nil || q != nil {
+			t.Fatalf("fresh link: %v, %v; want none", q, err)
+		}
+		q, added, err := ensureClsact(link)
+		if err != nil || !added {
+			t.Fatalf("ensureClsact: %v (added %v)", err, added)
+		}
+		got, err := findClsact(link)
+		if err != nil || got == nil || got.Type() != "clsact" || got.Attrs().Handle != q.Attrs().Handle || got.Attrs().LinkIndex != link.Attrs().Index {
+			t.Fatalf("after adding clsact: %v, %v", got, err)
+		}
+		if q2, added, err := ensureClsact(link); err != nil || added || q2 == nil {
+			t.Fatalf("ensureClsact again: %v, added %v, %v; want the one there", q2, added, err)
+		}
+		if err := netlink.QdiscDel(got); err != nil {
+			t.Fatal(err)
+		}
+		if q, err := findClsact(link); err != nil || q != nil {
+			t.Fatalf("after removing it: %v, %v; want none", q, err)
+		}
+		ingress := &netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{
+			LinkIndex: link.Attrs().Index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_INGRESS}}
+		if err := netlink.QdiscAdd(ingress); err != nil {
+			t.Fatal(err)
+		}
+		if q, err := findClsact(link); !errors.Is(err, unix.EBUSY) || !strings.Contains(err.Error(), "ingress") {
+			t.Errorf("with an ingress qdisc: %v, %v; want EBUSY naming it", q, err)
+		}
+	})
+}
