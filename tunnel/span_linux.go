@@ -126,39 +126,95 @@ func (r spanRule) del(l netlink.Link, parent uint32) error {
 
 // reconcile puts the rule on the bridge's egress and on the ingress of
 // every member port, and takes it off links that are no longer members.
-// remove takes it off everything. It runs in the bridge's namespace.
-func (r spanRule) reconcile(bridge string, remove bool) error {
+// remove takes it off everything. It runs in the bridge's namespace, and
+// lists every link's filters: the watcher does it when it starts or may
+// have missed changes, and otherwise looks at the links that changed
+// (update). It returns the bridge's ifindex (0 when it is gone or remove
+// is set) and records in ports the links that carry the rule at ingress.
+func (r spanRule) reconcile(bridge string, remove bool, ports map[int]bool) (int, error) {
+	clear(ports)
+	var errs []error
+	brIndex := 0
 	br, err := linkNamed(bridge, unix.ENODEV)
-	if err != nil {
-		if remove {
-			return nil // the bridge is gone, and its ports' rules with it
+	switch {
+	case err != nil && !remove:
+		// Reported; the rule still comes off the bridge's former ports,
+		// whose frames no longer cross a bridge.
+		errs = append(errs, err)
+	case err != nil:
+	default:
+		if _, ok := br.(*netlink.Bridge); !ok {
+			return 0, fmt.Errorf("%s is a %s, not a bridge: %w", bridge, br.Type(), unix.EINVAL)
 		}
-		return err
-	}
-	if _, ok := br.(*netlink.Bridge); !ok {
-		return fmt.Errorf("%s is a %s, not a bridge: %w", bridge, br.Type(), unix.EINVAL)
+		if remove {
+			errs = append(errs, r.del(br, netlink.HANDLE_MIN_EGRESS))
+		} else {
+			brIndex = br.Attrs().Index
+			if !r.has(br, netlink.HANDLE_MIN_EGRESS) {
+				errs = append(errs, r.add(br, netlink.HANDLE_MIN_EGRESS))
+			}
+		}
 	}
 	links, err := netlink.LinkList()
 	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-		return err
-	}
-	var errs []error
-	if remove {
-		errs = append(errs, r.del(br, netlink.HANDLE_MIN_EGRESS))
-	} else if !r.has(br, netlink.HANDLE_MIN_EGRESS) {
-		errs = append(errs, r.add(br, netlink.HANDLE_MIN_EGRESS))
+		return 0, errors.Join(append(errs, err)...)
 	}
 	for _, l := range links {
-		member := l.Attrs().MasterIndex == br.Attrs().Index && !remove
+		member := brIndex != 0 && l.Attrs().MasterIndex == brIndex
 		has := r.has(l, netlink.HANDLE_MIN_INGRESS)
 		switch {
 		case member && !has:
-			errs = append(errs, r.add(l, netlink.HANDLE_MIN_INGRESS))
+			err := r.add(l, netlink.HANDLE_MIN_INGRESS)
+			errs = append(errs, err)
+			has = err == nil
 		case !member && has:
-			errs = append(errs, r.del(l, netlink.HANDLE_MIN_INGRESS))
+			err := r.del(l, netlink.HANDLE_MIN_INGRESS)
+			errs = append(errs, err)
+			has = err != nil
+		}
+		if has {
+			ports[l.Attrs().Index] = true
 		}
 	}
-	return errors.Join(errs...)
+	return brIndex, errors.Join(errs...)
+}
+
+// update applies one link change to the rules, in the bridge's namespace:
+// a link that is now a port of the bridge (ifindex brIndex) gets the rule,
+// one of ports that no longer is loses it. Other links cost nothing: no
+// netlink request per link of the namespace per change, which a bulk
+// create of a thousand interfaces made quadratic.
+func (r spanRule) update(u netlink.LinkUpdate, brIndex int, ports map[int]bool) error {
+	l := u.Link
+	idx := l.Attrs().Index
+	if u.Header.Type == unix.RTM_DELLINK {
+		if u.Family == unix.AF_BRIDGE {
+			// The bridge's own report of a port leaving it, not of a
+			// link removed: the link's RTM_NEWLINK (no master now)
+			// says what became of it.
+			return nil
+		}
+		delete(ports, idx) // its rules went with it
+		return nil
+	}
+	var err error
+	switch {
+	case brIndex != 0 && l.Attrs().MasterIndex == brIndex:
+		if !r.has(l, netlink.HANDLE_MIN_INGRESS) {
+			err = r.add(l, netlink.HANDLE_MIN_INGRESS)
+		}
+		ports[idx] = err == nil
+	case ports[idx]:
+		delete(ports, idx)
+		err = r.del(l, netlink.HANDLE_MIN_INGRESS)
+	}
+	if errors.Is(err, unix.ENODEV) {
+		// A report of a link removed since: its removal's report
+		// follows.
+		delete(ports, idx)
+		return nil
+	}
+	return err
 }
 
 // span is a running span port: its rules and the watcher that covers
@@ -170,7 +226,9 @@ type span struct {
 	report     func(error)
 	done       chan struct{}
 	stopped    chan struct{}
-	mu         sync.Mutex                   // one reconcile at a time
+	mu         sync.Mutex                   // one reconcile or update at a time; guards what follows
+	brIndex    int                          // the bridge's ifindex at the last reconcile
+	ports      map[int]bool                 // the links with the rule at ingress
 	sub        atomic.Pointer[subscription] // the watcher's; swapped on resubscribe
 }
 
@@ -188,7 +246,7 @@ func (l *Linux) AddSpan(ns, bridge, tap string, tapIndex int, report func(error)
 }
 
 func startSpan(home netns.NsHandle, ns, bridge string, rule spanRule, report func(error)) (*span, error) {
-	s := &span{home: home, ns: ns, bridge: bridge, rule: rule,
+	s := &span{home: home, ns: ns, bridge: bridge, rule: rule, ports: map[int]bool{},
 		report: report, done: make(chan struct{}), stopped: make(chan struct{})}
 	// Watch first, then put the rules in place: a port that joins in
 	// between is seen by the watcher rather than missed.
@@ -257,34 +315,67 @@ func (c *subscription) lastErr() error {
 func (s *span) reconcile(remove bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return inNamespace(s.ns, func() error { return s.rule.reconcile(s.bridge, remove) })
+	return inNamespace(s.ns, func() (err error) {
+		s.brIndex, err = s.rule.reconcile(s.bridge, remove, s.ports)
+		return err
+	})
 }
 
-// watch reconciles after every burst of link changes until stop. The
-// library ends a subscription on any receive error, ENOBUFS among them:
-// the kernel dropped changes a burst of them (say, creating a thousand
-// interfaces) did not leave room for. The watcher then subscribes again
-// and reconciles, which covers whatever was missed.
+// apply applies a burst of link changes, in one visit to the namespace. A
+// change to the bridge itself (made again, renamed, removed) calls for a
+// whole reconcile.
+func (s *span) apply(burst []netlink.LinkUpdate) error {
+	s.mu.Lock()
+	whole := false
+	for _, u := range burst {
+		if a := u.Link.Attrs(); (s.brIndex != 0 && a.Index == s.brIndex) || a.Name == s.bridge {
+			whole = true
+		}
+	}
+	s.mu.Unlock()
+	if whole {
+		return s.reconcile(false)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return inNamespace(s.ns, func() error {
+		var errs []error
+		for _, u := range burst {
+			errs = append(errs, s.rule.update(u, s.brIndex, s.ports))
+		}
+		return errors.Join(errs...)
+	})
+}
+
+// watch applies link changes, a burst at a time, until stop. The library
+// ends a subscription on any receive error, ENOBUFS among them: the kernel
+// dropped changes a burst of them (say, creating a thousand interfaces)
+// did not leave room for. The watcher then subscribes again and
+// reconciles every link, which covers whatever was missed.
 func (s *span) watch() {
 	defer close(s.stopped)
 	sub := s.sub.Load()
+	burst := make([]netlink.LinkUpdate, 0, cap(sub.updates)+1)
 	for {
 		select {
 		case <-s.done:
 			sub.cancel()
 			return
-		case _, ok := <-sub.updates:
+		case u, ok := <-sub.updates:
 			if !ok {
 				sub.cancel()
 				if sub = s.resubscribe(sub.lastErr()); sub == nil {
 					return // stopped meanwhile
 				}
+				s.check(s.reconcile(false))
+				continue
 			}
-			// Drain a burst of updates, then reconcile once.
-			for len(sub.updates) > 0 {
-				<-sub.updates
+			burst = append(burst[:0], u)
+			for len(sub.updates) > 0 && len(burst) < cap(burst) {
+				burst = append(burst, <-sub.updates)
 			}
-			s.check(s.reconcile(false))
+			s.check(s.apply(burst))
+			clear(burst)
 		}
 	}
 }

@@ -1,7 +1,9 @@
 package tunnel
 
 import (
+	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -33,17 +35,17 @@ func TestSpanRulesOfPrefixNames(t *testing.T) {
 			}
 		}
 		for _, r := range []spanRule{ten, one, far} {
-			if err := r.reconcile("br0", false); err != nil {
+			if _, err := r.reconcile("br0", false, map[int]bool{}); err != nil {
 				t.Fatalf("span %s: %v", r.tap, err)
 			}
 		}
 		check("all spanning", "erspan-span-erspan1", "erspan-span-erspan10", "erspan-span-erspan2")
-		if err := one.reconcile("br0", true); err != nil {
+		if _, err := one.reconcile("br0", true, map[int]bool{}); err != nil {
 			t.Fatalf("remove erspan1's span: %v", err)
 		}
 		check("erspan1's removed", "erspan-span-erspan10", "erspan-span-erspan2")
 		for _, r := range []spanRule{ten, far} {
-			if err := r.reconcile("br0", true); err != nil {
+			if _, err := r.reconcile("br0", true, map[int]bool{}); err != nil {
 				t.Fatalf("remove %s's span: %v", r.tap, err)
 			}
 		}
@@ -66,7 +68,7 @@ func spanRuleNames(t *testing.T, link string, parent uint32) []string {
 	t.Helper()
 	l, err := netlink.LinkByName(link)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%s: %v", link, err)
 	}
 	fs, err := filterList(l, parent)
 	if err != nil {
@@ -161,5 +163,95 @@ func TestSpanWatchOutlivesItsSubscription(t *testing.T) {
 	ns.do(t, func() { egress = spanRuleNames(t, "br0", netlink.HANDLE_MIN_EGRESS) })
 	if slices.Contains(egress, rule) {
 		t.Error("span rule left on br0's egress after stop")
+	}
+}
+
+// TestSpanWatchFollowsPorts: after the first reconcile the watcher acts on
+// the links that changed: a port joining gets the rule, a port leaving
+// loses it, a removed port is forgotten without an error, links that are
+// not ports never get it, and a bridge made again is covered again.
+func TestSpanWatchFollowsPorts(t *testing.T) {
+	ns := newTestNetns(t)
+	runIP(t, "-n", ns.name, "link", "add", "br0", "type", "bridge")
+	runIP(t, "-n", ns.name, "link", "add", "p0", "type", "veth", "peer", "name", "p1")
+	runIP(t, "-n", ns.name, "link", "set", "p0", "master", "br0")
+	home, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer home.Close()
+	var (
+		mu      sync.Mutex
+		reports []error
+	)
+	s, err := startSpan(home, ns.name, "br0", spanRule{tap: "erspan1", tapIndex: 1}, func(err error) {
+		mu.Lock()
+		reports = append(reports, err)
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.stop()
+	const rule = "erspan-span-erspan1"
+	hasRule := func(link string, parent uint32) bool {
+		var got []string
+		ns.do(t, func() { got = spanRuleNames(t, link, parent) })
+		return slices.Contains(got, rule)
+	}
+	await := func(what, link string, parent uint32, want bool) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); hasRule(link, parent) != want; {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: span rule on %s is %v, want %v after 5 s", what, link, !want, want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	noReports := func(when string) {
+		t.Helper()
+		mu.Lock()
+		defer mu.Unlock()
+		if len(reports) > 0 {
+			t.Errorf("%s: reported %v", when, reports)
+			reports = nil
+		}
+	}
+
+	runIP(t, "-n", ns.name, "link", "add", "p2", "type", "veth", "peer", "name", "p3")
+	runIP(t, "-n", ns.name, "link", "set", "p2", "master", "br0")
+	await("p2 joined", "p2", netlink.HANDLE_MIN_INGRESS, true)
+	runIP(t, "-n", ns.name, "link", "set", "p0", "nomaster")
+	await("p0 left", "p0", netlink.HANDLE_MIN_INGRESS, false)
+	// p0 back in, then removed: its rule goes with it, nothing to report.
+	runIP(t, "-n", ns.name, "link", "set", "p0", "master", "br0")
+	await("p0 joined again", "p0", netlink.HANDLE_MIN_INGRESS, true)
+	runIP(t, "-n", ns.name, "link", "del", "p0")
+	// Links that are not ports, made after the span, get nothing; p4,
+	// made after them and put in the bridge, is the marker that the
+	// watcher has seen them all.
+	for i := range 10 {
+		runIP(t, "-n", ns.name, "link", "add", fmt.Sprintf("d%d", i), "type", "veth", "peer", "name", fmt.Sprintf("e%d", i))
+	}
+	runIP(t, "-n", ns.name, "link", "add", "p4", "type", "veth", "peer", "name", "p5")
+	runIP(t, "-n", ns.name, "link", "set", "p4", "master", "br0")
+	await("p4 joined", "p4", netlink.HANDLE_MIN_INGRESS, true)
+	for _, l := range []string{"d0", "e9", "p3", "p5"} {
+		if hasRule(l, netlink.HANDLE_MIN_INGRESS) {
+			t.Errorf("%s is no port of br0 and has the span rule", l)
+		}
+	}
+	noReports("ports joining, leaving, removed")
+
+	// The bridge removed (its ports' rules go with it; the watcher says
+	// the bridge is gone) and made again: its egress and its new port are
+	// covered.
+	runIP(t, "-n", ns.name, "link", "del", "br0")
+	runIP(t, "-n", ns.name, "link", "add", "br0", "type", "bridge")
+	await("br0 made again", "br0", netlink.HANDLE_MIN_EGRESS, true)
+	runIP(t, "-n", ns.name, "link", "set", "p2", "master", "br0")
+	await("p2 in the new br0", "p2", netlink.HANDLE_MIN_INGRESS, true)
+	if hasRule("p4", netlink.HANDLE_MIN_INGRESS) {
+		t.Error("p4, a port of the removed br0 only, kept the span rule")
 	}
 }
