@@ -90,37 +90,20 @@ func spanRuleNames(t *testing.T, link string, parent uint32) []string {
 // keep covering ports that join the bridge, and stop must still remove
 // every rule.
 func TestSpanWatchOutlivesItsSubscription(t *testing.T) {
-	ns := newTestNetns(t)
-	runIP(t, "-n", ns.name, "link", "add", "br0", "type", "bridge")
-	runIP(t, "-n", ns.name, "link", "add", "p0", "type", "veth", "peer", "name", "p1")
-	runIP(t, "-n", ns.name, "link", "set", "p0", "master", "br0")
-	home, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer home.Close()
 	reports := make(chan error, 16)
-	s, err := startSpan(home, ns.name, "br0", spanRule{tap: "erspan1", tapIndex: 1}, func(err error) {
+	ns, s := startTestSpan(t, func(err error) {
 		select {
 		case reports <- err:
 		default:
 		}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	stopped := false
 	defer func() {
 		if !stopped {
 			s.stop()
 		}
 	}()
-	const rule = "erspan-span-erspan1"
-	hasRule := func(link string) bool {
-		var got []string
-		ns.do(t, func() { got = spanRuleNames(t, link, netlink.HANDLE_MIN_INGRESS) })
-		return slices.Contains(got, rule)
-	}
+	hasRule := func(link string) bool { return testSpanRuleOn(t, ns, link, netlink.HANDLE_MIN_INGRESS) }
 	if !hasRule("p0") {
 		t.Fatal("no span rule on the bridge's port p0 after startSpan")
 	}
@@ -161,7 +144,7 @@ func TestSpanWatchOutlivesItsSubscription(t *testing.T) {
 	}
 	var egress []string
 	ns.do(t, func() { egress = spanRuleNames(t, "br0", netlink.HANDLE_MIN_EGRESS) })
-	if slices.Contains(egress, rule) {
+	if slices.Contains(egress, "erspan-span-erspan1") {
 		t.Error("span rule left on br0's egress after stop")
 	}
 }
@@ -171,34 +154,17 @@ func TestSpanWatchOutlivesItsSubscription(t *testing.T) {
 // loses it, a removed port is forgotten without an error, links that are
 // not ports never get it, and a bridge made again is covered again.
 func TestSpanWatchFollowsPorts(t *testing.T) {
-	ns := newTestNetns(t)
-	runIP(t, "-n", ns.name, "link", "add", "br0", "type", "bridge")
-	runIP(t, "-n", ns.name, "link", "add", "p0", "type", "veth", "peer", "name", "p1")
-	runIP(t, "-n", ns.name, "link", "set", "p0", "master", "br0")
-	home, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer home.Close()
 	var (
 		mu      sync.Mutex
 		reports []error
 	)
-	s, err := startSpan(home, ns.name, "br0", spanRule{tap: "erspan1", tapIndex: 1}, func(err error) {
+	ns, s := startTestSpan(t, func(err error) {
 		mu.Lock()
 		reports = append(reports, err)
 		mu.Unlock()
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	defer s.stop()
-	const rule = "erspan-span-erspan1"
-	hasRule := func(link string, parent uint32) bool {
-		var got []string
-		ns.do(t, func() { got = spanRuleNames(t, link, parent) })
-		return slices.Contains(got, rule)
-	}
+	hasRule := func(link string, parent uint32) bool { return testSpanRuleOn(t, ns, link, parent) }
 	await := func(what, link string, parent uint32, want bool) {
 		t.Helper()
 		for deadline := time.Now().Add(5 * time.Second); hasRule(link, parent) != want; {
@@ -254,4 +220,35 @@ func TestSpanWatchFollowsPorts(t *testing.T) {
 	if hasRule("p4", netlink.HANDLE_MIN_INGRESS) {
 		t.Error("p4, a port of the removed br0 only, kept the span rule")
 	}
+}
+
+// startTestSpan makes bridge br0 with port p0 (a veth to p1) in a new
+// namespace and starts erspan1's span of it, its reports passed to
+// report. The caller stops it.
+func startTestSpan(t *testing.T, report func(error)) (*testNetns, *span) {
+	t.Helper()
+	ns := newTestNetns(t)
+	runIP(t, "-n", ns.name, "link", "add", "br0", "type", "bridge")
+	runIP(t, "-n", ns.name, "link", "add", "p0", "type", "veth", "peer", "name", "p1")
+	runIP(t, "-n", ns.name, "link", "set", "p0", "master", "br0")
+	home, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The span keeps home for the daemon's own namespace (ns ""): open
+	// until the test ends.
+	t.Cleanup(func() { home.Close() })
+	s, err := startSpan(home, ns.name, "br0", spanRule{tap: "erspan1", tapIndex: 1}, report)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ns, s
+}
+
+// testSpanRuleOn reports whether erspan1's span rule is on link at parent.
+func testSpanRuleOn(t *testing.T, ns *testNetns, link string, parent uint32) bool {
+	t.Helper()
+	var got []string
+	ns.do(t, func() { got = spanRuleNames(t, link, parent) })
+	return slices.Contains(got, "erspan-span-erspan1")
 }
