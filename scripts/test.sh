@@ -52,6 +52,20 @@ go vet ./...
 step "staticcheck"
 staticcheck ./...
 
+# A test run that panicked or was killed leaves its namespaces (named
+# erspt-u-PID-N and erspt-e2e-PID-N-ROLE after the go test process) and the
+# daemons in them: those of test processes that no longer exist go now,
+# by name and by the PIDs in them; a run in progress keeps its own.
+step "namespaces left by earlier test runs"
+for ns in $(ip netns list | awk '{print $1}' | grep -E '^erspt-(u|e2e)-[0-9]+-' || true); do
+	pid=$(echo "$ns" | cut -d- -f3)
+	kill -0 "$pid" 2>/dev/null && continue
+	pids=$(ip netns pids "$ns" 2>/dev/null || true)
+	echo "removing $ns (test process $pid is gone)${pids:+, killing $(echo $pids)}"
+	[ -z "$pids" ] || kill -9 $pids 2>/dev/null || true
+	ip netns del "$ns" || true
+done
+
 step "go test -race (unit and network-namespace tests)"
 go test -race -count=1 -timeout 15m ./...
 
