@@ -252,8 +252,11 @@ func findClsact(link netlink.Link) (netlink.Qdisc, error) {
 	req := nl.NewNetlinkRequest(unix.RTM_GETQDISC, unix.NLM_F_ECHO|unix.NLM_F_ACK)
 	req.AddData(&nl.TcMsg{Family: nl.FAMILY_ALL, Ifindex: int32(link.Attrs().Index), Parent: netlink.HANDLE_CLSACT})
 	msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWQDISC)
-	if errors.Is(err, unix.ENOENT) {
-		return nil, nil // no ingress slot yet: never had one
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EINVAL) {
+		// ENOENT: no ingress slot yet, never had one. EINVAL: the slot
+		// holds the noop qdisc, which kernels that report nothing for it
+		// refuse as an empty answer (qdisc_notify).
+		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("look up the clsact qdisc of %s: %w", name, err)
