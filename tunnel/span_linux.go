@@ -179,32 +179,41 @@ func (r spanRule) reconcile(bridge string, remove bool, ports map[int]bool) (int
 	return brIndex, errors.Join(errs...)
 }
 
-// update applies one link change to the rules, in the bridge's namespace:
-// a link that is now a port of the bridge (ifindex brIndex) gets the rule,
-// one of ports that no longer is loses it. Other links cost nothing: no
-// netlink request per link of the namespace per change, which a bulk
-// create of a thousand interfaces made quadratic.
-func (r spanRule) update(u netlink.LinkUpdate, brIndex int, ports map[int]bool) error {
-	l := u.Link
-	idx := l.Attrs().Index
+// portChange says what one link change asks of the rules, from what the
+// watcher knows: add (a link that is now a port of the bridge, ifindex
+// brIndex, and has no rule) or del (one of ports that no longer is a
+// port). A link removed is forgotten here: its rules went with it. Other
+// changes ask nothing, and cost no netlink request: listing every link's
+// filters per change made a bulk create of a thousand interfaces
+// quadratic.
+func portChange(u netlink.LinkUpdate, brIndex int, ports map[int]bool) (add, del bool) {
+	idx := u.Link.Attrs().Index
 	if u.Header.Type == unix.RTM_DELLINK {
-		if u.Family == unix.AF_BRIDGE {
-			// The bridge's own report of a port leaving it, not of a
-			// link removed: the link's RTM_NEWLINK (no master now)
-			// says what became of it.
-			return nil
+		// The bridge's own AF_BRIDGE report of a port leaving it is no
+		// removal: the link's RTM_NEWLINK (no master now) says what
+		// became of it.
+		if u.Family != unix.AF_BRIDGE {
+			delete(ports, idx)
 		}
-		delete(ports, idx) // its rules went with it
-		return nil
+		return false, false
 	}
+	member := brIndex != 0 && u.Link.Attrs().MasterIndex == brIndex
+	return member && !ports[idx], !member && ports[idx]
+}
+
+// update adds the rule to link l (add) or takes it off, in the bridge's
+// namespace, and records the outcome in ports.
+func (r spanRule) update(l netlink.Link, add bool, ports map[int]bool) error {
+	idx := l.Attrs().Index
 	var err error
-	switch {
-	case brIndex != 0 && l.Attrs().MasterIndex == brIndex:
+	if add {
 		if !r.has(l, netlink.HANDLE_MIN_INGRESS) {
 			err = r.add(l, netlink.HANDLE_MIN_INGRESS)
 		}
-		ports[idx] = err == nil
-	case ports[idx]:
+		if err == nil {
+			ports[idx] = true
+		}
+	} else {
 		delete(ports, idx)
 		err = r.del(l, netlink.HANDLE_MIN_INGRESS)
 	}
@@ -226,10 +235,11 @@ type span struct {
 	report     func(error)
 	done       chan struct{}
 	stopped    chan struct{}
-	mu         sync.Mutex                   // one reconcile or update at a time; guards what follows
-	brIndex    int                          // the bridge's ifindex at the last reconcile
-	ports      map[int]bool                 // the links with the rule at ingress
-	sub        atomic.Pointer[subscription] // the watcher's; swapped on resubscribe
+	// brIndex and ports are used by startSpan, then by the watcher
+	// alone, then by stop once the watcher has ended: no lock.
+	brIndex int                          // the bridge's ifindex at the last reconcile
+	ports   map[int]bool                 // the links with the rule at ingress
+	sub     atomic.Pointer[subscription] // the watcher's; swapped on resubscribe
 }
 
 // AddSpan mirrors every frame crossing bridge (in namespace ns) out of TAP
@@ -313,35 +323,44 @@ func (c *subscription) lastErr() error {
 }
 
 func (s *span) reconcile(remove bool) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	return inNamespace(s.ns, func() (err error) {
 		s.brIndex, err = s.rule.reconcile(s.bridge, remove, s.ports)
 		return err
 	})
 }
 
-// apply applies a burst of link changes, in one visit to the namespace. A
-// change to the bridge itself (made again, renamed, removed) calls for a
-// whole reconcile.
+// apply applies a burst of link changes. Only a change of which link is
+// the bridge (made again, renamed, another link taking its name) or the
+// bridge's removal calls for a whole reconcile: the bridge's other changes
+// (its MTU, address or carrier, which follow a port joining) do not. The
+// namespace is visited only when a change asks for a rule to be added or
+// taken off.
 func (s *span) apply(burst []netlink.LinkUpdate) error {
-	s.mu.Lock()
-	whole := false
+	todo := burst[:0] // in place: burst is the watcher's, used up here
 	for _, u := range burst {
-		if a := u.Link.Attrs(); (s.brIndex != 0 && a.Index == s.brIndex) || a.Name == s.bridge {
-			whole = true
+		a := u.Link.Attrs()
+		isBr, named := s.brIndex != 0 && a.Index == s.brIndex, a.Name == s.bridge
+		if isBr != named || (isBr && u.Header.Type == unix.RTM_DELLINK && u.Family != unix.AF_BRIDGE) {
+			return s.reconcile(false)
+		}
+		if isBr {
+			continue
+		}
+		if add, del := portChange(u, s.brIndex, s.ports); add || del {
+			todo = append(todo, u)
 		}
 	}
-	s.mu.Unlock()
-	if whole {
-		return s.reconcile(false)
+	if len(todo) == 0 {
+		return nil
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	return inNamespace(s.ns, func() error {
 		var errs []error
-		for _, u := range burst {
-			errs = append(errs, s.rule.update(u, s.brIndex, s.ports))
+		for _, u := range todo {
+			// Asked again: an earlier change of the burst may have
+			// settled it.
+			if add, del := portChange(u, s.brIndex, s.ports); add || del {
+				errs = append(errs, s.rule.update(u.Link, add, s.ports))
+			}
 		}
 		return errors.Join(errs...)
 	})

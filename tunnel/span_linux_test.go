@@ -122,13 +122,7 @@ func TestSpanWatchOutlivesItsSubscription(t *testing.T) {
 	// A port joining now must be covered by the new subscription.
 	runIP(t, "-n", ns.name, "link", "add", "p2", "type", "veth", "peer", "name", "p3")
 	runIP(t, "-n", ns.name, "link", "set", "p2", "master", "br0")
-	deadline := time.Now().Add(5 * time.Second)
-	for !hasRule("p2") {
-		if time.Now().After(deadline) {
-			t.Fatal("port p2 joined br0 after the subscription ended and got no span rule within 5 s")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	awaitSpanRule(t, ns, "p2 joined br0 after the subscription ended", "p2", netlink.HANDLE_MIN_INGRESS, true)
 	if s.sub.Load() == sub {
 		t.Error("the watcher kept the ended subscription")
 	}
@@ -167,12 +161,7 @@ func TestSpanWatchFollowsPorts(t *testing.T) {
 	hasRule := func(link string, parent uint32) bool { return testSpanRuleOn(t, ns, link, parent) }
 	await := func(what, link string, parent uint32, want bool) {
 		t.Helper()
-		for deadline := time.Now().Add(5 * time.Second); hasRule(link, parent) != want; {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: span rule on %s is %v, want %v after 5 s", what, link, !want, want)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		awaitSpanRule(t, ns, what, link, parent, want)
 	}
 	noReports := func(when string) {
 		t.Helper()
@@ -251,4 +240,16 @@ func testSpanRuleOn(t *testing.T, ns *testNetns, link string, parent uint32) boo
 	var got []string
 	ns.do(t, func() { got = spanRuleNames(t, link, parent) })
 	return slices.Contains(got, "erspan-span-erspan1")
+}
+
+// awaitSpanRule waits up to 5 s for erspan1's span rule to be on link at
+// parent (want) or off it, and fails the test with what otherwise.
+func awaitSpanRule(t *testing.T, ns *testNetns, what, link string, parent uint32, want bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); testSpanRuleOn(t, ns, link, parent) != want; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: span rule on %s is %v, want %v after 5 s", what, link, !want, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
