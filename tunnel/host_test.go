@@ -486,3 +486,35 @@ func BenchmarkInputSpread(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(n), "ns/packet")
 }
+
+// TestRebuildOnlyForDemux: a setting the demux tables do not hold (mtu,
+// ttl), or any setting of an interface that is down, keeps the published
+// table; a change they hold (monitor, up) replaces it. A rebuild walks
+// every interface, so one per setting made creating n interfaces n².
+func TestRebuildOnlyForDemux(t *testing.T) {
+	r := newRig(t)
+	r.add(Config{Name: "erspan0", Up: true, Monitor: true, Src: local, Dst: remote, VNetID: 77, MTU: 1500})
+	table := func() *demuxTable { return r.h.recv[recvKey{family: 4}].table.Load() }
+	before := table()
+	update := func(cfg Config) {
+		t.Helper()
+		if err := r.h.Update(cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := Config{Name: "erspan0", Up: true, Monitor: true, Src: local, Dst: remote, VNetID: 77, MTU: 1400, TTL: 9}
+	update(cfg)
+	r.add(Config{Name: "erspan1", Src: local, VNetID: 5, MTU: 1500}) // down
+	if table() != before {
+		t.Error("mtu and ttl of an up interface, or a down interface, rebuilt the demux table")
+	}
+	cfg.Monitor = false
+	update(cfg)
+	after := table()
+	if after == before {
+		t.Fatal("monitor off did not rebuild the demux table")
+	}
+	if rt := after.exact[demuxKey{local: local, remote: remote, session: 77}]; rt == nil || rt.monitor {
+		t.Errorf("after monitor off the route is %+v", rt)
+	}
+}
