@@ -254,18 +254,37 @@ func (r *Registry) namespace(name string, s Setting, ns string) (string, error) 
 	return ns, nil
 }
 
+// CheckSysctl refuses a sysctl erspand does not have (ENOENT) or a value
+// it cannot take (EINVAL); value "" reads.
+func CheckSysctl(name, value string) error {
+	if name != "net.inet.gre.allow" {
+		return newError(syscall.ENOENT, "", name, "unknown sysctl; the one there is: net.inet.gre.allow")
+	}
+	if value != "" && value != "0" && value != "1" {
+		return newError(syscall.EINVAL, "", name+"="+value, "net.inet.gre.allow is 0 or 1")
+	}
+	return nil
+}
+
+// CheckSpan refuses, before any daemon is asked, a span port request
+// (op addspan or delspan) whose bridge or interface name cannot be one
+// (EINVAL).
+func CheckSpan(bridge, op, iface string) error {
+	if err := checkIfName(bridge, bridge, op+" "+iface); err != nil {
+		return err
+	}
+	return CheckName(iface)
+}
+
 // Sysctl reads, or with value set writes, a daemon-wide setting. The one
 // there is is OpenBSD's net.inet.gre.allow (1: GRE is accepted; 0: every
 // GRE packet is dropped and counted). erspand defaults to 1, unlike
 // OpenBSD: starting the daemon is the opt-in.
 func (r *Registry) Sysctl(name, value string) (string, error) {
-	if name != "net.inet.gre.allow" {
-		return "", newError(syscall.ENOENT, "", name, "unknown sysctl; the one there is: net.inet.gre.allow")
+	if err := CheckSysctl(name, value); err != nil {
+		return "", err
 	}
 	if value != "" {
-		if value != "0" && value != "1" {
-			return "", newError(syscall.EINVAL, "", name+"="+value, "net.inet.gre.allow is 0 or 1")
-		}
 		r.b.SetGREAllow(value == "1")
 		r.changed()
 	}
@@ -284,7 +303,7 @@ func (r *Registry) AddSpan(bridge, name string) error {
 	if err != nil {
 		return err
 	}
-	if err := checkIfName(bridge, setting); err != nil {
+	if err := checkIfName(bridge, bridge, setting); err != nil {
 		return err
 	}
 	if slices.Contains(e.spans, bridge) {

@@ -161,7 +161,7 @@ func parseValue(iface string, s Setting) (value, error) {
 			v.name = ns
 		}
 	case "tunneldev":
-		if err := checkIfName(s.Args[0], s.String()); err != nil {
+		if err := checkIfName(iface, s.Args[0], s.String()); err != nil {
 			return value{}, err
 		}
 		v.name = s.Args[0]
@@ -203,9 +203,11 @@ func isZero(b []byte) bool {
 	return true
 }
 
-func checkIfName(name, setting string) error {
-	if name == "" || len(name) > 15 || strings.ContainsAny(name, "/ \x00") {
-		return newError(syscall.EINVAL, name, setting, "%q is not an interface name", name)
+// checkIfName refuses, naming interface iface and the setting, a name no
+// Linux network interface can have (tunnel.CheckLinkName's rules).
+func checkIfName(iface, name, setting string) error {
+	if tunnel.CheckLinkName(name) != nil {
+		return newError(syscall.EINVAL, iface, setting, "%q is not a network interface name", name)
 	}
 	return nil
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -63,7 +62,7 @@ func RandomMAC() net.HardwareAddr {
 // unix.EEXIST. A name the kernel would not take verbatim gives EINVAL. On
 // any other failure the half-made link is removed again.
 func CreateTAP(name string, mac net.HardwareAddr, mtu int) (l Link, adopted bool, err error) {
-	if err := checkLinkName(name); err != nil {
+	if err := CheckLinkName(name); err != nil {
 		return Link{}, false, err
 	}
 	existing, err := netlink.LinkByName(name)
@@ -379,16 +378,6 @@ func (q *tapQueue) Close() error {
 	defer q.mu.Unlock()
 	tapWaits.forget(q)
 	return unix.Close(int(q.fd))
-}
-
-// checkLinkName refuses names that netlink would silently cut to 15 bytes
-// or that the kernel would treat as a template ("tap%d") or reject.
-func checkLinkName(name string) error {
-	if name == "" || len(name) >= unix.IFNAMSIZ || name == "." || name == ".." ||
-		strings.ContainsAny(name, "%/: \t\n") {
-		return fmt.Errorf("invalid link name %q: %w", name, unix.EINVAL)
-	}
-	return nil
 }
 
 // checkOurTAP returns nil when link is a TAP erspand made (or can use as

@@ -87,6 +87,9 @@ func parse(args []string) (command, error) {
 			return nil, fmt.Errorf("usage: erspanctl sysctl net.inet.gre.allow[=0|1]")
 		}
 		name, value, _ := strings.Cut(args[1], "=")
+		if err := ifconfig.CheckSysctl(name, value); err != nil {
+			return nil, err
+		}
 		return func(cl *ifconfig.Client, _ bool) error {
 			v, err := cl.Sysctl(name, value)
 			if err != nil {
@@ -110,7 +113,7 @@ func parse(args []string) (command, error) {
 		if len(args) != 3 {
 			return nil, fmt.Errorf("usage: erspanctl %s %s erspanN", name, args[1])
 		}
-		if err := ifconfig.CheckName(args[2]); err != nil {
+		if err := ifconfig.CheckSpan(name, args[1], args[2]); err != nil {
 			return nil, err
 		}
 		if args[1] == "addspan" {
