@@ -174,24 +174,23 @@ func SetLinkUp(name string, up bool) error {
 	return nil
 }
 
-// Queue is one queue of a TAP: every Read returns one frame that left the
+// Queue is one queue of a TAP: ReadBatch returns frames that left the
 // interface, every Write hands one frame to the interface as if it had
-// been received on it. Read and Write may be called concurrently with each
-// other and with Close.
+// been received on it. ReadBatch and Write may be called concurrently
+// with each other and with Close.
 type Queue interface {
-	// Read reads one Ethernet frame into b, which should hold the MTU
-	// plus 18 bytes (Ethernet header and one VLAN tag): the kernel cuts a
-	// longer frame to len(b) without saying so.
-	Read(b []byte) (int, error)
 	// ReadBatch reads up to len(bufs) frames, frame i into
 	// bufs[i][offset:] and its length into sizes[i]: it waits for the
 	// first and takes the others that are already queued. It returns how
-	// many it read; only one goroutine may call it at a time.
+	// many it read; only one goroutine may call it at a time. Each buffer
+	// should hold the MTU plus 18 bytes (Ethernet header and one VLAN
+	// tag) after offset: the kernel cuts a longer frame without saying
+	// so.
 	ReadBatch(bufs [][]byte, sizes []int, offset int) (int, error)
 	// Write writes one Ethernet frame; it is never split or merged.
 	Write(frame []byte) (int, error)
-	// Close detaches the queue and unblocks a pending Read; after it,
-	// Read and Write return an error wrapping os.ErrClosed.
+	// Close detaches the queue and unblocks a pending ReadBatch; after
+	// it, ReadBatch and Write return an error wrapping os.ErrClosed.
 	Close() error
 }
 
@@ -206,9 +205,9 @@ type tapQueue struct {
 	ready  chan struct{} // tapWaits' wake-up, one token at most
 	armed  bool          // registered with tapWaits (by the reader)
 	ev     unix.EpollEvent
-	// mu is held shared across every syscall on fd (reads, writes, the
-	// io_uring writer from queuing a frame to the end of its submission)
-	// and exclusively by Close, so the number is never used after it was
+	// mu is held shared across every syscall on fd (reads, writes; a
+	// tapWriter from the Add of a frame to the end of its Flush) and
+	// exclusively by Close, so the number is never used after it was
 	// closed (and perhaps reused).
 	mu sync.RWMutex
 }
@@ -279,7 +278,7 @@ func OpenQueue(name string) (Queue, error) {
 // bufs[i][offset:] with its length in sizes[i], and returns how many. It
 // waits (in tapWaits) for the first, then takes what is queued until
 // EAGAIN: one wake-up per burst, not per frame (design.md, Transmit).
-// Only one goroutine may call it (or Read) at a time. It does not
+// Only one goroutine may call it at a time. It does not
 // allocate.
 func (q *tapQueue) ReadBatch(bufs [][]byte, sizes []int, offset int) (int, error) {
 	for {
@@ -337,15 +336,6 @@ func (q *tapQueue) readBatch(bufs [][]byte, sizes []int, offset int) (int, sysca
 	return n, 0
 }
 
-// Read reads one frame into b; see Queue.
-func (q *tapQueue) Read(b []byte) (int, error) {
-	var size [1]int
-	if _, err := q.ReadBatch([][]byte{b}, size[:], 0); err != nil {
-		return 0, err
-	}
-	return size[0], nil
-}
-
 // Write writes one frame into the TAP with one write(2), which does not
 // block: the kernel takes the frame or fails.
 func (q *tapQueue) Write(frame []byte) (int, error) {
@@ -354,15 +344,28 @@ func (q *tapQueue) Write(frame []byte) (int, error) {
 	if q.closed.Load() {
 		return 0, os.ErrClosed
 	}
+	if err := writeFrame(q.fd, frame); err != nil {
+		return 0, err
+	}
+	return len(frame), nil
+}
+
+// writeFrame writes frame into the TAP descriptor fd, which the caller
+// keeps open, with one write(2). The error of a failed write is the bare
+// errno: nothing is allocated per frame even when every write fails (a
+// TAP removed under erspand).
+func writeFrame(fd int32, frame []byte) error {
 	for {
-		n, err := unix.Write(int(q.fd), frame)
-		if err == unix.EINTR {
+		n, err := unix.Write(int(fd), frame)
+		switch {
+		case err == unix.EINTR:
 			continue
+		case err != nil:
+			return err
+		case n != len(frame):
+			return fmt.Errorf("short write to a TAP: %d of %d bytes", n, len(frame))
 		}
-		if err != nil {
-			return 0, &os.PathError{Op: "write", Path: "/dev/net/tun", Err: err}
-		}
-		return n, nil
+		return nil
 	}
 }
 

@@ -194,7 +194,7 @@ func TestTAPQueue(t *testing.T) {
 			t.Errorf("rx counters went from %d/%d to %d/%d, want +3 packets +%d bytes", p0, b0, p1, b1, 3*len(frame))
 		}
 
-		// A Read waiting for a frame returns once the queue closes.
+		// A ReadBatch waiting for a frame returns once the queue closes.
 		q3, err := OpenQueue("erspan3")
 		if err != nil {
 			t.Fatalf("third OpenQueue: %v", err)
@@ -203,7 +203,11 @@ func TestTAPQueue(t *testing.T) {
 			t.Fatalf("SetLinkUp down: %v", err)
 		}
 		buf := make([]byte, 2048)
-		checkCloseUnblocks(t, "Read", func() error { _, err := q3.Read(buf); return err }, q3.Close, os.ErrClosed)
+		var size [1]int
+		checkCloseUnblocks(t, "ReadBatch", func() error {
+			_, err := q3.ReadBatch([][]byte{buf}, size[:], 0)
+			return err
+		}, q3.Close, os.ErrClosed)
 		if _, err := q3.Write(frame); !errors.Is(err, os.ErrClosed) {
 			t.Errorf("Write after Close: %v, want os.ErrClosed", err)
 		}

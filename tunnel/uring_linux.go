@@ -213,7 +213,8 @@ type tapWriter struct {
 }
 
 // NewFrameWriter returns a FrameWriter that takes up to batch frames per
-// Flush, on io_uring when the kernel allows it.
+// Flush: with l.URing (erspand --io-uring) on io_uring when the kernel
+// allows it, otherwise one write(2) per frame.
 func (l *Linux) NewFrameWriter(batch int) FrameWriter {
 	w := &tapWriter{
 		queues: make([]Queue, 0, batch),
@@ -292,29 +293,14 @@ func (w *tapWriter) Flush() []error {
 	return errs
 }
 
-// write writes frame i with one write(2) on its pinned descriptor, which
-// does not block (the kernel takes the frame or fails), or through its
-// queue when it has none. The error of a failed write is the bare errno:
-// nothing is allocated per frame even when every write fails (a TAP
-// removed under erspand).
+// write writes frame i with one write(2) on its pinned descriptor
+// (writeFrame), or through its queue when it has none.
 func (w *tapWriter) write(i int) error {
-	fd, f := w.fds[i], w.frames[i]
-	if fd < 0 {
-		_, err := w.queues[i].Write(f)
-		return err
+	if fd := w.fds[i]; fd >= 0 {
+		return writeFrame(fd, w.frames[i])
 	}
-	for {
-		n, err := unix.Write(int(fd), f)
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err != nil:
-			return err
-		case n != len(f):
-			return fmt.Errorf("short write to a TAP: %d of %d bytes", n, len(f))
-		}
-		return nil
-	}
+	_, err := w.queues[i].Write(w.frames[i])
+	return err
 }
 
 func (w *tapWriter) flushRing(errs []error) {
