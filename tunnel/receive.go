@@ -52,6 +52,7 @@ type run struct {
 	packets, bytes         uint64 // taken by route's interface
 	typeI, typeII, typeIII uint64
 	truncated, captureOnly uint64 // IfCounters.RxTruncated, RxCaptureOnly
+	frameType, innerShort  uint64 // IfCounters.RxFrameType, RxInnerShort
 	unmatched              uint64 // when route is nil
 }
 
@@ -103,7 +104,8 @@ func (r *receiver) endRun() {
 			c *atomic.Uint64
 			n uint64
 		}{{&s.typeI, c.typeI}, {&s.typeII, c.typeII}, {&s.typeIII, c.typeIII},
-			{&s.rxTruncated, c.truncated}, {&s.rxCaptureOnly, c.captureOnly}} {
+			{&s.rxTruncated, c.truncated}, {&s.rxCaptureOnly, c.captureOnly},
+			{&s.rxFrameType, c.frameType}, {&s.rxInnerShort, c.innerShort}} {
 			if n.n > 0 {
 				n.c.Add(n.n)
 			}
@@ -161,6 +163,10 @@ func (r *receiver) handle(t *demuxTable, msgs []Message) {
 			continue
 		}
 		if !r.out.Add(ifc.queue, r.pkt.Frame) {
+			// The writer is full (a socket batch longer than
+			// rxWriteBatch): the run so far, this packet included, is
+			// counted before its frames are written, as below.
+			r.endRun()
 			r.flush()
 			r.out.Add(ifc.queue, r.pkt.Frame)
 		}
@@ -226,9 +232,9 @@ func (r *receiver) input(t *demuxTable, m *Message) *iface {
 		if e := r.lookup(t, m, session(p)); e != nil {
 			r.count(p, len(m.GRE)-p.Offset)
 			if err == erspan.ErrFrameType {
-				e.ifc.stats.rxFrameType.Add(1)
+				r.cur.frameType++
 			} else {
-				e.ifc.stats.rxInnerShort.Add(1)
+				r.cur.innerShort++
 			}
 		}
 		return nil
