@@ -187,7 +187,8 @@ func decodeWord0(w uint32, p *Packet) {
 
 // Checksum is the RFC 1071 Internet checksum of b, to be stored in a
 // header whose checksum field was zero when b was summed (IPv4, ICMP, GRE).
-// Tools and tests that build packets use it.
+// Sensor mode checks captured IPv4 headers with it; tools and tests that
+// build packets use it too.
 func Checksum(b []byte) uint16 { return ^onesSum(b) }
 
 // checksumOK reports whether the RFC 1071 Internet checksum of b, checksum

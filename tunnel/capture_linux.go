@@ -81,7 +81,7 @@ var captureFilter = []unix.SockFilter{
 
 // ListenCapture opens a capture socket on interface dev in the calling
 // thread's network namespace. The error wraps ENODEV when there is no such
-// interface. batch, bufSize, rcvbuf and moderate are as for ListenGRE.
+// interface. batch, bufSize, rcvbuf and moderate are as for listenGRE.
 func ListenCapture(dev string, batch, bufSize, rcvbuf int, moderate time.Duration) (*CaptureSocket, error) {
 	if err := checkBatchArgs(batch, bufSize, rcvbuf); err != nil {
 		return nil, fmt.Errorf("capture on %s: %w", dev, err)

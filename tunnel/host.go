@@ -175,7 +175,10 @@ type recvKey struct {
 
 // Host owns every erspanN of the daemon: their TAPs, the receive sockets and
 // the demux tables. Its methods are safe for concurrent use; control
-// operations are serialised, the data path takes no lock.
+// operations are serialised. The data path takes no lock per packet: the
+// demux table is read without one; a TAP queue's read lock is taken once
+// per batch (and per transmit read), a flow table's lock once per new
+// source.
 type Host struct {
 	sys System
 	log *Logger

@@ -133,11 +133,13 @@ func (l *Linux) OpenQueue(ns, name string) (q Queue, err error) {
 	return q, err
 }
 
-// ListenGRE opens a receive socket whose guard (see openGuard) is the
-// shared send socket of (ns, family, no DF), held open until the receive
-// socket closes: one raw GRE socket fewer for the kernel to clone every
-// GRE packet to whenever an interface there sends without DF, as a
-// collector with a tunnel destination does.
+// ListenGRE opens a receive socket (listenGRE) whose guard is the shared
+// send socket of (ns, family, no DF), held open until the receive socket
+// closes. A send socket is a raw GRE socket that accepts nothing already
+// (sender_linux.go): a guard of its own would cost the kernel one more
+// clone and filter run per GRE packet, and the shared one is there anyway
+// whenever an interface of the namespace sends without DF, as a collector
+// with a tunnel destination does.
 func (l *Linux) ListenGRE(ns string, family int) (Socket, error) {
 	var release func()
 	if guardSockets {
@@ -149,16 +151,12 @@ func (l *Linux) ListenGRE(ns string, family int) (Socket, error) {
 	}
 	var s *GRESocket
 	err := inNamespace(ns, func() (err error) {
-		s, err = listenGRE(family, l.Batch, l.BufSize, l.RcvBuf, l.Moderate, false)
+		s, err = listenGRE(family, l.Batch, l.BufSize, l.RcvBuf, l.Moderate, release)
 		return err
 	})
 	if err != nil {
-		if release != nil {
-			release()
-		}
 		return nil, err
 	}
-	s.guard = release
 	return s, nil
 }
 

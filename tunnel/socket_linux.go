@@ -42,7 +42,7 @@ type Message struct {
 type GRESocket struct {
 	c      *batchConn
 	family int
-	guard  func() // gives the guard socket back (see openGuard); nil: none
+	guard  func() // gives the guard socket back (see listenGRE); nil: none
 	drops  atomic.Uint64
 	// lastDrops is the latest SO_RXQ_OVFL seen, by ReadBatch only.
 	lastDrops uint64
@@ -62,7 +62,7 @@ var (
 // silently read fewer.
 const maxBatch = 1024
 
-// ListenGRE opens a raw IPPROTO_GRE socket of family 4 or 6 in the calling
+// listenGRE opens a raw IPPROTO_GRE socket of family 4 or 6 in the calling
 // thread's network namespace, which receives up to batch packets of up to
 // bufSize bytes (the IPv4 header included) per ReadBatch, with a receive
 // buffer of rcvbuf bytes (SO_RCVBUFFORCE, or SO_RCVBUF capped by
@@ -74,18 +74,17 @@ const maxBatch = 1024
 // kernel counts a packet as delivered once a raw socket of its protocol
 // takes it or filters it out). Not so for packets dropped because the
 // receive buffer is full: Linux 6.10 and later answer those with protocol
-// unreachable (seen on 6.18), hence a large rcvbuf. A second raw GRE socket
-// whose filter drops everything, open beside this one, was seen to
-// silence those too: ListenGRE opens one (see openGuard).
-func ListenGRE(family int, batch int, bufSize int, rcvbuf int, moderate time.Duration) (*GRESocket, error) {
-	return listenGRE(family, batch, bufSize, rcvbuf, moderate, guardSockets)
-}
-
-// listenGRE is ListenGRE with its own guard socket or none; without one
-// the caller keeps a drop-all raw GRE socket of the family open beside it
-// (Linux.ListenGRE: the shared send socket) and may set the guard field
-// to give it back at Close.
-func listenGRE(family int, batch int, bufSize int, rcvbuf int, moderate time.Duration, ownGuard bool) (*GRESocket, error) {
+// unreachable (seen on 6.18), hence a large rcvbuf, and a guard: a second
+// raw GRE socket of the family whose filter drops everything, which the
+// caller keeps open beside this one (design.md, Data path: ICMP). guard
+// gives it back; the socket calls it once, at Close or when opening
+// fails (nil: no guard).
+func listenGRE(family int, batch int, bufSize int, rcvbuf int, moderate time.Duration, guard func()) (s *GRESocket, err error) {
+	defer func() {
+		if err != nil && guard != nil {
+			guard()
+		}
+	}()
 	var af, oobSize int
 	switch family {
 	case 4:
@@ -111,15 +110,7 @@ func listenGRE(family int, batch int, bufSize int, rcvbuf int, moderate time.Dur
 		return nil, err
 	}
 
-	s := &GRESocket{family: family, msgs: make([]Message, batch)}
-	if ownGuard {
-		g, err := openGuard(af)
-		if err != nil {
-			unix.Close(fd)
-			return nil, err
-		}
-		s.guard = func() { unix.Close(g) }
-	}
+	s = &GRESocket{family: family, msgs: make([]Message, batch)}
 	nameLen, name := 0, func(int) unsafe.Pointer { return nil }
 	if family == 6 {
 		s.names = make([]unix.RawSockaddrInet6, batch)
@@ -127,9 +118,9 @@ func listenGRE(family int, batch int, bufSize int, rcvbuf int, moderate time.Dur
 	}
 	if s.c, err = newBatchConn(fd, batch, bufSize, oobSize, nameLen, name, moderate); err != nil {
 		unix.Close(fd)
-		s.closeGuard()
 		return nil, fmt.Errorf("raw GRE socket (IPv%d): %w", family, err)
 	}
+	s.guard = guard
 	return s, nil
 }
 
@@ -331,30 +322,9 @@ func (s *GRESocket) closeGuard() {
 	}
 }
 
-// guardSockets is off only in the test that shows why guards exist.
+// guardSockets is off only in the test that shows why guards exist
+// (TestNoICMPOnOverflow).
 var guardSockets = true
-
-// openGuard opens the guard beside a receive socket. Since Linux 6.10 a
-// GRE packet that a raw socket drops because its buffer is full no longer
-// counts as delivered, and the kernel answers it with ICMP protocol
-// unreachable: under overload the switch would get ICMP from us
-// (design.md, Data path: ICMP). A second raw GRE socket whose filter
-// accepts nothing keeps every packet delivered, whatever the first one's
-// buffer. The cost is one clone and one filter run per GRE packet, which
-// is why erspand (Linux.ListenGRE) does not open one of its own: a shared
-// send socket is such a socket already (sender_linux.go), and it keeps the
-// namespace's one without DF open as the receive socket's guard.
-func openGuard(af int) (int, error) {
-	fd, err := unix.Socket(af, unix.SOCK_RAW|unix.SOCK_CLOEXEC, erspan.IPProtoGRE)
-	if err != nil {
-		return -1, fmt.Errorf("raw GRE guard socket: %w", err)
-	}
-	if err := attachDropAll(fd); err != nil {
-		unix.Close(fd)
-		return -1, err
-	}
-	return fd, nil
-}
 
 // dropAll is a classic BPF program that accepts nothing.
 var dropAll = []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}}

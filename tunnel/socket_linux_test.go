@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os/exec"
@@ -15,6 +16,39 @@ import (
 
 	"github.com/erspan-linux/erspan/erspan"
 )
+
+// listenGREGuarded is listenGRE with a guard socket of its own (unless
+// guardSockets is off), for the tests that have no Linux host.
+func listenGREGuarded(family, batch, bufSize, rcvbuf int, moderate time.Duration) (*GRESocket, error) {
+	var guard func()
+	if guardSockets {
+		af := unix.AF_INET
+		if family == 6 {
+			af = unix.AF_INET6
+		}
+		g, err := openGuard(af)
+		if err != nil {
+			return nil, err
+		}
+		guard = func() { unix.Close(g) }
+	}
+	return listenGRE(family, batch, bufSize, rcvbuf, moderate, guard)
+}
+
+// openGuard opens a guard for a receive socket of the tests: a raw GRE
+// socket of address family af whose filter accepts nothing (see
+// listenGRE; erspand uses its shared send socket instead).
+func openGuard(af int) (int, error) {
+	fd, err := unix.Socket(af, unix.SOCK_RAW|unix.SOCK_CLOEXEC, erspan.IPProtoGRE)
+	if err != nil {
+		return -1, fmt.Errorf("raw GRE guard socket: %w", err)
+	}
+	if err := attachDropAll(fd); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
 
 // socketTestAddrs are the outer addresses vethPair gives the sender (the
 // switch) and the collector.
@@ -78,14 +112,14 @@ func testSocket(t *testing.T, family int, ipOptions bool) {
 	var sniff *packetSniffer
 	collector.do(t, func() {
 		var err error
-		if s, err = ListenGRE(family, 8, 2048, 1<<20, DefaultModerate); err != nil {
-			t.Fatalf("ListenGRE: %v", err)
+		if s, err = listenGREGuarded(family, 8, 2048, 1<<20, DefaultModerate); err != nil {
+			t.Fatalf("listenGREGuarded: %v", err)
 		}
 		t.Cleanup(func() { s.Close() })
 		// A second socket whose buffer is too small for the packet sent
 		// last.
-		if small, err = ListenGRE(family, 4, 128, 0, DefaultModerate); err != nil {
-			t.Fatalf("ListenGRE (small): %v", err)
+		if small, err = listenGREGuarded(family, 4, 128, 0, DefaultModerate); err != nil {
+			t.Fatalf("listenGREGuarded (small): %v", err)
 		}
 		t.Cleanup(func() { small.Close() })
 		eth0, err := net.InterfaceByName("eth0")
@@ -198,8 +232,8 @@ func TestSocketKernelDrops(t *testing.T) {
 	collector.do(t, func() {
 		var err error
 		// The smallest buffer the kernel allows: a burst overflows it.
-		if s, err = ListenGRE(4, 16, 2048, 1, DefaultModerate); err != nil {
-			t.Fatalf("ListenGRE: %v", err)
+		if s, err = listenGREGuarded(4, 16, 2048, 1, DefaultModerate); err != nil {
+			t.Fatalf("listenGREGuarded: %v", err)
 		}
 		t.Cleanup(func() { s.Close() })
 	})
@@ -231,8 +265,8 @@ func TestSocketAllocs(t *testing.T) {
 		var s *GRESocket
 		collector.do(t, func() {
 			var err error
-			if s, err = ListenGRE(family, 4, 2048, 1<<20, DefaultModerate); err != nil {
-				t.Fatalf("ListenGRE: %v", err)
+			if s, err = listenGREGuarded(family, 4, 2048, 1<<20, DefaultModerate); err != nil {
+				t.Fatalf("listenGREGuarded: %v", err)
 			}
 			t.Cleanup(func() { s.Close() })
 		})
@@ -292,8 +326,8 @@ func TestICMPUnreachable(t *testing.T) {
 		var s *GRESocket
 		collector.do(t, func() {
 			var err error
-			if s, err = ListenGRE(family, 8, 2048, 0, DefaultModerate); err != nil {
-				t.Fatalf("ListenGRE: %v", err)
+			if s, err = listenGREGuarded(family, 8, 2048, 0, DefaultModerate); err != nil {
+				t.Fatalf("listenGREGuarded: %v", err)
 			}
 		})
 		for range 3 {
@@ -316,7 +350,7 @@ func TestICMPUnreachable(t *testing.T) {
 // for packets a full raw socket drops). The control run, without a guard
 // socket, shows the sniffer sees that ICMP on this kernel; if the kernel
 // sends none even then, the control says so and the guarded runs still
-// must see none. Guarded twice: by ListenGRE's own guard, and as erspand
+// must see none. Guarded twice: by a guard of its own (listenGREGuarded), and as erspand
 // runs, by the shared send socket (Linux.ListenGRE), which must also leave
 // the namespace with two raw GRE sockets when an interface sends there.
 func TestNoICMPOnOverflow(t *testing.T) {
@@ -339,8 +373,8 @@ func TestNoICMPOnOverflow(t *testing.T) {
 				return
 			}
 			var err error
-			if s, err = ListenGRE(4, 16, 2048, 1, DefaultModerate); err != nil {
-				t.Fatalf("ListenGRE: %v", err)
+			if s, err = listenGREGuarded(4, 16, 2048, 1, DefaultModerate); err != nil {
+				t.Fatalf("listenGREGuarded: %v", err)
 			}
 		})
 		if mode == sharedGuard {
@@ -405,7 +439,7 @@ func TestNoICMPOnOverflow(t *testing.T) {
 		// fail, so they must not report a pass.
 		t.Skip("this kernel sends no ICMP for a full raw socket even without the guard")
 	}
-	for mode, name := range map[int]string{ownGuard: "ListenGRE's own guard", sharedGuard: "the shared send socket as guard"} {
+	for mode, name := range map[int]string{ownGuard: "a guard of its own", sharedGuard: "the shared send socket as guard"} {
 		icmp, drops := run(mode)
 		if drops == 0 {
 			t.Fatalf("%s: the guarded run did not overflow the socket", name)
