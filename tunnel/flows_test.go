@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 
@@ -8,14 +9,11 @@ import (
 )
 
 func TestFlowLossCounters(t *testing.T) {
-	var ft flowTable
+	ft := newFlowRig(t)
 	a := netip.MustParseAddr("192.0.2.1")
 	b := netip.MustParseAddr("192.0.2.3")
 	send := func(src netip.Addr, seqs ...uint32) {
-		for _, s := range seqs {
-			p := erspan.Packet{Type: erspan.TypeII, HasSeq: true, Seq: s, Session: 1}
-			ft.count(src, &p, 100)
-		}
+		ft.send(src, 100, seqPackets(erspan.TypeII, 1, seqs...)...)
 	}
 	// Source a: 14 -> 17 skips 15 and 16; 16 comes late; 17 again; 15
 	// late; 20 skips 18 and 19 for good.
@@ -27,9 +25,9 @@ func TestFlowLossCounters(t *testing.T) {
 	c := netip.MustParseAddr("198.51.100.7")
 	send(c, 0, 0, 0)
 	// Type I: no sequence at all.
-	ft.count(c, &erspan.Packet{Type: erspan.TypeI}, 60)
+	ft.send(c, 60, erspan.Packet{Type: erspan.TypeI})
 
-	flows, overflow := ft.snapshot()
+	flows, overflow := ft.flows(4)
 	if overflow != 0 || len(flows) != 4 {
 		t.Fatalf("%d flows, %d overflow: %+v", len(flows), overflow, flows)
 	}
@@ -50,13 +48,10 @@ func TestFlowLossCounters(t *testing.T) {
 }
 
 func TestFlowExact(t *testing.T) {
-	var ft flowTable
+	ft := newFlowRig(t)
 	a := netip.MustParseAddr("2001:db8::1")
-	for _, s := range []uint32{1, 2, 3, 6, 5, 5, 7, 9, 8, 12} {
-		p := erspan.Packet{Type: erspan.TypeIII, HasSeq: true, Seq: s, Session: 9}
-		ft.count(a, &p, 64)
-	}
-	f, _ := ft.snapshot()
+	ft.send(a, 64, seqPackets(erspan.TypeIII, 9, 1, 2, 3, 6, 5, 5, 7, 9, 8, 12)...)
+	f, _ := ft.flows(6)
 	// Gaps at 3->6 (4,5 missing) and 7->9 (8) and 9->12 (10,11): 3 gaps,
 	// 5 skipped; 5 and 8 came late: 3 lost for good (4, 10, 11); the
 	// second 5 is a duplicate.
@@ -67,13 +62,10 @@ func TestFlowExact(t *testing.T) {
 }
 
 func TestFlowRestartAndWrap(t *testing.T) {
-	var ft flowTable
+	ft := newFlowRig(t)
 	a := netip.MustParseAddr("192.0.2.1")
-	for _, s := range []uint32{0xfffffffe, 0xffffffff, 0, 1, 500000, 500001, 3} {
-		p := erspan.Packet{Type: erspan.TypeII, HasSeq: true, Seq: s}
-		ft.count(a, &p, 64)
-	}
-	f, _ := ft.snapshot()
+	ft.send(a, 64, seqPackets(erspan.TypeII, 0, 0xfffffffe, 0xffffffff, 0, 1, 500000, 500001, 3)...)
+	f, _ := ft.flows(4)
 	// The wrap is in order; 1 -> 500000 is a gap of 499998; 500001 -> 3
 	// goes back by more than 2^16: the switch restarted its counter.
 	if f[0].Gaps != 1 || f[0].Lost != 499998 || f[0].Restarts != 1 || f[0].LastSeq != 3 || f[0].Reordered != 0 {
@@ -106,32 +98,55 @@ func TestFlowLimit(t *testing.T) {
 // A counter that starts at 0 and then skips shows the gap: only a source
 // that sent 0 more than once is taken for one that always sends 0.
 func TestFlowStartsAtZero(t *testing.T) {
-	var ft flowTable
+	ft := newFlowRig(t)
 	a := netip.MustParseAddr("192.0.2.1")
-	for _, s := range []uint32{0, 2, 3} {
-		p := erspan.Packet{Type: erspan.TypeII, HasSeq: true, Seq: s}
-		ft.count(a, &p, 64)
-	}
-	f, _ := ft.snapshot()
+	ft.send(a, 64, seqPackets(erspan.TypeII, 0, 0, 2, 3)...)
+	f, _ := ft.flows(4)
 	if f[0].NoSequence || f[0].Gaps != 1 || f[0].Lost != 1 || f[0].LastSeq != 3 {
 		t.Errorf("%+v", f[0])
 	}
 }
 
-// count records one packet from src as a receiver's run of one packet
-// would (receiver.lookup, count and endRun), for the tests of the
-// sequence logic; TestFlowLimit and TestRunsInBatch count through the
-// receiver itself.
-func (t *flowTable) count(src netip.Addr, p *erspan.Packet, n int) {
-	f := t.get(flowKey{src: src, session: session(p)})
-	if f == nil {
-		t.overflow.Add(1)
-		return
+// flowRig counts packets through the receiver, as production does: two
+// catch-all interfaces, erspan4 (IPv4) and erspan6 (IPv6), take any
+// source and session.
+type flowRig struct {
+	t *testing.T
+	r *rig
+}
+
+func newFlowRig(t *testing.T) *flowRig {
+	r := newRig(t)
+	r.add(Config{Name: "erspan4", Up: true, Monitor: true, Src: local, VNetID: NoSession}).keep = false
+	r.add(Config{Name: "erspan6", Up: true, Monitor: true, Src: local6, VNetID: NoSession}).keep = false
+	return &flowRig{t: t, r: r}
+}
+
+// send sends pkts from src, each with an inner frame of n bytes, as one
+// socket batch.
+func (f *flowRig) send(src netip.Addr, n int, pkts ...erspan.Packet) {
+	f.t.Helper()
+	dst, family := local, 4
+	if src.Is6() {
+		dst, family = local6, 6
 	}
-	f.packets.Add(1)
-	f.bytes.Add(uint64(n))
-	if p.HasSeq {
-		f.sequence(p.Seq)
+	msgs := make([]Message, len(pkts))
+	for i, p := range pkts {
+		msgs[i] = Message{Src: src, Dst: dst, GRE: gre(f.t, p, frame(byte(i), n))}
 	}
-	f.publish()
+	f.r.sys.socket(family).inject(msgs...)
+}
+
+// flows returns the flows of the catch-all of family 4 or 6.
+func (f *flowRig) flows(family int) ([]Flow, uint64) {
+	return f.r.h.Flows(fmt.Sprintf("erspan%d", family))
+}
+
+// seqPackets returns packets of type typ and session carrying seqs.
+func seqPackets(typ erspan.Type, session uint16, seqs ...uint32) []erspan.Packet {
+	out := make([]erspan.Packet, len(seqs))
+	for i, s := range seqs {
+		out[i] = erspan.Packet{Type: typ, HasSeq: true, Seq: s, Session: session}
+	}
+	return out
 }

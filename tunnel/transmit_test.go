@@ -134,11 +134,8 @@ func TestTransmitNoTunnel(t *testing.T) {
 	q := r.add(Config{Name: "erspan0", Up: true, Monitor: true, Src: local, VNetID: NoSession, TTL: 64})
 	q.send(frame(1, 60))
 	q.send(frame(2, 60)) // returns once the first has been handled
-	deadline := time.Now().Add(5 * time.Second)
-	for r.h.Counters("erspan0").TxNoTunnel < 1 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
-	if c := r.h.Counters("erspan0"); c.TxNoTunnel < 1 || c.TxPackets != 0 || len(r.sys.senders) != 0 {
+	waitCounters(t, r.h, func(c IfCounters) bool { return c.TxNoTunnel >= 1 })
+	if c := r.h.Counters("erspan0"); c.TxPackets != 0 || len(r.sys.senders) != 0 {
 		t.Errorf("counters %+v, senders %d", c, len(r.sys.senders))
 	}
 }
@@ -255,7 +252,11 @@ func TestTransmitTAPRemoved(t *testing.T) {
 	if _, err := h.Create(Config{Name: "erspan0", VNetID: NoSession, MTU: 1500}); err != nil {
 		t.Fatal(err)
 	}
-	sys.queue("erspan0").fail <- unix.EBADFD
+	select { // unbuffered: taken by the transmit loop's next read
+	case sys.queue("erspan0").fail <- unix.EBADFD:
+	case <-time.After(2 * time.Second):
+		t.Fatal("the transmit loop does not read its TAP queue")
+	}
 	h.mu.Lock()
 	done := h.ifaces["erspan0"].txDone
 	h.mu.Unlock()
