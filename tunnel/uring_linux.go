@@ -258,6 +258,12 @@ func (w *tapWriter) Add(q Queue, frame []byte) bool {
 // the TAP's: one lock per queue per batch, not per frame. It returns -1
 // for a closed queue.
 func (w *tapWriter) pin(tq *tapQueue) int32 {
+	// A queue must not be read-locked twice (a Close waiting between the
+	// two would deadlock both), hence the search; the last one pinned
+	// first, as consecutive frames are mostly for one TAP.
+	if n := len(w.locked); n > 0 && w.locked[n-1] == tq {
+		return tq.fd
+	}
 	for _, l := range w.locked {
 		if l == tq {
 			return tq.fd
