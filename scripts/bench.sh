@@ -16,14 +16,23 @@
 # own syscalls (the TAP write, the tc ingress drop behind it).
 #
 # Measurements (REPS runs of DUR seconds each; a row shows the run with the
-# median frames per CPU-second; frames per second count what arrived while
-# the generator sent, loss and CPU also what arrived after):
+# median frames per CPU-second, except for lost: the worst of the REPS runs,
+# as the median run's alone would hide loss in the others (every run's
+# figures go to stderr as it ends); frames per second count what arrived
+# while the generator sent, loss and CPU also what arrived after; busy is
+# those CPU-seconds over the wall time of the same window, from before the
+# generator starts to the end of the drain, as the generator's own seconds
+# leave the drain out and would put a process on one CPU over 100%):
 #  ceiling  a Go program writes prebuilt frames into a TAP, one write() each,
 #           the TAP made like erspanN (multi-queue, up, monitor filter);
 #           and again with erspand's io_uring writer (erspand --io-uring),
 #           32 writes per io_uring_enter, on one queue as erspand has;
 #           and on two queues of one TAP with a writer thread per queue,
-#           on both CPUs (frames per second and per CPU-second).
+#           each writing flows of its own (the same flows on both queues
+#           would have the kernel's flow table rewritten frame after
+#           frame): on both CPUs (frames per second), and with both
+#           threads on the measured CPU (frames per CPU-second on the same
+#           CPU as the one-queue ceiling's).
 #  naive    scripts/bench/naive (ListenIP + ReadFrom + Write) fed by gen.
 #           naive_speedup_64 compares frames per CPU-second, as the ratios
 #           do: both programs are fed the same load by one generator, which
@@ -43,7 +52,9 @@
 #           receive up to the tc drop instead, about what a driver's
 #           transmit costs.
 #  zero-loss  the highest rate at which ZL_COUNT frames of 64 B all arrive:
-#           first as fast as gen can, then a bisection with gen's rate limit.
+#           first as fast as gen can, then a bisection with gen's rate limit,
+#           where a step passes only if gen also sent at 95% or more of the
+#           rate asked; the rate shown is the one gen achieved.
 #  many     RSS and decap with NIFS interfaces (erspanI, session I), made
 #           through one control connection (scripts/bench/mkifs).
 # It prints figures, never pass or fail, and ends with one key=value line.
@@ -156,16 +167,23 @@ go build -o "$bin/" ./cmd/erspand ./cmd/erspanctl ./scripts/bench/gen ./scripts/
 	./scripts/bench/naive ./scripts/bench/mkifs ./scripts/bench/dropin
 ulimit -n "$(ulimit -Hn)" # one TAP queue fd per interface, and then some
 
-# allocs_per_frame comes from the allocation tests (decode, demux and
-# counters down every branch; the real sockets' batch reads), which fail
-# on any allocation per batch; the benchmark's allocs/op is shown beside.
-log "allocations per frame: go test -run 'Test(Input|Socket)Allocs' and -bench BenchmarkInputBatch ./tunnel/"
-if go test -count=1 -run '^Test(Input|Socket)Allocs$' ./tunnel/ >"$work/allocs.log" 2>&1; then
-	allocs=0
-else
+# allocs_per_frame comes from the allocation tests, which fail on any
+# allocation per batch or frame: decode, demux and counters down every
+# branch (TestInputAllocs); the real sockets' batch reads (TestSocketAllocs);
+# encap (TestEncapAllocs); the TAP writers, write(2) and io_uring, on a real
+# TAP (TestFrameWriter). Each must have run and passed: one renamed away
+# would otherwise leave the key claiming a path it no longer covers. The
+# benchmark's allocs/op is shown beside.
+alloc_tests="TestInputAllocs TestSocketAllocs TestEncapAllocs TestFrameWriter"
+log "allocations per frame: go test -run '${alloc_tests// /|}' and -bench BenchmarkInputBatch ./tunnel/"
+allocs=0
+if ! go test -count=1 -v -run "^(${alloc_tests// /|})\$" ./tunnel/ >"$work/allocs.log" 2>&1; then
 	allocs=failed
-	log "bench.sh: the allocation tests failed:"; cat "$work/allocs.log" >&2
+	log "bench.sh: the allocation tests failed:"; grep -v '^=== ' "$work/allocs.log" >&2
 fi
+for t in $alloc_tests; do
+	grep -q "^--- PASS: $t " "$work/allocs.log" || { allocs=failed; log "bench.sh: $t did not pass"; }
+done
 bench_allocs=$(go test -run '^$' -bench '^BenchmarkInputBatch$' -benchmem -benchtime "$BENCHTIME" ./tunnel/ |
 	awk '/^BenchmarkInputBatch/ {for (i = 2; i <= NF; i++) if ($i == "allocs/op") print $(i - 1)}')
 idle=$(idle_pct)
@@ -177,42 +195,41 @@ row() { rows="$rows$(printf '%-26s %5s %10s %10s %9s %7s %6s %11s %6s' "$@")"$'\
 # ---- ceiling ----------------------------------------------------------------
 for ns in $ALL_NS; do ip netns del "$ns" 2>/dev/null || true; done # a previous run's, killed
 ip netns add $CEIL
-declare -A ceil_pps ceil_eff uring_eff mq_pps mq_eff
-for size in 64 1514; do
-	runs=""
-	for _ in $(seq $REPS); do
-		out=$(nsx $CEIL taskset -c $DUT_CPU "$bin/ceiling" -name bench0 -size $size -duration ${DUR}s)
-		runs="$runs$(kv per_cpu_s "$out") $(kv pps "$out")"$'\n'
-	done
-	read -r e p <<<"$(printf '%s' "$runs" | mid)"
-	ceil_pps[$size]=$p ceil_eff[$size]=$e
-	row "ceiling (TAP write)" $size - "${ceil_pps[$size]}" - - - "${ceil_eff[$size]}" 1.00
-	log "ceiling $size B: ${ceil_pps[$size]} pps, ${ceil_eff[$size]} per CPU-s"
-	runs=""
-	for _ in $(seq $REPS); do
-		if ! out=$(nsx $CEIL taskset -c $DUT_CPU "$bin/ceiling" -name bench1 -size $size -duration ${DUR}s -uring 32); then
-			out="pps=0 per_cpu_s=0" # no io_uring here: the row says 0
+# ceil_row LABEL SIZE NAME CPUS ARGS...: REPS runs of the ceiling on a TAP
+# NAME (-size SIZE -duration DUR ARGS...) pinned to CPUS, each logged as it
+# ends; adds the row of the run with the median frames per CPU-second, its
+# ratio to the one-queue ceiling's (its own, for that row), and sets pps
+# and eff from it. A run that fails (no io_uring here) counts as 0.
+ceil_row() {
+	local label=$1 size=$2 name=$3 cpus=$4 runs="" k out; shift 4
+	for k in $(seq $REPS); do
+		if ! out=$(nsx $CEIL taskset -c "$cpus" "$bin/ceiling" -name "$name" -size "$size" -duration ${DUR}s "$@"); then
+			log "$label $size B, run $k of $REPS: failed, counted as 0"
+			out="pps=0 per_cpu_s=0 cpu=0"
 		fi
+		log "$label $size B, run $k of $REPS: $(kv pps "$out") pps, $(kv per_cpu_s "$out") per CPU-s, $(kv cpu "$out") CPU-s"
 		runs="$runs$(kv per_cpu_s "$out") $(kv pps "$out")"$'\n'
 	done
-	read -r e p <<<"$(printf '%s' "$runs" | mid)"
-	uring_eff[$size]=$e
-	row "ceiling (io_uring, 32)" $size - "$p" - - - "${uring_eff[$size]}" \
-		"$(calc %.2f "${uring_eff[$size]} / ${ceil_eff[$size]}")"
-	log "ceiling io_uring $size B: ${uring_eff[$size]} per CPU-s"
-	# Multi-queue: two queues of one TAP, a writer thread on each, both
-	# CPUs (nothing else runs meanwhile): more frames per second, fewer
-	# per CPU-second (the kernel steers flows between queues per frame).
-	runs=""
-	for _ in $(seq $REPS); do
-		out=$(nsx $CEIL taskset -c $GEN_CPU,$DUT_CPU "$bin/ceiling" -name bench2 -size $size -duration ${DUR}s -queues 2)
-		runs="$runs$(kv per_cpu_s "$out") $(kv pps "$out")"$'\n'
-	done
-	read -r e p <<<"$(printf '%s' "$runs" | mid)"
-	mq_pps[$size]=$p mq_eff[$size]=$e
-	row "ceiling (2 queues, 2 thr.)" $size - "${mq_pps[$size]}" - - - "${mq_eff[$size]}" \
-		"$(calc %.2f "${mq_eff[$size]} / ${ceil_eff[$size]}")"
-	log "ceiling 2 queues $size B: ${mq_pps[$size]} pps, ${mq_eff[$size]} per CPU-s"
+	read -r eff pps <<<"$(printf '%s' "$runs" | mid)"
+	row "$label" "$size" - "$pps" - - - "$eff" "$(calc %.2f "$eff / (${ceil_eff[$size]:-$eff} + 1e-9)")"
+	log "$label $size B: $pps pps, $eff per CPU-s (median run)"
+}
+declare -A ceil_pps ceil_eff uring_eff mq_pps mq_eff mq1_pps mq1_eff
+for size in 64 1514; do
+	ceil_row "ceiling (TAP write)" $size bench0 $DUT_CPU
+	ceil_pps[$size]=$pps ceil_eff[$size]=$eff
+	[ "$eff" != 0 ] || { log "bench.sh: the ceiling wrote no frame at $size B"; exit 1; }
+	ceil_row "ceiling (io_uring, 32)" $size bench1 $DUT_CPU -uring 32
+	uring_eff[$size]=$eff
+	# Multi-queue: two queues of one TAP, a writer thread on each, with
+	# flows of its own. On both CPUs (nothing else runs meanwhile): the
+	# frames per second two writers get. Then both threads on the
+	# measured CPU: frames per CPU-second on the same CPU as the
+	# one-queue ceiling (the CPUs of a VM need not be alike).
+	ceil_row "ceiling (2 queues, 2 CPUs)" $size bench2 $GEN_CPU,$DUT_CPU -queues 2
+	mq_pps[$size]=$pps mq_eff[$size]=$eff
+	ceil_row "ceiling (2 queues, 1 CPU)" $size bench3 $DUT_CPU -queues 2
+	mq1_pps[$size]=$pps mq1_eff[$size]=$eff
 done
 
 # ---- the tunnel: sender (192.0.2.1) -- veth -- collector (192.0.2.2) ----------
@@ -234,10 +251,38 @@ ip -n $COL neigh replace 192.0.2.1 lladdr "$snd_mac" dev veth-col nud permanent
 # The collector's receive softirq on the generator's CPU, whoever sends.
 nsx $COL sh -c "echo $((1 << GEN_CPU)) > /sys/class/net/veth-col/queues/rx-0/rps_cpus"
 
+# settle NS IFGLOB: the sum of rx_packets once it stops moving (read every
+# 0.1 s, at most 2 s): the receiver draining its socket buffer (decap),
+# erspand its TAP queue and the veth its backlog (encap).
+settle() {
+	local prev=-1 cur
+	cur=$(counter "$1" "$2" rx_packets)
+	for _ in $(seq 20); do
+		[ "$cur" = "$prev" ] && break
+		sleep 0.1
+		prev=$cur cur=$(counter "$1" "$2" rx_packets)
+	done
+	echo "$cur"
+}
+
+# figures R0 REND R1 C0 C1 W0 W1 EL: sets deliv, pps, cpu, eff and busy from
+# the delivered count before gen (R0), when it ended (REND) and after the
+# drain (R1), the CPU ticks (C0, C1) and wall clock (W0, W1) taken around
+# all of that, and gen's own seconds (EL). The rate is over gen's seconds;
+# busy is over the wall time of the window the CPU was counted in.
+figures() {
+	local r0=$1 rend=$2 r1=$3 c0=$4 c1=$5 w0=$6 w1=$7 el=$8
+	deliv=$((r1 - r0))
+	pps=$(calc %.0f "($rend - $r0) / $el")
+	cpu=$(calc %.2f "($c1 - $c0) / $HZ")
+	eff=$(calc %.0f "$deliv / (($c1 - $c0) / $HZ + 1e-9)")
+	busy=$(calc %.0f "100 * ($c1 - $c0) / $HZ / ($w1 - $w0)")
+}
+
 # decap PID IFGLOB SIZE RATE COUNT SESSION SESSIONS: gen sends ERSPAN II to
 # the collector; sets sent, deliv, pps, cpu, eff, busy, offered.
 decap() {
-	local pid=$1 ifs=$2 size=$3 rate=$4 count=$5 session=$6 sessions=$7 r0 r1 rend c0 c1 out el prev
+	local pid=$1 ifs=$2 size=$3 rate=$4 count=$5 session=$6 sessions=$7 r0 r1 rend c0 c1 w0 w1 out
 	# Bounded by time as well as count: DUR at full speed, or long enough
 	# for count at the rate asked (or at 50k pps when count is set at full
 	# speed), at most 60 s.
@@ -249,43 +294,59 @@ decap() {
 	fi
 	[ "$dur" -le 60 ] || dur=60
 	r0=$(counter $COL "$ifs" rx_packets)
-	c0=$(ticks "$pid")
+	w0=$(date +%s.%N) c0=$(ticks "$pid")
 	out=$(nsx $SND taskset -c $GEN_CPU "$bin/gen" -mode eth -dev veth-snd -dstmac "$col_mac" \
 		-size "$size" -rate "$rate" -count "$count" -duration "${dur}s" -session "$session" -sessions "$sessions")
 	# The rate counts what was delivered while gen sent; what the
 	# receiver takes from its socket buffer afterwards counts for loss
 	# and CPU, not for the rate (it would flatter a receiver that lags).
-	r1=$(counter $COL "$ifs" rx_packets) prev=-1
-	rend=$r1
-	# Let the receiver drain its socket buffer: wait until the count
-	# stops moving (at most 2 s).
-	for _ in $(seq 20); do
-		[ "$r1" = "$prev" ] && break
-		sleep 0.1
-		prev=$r1 r1=$(counter $COL "$ifs" rx_packets)
-	done
-	c1=$(ticks "$pid")
-	sent=$(kv sent "$out") el=$(kv elapsed "$out")
-	deliv=$((r1 - r0))
-	pps=$(calc %.0f "($rend - $r0) / $el")
-	cpu=$(calc %.2f "($c1 - $c0) / $HZ")
-	eff=$(calc %.0f "$deliv / (($c1 - $c0) / $HZ + 1e-9)")
-	busy=$(calc %.0f "100 * ($c1 - $c0) / $HZ / $el")
-	offered=$(kv rate "$out")
+	rend=$(counter $COL "$ifs" rx_packets)
+	r1=$(settle $COL "$ifs")
+	c1=$(ticks "$pid") w1=$(date +%s.%N)
+	sent=$(kv sent "$out") offered=$(kv rate "$out")
+	figures "$r0" "$rend" "$r1" "$c0" "$c1" "$w0" "$w1" "$(kv elapsed "$out")"
 }
 
-# REPS runs of decap at full speed; prints the row of the run with the
-# median frames per CPU-second, and sets pps and eff from it.
-decap_row() {
-	local label=$1 pid=$2 ifs=$3 size=$4 session=$5 sessions=$6 runs="" o l c b
-	for _ in $(seq $REPS); do
-		decap "$pid" "$ifs" "$size" 0 100000000 "$session" "$sessions"
-		runs="$runs$eff $pps $offered $((sent - deliv)) $cpu $busy"$'\n'
-	done
-	read -r eff pps o l c b <<<"$(printf '%s' "$runs" | mid)"
-	row "$label" "$size" "$o" "$pps" "$l" "$c" "$b%" "$eff" "$(calc %.2f "$eff / ${ceil_eff[$size]}")"
-	log "$label $size B: $pps pps, $eff per CPU-s"
+# encap PID SIZE: gen writes frames into erspan0 (source mode, erspand PID)
+# as fast as it can; counted at the collector's veth. Sets the same as decap.
+encap() {
+	local pid=$1 size=$2 r0 r1 rend d0 d1 c0 c1 w0 w1 out el
+	r0=$(counter $COL veth-col rx_packets) d0=$(counter $SND erspan0 tx_dropped)
+	w0=$(date +%s.%N) c0=$(ticks "$pid")
+	out=$(nsx $SND taskset -c $GEN_CPU "$bin/gen" -mode tap -dev erspan0 -size "$size" -count 100000000 -duration ${DUR}s)
+	rend=$(counter $COL veth-col rx_packets) # the rate: while gen sent
+	r1=$(settle $COL veth-col)
+	d1=$(counter $SND erspan0 tx_dropped) c1=$(ticks "$pid") w1=$(date +%s.%N)
+	el=$(kv elapsed "$out") sent=$(kv sent "$out")
+	# gen sends a frame the TAP refused (tx_dropped) again, so
+	# offered counts attempts and lost is what gen sent that never
+	# reached the peer.
+	offered=$(calc %.0f "($sent + $d1 - $d0) / $el")
+	figures "$r0" "$rend" "$r1" "$c0" "$c1" "$w0" "$w1" "$el"
 }
+
+# measured_row LABEL SIZE MEASURE ARGS...: REPS runs of MEASURE ARGS...
+# (decap or encap), each run's figures logged as it ends; adds the row of
+# the run with the median frames per CPU-second, but with the worst loss
+# of the REPS runs (the median run's alone would hide the others'), and
+# sets pps and eff from the median run.
+measured_row() {
+	local label=$1 size=$2 runs="" worst="" k l o c b; shift 2
+	for k in $(seq $REPS); do
+		"$@"
+		l=$((sent - deliv))
+		if [ -z "$worst" ] || [ "$l" -gt "$worst" ]; then worst=$l; fi
+		log "$label $size B, run $k of $REPS: $pps pps, $eff per CPU-s, lost $l of $sent, $cpu CPU-s, busy $busy%"
+		runs="$runs$eff $pps $offered $cpu $busy"$'\n'
+	done
+	read -r eff pps o c b <<<"$(printf '%s' "$runs" | mid)"
+	row "$label" "$size" "$o" "$pps" "$worst" "$c" "$b%" "$eff" "$(calc %.2f "$eff / ${ceil_eff[$size]}")"
+	log "$label $size B: $pps pps, $eff per CPU-s (median run), lost at worst $worst"
+}
+
+# decap_row LABEL PID IFGLOB SIZE SESSION SESSIONS: measured_row of decap
+# at full speed.
+decap_row() { measured_row "$1" "$4" decap "$2" "$3" "$4" 0 100000000 "$5" "$6"; }
 
 # ---- naive baseline -----------------------------------------------------------
 declare -A naive_pps naive_eff
@@ -307,26 +368,8 @@ nsx $COL "$bin/dropin" veth-col on
 nsx $COL sh -c "echo 0 > /sys/class/net/veth-col/queues/rx-0/rps_cpus"
 declare -A encap_pps encap_eff
 for size in 64 1514; do
-	runs=""
-	for _ in $(seq $REPS); do
-		r0=$(counter $COL veth-col rx_packets) d0=$(counter $SND erspan0 tx_dropped) c0=$(ticks $snd)
-		out=$(nsx $SND taskset -c $GEN_CPU "$bin/gen" -mode tap -dev erspan0 -size $size -count 100000000 -duration ${DUR}s)
-		rend=$(counter $COL veth-col rx_packets) # the rate: while gen sent
-		sleep 0.2
-		r1=$(counter $COL veth-col rx_packets) d1=$(counter $SND erspan0 tx_dropped) c1=$(ticks $snd)
-		el=$(kv elapsed "$out") n=$((r1 - r0))
-		# gen sends a frame the TAP refused (tx_dropped) again, so
-		# offered counts attempts and lost is what gen sent that never
-		# reached the peer.
-		runs="$runs$(calc %.0f "$n / (($c1 - $c0) / $HZ + 1e-9)") $(calc %.0f "($rend - $r0) / $el")"
-		runs="$runs $(calc %.0f "($(kv sent "$out") + $d1 - $d0) / $el") $(($(kv sent "$out") - n))"
-		runs="$runs $(calc %.2f "($c1 - $c0) / $HZ") $(calc %.0f "100 * ($c1 - $c0) / $HZ / $el")"$'\n'
-	done
-	read -r e p o l c b <<<"$(printf '%s' "$runs" | mid)"
-	encap_pps[$size]=$p encap_eff[$size]=$e
-	row "erspand encap" $size "$o" "${encap_pps[$size]}" "$l" "$c" "$b%" "${encap_eff[$size]}" \
-		"$(calc %.2f "${encap_eff[$size]} / ${ceil_eff[$size]}")"
-	log "encap $size B: ${encap_pps[$size]} pps, ${encap_eff[$size]} per CPU-s"
+	measured_row "erspand encap" $size encap $snd $size
+	encap_pps[$size]=$pps encap_eff[$size]=$eff
 done
 encap_tx=$(ctl $SND "$work/snd/erspand.sock" -j erspan0 | grep -Eo '"tx_(packets|errors|too_big)": *[0-9]*' | tr -d '" ' | tr '\n' ' ' || true)
 nsx $COL "$bin/dropin" veth-col off
@@ -362,28 +405,34 @@ done
 rss1=$(rss_kb $col) raw1=$(raw_gre $COL)
 
 # ---- zero-loss rate at 64 B ------------------------------------------------------
-# Pass = every one of ZL_COUNT frames delivered, sent at (nearly) the rate
-# asked. Full speed first: when that passes, the generator is the limit.
-zl_note=""
+# Pass = every one of ZL_COUNT frames sent and delivered, sent at 95% or
+# more of the rate asked: gen stops at its time cap, which lets the rate
+# it achieves fall ~30% short of the one asked, and such a step did not
+# show that erspand takes the rate asked. What counts is the rate gen
+# achieved in the best passing step. Full speed first: when that passes,
+# the generator is the limit.
+zl_pass() { [ "$sent" -eq "$ZL_COUNT" ] && [ "$deliv" -eq "$ZL_COUNT" ] && [ "$(calc %d "($offered >= 0.95 * $1)")" = 1 ]; }
+zl_note="" zero_loss=0 zl_pps=- zl_lost=-
 decap $col erspan0 64 0 $ZL_COUNT 77 1
-if [ "$deliv" -eq "$ZL_COUNT" ] && [ "$sent" -eq "$ZL_COUNT" ]; then
-	zero_loss=$offered zl_note="no loss at the generator's full speed: generator-bound, erspand ${busy}% busy"
+if zl_pass 0; then
+	zero_loss=$offered zl_pps=$pps zl_lost=$((sent - deliv))
+	zl_note="no loss at the generator's full speed: generator-bound, erspand ${busy}% busy"
 else
-	hi=$offered lo=0 zero_loss=0
+	hi=$offered lo=0
 	log "zero-loss: full speed ($offered pps) lost $((sent - deliv)) of $sent; bisecting"
 	for _ in $(seq $ZL_STEPS); do
-		mid=$(((lo + hi) / 2))
-		decap $col erspan0 64 $mid $ZL_COUNT 77 1
-		log "zero-loss: $mid pps asked, $offered achieved, $((sent - deliv)) of $sent lost"
-		if [ "$deliv" -eq "$ZL_COUNT" ] && [ "$sent" -eq "$ZL_COUNT" ]; then
-			lo=$mid zero_loss=$mid
+		ask=$(((lo + hi) / 2))
+		decap $col erspan0 64 $ask $ZL_COUNT 77 1
+		log "zero-loss: $ask pps asked, $offered achieved, $sent of $ZL_COUNT sent, $((sent - deliv)) lost"
+		if zl_pass $ask; then
+			lo=$ask zero_loss=$offered zl_pps=$pps zl_lost=$((sent - deliv))
 		else
-			hi=$mid
+			hi=$ask
 		fi
 	done
-	zl_note="bisection, $ZL_STEPS steps: passes at $lo, fails at $hi"
+	zl_note="bisection, $ZL_STEPS steps, each passing only at 95% or more of the rate asked: passes asked $lo, fails asked $hi"
 fi
-row "zero-loss rate" 64 "$zero_loss" "$zero_loss" 0 - - - -
+row "zero-loss rate" 64 "$zero_loss" "$zl_pps" "$zl_lost" - - - -
 
 # ---- many interfaces ------------------------------------------------------------
 ctl $COL "$sock" destroy erspan0
@@ -402,28 +451,32 @@ stop $col
 echo
 echo "erspan benchmark: $(nproc) CPUs, kernel $(uname -r), $(go version | cut -d' ' -f3), commit $(git rev-parse --short HEAD 2>/dev/null || echo ?)$( [ $QUICK -eq 1 ] && echo ', --quick')"
 echo "machine idle before the run: ${idle}% (less than ~95% means another load shares the CPUs)"
-echo "$REPS run(s) of ${DUR}s, each row from the run with the median frames per CPU-s; generator on CPU $GEN_CPU, the measured program on CPU $DUT_CPU"
+echo "$REPS run(s) of ${DUR}s, each row from the run with the median frames per CPU-s, but lost: the worst run's (every run is in the log);"
+echo "generator on CPU $GEN_CPU, the measured program on CPU $DUT_CPU"
 echo
 printf '%-26s %5s %10s %10s %9s %7s %6s %11s %6s\n' measurement bytes offered/s frames/s lost CPU-s busy frames/CPU-s ratio
 printf '%s' "$rows"
 echo
 echo "ratio: frames per CPU-second over the ceiling's (TAP writes of the same size)"
 echo "erspand: defaults (receive moderation $(grep -o 'DefaultModerate = [^ ]* \* time.[A-Za-z]*' tunnel/linux.go | sed 's/DefaultModerate = //'), write(2) per frame into TAPs, GOMAXPROCS >= 2)"
-echo "zero-loss at 64 B with $ZL_COUNT frames: $zero_loss pps ($zl_note)"
+echo "zero-loss at 64 B with $ZL_COUNT frames: $zero_loss pps, the rate gen achieved with all sent and delivered ($zl_note)"
 echo "erspand RSS: $rss1 kB with 1 interface, $rssn kB with $NIFS interfaces$( [ $QUICK -eq 1 ] && echo ' (--quick: 64, not 1024)')"
 echo "raw GRE sockets in the collector namespace: $raw1 with 1 interface, $rawn with $NIFS (the kernel clones each GRE packet to every one)"
 echo "decap with $NIFS interfaces relative to 1, frames per CPU-s: $(calc %.2f "$many_one_eff / ${decap_eff[64]}") (one session), $(calc %.2f "$many_all_eff / ${decap_eff[64]}") (spread over all $NIFS sessions);"
 echo "  frames per second: $(calc %.2f "$many_one / ${decap_pps[64]}"), $(calc %.2f "$many_all / ${decap_pps[64]}") (generator-bound while erspand is not busy)"
 echo "erspand (sender) counters after encap: $encap_tx"
 echo "erspand (collector) counters at the end: $col_counters"
-echo "busy: the measured process's CPU-s over the run's seconds. No loss and busy well under"
+echo "busy: the measured process's CPU-s over the wall time they were counted in (from before the"
+echo "generator starts to the end of the drain). No loss and busy well under"
 echo "100%: the generator (whose CPU also runs the collector's receive softirq) was the"
 echo "limit, and frames/CPU-s is the better estimate of what one core would take."
-echo "allocations per frame: $allocs (TestInputAllocs, TestSocketAllocs); BenchmarkInputBatch: $bench_allocs allocs per batch of 64"
+echo "allocations per frame: $allocs (${alloc_tests// /, }); BenchmarkInputBatch: $bench_allocs allocs per batch of 64"
 echo "wall time: $(($(date +%s) - t0)) s"
 echo
-echo "multi-queue TAP, two queues with a writer thread each, relative to one queue: $(calc %.2f "${mq_pps[64]} / ${ceil_pps[64]}") of the frames per second,"
-echo "  $(calc %.2f "${mq_eff[64]} / ${ceil_eff[64]}") of the frames per CPU-s (64 B); erspand writes each TAP from one thread, on one queue"
+echo "multi-queue TAP, two queues with a writer thread and flows of its own each, relative to one queue (64 B):"
+echo "  on both CPUs, $(calc %.2f "${mq_pps[64]} / ${ceil_pps[64]}") of the frames per second, $(calc %.2f "${mq_eff[64]} / ${ceil_eff[64]}") of the frames per CPU-s;"
+echo "  both threads on CPU $DUT_CPU (as the one-queue ceiling), $(calc %.2f "${mq1_pps[64]} / ${ceil_pps[64]}") of the frames per second, $(calc %.2f "${mq1_eff[64]} / ${ceil_eff[64]}") of the frames per CPU-s;"
+echo "  erspand writes each TAP from one thread, on one queue"
 echo "decap with --io-uring, frames per CPU-s relative to the default: $(calc %.2f "${decap_uring_eff[64]} / ${decap_eff[64]}") (64 B), $(calc %.2f "${decap_uring_eff[1514]} / ${decap_eff[1514]}") (1514 B)"
 echo "naive_speedup_64: erspand's decap frames per CPU-s over the naive loop's at 64 B, fed by the same"
 echo "generator; frames per second: $(calc %.2f "${decap_pps[64]} / ${naive_pps[64]}") (equal when both keep up with the generator, so not a measure of either)"

@@ -26,10 +26,13 @@ func main() {
 	size := flag.Int("size", 64, "frame size in bytes (no FCS)")
 	dur := flag.Duration("duration", 3*time.Second, "how long to write")
 	uring := flag.Int("uring", 0, "write batches of this many frames with one io_uring_enter (erspand's FrameWriter) rather than one write() each")
-	queues := flag.Int("queues", 1, "open this many queues of the TAP and write into each from its own thread, one write() per frame")
+	queues := flag.Int("queues", 1, "open this many queues of the TAP and write into each from its own thread (its own flows), one write() per frame")
 	flag.Parse()
-	if *queues < 1 || *queues > 16 || (*queues > 1 && *uring != 0) {
-		fmt.Fprintln(os.Stderr, "ceiling: -queues takes 1 to 16, and more than 1 only with write()")
+	// At most 12 queues: queue q writes frames q<<12 to q<<12 + 4095,
+	// and frame.Build's UDP source port repeats after index 50000, so a
+	// 13th queue would write flows of the first.
+	if *queues < 1 || *queues > 12 || (*queues > 1 && *uring != 0) {
+		fmt.Fprintln(os.Stderr, "ceiling: -queues takes 1 to 12, and more than 1 only with write()")
 		os.Exit(2)
 	}
 	if err := run(*name, *size, *dur, *uring, *queues); err != nil {
@@ -53,8 +56,12 @@ func run(name string, size int, dur time.Duration, uring, queues int) error {
 		// multi-queue TAP takes a slightly different path in the kernel
 		// than a plain one. The TAP goes away with its last queue's fd
 		// (not persistent). With more than one queue the kernel also
-		// hashes every frame to steer its flow (tun_flow_update): that
-		// cost is part of what -queues measures.
+		// hashes every frame written and records its flow's queue
+		// (tun_flow_update): that cost is part of what -queues
+		// measures. Each queue writes flows of its own (below), as a
+		// writer spreading flows over queues would: were the same flows
+		// written on every queue, each entry would be rewritten back
+		// and forth, a cost no real writer pays.
 		for range queues {
 			fd, err := openQueue(name)
 			if err != nil {
@@ -87,16 +94,22 @@ func run(name string, size int, dur time.Duration, uring, queues int) error {
 		return err
 	}
 
-	frames := make([][]byte, 4096)
-	for i := range frames {
-		frames[i] = frame.Build(size, i)
+	// 4096 frames per queue, distinct flows on each: Build's index sets
+	// the UDP source port (the flow hash's part that varies), so queue q
+	// takes indexes q<<12 to q<<12 + 4095.
+	frames := make([][][]byte, queues)
+	for qi := range frames {
+		frames[qi] = make([][]byte, 4096)
+		for i := range frames[qi] {
+			frames[qi][i] = frame.Build(size, qi<<12|i)
+		}
 	}
 	before := cpu()
 	start := time.Now()
 	deadline := start.Add(dur)
 	var n, errs int64
 	if w != nil {
-		n, errs = uringLoop(w, q, uring, frames, deadline)
+		n, errs = uringLoop(w, q, uring, frames[0], deadline)
 	} else {
 		// A writer per queue, each on its own thread, as a multi-queue
 		// TAP is meant to be used; with one queue, this goroutine alone.
@@ -104,12 +117,12 @@ func run(name string, size int, dur time.Duration, uring, queues int) error {
 			wg sync.WaitGroup
 			mu sync.Mutex
 		)
-		for _, fd := range fds {
+		for qi, fd := range fds {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				runtime.LockOSThread()
-				k, e := writeLoop(fd, frames, deadline)
+				k, e := writeLoop(fd, frames[qi], deadline)
 				mu.Lock()
 				n, errs = n+k, errs+e
 				mu.Unlock()
