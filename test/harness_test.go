@@ -391,7 +391,7 @@ func (r ctlResult) String() string {
 // --no-autostart so that a dead daemon shows as a failure rather than being
 // silently replaced by one no test would ever stop.
 func (d *daemon) ctl(args ...string) ctlResult {
-	return runCtl(d.t, d.ns, d.ctlBin, append([]string{"--socket", d.sock, "--no-autostart"}, args...))
+	return runCtl(d.t, d.ns, d.ctlBin, nil, append([]string{"--socket", d.sock, "--no-autostart"}, args...))
 }
 
 // mustCtl runs erspanctl and fails the test unless it exits 0.
@@ -404,12 +404,17 @@ func (d *daemon) mustCtl(args ...string) string {
 	return r.stdout
 }
 
-// runCtl runs erspanctl with args in ns, bounded by ctlTimeout.
-func runCtl(t *testing.T, ns *netNS, bin string, args []string) ctlResult {
+// runCtl runs erspanctl with args in ns, bounded by ctlTimeout, with env
+// (KEY=value entries) added to the test's environment: a daemon it
+// autostarts inherits both.
+func runCtl(t *testing.T, ns *netNS, bin string, env, args []string) ctlResult {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), ctlTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns.name, bin}, args...)...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...) // the last of a key wins
+	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	// Should a child keep the pipes open (an autostarted daemon that
@@ -492,7 +497,5 @@ func (e *env) reader(name string) *packetReader {
 // deliveries starts tracking frames on readers, printing the daemon's
 // counters when a check fails.
 func (e *env) deliveries(readers ...*packetReader) *deliveries {
-	dl := newDeliveries(e.t, readers...)
-	dl.daemon = e.d
-	return dl
+	return newDeliveries(e.t, e.d, readers...)
 }

@@ -4,10 +4,13 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
-	"github.com/erspan-linux/erspan/ifconfig"
+	"golang.org/x/sys/unix"
 )
 
 // icmpFrom returns the ICMP and ICMPv6 messages among frames whose IP
@@ -42,19 +45,26 @@ func icmpFrom(frames [][]byte, src netip.Addr) []string {
 // TestNoICMP checks that while erspand has a receive socket open the
 // switch gets no ICMP from the collector, whatever it sends: matched,
 // unmatched, Type I without a catch-all, from another source, malformed,
-// and a burst that may overflow the daemon's socket. As a control, before
-// any interface is up the collector's kernel answers ERSPAN with protocol
-// unreachable (ICMPv6: parameter problem, unrecognised next header), which
-// shows that the sniffer on the switch would see such answers.
+// and more than the daemon's sockets hold while it is stopped. As a
+// control, before any interface is up the collector's kernel answers
+// ERSPAN with protocol unreachable (ICMPv6: parameter problem,
+// unrecognised next header), which shows that the sniffer on the switch
+// would see such answers.
 //
 // ICMP errors are rate-limited per destination with a burst of 6 (Linux
-// inet_peer_xrlim_allow); every phase stays under that per source, so an
-// answer the kernel wanted to send is never hidden by the limiter.
+// inet_peer_xrlim_allow); the phases before the overflow stay under that
+// per source, so an answer the kernel wanted to send is never hidden by
+// the limiter, and of the overflow's the first would show.
 func TestNoICMP(t *testing.T) {
 	requireRoot(t)
 	t.Parallel()
 	e := newEnv(t)
 	sniff := newPacketReader(t, e.tp.sw, "veth0")
+	// Only what comes in, the answers: the switch's own packets, tens of
+	// thousands in the overflow phase, could fill the socket and hide them.
+	if err := unix.SetsockoptInt(sniff.fd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1); err != nil {
+		t.Fatalf("PACKET_IGNORE_OUTGOING: %v", err)
+	}
 	fams := []family{inet, inet6}
 
 	// Control: no interface up, so no raw GRE socket in the collector.
@@ -95,41 +105,85 @@ func TestNoICMP(t *testing.T) {
 		t.Errorf("the collector answered with %v while erspand had its sockets open", icmp)
 	}
 
-	// A burst, which may overflow the daemon's receive socket: since Linux
-	// 6.10 a raw socket drop is answered with ICMP too, unless another
-	// socket takes the packet.
+	// Overflow: with the daemon stopped its receive sockets fill up and
+	// the kernel drops the rest, which Linux 6.10 and later answer with
+	// ICMP unless another raw GRE socket takes the packet (erspand's
+	// guard socket). The packets match no interface, so that no TAP gets
+	// them, and are 8000 bytes, sent fragmented: each takes some 13 KiB
+	// of the buffer, so that about 5000 fill the 64 MiB the daemon's
+	// 32 MiB SO_RCVBUFFORCE gives. The kernel's own count of a socket's
+	// drops (/proc/net/raw) says when it overflowed: the daemon's counter
+	// cannot be read while it is stopped.
+	//
+	// Collectors only from here: erspan0 and erspan1 send to the switch,
+	// and their send sockets would take what a full receive socket drops
+	// whether or not erspand keeps a guard.
+	e.d.mustCtl("create", "erspan2", "tunneladdr", collect4.String(), "vnetid", "77", "up")
+	e.d.mustCtl("create", "erspan3", "tunneladdr", collect6.String(), "vnetid", "77", "up")
+	e.d.mustCtl("erspan0", "down")
+	e.d.mustCtl("erspan1", "down")
 	seen = len(sniff.received())
-	before := e.d.all().Daemon
-	const burst = 3000
+	before := e.d.all().Daemon.KernelDrops
+	if err := syscall.Kill(e.d.pid, syscall.SIGSTOP); err != nil {
+		t.Fatalf("stop erspand: %v", err)
+	}
+	// A stopped daemon would not see the SIGTERM that ends it.
+	defer syscall.Kill(e.d.pid, syscall.SIGCONT)
+	start := time.Now()
+	pkts := map[string][]byte{}
 	for _, fam := range fams {
-		pkt := encap(t, typeII(77), labeledFrame("burst "+fam.name, 1200))
-		for range burst {
-			e.sender.send(fam.remote, fam.local, pkt)
+		pkts[fam.name] = encap(t, typeII(500), labeledFrame("overflow "+fam.name, 8000))
+		const chunk, limit = 250, 20000
+		sent := 0
+		for ; rawGREDrops(t, e.tp.col, fam) == 0; sent += chunk {
+			if sent >= limit || time.Since(start) > 4*time.Second {
+				t.Fatalf("%s: %d packets in %v did not overflow the stopped daemon's socket", fam.name, sent, time.Since(start).Round(time.Millisecond))
+			}
+			for range chunk {
+				e.sender.send(fam.remote, fam.local, pkts[fam.name])
+			}
 		}
+		t.Logf("%s: %d packets overflowed the stopped daemon's socket (%v so far)", fam.name, sent, time.Since(start).Round(time.Millisecond))
 	}
-	// Wait (bounded) until the daemon has read or lost every packet. The
-	// ICMP the kernel would send goes out when it drops a packet, long
-	// before this returns; this wait only keeps the run short.
-	deadline := time.Now().Add(frameTimeout)
-	var after ifconfig.DaemonStatus
-	for {
-		after = e.d.all().Daemon
-		if after.RxPackets+after.KernelDrops-before.RxPackets-before.KernelDrops >= 2*burst || time.Now().After(deadline) {
-			break
+	if err := syscall.Kill(e.d.pid, syscall.SIGCONT); err != nil {
+		t.Fatalf("continue erspand: %v", err)
+	}
+	// The kernel reports a socket's drops with the next packet it queues
+	// (SO_RXQ_OVFL): one more each, behind everything queued before, and
+	// again until one is, for the first may come while the socket is
+	// still full.
+	waitFor(t, "the daemon to count the kernel's drops", func() bool {
+		for _, fam := range fams {
+			e.sender.send(fam.remote, fam.local, pkts[fam.name])
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	time.Sleep(settleTime)
-	t.Logf("burst of %d per family: daemon read %d, kernel dropped %d", burst,
-		after.RxPackets-before.RxPackets, after.KernelDrops-before.KernelDrops)
-	// The burst must have reached the daemon for its silence to mean
-	// anything. (Whether the socket overflowed depends on the machine;
-	// veth's backlog may drop first. Overflow itself is made certain, and
-	// checked, by tunnel.TestNoICMPOnOverflow.)
-	if after.RxPackets == before.RxPackets {
-		t.Fatal("the daemon read none of the burst: the check below would prove nothing")
-	}
+		return e.d.all().Daemon.KernelDrops > before
+	})
+	// An answer leaves when the kernel drops a packet, long before this.
+	sniff.settle()
 	if icmp := append(icmpFrom(sniff.received()[seen:], collect4), icmpFrom(sniff.received()[seen:], collect6)...); len(icmp) > 0 {
-		t.Errorf("the collector answered a burst with %v while erspand had its sockets open", icmp)
+		t.Errorf("the collector answered packets its full sockets dropped with %v while erspand had them open", icmp)
 	}
+}
+
+// rawGREDrops is the number of packets the kernel dropped on the full
+// buffers of the raw GRE sockets of fam's family in ns: the drops column
+// of /proc/net/raw or raw6.
+func rawGREDrops(t *testing.T, ns *netNS, fam family) uint64 {
+	t.Helper()
+	file := "/proc/net/raw"
+	if fam == inet6 {
+		file = "/proc/net/raw6"
+	}
+	var n uint64
+	for _, line := range strings.Split(runCmd(t, "ip", "netns", "exec", ns.name, "cat", file), "\n") {
+		// The local address is ADDR:PROTOCOL, in hex; drops come last.
+		if f := strings.Fields(line); len(f) > 2 && strings.HasSuffix(f[1], ":002F") {
+			d, err := strconv.ParseUint(f[len(f)-1], 10, 64)
+			if err != nil {
+				t.Fatalf("%s in %s: %q: %v", file, ns.name, line, err)
+			}
+			n += d
+		}
+	}
+	return n
 }

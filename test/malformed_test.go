@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/erspan-linux/erspan/erspan"
@@ -126,10 +127,10 @@ func craftedBadPackets(t *testing.T, tag string) []badPacket {
 	iii := encap(t, typeIII(77, true, true), frame) // GRE 8 + ERSPAN 12 + platform 8
 	iiiNoSeq := encap(t, typeIII(77, false, false), frame)
 	cut := func(what string, b []byte, n int) badPacket {
-		return badPacket{fmt.Sprintf("%s cut to %d bytes", what, n), clone(b[:n]), "truncated"}
+		return badPacket{fmt.Sprintf("%s cut to %d bytes", what, n), slices.Clone(b[:n]), "truncated"}
 	}
 	flags := func(what string, b []byte, set uint16, reason string) badPacket {
-		c := clone(b)
+		c := slices.Clone(b)
 		binary.BigEndian.PutUint16(c, binary.BigEndian.Uint16(c)|set)
 		return badPacket{what, c, reason}
 	}
@@ -154,8 +155,8 @@ func craftedBadPackets(t *testing.T, tag string) []badPacket {
 		flags("reserved flag bit", ii, 0x0080, "gre-flags"),
 		{"GRE checksum wrong", wrongSum, "gre-checksum"},
 		// Inner frames under 14 bytes.
-		{"II with no inner frame", clone(ii[:16]), "inner-short"},
-		{"II with a 13-byte inner frame", clone(ii[:16+13]), "inner-short"},
+		{"II with no inner frame", slices.Clone(ii[:16]), "inner-short"},
+		{"II with a 13-byte inner frame", slices.Clone(ii[:16+13]), "inner-short"},
 		{"I with a 10-byte inner frame", append([]byte{0, 0, 0x88, 0xbe}, frame[:10]...), "inner-short"},
 	}
 }
@@ -196,5 +197,3 @@ func fuzzedCapturePayload(t *testing.T) []byte {
 	}
 	return pkts[0].gre
 }
-
-func clone(b []byte) []byte { return append([]byte(nil), b...) }

@@ -405,16 +405,18 @@ type deliveries struct {
 	// failure messages can name them.
 	nowhere      [][]byte
 	nowhereLabel []string
-	// daemon, when set, has its counters printed when a check fails.
+	// daemon has its counters printed when a check fails.
 	daemon *daemon
 }
 
-func newDeliveries(t *testing.T, readers ...*packetReader) *deliveries {
-	d := &deliveries{t: t, want: make(map[*packetReader][][]byte), labels: make(map[*packetReader][]string)}
+// newDeliveries starts tracking frames on readers, printing the counters
+// of d, the daemon that delivers them, when a check fails.
+func newDeliveries(t *testing.T, d *daemon, readers ...*packetReader) *deliveries {
+	dl := &deliveries{t: t, want: make(map[*packetReader][][]byte), labels: make(map[*packetReader][]string), daemon: d}
 	for _, r := range readers {
-		d.watch(r)
+		dl.watch(r)
 	}
-	return d
+	return dl
 }
 
 func (d *deliveries) watch(r *packetReader) {
@@ -463,7 +465,7 @@ func (d *deliveries) check() bool {
 	ok := true
 	for _, r := range d.order {
 		got, want := r.received(), d.want[r]
-		if equalFrames(got, want) {
+		if slices.EqualFunc(got, want, bytes.Equal) {
 			continue
 		}
 		ok = false
@@ -483,7 +485,7 @@ func (d *deliveries) check() bool {
 		}
 		d.t.Error(b.String())
 	}
-	if d.t.Failed() && d.daemon != nil {
+	if d.t.Failed() {
 		d.t.Logf("erspanctl -j:\n%s", d.daemon.ctl("-j").stdout)
 	}
 	return ok
@@ -508,18 +510,6 @@ func (d *deliveries) describe(f []byte) string {
 		return fmt.Sprintf("%q (%d bytes, not expected anywhere)", l, len(f))
 	}
 	return fmt.Sprintf("%d bytes, not expected anywhere: % x", len(f), f[:min(len(f), 48)])
-}
-
-func equalFrames(a, b [][]byte) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if !bytes.Equal(a[i], b[i]) {
-			return false
-		}
-	}
-	return true
 }
 
 // hexDiff shows where two frames part.

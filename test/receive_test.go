@@ -2,7 +2,9 @@ package test
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
+	"maps"
 	"net/netip"
 	"testing"
 	"time"
@@ -91,14 +93,11 @@ func TestDemux(t *testing.T) {
 
 		// Counters agree with what came out of each TAP.
 		for _, r := range []*packetReader{exact, sess5, all, sess77, sess0} {
-			c := e.d.status(r.name).Counters
 			var bytes uint64
 			for _, f := range dl.want[r] {
 				bytes += uint64(len(f))
 			}
-			if c.RxPackets != uint64(len(dl.want[r])) || c.RxBytes != bytes {
-				t.Errorf("%s counters: rx_packets %d rx_bytes %d, want %d and %d", r.name, c.RxPackets, c.RxBytes, len(dl.want[r]), bytes)
-			}
+			e.d.waitCounters(r.name, map[string]uint64{"rx_packets": uint64(len(dl.want[r])), "rx_bytes": bytes})
 		}
 	})
 }
@@ -177,20 +176,16 @@ func TestFrameHandling(t *testing.T) {
 			t.Errorf("no outer IPv4 packet with options reached the collector; the test meant to send one")
 		}
 		e.d.waitDaemonCounter("unmatched", before.Unmatched+2, func(a ifconfig.All) uint64 { return a.Daemon.Unmatched })
-		c := e.d.status("erspan0").Counters
 		var bytes uint64
 		for _, f := range dl.want[r] {
 			bytes += uint64(len(f))
 		}
-		if c.RxPackets != uint64(len(dl.want[r])) || c.RxBytes != bytes {
-			t.Errorf("erspan0 rx_packets %d rx_bytes %d, want %d and %d", c.RxPackets, c.RxBytes, len(dl.want[r]), bytes)
-		}
-		if c.RxTruncated != 2 {
-			t.Errorf("erspan0 rx_truncated = %d, want 2 (one Type II, one Type III with the T bit)", c.RxTruncated)
-		}
-		if c.RxFrameType != 1 {
-			t.Errorf("erspan0 rx_frame_type = %d, want 1 (Type III FT=2)", c.RxFrameType)
-		}
+		e.d.waitCounters("erspan0", map[string]uint64{
+			"rx_packets":    uint64(len(dl.want[r])),
+			"rx_bytes":      bytes,
+			"rx_truncated":  2, // one Type II, one Type III with the T bit
+			"rx_frame_type": 1, // Type III FT=2
+		})
 	})
 }
 
@@ -203,24 +198,8 @@ func addChecksum(pkt []byte) []byte {
 	out[0] |= 0x80
 	out = append(out, 0, 0, 0, 0)
 	out = append(out, pkt[4:]...)
-	binary.BigEndian.PutUint16(out[4:], internetChecksum(out))
+	binary.BigEndian.PutUint16(out[4:], erspan.Checksum(out))
 	return out
-}
-
-// internetChecksum is the RFC 1071 checksum of b.
-func internetChecksum(b []byte) uint16 {
-	var s uint32
-	for len(b) >= 2 {
-		s += uint32(b[0])<<8 | uint32(b[1])
-		b = b[2:]
-	}
-	if len(b) == 1 {
-		s += uint32(b[0]) << 8
-	}
-	for s > 0xffff {
-		s = s>>16 + s&0xffff
-	}
-	return ^uint16(s)
 }
 
 // waitDaemonCounter waits until a daemon-wide counter reaches want (the
@@ -238,6 +217,41 @@ func (d *daemon) waitDaemonCounter(name string, want uint64, get func(ifconfig.A
 				d.t.Errorf("daemon %s = %d, want %d (daemon: %+v)", name, got, want, a.Daemon)
 			}
 			return a
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// waitCounters waits (at most frameTimeout) until the counters of
+// interface name, by the names erspanctl -j gives them, have the values in
+// want, then fails the test unless they do. A frame seen on a TAP or the
+// wire may not be counted yet: erspand adds rx_packets and rx_bytes after
+// the TAP write, and tx_* after the send returns.
+func (d *daemon) waitCounters(name string, want map[string]uint64) {
+	d.t.Helper()
+	deadline := time.Now().Add(frameTimeout)
+	for {
+		var s struct {
+			Counters map[string]uint64 `json:"counters"`
+		}
+		out := d.mustCtl("-j", name)
+		if err := json.Unmarshal([]byte(out), &s); err != nil {
+			d.t.Fatalf("erspanctl -j %s: %v\n%s", name, err, out)
+		}
+		got := make(map[string]uint64, len(want))
+		for k := range want {
+			v, ok := s.Counters[k]
+			if !ok {
+				d.t.Fatalf("%s has no counter %q: %v", name, k, s.Counters)
+			}
+			got[k] = v
+		}
+		if maps.Equal(got, want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			d.t.Errorf("%s counters %v, want %v", name, got, want)
+			return
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -50,13 +50,6 @@ func outerFrame(vlan int, src, dst string, gre []byte, frag bool) []byte {
 	return append(append(f, ip...), gre...)
 }
 
-func erspanII(session uint16, seq uint32, frame []byte) []byte {
-	b := make([]byte, erspan.EncapTypeIILen+len(frame))
-	n, _ := erspan.Encode(b, &erspan.Packet{Type: erspan.TypeII, HasSeq: true, Seq: seq, Session: session})
-	copy(b[n:], frame)
-	return b[:n+len(frame)]
-}
-
 // newSensor makes a switch namespace and a sensor namespace joined by a
 // veth, veth0 on both sides, with the topology's MAC addresses but no IP
 // address on the sensor's, and starts erspand in the sensor.
@@ -88,15 +81,14 @@ func TestSensorMode(t *testing.T) {
 	sw, sensor, d := newSensor(t)
 	f5, f6, f7 := labeledFrame("f5", 80), labeledFrame("f6", 81, 0x8100<<16|3<<13|42), labeledFrame("f7", 82)
 	pkts := [][]byte{
-		outerFrame(-1, "192.0.2.1", "198.51.100.7", erspanII(5, 1, f5), false),
-		outerFrame(100, "192.0.2.1", "198.51.100.7", erspanII(6, 1, f6), false), // outer 802.1Q
-		outerFrame(-1, "2001:db8::1", "2001:db8::7", erspanII(5, 2, f7), false), // outer IPv6
+		outerFrame(-1, "192.0.2.1", "198.51.100.7", encap(t, erspan.Packet{Type: erspan.TypeII, HasSeq: true, Seq: 1, Session: 5}, f5), false),
+		outerFrame(100, "192.0.2.1", "198.51.100.7", encap(t, erspan.Packet{Type: erspan.TypeII, HasSeq: true, Seq: 1, Session: 6}, f6), false), // outer 802.1Q
+		outerFrame(-1, "2001:db8::1", "2001:db8::7", encap(t, erspan.Packet{Type: erspan.TypeII, HasSeq: true, Seq: 2, Session: 5}, f7), false), // outer IPv6
 	}
 	// Without tunneldev nothing arrives: the packets are not for this host.
 	d.mustCtl("create", "erspan0", "tunneladdr", "198.51.100.7", "vnetid", "5", "up")
 	tap0 := newPacketReader(t, sensor, "erspan0")
-	dl := newDeliveries(t, tap0)
-	dl.daemon = d
+	dl := newDeliveries(t, d, tap0)
 	inject(t, sw, "veth0", pkts...)
 	if !dl.check() {
 		t.Fatalf("frames arrived without tunneldev")
@@ -120,8 +112,7 @@ func TestSensorMode(t *testing.T) {
 	}
 	tap0 = newPacketReader(t, sensor, "erspan0")
 	tap1 := newPacketReader(t, sensor, "erspan1")
-	dl = newDeliveries(t, tap0, tap1)
-	dl.daemon = d
+	dl = newDeliveries(t, d, tap0, tap1)
 	dl.expect(tap0, f5, "f5 to erspan0 (session 5)")
 	dl.expect(tap0, f7, "f7 to erspan0 (session 5)")
 	dl.expect(tap1, f6, "f6 to erspan1 (the rest)")
@@ -133,7 +124,7 @@ func TestSensorMode(t *testing.T) {
 
 	// Fragments cannot be reassembled on a capture socket: counted, dropped.
 	before := d.status("erspan0").Counters.RxPackets
-	inject(t, sw, "veth0", outerFrame(-1, "192.0.2.1", "198.51.100.7", erspanII(5, 3, f5), true))
+	inject(t, sw, "veth0", outerFrame(-1, "192.0.2.1", "198.51.100.7", encap(t, erspan.Packet{Type: erspan.TypeII, HasSeq: true, Seq: 3, Session: 5}, f5), true))
 	waitFor(t, "the fragment counter", func() bool { return d.all().Daemon.Drops["fragment"] == 1 })
 	if d.status("erspan0").Counters.RxPackets != before {
 		t.Error("a fragment was delivered")
@@ -144,8 +135,7 @@ func TestSensorMode(t *testing.T) {
 		t.Errorf("sysctl =0 printed %q", out)
 	}
 	tap0 = newPacketReader(t, sensor, "erspan0")
-	dl = newDeliveries(t, tap0)
-	dl.daemon = d
+	dl = newDeliveries(t, d, tap0)
 	inject(t, sw, "veth0", pkts[0])
 	if !dl.check() {
 		t.Error("delivered with net.inet.gre.allow=0")
@@ -156,8 +146,7 @@ func TestSensorMode(t *testing.T) {
 		t.Errorf("sysctl read %q", out)
 	}
 	tap0 = newPacketReader(t, sensor, "erspan0")
-	dl = newDeliveries(t, tap0)
-	dl.daemon = d
+	dl = newDeliveries(t, d, tap0)
 	dl.expect(tap0, f5, "f5 after net.inet.gre.allow=1")
 	inject(t, sw, "veth0", pkts[0])
 	if !dl.check() {
@@ -190,8 +179,7 @@ func TestSensorCaptures(t *testing.T) {
 	for _, path := range names {
 		name := filepath.Base(path)
 		tap := newPacketReader(t, sensor, "erspan0")
-		dl := newDeliveries(t, tap)
-		dl.daemon = d
+		dl := newDeliveries(t, d, tap)
 		var frames [][]byte
 		delivered := 0
 		for i, p := range readCapture(t, name) {

@@ -139,14 +139,10 @@ func TestSourceToCollector(t *testing.T) {
 				labeledFrame("4", 200, 0x8100<<16|0<<13|42), labeledFrame("5", 90, 0x8100<<16|7<<13|42)}
 			wire := newPacketReader(t, tp.sw, "veth0")
 			tap := newPacketReader(t, tp.col, "erspan0")
-			dl := newDeliveries(t, tap)
-			dl.daemon = col
+			dl := newDeliveries(t, col, tap)
 			expectFrames(dl, tap, frames...)
 			inject(t, tp.sw, "erspan0", frames...)
 			dl.check()
-			if got := tap.received(); len(got) != len(frames) {
-				t.Fatalf("collector got %d frames, want %d", len(got), len(frames))
-			}
 			wire.settle()
 			pkts := decodeWire(t, wire.passed())
 			if len(pkts) != len(frames) {
@@ -176,36 +172,21 @@ func TestSourceToCollector(t *testing.T) {
 				prio := framePrio(frames[i])
 				tos, _ := strconv.ParseUint(strings.TrimPrefix(r[5], "0x"), 16, 8)
 				want := []string{strconv.Itoa(i), "1", "300", strconv.Itoa(int(prio)), "64"}
-				if !equalStrings(r[:5], want) || uint8(tos) != prio<<5 {
+				if !slices.Equal(r[:5], want) || uint8(tos) != prio<<5 {
 					t.Errorf("tshark packet %d: %v, want %v and tos %#x", i, r, want, prio<<5)
 				}
 			}
-			s := sw.status("erspan0")
 			var frameBytes uint64
 			for _, f := range frames {
 				frameBytes += uint64(len(f))
 			}
-			if s.Counters.TxPackets != uint64(len(frames)) || s.Counters.TxBytes != frameBytes {
-				t.Errorf("tx_packets %d tx_bytes %d, want %d and %d", s.Counters.TxPackets, s.Counters.TxBytes, len(frames), frameBytes)
-			}
+			sw.waitCounters("erspan0", map[string]uint64{"tx_packets": uint64(len(frames)), "tx_bytes": frameBytes})
 			c := col.status("erspan0")
 			if len(c.Sources) != 1 || c.Sources[0].Lost != 0 || c.Sources[0].LastSeq != uint32(len(frames)-1) {
 				t.Errorf("collector's source counters %+v", c.Sources)
 			}
 		})
 	}
-}
-
-func equalStrings(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // TestTransmitSettings: tunnelttl, tunneldf, txprio on the wire; an
@@ -235,8 +216,7 @@ func TestTransmitSettings(t *testing.T) {
 	sw.mustCtl("erspan0", "-tunneldf", "txprio", "packet")
 	wire = newPacketReader(t, tp.sw, "veth0")
 	r := newPacketReader(t, tp.col, "erspan0")
-	dl := newDeliveries(t, r)
-	dl.daemon = col
+	dl := newDeliveries(t, col, r)
 	dl.expect(r, big, "the big frame, whole")
 	inject(t, tp.sw, "erspan0", big)
 	dl.check()
@@ -303,8 +283,7 @@ func TestNamespaces(t *testing.T) {
 	b.mustCtl("erspan0", "tunneldomain", tp.col.name, "tunnel", "192.0.2.2", "192.0.2.1", "vnetid", "5", "rdomain", ids.name, "up")
 	frames := [][]byte{labeledFrame("1", 80), labeledFrame("2", 81, 0x8100<<16|4<<13|42)}
 	idsTAP := newPacketReader(t, ids, "erspan0")
-	dl := newDeliveries(t, idsTAP)
-	dl.daemon = b
+	dl := newDeliveries(t, b, idsTAP)
 	expectFrames(dl, idsTAP, frames...)
 	inject(t, hostA, "erspan0", frames...)
 	if !dl.check() {
@@ -322,8 +301,7 @@ func TestNamespaces(t *testing.T) {
 	// up, still in monitor mode.
 	b.mustCtl("erspan0", "-rdomain")
 	home := newPacketReader(t, hostB, "erspan0")
-	dl = newDeliveries(t, home)
-	dl.daemon = b
+	dl = newDeliveries(t, b, home)
 	dl.expect(home, frames[0], "after -rdomain: "+frameLabel(frames[0]))
 	inject(t, hostA, "erspan0", frames[0])
 	dl.check()
@@ -458,8 +436,7 @@ func TestHostnameFiles(t *testing.T) {
 	// The interface works.
 	f := labeledFrame("hostname file", 70)
 	r := newPacketReader(t, tp.col, "erspan0")
-	dl := newDeliveries(t, r)
-	dl.daemon = col
+	dl := newDeliveries(t, col, r)
 	dl.expect(r, f, "the frame to session 5")
 	newSender(t, tp.sw).send(switch4, collect4, encap(t, erspan.Packet{Type: erspan.TypeII, Session: 5}, f))
 	dl.check()
@@ -504,8 +481,7 @@ func TestRestart(t *testing.T) {
 	}
 	f := labeledFrame("4", 64)
 	r := newPacketReader(t, tp.col, "erspan0")
-	dl := newDeliveries(t, r)
-	dl.daemon = col
+	dl := newDeliveries(t, col, r)
 	dl.expect(r, f, "first frame after the restart")
 	dl.expect(r, f, "second frame after the restart")
 	second := seqs(f, f)
