@@ -166,14 +166,17 @@ func (r *Registry) Set(name string, s Setting) error {
 		}
 		return newError(syscall.EINVAL, name, s.String(), "malformed setting")
 	}
+	// A malformed value is refused (EINVAL) before any state is looked
+	// at, as ifconfig(8) refuses it before its ioctl can say EBUSY, and
+	// as erspanctl does before sending the line.
+	v, err := parseValue(name, s)
+	if err != nil {
+		return err
+	}
 	cfg := e.cfg
 	if kw.down && cfg.Up {
 		return newError(syscall.EBUSY, name, s.String(),
 			"%s is up; take it down first (erspanctl %s down), change it, then bring it up", name, name)
-	}
-	v, err := parseValue(name, s)
-	if err != nil {
-		return err
 	}
 	switch s.Name {
 	case "tunnel", "tunneladdr":

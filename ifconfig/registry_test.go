@@ -193,6 +193,28 @@ func TestErrnos(t *testing.T) {
 	}
 }
 
+// TestValueBeforeState: a setting that comes over the protocol with a
+// malformed value is refused as such (EINVAL), also where the interface's
+// state would refuse the setting anyway (EBUSY while up), as erspanctl
+// refuses it before sending.
+func TestValueBeforeState(t *testing.T) {
+	r := NewRegistry(newFake())
+	if err := r.Create("erspan0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := set(r, "erspan0", "tunneladdr", "192.0.2.2", "up"); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []Setting{
+		{"vnetid", []string{"x"}},
+		{"tunnel", []string{"192.0.2.2", "224.0.0.1"}},
+		{"tunneldomain", []string{"a/b"}},
+	} {
+		wantErrno(t, r.Set("erspan0", s), syscall.EINVAL, "erspan0", s.String())
+	}
+	wantErrno(t, r.Set("erspan0", Setting{"vnetid", []string{"5"}}), syscall.EBUSY, "erspan0", "vnetid 5")
+}
+
 func TestBadNames(t *testing.T) {
 	r := NewRegistry(newFake())
 	for _, n := range []string{"foo0", "erspan", "erspan-1", "erspan01", "erspan1234567890", "eth0"} {
