@@ -261,12 +261,13 @@ func startDaemon(t *testing.T, ns *netNS) *daemon {
 	return startDaemonIn(t, ns, tempDir(t))
 }
 
-// startDaemonIn is startDaemon with DIR given: a test writes its
-// hostname.erspanN files into DIR/etc first, or starts a daemon in the DIR
-// of one it killed, which then finds its state file beside the socket.
+// startDaemonIn is startDaemon with DIR given, and more of erspand's
+// flags: a test writes its hostname.erspanN files into DIR/etc first, or
+// starts a daemon in the DIR of one it killed, which then finds its state
+// file beside the socket.
 // Each daemon logs to a file of its own, so that the one before keeps its
 // log for its own checks at the end of the test.
-func startDaemonIn(t *testing.T, ns *netNS, dir string) *daemon {
+func startDaemonIn(t *testing.T, ns *netNS, dir string, flags ...string) *daemon {
 	t.Helper()
 	erspand, erspanctl := binaries(t)
 	logf, err := os.CreateTemp(dir, "erspand.*.stderr")
@@ -280,6 +281,7 @@ func startDaemonIn(t *testing.T, ns *netNS, dir string) *daemon {
 	// files must not leak into a test.
 	cmd := exec.Command("ip", "netns", "exec", ns.name, erspand, "--socket", d.sock,
 		"--config-dir", filepath.Join(dir, "etc"))
+	cmd.Args = append(cmd.Args, flags...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start erspand: %v", err)

@@ -50,10 +50,10 @@ type batchConn struct {
 }
 
 // checkBatchArgs checks the sizes a receive socket is opened with: batch
-// 1 to maxBatch messages of at least 64 bytes, rcvbuf 0 (the default) or
+// 1 to MaxBatch messages of at least 64 bytes, rcvbuf 0 (the default) or
 // more.
 func checkBatchArgs(batch, bufSize, rcvbuf int) error {
-	if batch < 1 || batch > maxBatch || bufSize < 64 || rcvbuf < 0 {
+	if batch < 1 || batch > MaxBatch || bufSize < 64 || rcvbuf < 0 {
 		return fmt.Errorf("batch %d, buffer %d, rcvbuf %d: %w", batch, bufSize, rcvbuf, unix.EINVAL)
 	}
 	return nil

@@ -10,26 +10,34 @@ import (
 	"github.com/vishvananda/netns"
 )
 
-// Receive socket sizing. A batch of 64 keeps one recvmmsg per wake-up well
-// above the packet rate a 2-core sensor can write into TAPs; 9216 bytes
-// holds a jumbo mirrored frame plus headers (larger ones arrive cut short
-// and are counted as truncated); 32 MiB of socket buffer absorbs a burst of
-// about 20k full-size frames while the TAP writes catch up.
+// Socket sizing, the defaults of erspand's --rx-batch, --rx-buffer and
+// --tx-buffer, chosen with scripts/bench.sh --sweep (README, Performance):
+// DefaultBatch messages per recvmmsg; DefaultBufSize bytes per message hold
+// a jumbo mirrored frame plus headers (larger ones arrive cut short and are
+// counted as truncated); DefaultRcvBuf bytes of receive buffer absorb a
+// burst of about 20k full-size frames while the TAP writes catch up;
+// DefaultSndBuf bytes of send buffer, shared by the interfaces of a
+// namespace, hold about 3000 full-size packets queued for the links before
+// the kernel refuses more (see setupSendSocket).
 //
 // DefaultModerate is the receive interrupt moderation delay (batchConn),
-// chosen with scripts/bench.sh: see README, Performance.
+// chosen the same way.
 const (
 	DefaultBatch    = 64
 	DefaultBufSize  = 9216 + 128
 	DefaultRcvBuf   = 32 << 20
+	DefaultSndBuf   = 4 << 20
 	DefaultModerate = 100 * time.Microsecond
 )
 
 // Linux is the System of a real host: TAPs through netlink and water, GRE
 // through raw sockets, namespaces by name (`ip netns`).
 type Linux struct {
-	Batch, BufSize, RcvBuf int
-	Moderate               time.Duration
+	// Batch, BufSize and RcvBuf size receive sockets, SndBuf send
+	// sockets (0: the kernel's default), for sockets opened after they
+	// are set.
+	Batch, BufSize, RcvBuf, SndBuf int
+	Moderate                       time.Duration
 	// URing makes frame writers batch their writes on io_uring rather
 	// than write(2) each frame (see tapWriter).
 	URing bool
@@ -50,7 +58,7 @@ func NewLinux() (*Linux, error) {
 		return nil, fmt.Errorf("open the daemon's network namespace: %w", err)
 	}
 	return &Linux{Batch: DefaultBatch, BufSize: DefaultBufSize, RcvBuf: DefaultRcvBuf,
-		Moderate: DefaultModerate, home: home}, nil
+		SndBuf: DefaultSndBuf, Moderate: DefaultModerate, home: home}, nil
 }
 
 func (l *Linux) CreateTAP(ns, name string, mac net.HardwareAddr, mtu int) (link Link, adopted bool, err error) {
@@ -191,7 +199,7 @@ func (l *Linux) OpenSender(ns string, src, dst netip.Addr, ttl int, df bool) (Se
 func (l *Linux) sendSocket(ns string, family int, df bool) (*sendSocket, func(), error) {
 	return l.senders.get(sendKey{ns, family, df}, func() (s *sendSocket, err error) {
 		err = inNamespace(ns, func() error {
-			s, err = openSendSocket(family, df)
+			s, err = openSendSocket(family, df, l.SndBuf)
 			return err
 		})
 		return s, err

@@ -82,8 +82,8 @@ func (ss *sendSockets) get(k sendKey, open func() (*sendSocket, error)) (*sendSo
 }
 
 // openSendSocket opens a shared send socket in the calling thread's
-// network namespace.
-func openSendSocket(family int, df bool) (*sendSocket, error) {
+// network namespace, with a send buffer of sndbuf bytes (0: the default).
+func openSendSocket(family int, df bool, sndbuf int) (*sendSocket, error) {
 	af := unix.AF_INET
 	if family == 6 {
 		af = unix.AF_INET6
@@ -101,7 +101,7 @@ func openSendSocket(family int, df bool) (*sendSocket, error) {
 	if err != nil {
 		return nil, fmt.Errorf("raw GRE socket: %w", err)
 	}
-	if err := setupSendSocket(fd, family, df); err != nil {
+	if err := setupSendSocket(fd, family, df, sndbuf); err != nil {
 		unix.Close(fd)
 		return nil, err
 	}
@@ -113,7 +113,7 @@ func openSendSocket(family int, df bool) (*sendSocket, error) {
 	return s, nil
 }
 
-func setupSendSocket(fd, family int, df bool) error {
+func setupSendSocket(fd, family int, df bool, sndbuf int) error {
 	// It only sends (design.md, Data path): the kernel drops what it
 	// would queue to it at once.
 	if err := attachDropAll(fd); err != nil {
@@ -127,7 +127,7 @@ func setupSendSocket(fd, family int, df bool) error {
 	// the buffer is queued for the links. The default (212 kB, a few
 	// hundred packets) would let one congested tunnel make all the others
 	// drop.
-	if err := setBuf(fd, unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, sendBuf, "send"); err != nil {
+	if err := setBuf(fd, unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, sndbuf, "send"); err != nil {
 		return err
 	}
 	tv := unix.NsecToTimeval(int64(sendTimeout))
@@ -171,9 +171,6 @@ func setupSendSocket(fd, family int, df bool) error {
 // never stuck longer. (A raw IP socket fails at once with ENOBUFS rather
 // than wait for room in its send buffer; this is a bound for the rest.)
 const sendTimeout = 100 * time.Millisecond
-
-// sendBuf is the shared send socket's buffer.
-const sendBuf = 4 << 20
 
 // senderBatch is how many packets one sendmmsg takes.
 const senderBatch = 64

@@ -58,9 +58,9 @@ var (
 	oobSize6 = unix.CmsgSpace(4) + unix.CmsgSpace(unix.SizeofInet6Pktinfo)
 )
 
-// maxBatch is the kernel's limit on one recvmmsg (UIO_MAXIOV): it would
+// MaxBatch is the kernel's limit on one recvmmsg (UIO_MAXIOV): it would
 // silently read fewer.
-const maxBatch = 1024
+const MaxBatch = 1024
 
 // listenGRE opens a raw IPPROTO_GRE socket of family 4 or 6 in the calling
 // thread's network namespace, which receives up to batch packets of up to

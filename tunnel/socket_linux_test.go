@@ -520,7 +520,7 @@ func TestSendCongested(t *testing.T) {
 	for i := range pkts {
 		pkts[i] = grePacket(erspan.ProtoERSPAN, true, uint32(i), typeIIBody(byte(i)))
 	}
-	// Twice the send buffer (sendBuf) holds about ten thousand such
+	// Twice the send buffer (DefaultSndBuf) holds about ten thousand such
 	// packets: bounded at 1000 batches, far more than it takes.
 	total, congested := 0, false
 	for range 1000 {
@@ -537,10 +537,10 @@ func TestSendCongested(t *testing.T) {
 	if !congested {
 		t.Fatalf("%d packets sent into a link that passes 8 bits a second and none was refused", total)
 	}
-	// The default buffer (212 kB) took ~500 of these; sendBuf is there
+	// The default buffer (212 kB) took ~500 of these; DefaultSndBuf is there
 	// so that one congested tunnel does not starve the others at once.
 	if total < 2000 {
-		t.Errorf("refused after %d packets: the send buffer is not sendBuf", total)
+		t.Errorf("refused after %d packets: the send buffer is not DefaultSndBuf", total)
 	}
 	// The link drains: sending works again.
 	if out, err := exec.Command("tc", "-n", sender.name, "qdisc", "del", "dev", "eth0", "root").CombinedOutput(); err != nil {

@@ -23,7 +23,7 @@ func main() {
 	app := &cli.App{
 		Name:      "erspand",
 		Usage:     "serve erspan(4) interfaces: ERSPAN tunnels terminated in userspace into TAP devices",
-		UsageText: "erspand [--socket PATH] [--config-dir DIR] [--state PATH] [--rx-moderate DURATION] [--io-uring] [--verbose]",
+		UsageText: "erspand [--socket PATH] [--config-dir DIR] [--state PATH] [--rx-moderate DURATION] [--rx-batch N] [--rx-buffer BYTES] [--tx-buffer BYTES] [--io-uring] [--verbose]",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "socket", Value: ifconfig.DefaultSocket, EnvVars: []string{"ERSPAN_SOCKET"}, Usage: "control socket `PATH`"},
 			&cli.StringFlag{Name: "config-dir", Value: "/etc/erspan", EnvVars: []string{"ERSPAN_CONFIG_DIR"}, Usage: "`DIR` of hostname.erspanN files, applied at start when there is no state to restore"},
@@ -31,6 +31,12 @@ func main() {
 			&cli.DurationFlag{Name: "rx-moderate", Value: tunnel.DefaultModerate,
 				Usage: "receive interrupt moderation: after a read that emptied a socket, wait `DURATION` (0 to 10ms) so the next read takes a batch; " +
 					"less CPU per frame for up to that much (plus the kernel's 50µs timer slack) more latency, as a NIC's rx-usecs"},
+			&cli.IntFlag{Name: "rx-batch", Value: tunnel.DefaultBatch,
+				Usage: fmt.Sprintf("receive up to `N` packets per system call (recvmmsg), 1 to %d", tunnel.MaxBatch)},
+			&cli.IntFlag{Name: "rx-buffer", Value: tunnel.DefaultRcvBuf,
+				Usage: "receive socket buffer in `BYTES`, what a burst may queue while frames are written into TAPs; 0: the kernel's default (net.core.rmem_default)"},
+			&cli.IntFlag{Name: "tx-buffer", Value: tunnel.DefaultSndBuf,
+				Usage: "send socket buffer in `BYTES`, shared by the interfaces of a namespace: what may queue for the links before sends fail; 0: the kernel's default (net.core.wmem_default)"},
 			&cli.BoolFlag{Name: "io-uring", Usage: "write received frames into TAPs in batches on io_uring rather than one write(2) each (no faster on the kernel measured; see README, Performance)"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log more"},
 		},
@@ -42,6 +48,10 @@ func main() {
 		os.Exit(1)
 	}
 }
+
+// maxSockBuf is the largest socket buffer erspand asks for: 1 GiB, which
+// the kernel doubles (for its bookkeeping) to just under its int limit.
+const maxSockBuf = 1 << 30
 
 func run(c *cli.Context) error {
 	if c.Args().Len() > 0 {
@@ -66,6 +76,16 @@ func run(c *cli.Context) error {
 	sys.Moderate = c.Duration("rx-moderate")
 	if sys.Moderate < 0 || sys.Moderate > 10*time.Millisecond {
 		return fmt.Errorf("--rx-moderate %v: want 0 to 10ms", sys.Moderate)
+	}
+	sys.Batch, sys.RcvBuf, sys.SndBuf = c.Int("rx-batch"), c.Int("rx-buffer"), c.Int("tx-buffer")
+	if sys.Batch < 1 || sys.Batch > tunnel.MaxBatch {
+		return fmt.Errorf("--rx-batch %d: want 1 to %d", sys.Batch, tunnel.MaxBatch)
+	}
+	for _, f := range []string{"rx-buffer", "tx-buffer"} {
+		// The kernel doubles the size asked and keeps it an int.
+		if n := c.Int(f); n < 0 || n > maxSockBuf {
+			return fmt.Errorf("--%s %d: want 0 (the kernel's default) to %d bytes", f, n, maxSockBuf)
+		}
 	}
 	sys.URing = c.Bool("io-uring")
 	if sys.URing {
