@@ -3,7 +3,11 @@
 # against what a Go program could at best (the ceiling) and what the naive
 # design does (the baseline), in one run on this machine.
 #
-#   scripts/bench.sh [--quick]     as root; --quick: under a minute, fewer frames
+#   scripts/bench.sh [--quick] [--sweep]
+#
+# as root; --quick: under a minute, fewer frames; --sweep: instead of the
+# comparison, erspand's decap and encap with each of several values of
+# --rx-batch, --rx-buffer and --tx-buffer (how their defaults were chosen).
 #
 # Everything runs in network namespaces it makes (erspan-bench-*) and
 # removes on exit; the processes it starts are killed by PID. Two cores are
@@ -44,13 +48,13 @@
 #           the TAP; loss = sent - delivered.
 #  encap    erspand with erspan0 in source mode; gen writes frames into it
 #           with AF_PACKET sendmmsg; counted at the collector's veth, which
-#           drops them at tc ingress (no IP input, no ICMP). RPS is off on
-#           that veth meanwhile: steering its receive to the generator's CPU
-#           cost erspand an inter-processor interrupt per packet (a quarter
-#           of its CPU, an MSR write and a VM exit each) that a real NIC's
-#           transmit does not; without it erspand pays for the veth
-#           receive up to the tc drop instead, about what a driver's
-#           transmit costs.
+#           drops them at tc ingress (no IP input, no ICMP). veth runs
+#           that receive on the sending CPU, so erspand pays for it up to
+#           the tc drop, about what a driver's transmit costs (steering it
+#           to the generator's CPU with RPS cost erspand an
+#           inter-processor interrupt per packet instead, a quarter of its
+#           CPU, an MSR write and a VM exit each, which a real NIC's
+#           transmit does not).
 #  zero-loss  the highest rate at which ZL_COUNT frames of 64 B all arrive:
 #           first as fast as gen can, then a bisection with gen's rate limit,
 #           where a step passes only if gen also sent at 95% or more of the
@@ -62,12 +66,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 
-QUICK=0
-case "${1:-}" in
---quick) QUICK=1 ;;
-"") ;;
-*) echo "usage: $0 [--quick]" >&2; exit 2 ;;
-esac
+QUICK=0 SWEEP=0
+for a in "$@"; do
+	case "$a" in
+	--quick) QUICK=1 ;;
+	--sweep) SWEEP=1 ;;
+	*) echo "usage: $0 [--quick] [--sweep]" >&2; exit 2 ;;
+	esac
+done
 [ "$(id -u)" -eq 0 ] || { echo "bench.sh: run as root (it creates network namespaces)" >&2; exit 1; }
 
 if [ $QUICK -eq 1 ]; then
@@ -175,17 +181,21 @@ ulimit -n "$(ulimit -Hn)" # one TAP queue fd per interface, and then some
 # would otherwise leave the key claiming a path it no longer covers. The
 # benchmark's allocs/op is shown beside.
 alloc_tests="TestInputAllocs TestSocketAllocs TestEncapAllocs TestFrameWriter"
-log "allocations per frame: go test -run '${alloc_tests// /|}' and -bench BenchmarkInputBatch ./tunnel/"
-allocs=0
-if ! go test -count=1 -v -run "^(${alloc_tests// /|})\$" ./tunnel/ >"$work/allocs.log" 2>&1; then
-	allocs=failed
-	log "bench.sh: the allocation tests failed:"; grep -v '^=== ' "$work/allocs.log" >&2
-fi
-for t in $alloc_tests; do
-	grep -q "^--- PASS: $t " "$work/allocs.log" || { allocs=failed; log "bench.sh: $t did not pass"; }
-done
-bench_allocs=$(go test -run '^$' -bench '^BenchmarkInputBatch$' -benchmem -benchtime "$BENCHTIME" ./tunnel/ |
-	awk '/^BenchmarkInputBatch/ {for (i = 2; i <= NF; i++) if ($i == "allocs/op") print $(i - 1)}')
+allocs=- bench_allocs=-
+alloc_check() {
+	log "allocations per frame: go test -run '${alloc_tests// /|}' and -bench BenchmarkInputBatch ./tunnel/"
+	allocs=0
+	if ! go test -count=1 -v -run "^(${alloc_tests// /|})\$" ./tunnel/ >"$work/allocs.log" 2>&1; then
+		allocs=failed
+		log "bench.sh: the allocation tests failed:"; grep -v '^=== ' "$work/allocs.log" >&2
+	fi
+	for t in $alloc_tests; do
+		grep -q "^--- PASS: $t " "$work/allocs.log" || { allocs=failed; log "bench.sh: $t did not pass"; }
+	done
+	bench_allocs=$(go test -run '^$' -bench '^BenchmarkInputBatch$' -benchmem -benchtime "$BENCHTIME" ./tunnel/ |
+		awk '/^BenchmarkInputBatch/ {for (i = 2; i <= NF; i++) if ($i == "allocs/op") print $(i - 1)}')
+}
+[ $SWEEP -eq 1 ] || alloc_check
 idle=$(idle_pct)
 [ "$(nproc)" -eq 2 ] || log "warning: $(nproc) CPUs; this benchmark is laid out for 2"
 
@@ -219,6 +229,7 @@ for size in 64 1514; do
 	ceil_row "ceiling (TAP write)" $size bench0 $DUT_CPU
 	ceil_pps[$size]=$pps ceil_eff[$size]=$eff
 	[ "$eff" != 0 ] || { log "bench.sh: the ceiling wrote no frame at $size B"; exit 1; }
+	[ $SWEEP -eq 0 ] || continue
 	ceil_row "ceiling (io_uring, 32)" $size bench1 $DUT_CPU -uring 32
 	uring_eff[$size]=$eff
 	# Multi-queue: two queues of one TAP, a writer thread on each, with
@@ -233,8 +244,12 @@ for size in 64 1514; do
 done
 
 # ---- the tunnel: sender (192.0.2.1) -- veth -- collector (192.0.2.2) ----------
+# No IPv6: the kernel's own router solicitations and MLD reports (on the
+# veths, and out of erspan0 in source mode, which mirrors them) would be
+# counted as frames gen never sent; the tunnel is IPv4.
 for ns in $SND $COL; do
 	ip netns add "$ns"
+	nsx "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
 	ip -n "$ns" link set lo up
 done
 ip link add veth-snd netns $SND type veth peer name veth-col netns $COL
@@ -248,8 +263,8 @@ col_mac=$(nsx $COL cat /sys/class/net/veth-col/address)
 snd_mac=$(nsx $SND cat /sys/class/net/veth-snd/address)
 ip -n $SND neigh replace 192.0.2.2 lladdr "$col_mac" dev veth-snd nud permanent
 ip -n $COL neigh replace 192.0.2.1 lladdr "$snd_mac" dev veth-col nud permanent
-# The collector's receive softirq on the generator's CPU, whoever sends.
-nsx $COL sh -c "echo $((1 << GEN_CPU)) > /sys/class/net/veth-col/queues/rx-0/rps_cpus"
+# veth runs the collector's receive softirq on the sending CPU: the
+# generator's in decap, erspand's in encap (see encap at the head).
 
 # settle NS IFGLOB: the sum of rx_packets once it stops moving (read every
 # 0.1 s, at most 2 s): the receiver draining its socket buffer (decap),
@@ -348,6 +363,74 @@ measured_row() {
 # at full speed.
 decap_row() { measured_row "$1" "$4" decap "$2" "$3" "$4" 0 100000000 "$5" "$6"; }
 
+# erspand_in NS NAME ARGS...: start erspand in NS with its control socket
+# and state under $work/NAME and flags ARGS; sets started and esock.
+erspand_in() {
+	local ns=$1 name=$2; shift 2
+	esock=$work/$name/erspand.sock
+	start "$ns" "$bin/erspand" --socket "$esock" --config-dir "$work/etc" --state "$work/$name/state" "$@"
+	wait_for "$esock"
+}
+
+# defaults: erspand's tuning flags with their defaults, from its --help.
+defaults() {
+	local f
+	for f in rx-moderate rx-batch rx-buffer tx-buffer; do
+		printf -- '--%s %s ' $f "$("$bin/erspand" --help | sed -n "s/.*--$f .*(default: \([^)]*\)).*/\1/p")"
+	done
+}
+
+# encap_on / encap_off: the collector's veth drops what it receives at tc
+# ingress (see encap at the head of this file); and no longer.
+encap_on() { nsx $COL "$bin/dropin" veth-col on; }
+encap_off() { nsx $COL "$bin/dropin" veth-col off; }
+
+# ---- sweep (--sweep): erspand's socket sizes, one flag at a time -----------
+# Each value gets a fresh erspand with that flag (the others at their
+# defaults) and the same measurements as the comparison's rows: decap at
+# full speed for --rx-batch (CPU per frame) and --rx-buffer (loss, at both
+# sizes: a buffer holds fewer large frames), encap for --tx-buffer.
+if [ $SWEEP -eq 1 ]; then
+	sweep_batch="1 16 64 256" sweep_rcv="0 2097152 33554432" sweep_snd="0 4194304"
+	for b in $sweep_batch; do
+		erspand_in $COL sweep-b$b --rx-batch "$b"
+		ctl $COL "$esock" create erspan0 tunnel 192.0.2.2 192.0.2.1 vnetid 77 up
+		decap_row "decap --rx-batch $b" $started erspan0 64 77 1
+		ctl $COL "$esock" destroy erspan0
+		stop $started
+	done
+	for rb in $sweep_rcv; do
+		erspand_in $COL sweep-r$rb --rx-buffer "$rb"
+		ctl $COL "$esock" create erspan0 tunnel 192.0.2.2 192.0.2.1 vnetid 77 up
+		for size in 64 1514; do
+			decap_row "decap --rx-buffer $rb" $started erspan0 $size 77 1
+		done
+		ctl $COL "$esock" destroy erspan0
+		stop $started
+	done
+	encap_on
+	for tb in $sweep_snd; do
+		erspand_in $SND sweep-t$tb --tx-buffer "$tb"
+		ctl $SND "$esock" create erspan0 tunnel 192.0.2.1 192.0.2.2 vnetid 77 up
+		measured_row "encap --tx-buffer $tb" 64 encap $started 64
+		ctl $SND "$esock" destroy erspan0
+		stop $started
+	done
+	encap_off
+	echo
+	echo "erspan benchmark, --sweep: $(nproc) CPUs, kernel $(uname -r), $(go version | cut -d' ' -f3), commit $(git rev-parse --short HEAD 2>/dev/null || echo ?)$( [ $QUICK -eq 1 ] && echo ', --quick')"
+	echo "machine idle before the run: ${idle}%; $REPS run(s) of ${DUR}s per row, the median run by frames per CPU-s, lost: the worst run's"
+	echo "erspand's defaults: $(defaults); a buffer of 0 is the kernel's default" \
+		"(rmem_default $(cat /proc/sys/net/core/rmem_default), wmem_default $(cat /proc/sys/net/core/wmem_default))"
+	echo
+	printf '%-26s %5s %10s %10s %9s %7s %6s %11s %6s\n' measurement bytes offered/s frames/s lost CPU-s busy frames/CPU-s ratio
+	printf '%s' "$rows"
+	echo
+	echo "ratio: frames per CPU-second over the ceiling's (TAP writes of the same size)"
+	echo "wall time: $(($(date +%s) - t0)) s"
+	exit 0
+fi
+
 # ---- naive baseline -----------------------------------------------------------
 declare -A naive_pps naive_eff
 start $COL "$bin/naive" -name naive0 -local 192.0.2.2 -session 77 -duration 300s
@@ -360,42 +443,36 @@ done
 stop $naive
 
 # ---- encap: erspand in the sender namespace, source mode ------------------------
-start $SND "$bin/erspand" --socket "$work/snd/erspand.sock" --config-dir "$work/etc" --state "$work/snd/state"
-snd=$started
-wait_for "$work/snd/erspand.sock"
-ctl $SND "$work/snd/erspand.sock" create erspan0 tunnel 192.0.2.1 192.0.2.2 vnetid 77 up
-nsx $COL "$bin/dropin" veth-col on
-nsx $COL sh -c "echo 0 > /sys/class/net/veth-col/queues/rx-0/rps_cpus"
+erspand_in $SND snd
+snd=$started snd_sock=$esock
+ctl $SND "$snd_sock" create erspan0 tunnel 192.0.2.1 192.0.2.2 vnetid 77 up
+encap_on
 declare -A encap_pps encap_eff
 for size in 64 1514; do
 	measured_row "erspand encap" $size encap $snd $size
 	encap_pps[$size]=$pps encap_eff[$size]=$eff
 done
-encap_tx=$(ctl $SND "$work/snd/erspand.sock" -j erspan0 | grep -Eo '"tx_(packets|errors|too_big)": *[0-9]*' | tr -d '" ' | tr '\n' ' ' || true)
-nsx $COL "$bin/dropin" veth-col off
-nsx $COL sh -c "echo $((1 << GEN_CPU)) > /sys/class/net/veth-col/queues/rx-0/rps_cpus"
-ctl $SND "$work/snd/erspand.sock" destroy erspan0
+encap_tx=$(ctl $SND "$snd_sock" -j erspan0 | grep -Eo '"tx_(packets|errors|too_big)": *[0-9]*' | tr -d '" ' | tr '\n' ' ' || true)
+encap_off
+ctl $SND "$snd_sock" destroy erspan0
 stop $snd
 
 # ---- decap with io_uring writes into the TAP (erspand --io-uring) ----------
 # Measured beside the default (write(2) per frame) to keep checking that choice.
-start $COL "$bin/erspand" --io-uring --socket "$work/col2/erspand.sock" --config-dir "$work/etc" --state "$work/col2/state"
+erspand_in $COL col2 --io-uring
 col2=$started
-wait_for "$work/col2/erspand.sock"
-ctl $COL "$work/col2/erspand.sock" create erspan0 tunnel 192.0.2.2 192.0.2.1 vnetid 77 up
+ctl $COL "$esock" create erspan0 tunnel 192.0.2.2 192.0.2.1 vnetid 77 up
 declare -A decap_uring_eff
 for size in 64 1514; do
 	decap_row "erspand decap --io-uring" $col2 erspan0 $size 77 1
 	decap_uring_eff[$size]=$eff
 done
-ctl $COL "$work/col2/erspand.sock" destroy erspan0
+ctl $COL "$esock" destroy erspan0
 stop $col2
 
 # ---- decap: erspand in the collector namespace ------------------------------
-sock=$work/col/erspand.sock
-start $COL "$bin/erspand" --socket "$sock" --config-dir "$work/etc" --state "$work/col/state"
-col=$started
-wait_for "$sock"
+erspand_in $COL col
+col=$started sock=$esock
 ctl $COL "$sock" create erspan0 tunnel 192.0.2.2 192.0.2.1 vnetid 77 up
 declare -A decap_pps decap_eff
 for size in 64 1514; do
@@ -458,7 +535,7 @@ printf '%-26s %5s %10s %10s %9s %7s %6s %11s %6s\n' measurement bytes offered/s 
 printf '%s' "$rows"
 echo
 echo "ratio: frames per CPU-second over the ceiling's (TAP writes of the same size)"
-echo "erspand: defaults (receive moderation $(grep -o 'DefaultModerate = [^ ]* \* time.[A-Za-z]*' tunnel/linux.go | sed 's/DefaultModerate = //'), write(2) per frame into TAPs, GOMAXPROCS >= 2)"
+echo "erspand: defaults ($(defaults)(scripts/bench.sh --sweep), write(2) per frame into TAPs, GOMAXPROCS >= 2)"
 echo "zero-loss at 64 B with $ZL_COUNT frames: $zero_loss pps, the rate gen achieved with all sent and delivered ($zl_note)"
 echo "erspand RSS: $rss1 kB with 1 interface, $rssn kB with $NIFS interfaces$( [ $QUICK -eq 1 ] && echo ' (--quick: 64, not 1024)')"
 echo "raw GRE sockets in the collector namespace: $raw1 with 1 interface, $rawn with $NIFS (the kernel clones each GRE packet to every one)"
