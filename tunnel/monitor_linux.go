@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"unsafe"
 
 	"github.com/vishvananda/netlink"
@@ -148,14 +149,11 @@ func attachMonitor(link netlink.Link) (bool, error) {
 		}
 	}
 
-	fd, err := loadMonitorProg()
+	fd, err := monitorProgFD()
 	if err != nil {
 		undoQdisc()
 		return false, err
 	}
-	// The filter holds its own reference to the program: our fd is of no
-	// further use once the filter is attached (or has failed to be).
-	defer unix.Close(fd)
 	filter := &netlink.BpfFilter{
 		FilterAttrs: netlink.FilterAttrs{
 			LinkIndex: link.Attrs().Index,
@@ -320,8 +318,30 @@ func filterList(link netlink.Link, parent uint32) ([]netlink.Filter, error) {
 	return fs, nil
 }
 
-// loadMonitorProg loads the drop-everything program and returns its fd.
-func loadMonitorProg() (int, error) { return loadProgram(monitorInsns[:], monitorProgName) }
+// monitorProg is the drop-everything program, loaded once per process:
+// every monitor filter runs the same one (one program and JIT image in the
+// kernel, not one per interface; a create runs no verifier). The fd stays
+// open for the process's life; each filter holds a reference of its own.
+var monitorProg struct {
+	mu     sync.Mutex
+	fd     int
+	loaded bool
+}
+
+// monitorProgFD returns the fd of monitorProg, loading it at the first
+// call (and at the next, should a load fail).
+func monitorProgFD() (int, error) {
+	monitorProg.mu.Lock()
+	defer monitorProg.mu.Unlock()
+	if !monitorProg.loaded {
+		fd, err := loadProgram(monitorInsns[:], monitorProgName)
+		if err != nil {
+			return -1, err
+		}
+		monitorProg.fd, monitorProg.loaded = fd, true
+	}
+	return monitorProg.fd, nil
+}
 
 // loadProgram loads a sched_cls program with bpf(2) and returns its fd
 // (O_CLOEXEC already set). name is the kernel's name of it, [A-Za-z0-9_.]

@@ -188,7 +188,7 @@ func TestMonitorDropsAtIngress(t *testing.T) {
 			t.Fatalf("SetMonitor on again: %v", err)
 		}
 		link := mustLinkByName(t, name)
-		fd, err := loadMonitorProg()
+		fd, err := loadProgram(monitorInsns[:], "someone_else")
 		if err != nil {
 			t.Fatalf("load a program: %v", err)
 		}
@@ -299,6 +299,33 @@ func TestFindClsact(t *testing.T) {
 		}
 		if q, err := findClsact(link); !errors.Is(err, unix.EBUSY) || !strings.Contains(err.Error(), "ingress") {
 			t.Errorf("with an ingress qdisc: %v, %v; want EBUSY naming it", q, err)
+		}
+	})
+}
+
+// TestMonitorProgramShared: every monitor filter runs the one program the
+// process loaded (monitorProg), not a program of its own per interface.
+func TestMonitorProgramShared(t *testing.T) {
+	ns := newTestNetns(t)
+	runIP(t, "-n", ns.name, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+	ns.do(t, func() {
+		ids := map[int]bool{}
+		for _, name := range []string{"v0", "v1"} {
+			if err := SetMonitor(name, true); err != nil {
+				t.Fatalf("SetMonitor %s: %v", name, err)
+			}
+			fs, err := monitorFilters(mustLinkByName(t, name))
+			if err != nil || len(fs) != 1 {
+				t.Fatalf("%s: %d monitor filters (%v), want 1", name, len(fs), err)
+			}
+			f, ok := fs[0].(*netlink.BpfFilter)
+			if !ok || f.Id == 0 {
+				t.Fatalf("%s: filter %+v has no eBPF program id", name, fs[0])
+			}
+			ids[f.Id] = true
+		}
+		if len(ids) != 1 {
+			t.Errorf("the two monitor filters run programs %v, want one program", ids)
 		}
 	})
 }
