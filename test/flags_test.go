@@ -1,30 +1,39 @@
 package test
 
 import (
+	"context"
 	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
 
 // TestTuningFlags: erspand's socket sizes (--rx-buffer, --tx-buffer) reach
-// its GRE sockets, and a tuning flag out of its range stops erspand at
-// start with a message naming the flag, before it listens.
+// each kind of socket they are for, and a tuning flag out of its range
+// stops erspand at start with a message naming the flag, before it
+// listens. (--rx-batch reaching the receive sockets: TestLinuxBatch in
+// tunnel.)
 func TestTuningFlags(t *testing.T) {
 	requireRoot(t)
 	erspand, _ := binaries(t)
 	for _, bad := range [][]string{
 		{"--rx-batch", "0"}, {"--rx-batch", "1025"}, {"--rx-buffer", "-1"},
-		{"--tx-buffer", "1073741825"}, {"--rx-moderate", "11ms"},
+		{"--tx-buffer", "1073741824"}, {"--rx-moderate", "11ms"},
 	} {
-		sock := filepath.Join(tempDir(t), "erspand.sock")
-		out, err := exec.Command(erspand, append([]string{"--socket", sock}, bad...)...).CombinedOutput()
+		// In a directory of its own, with an empty config dir, and
+		// bounded: an erspand that started after all must neither read
+		// the host's /etc/erspan nor hold the test.
+		dir := tempDir(t)
+		sock := filepath.Join(dir, "erspand.sock")
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		out, err := exec.CommandContext(ctx, erspand, append([]string{"--socket", sock, "--config-dir", filepath.Join(dir, "etc")}, bad...)...).CombinedOutput()
+		cancel()
 		var ee *exec.ExitError
 		if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), strings.Join(bad, " ")) {
 			t.Errorf("erspand %s: %v, %q; want exit 1 naming the flag", strings.Join(bad, " "), err, out)
@@ -36,26 +45,47 @@ func TestTuningFlags(t *testing.T) {
 
 	ns := newNetNS(t, "flags")
 	ns.ip(t, "addr", "add", "192.0.2.2/32", "dev", "lo")
-	const rx, tx = 1 << 20, 3 << 20
-	d := startDaemonIn(t, ns, tempDir(t), "--rx-buffer", strconv.Itoa(rx), "--tx-buffer", strconv.Itoa(tx), "--rx-batch", "8")
-	// A collector with a tunnel destination: a receive socket, and the
-	// shared send socket (its guard, and what it would send with).
+	ns.ip(t, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+	ns.ip(t, "link", "set", "v0", "up")
+	// Sizes no kernel default is twice of.
+	const rx, tx = 1234567, 3456789
+	d := startDaemonIn(t, ns, tempDir(t), "--rx-buffer", strconv.Itoa(rx), "--tx-buffer", strconv.Itoa(tx))
+	// A collector with a tunnel destination: a GRE receive socket, and
+	// the shared send socket (its guard, and what it would send with);
+	// a sensor interface: a capture socket on v0.
 	d.mustCtl("create", "erspan0", "tunnel", "192.0.2.2", "192.0.2.1", "vnetid", "5", "up")
-	rcv, snd := greBuffers(t, d.pid)
-	// The kernel doubles the size asked for its bookkeeping (socket(7)).
-	if !slices.Contains(rcv, 2*rx) {
-		t.Errorf("receive buffers of erspand's raw GRE sockets %v: none is 2 x --rx-buffer %d", rcv, rx)
+	d.mustCtl("create", "erspan1", "tunneldev", "v0", "tunneladdr", "198.51.100.7", "vnetid", "6", "up")
+	var greRcv, greSnd, capture bool
+	for _, s := range socketsOf(t, d.pid) {
+		// The kernel doubles the size asked for its bookkeeping
+		// (socket(7)).
+		switch {
+		case s.domain == unix.AF_INET && s.proto == unix.IPPROTO_GRE:
+			greRcv = greRcv || s.rcvbuf == 2*rx
+			greSnd = greSnd || s.sndbuf == 2*tx
+		case s.domain == unix.AF_PACKET:
+			capture = capture || s.rcvbuf == 2*rx
+		}
 	}
-	if !slices.Contains(snd, 2*tx) {
-		t.Errorf("send buffers of erspand's raw GRE sockets %v: none is 2 x --tx-buffer %d", snd, tx)
+	if !greRcv || !greSnd || !capture {
+		t.Errorf("--rx-buffer %d on a GRE receive socket: %v; on a capture socket: %v; --tx-buffer %d on a GRE send socket: %v\nsockets: %+v",
+			rx, greRcv, capture, tx, greSnd, socketsOf(t, d.pid))
 	}
 }
 
-// greBuffers returns SO_RCVBUF and SO_SNDBUF of every raw GRE socket of
-// process pid, read on copies of its descriptors (pidfd_getfd).
-func greBuffers(t *testing.T, pid int) (rcv, snd []int) {
+type sockInfo struct {
+	fd, domain, proto, rcvbuf, sndbuf int
+}
+
+// socketsOf returns the domain, protocol and buffer sizes of every socket
+// of process pid, read on copies of its descriptors (pidfd_getfd, Linux
+// 5.6).
+func socketsOf(t *testing.T, pid int) []sockInfo {
 	t.Helper()
 	pidfd, err := unix.PidfdOpen(pid, 0)
+	if errors.Is(err, unix.ENOSYS) {
+		t.Skipf("pidfd_open: %v (kernel before 5.3)", err)
+	}
 	if err != nil {
 		t.Fatalf("pidfd_open %d: %v", pid, err)
 	}
@@ -65,6 +95,7 @@ func greBuffers(t *testing.T, pid int) (rcv, snd []int) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var out []sockInfo
 	for _, e := range ents {
 		if l, err := os.Readlink(filepath.Join(dir, e.Name())); err != nil || !strings.HasPrefix(l, "socket:") {
 			continue
@@ -74,23 +105,23 @@ func greBuffers(t *testing.T, pid int) (rcv, snd []int) {
 			continue
 		}
 		fd, err := unix.PidfdGetfd(pidfd, n, 0)
+		if errors.Is(err, unix.ENOSYS) {
+			t.Skipf("pidfd_getfd: %v (kernel before 5.6)", err)
+		}
 		if err != nil {
 			continue // closed meanwhile
 		}
-		typ, err1 := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
-		proto, err2 := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL)
-		if err1 == nil && err2 == nil && typ == unix.SOCK_RAW && proto == unix.IPPROTO_GRE {
-			r, err1 := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF)
-			s, err2 := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF)
-			if err1 != nil || err2 != nil {
-				t.Fatalf("getsockopt on erspand's fd %d: %v, %v", n, err1, err2)
-			}
-			rcv, snd = append(rcv, r), append(snd, s)
-		}
+		s := sockInfo{fd: n}
+		var errs [4]error
+		s.domain, errs[0] = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
+		s.proto, errs[1] = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL)
+		s.rcvbuf, errs[2] = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF)
+		s.sndbuf, errs[3] = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF)
 		unix.Close(fd)
+		if err := errors.Join(errs[:]...); err != nil {
+			t.Fatalf("getsockopt on erspand's fd %d: %v", n, err)
+		}
+		out = append(out, s)
 	}
-	if len(rcv) == 0 {
-		t.Fatalf("erspand (pid %d) has no raw GRE socket", pid)
-	}
-	return rcv, snd
+	return out
 }

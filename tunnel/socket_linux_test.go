@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -570,5 +571,46 @@ func TestSendFromForeignSource(t *testing.T) {
 			t.Errorf("from %s, which the namespace lacks: sent %d, %v; want refused", c.src, sent, err)
 		}
 		tx.Close()
+	}
+}
+
+// TestLinuxBatch: Linux.Batch (erspand --rx-batch) bounds what one
+// ReadBatch of a receive socket takes: ten packets queued before the first
+// read come in batches of at most three, and a batch of three.
+func TestLinuxBatch(t *testing.T) {
+	sender, collector := vethPair(t)
+	_, dst := socketTestAddrs(4)
+	l, err := NewLinux()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Batch = 3
+	sock, err := l.ListenGRE(collector.name, 4)
+	if err != nil {
+		t.Fatalf("Linux.ListenGRE: %v", err)
+	}
+	defer sock.Close()
+	var snd *greSender
+	sender.do(t, func() { snd = newGRESender(t, net.IP(dst.AsSlice())) })
+	pkts := make([][]byte, 10)
+	for i := range pkts {
+		pkts[i] = grePacket(erspan.ProtoERSPAN, true, uint32(i), typeIIBody(byte(i)))
+	}
+	// veth delivers in the sender's system call (its receive softirq runs
+	// as the send returns), so all ten are queued before the read.
+	snd.send(pkts...)
+	timer := time.AfterFunc(5*time.Second, func() { sock.Close() })
+	defer timer.Stop()
+	var sizes []int
+	for total := 0; total < len(pkts); {
+		msgs, err := sock.ReadBatch()
+		if err != nil {
+			t.Fatalf("ReadBatch after %d of %d packets (batches %v): %v", total, len(pkts), sizes, err)
+		}
+		sizes = append(sizes, len(msgs))
+		total += len(msgs)
+	}
+	if slices.Max(sizes) != 3 {
+		t.Errorf("batches of %v packets, want at most 3 each and some of 3", sizes)
 	}
 }

@@ -6,6 +6,7 @@ package main
 import (
 	"fmt"
 	"log"
+	"math"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -28,16 +29,25 @@ func main() {
 			&cli.StringFlag{Name: "socket", Value: ifconfig.DefaultSocket, EnvVars: []string{"ERSPAN_SOCKET"}, Usage: "control socket `PATH`"},
 			&cli.StringFlag{Name: "config-dir", Value: "/etc/erspan", EnvVars: []string{"ERSPAN_CONFIG_DIR"}, Usage: "`DIR` of hostname.erspanN files, applied at start when there is no state to restore"},
 			&cli.StringFlag{Name: "state", Usage: "state file `PATH` (default: \"state\" beside the socket)"},
-			&cli.DurationFlag{Name: "rx-moderate", Value: tunnel.DefaultModerate,
+			// The tuning flags have environment variables so that an
+			// erspand that erspanctl starts (which passes --socket only)
+			// takes them from the environment erspanctl runs in.
+			&cli.DurationFlag{Name: "rx-moderate", Value: tunnel.DefaultModerate, EnvVars: []string{"ERSPAN_RX_MODERATE"},
 				Usage: "receive interrupt moderation: after a read that emptied a socket, wait `DURATION` (0 to 10ms) so the next read takes a batch; " +
 					"less CPU per frame for up to that much (plus the kernel's 50µs timer slack) more latency, as a NIC's rx-usecs"},
-			&cli.IntFlag{Name: "rx-batch", Value: tunnel.DefaultBatch,
-				Usage: fmt.Sprintf("receive up to `N` packets per system call (recvmmsg), 1 to %d", tunnel.MaxBatch)},
-			&cli.IntFlag{Name: "rx-buffer", Value: tunnel.DefaultRcvBuf,
-				Usage: "receive socket buffer in `BYTES`, what a burst may queue while frames are written into TAPs; 0: the kernel's default (net.core.rmem_default)"},
-			&cli.IntFlag{Name: "tx-buffer", Value: tunnel.DefaultSndBuf,
-				Usage: "send socket buffer in `BYTES`, shared by the interfaces of a namespace: what may queue for the links before sends fail; 0: the kernel's default (net.core.wmem_default)"},
-			&cli.BoolFlag{Name: "io-uring", Usage: "write received frames into TAPs in batches on io_uring rather than one write(2) each (no faster on the kernel measured; see README, Performance)"},
+			&cli.IntFlag{Name: "rx-batch", Value: tunnel.DefaultBatch, EnvVars: []string{"ERSPAN_RX_BATCH"},
+				Usage: fmt.Sprintf("receive up to `N` packets per system call (recvmmsg), 1 to %d; each receive socket holds N buffers of %d bytes",
+					tunnel.MaxBatch, tunnel.DefaultBufSize)},
+			&cli.IntFlag{Name: "rx-buffer", Value: tunnel.DefaultRcvBuf, EnvVars: []string{"ERSPAN_RX_BUFFER"},
+				Usage: "receive buffer of each receive socket (one per namespace and address family, one per tunneldev) in `BYTES`: " +
+					"what may queue while erspand is not scheduled before the kernel drops (kernel_drops); the kernel doubles it, " +
+					"and it may exceed net.core.rmem_max; 0: the kernel's default (net.core.rmem_default)"},
+			&cli.IntFlag{Name: "tx-buffer", Value: tunnel.DefaultSndBuf, EnvVars: []string{"ERSPAN_TX_BUFFER"},
+				Usage: "send buffer of each send socket (one per namespace, address family and tunneldf, shared by those interfaces) in `BYTES`: " +
+					"what may wait for the links (qdisc, NIC ring) before sends fail (tx_errors); the kernel doubles it, " +
+					"and it may exceed net.core.wmem_max; 0: the kernel's default (net.core.wmem_default)"},
+			&cli.BoolFlag{Name: "io-uring", EnvVars: []string{"ERSPAN_IO_URING"},
+				Usage: "write received frames into TAPs in batches on io_uring rather than one write(2) each (no faster on the kernel measured; see README, Performance)"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log more"},
 		},
 		HideHelpCommand: true,
@@ -49,9 +59,11 @@ func main() {
 	}
 }
 
-// maxSockBuf is the largest socket buffer erspand asks for: 1 GiB, which
-// the kernel doubles (for its bookkeeping) to just under its int limit.
-const maxSockBuf = 1 << 30
+// maxSockBuf is the largest socket buffer erspand asks for: the kernel
+// doubles the value (for its bookkeeping) in an int, which kernels before
+// 5.3 did without clamping it, so that a larger one overflowed into a
+// minimal or negative buffer.
+const maxSockBuf = math.MaxInt32 / 2
 
 func run(c *cli.Context) error {
 	if c.Args().Len() > 0 {
