@@ -166,9 +166,13 @@ func (r *Registry) Set(name string, s Setting) error {
 		}
 		return newError(syscall.EINVAL, name, s.String(), "malformed setting")
 	}
-	// A malformed value is refused (EINVAL) before any state is looked
-	// at, as ifconfig(8) refuses it before its ioctl can say EBUSY, and
-	// as erspanctl does before sending the line.
+	// A value wrong whatever the state (README, Usage) is refused
+	// (EINVAL) before any state is looked at, as erspanctl refuses the
+	// line before sending it. A deliberate difference from OpenBSD, whose
+	// erspan_ioctl answers EBUSY on a running interface before it checks
+	// a session's range or an address's kind (ifconfig(8) itself only
+	// refuses what it cannot parse): here the answer names what is wrong
+	// with the value, which stays wrong once the interface is down.
 	v, err := parseValue(name, s)
 	if err != nil {
 		return err

@@ -319,9 +319,11 @@ func filterList(link netlink.Link, parent uint32) ([]netlink.Filter, error) {
 }
 
 // monitorProg is the drop-everything program, loaded once per process:
-// every monitor filter runs the same one (one program and JIT image in the
-// kernel, not one per interface; a create runs no verifier). The fd stays
-// open for the process's life; each filter holds a reference of its own.
+// every monitor filter this process attaches runs it (one program and JIT
+// image in the kernel, not one per interface; a create runs no verifier).
+// Filters a previous erspand attached keep its program until they go. The
+// fd stays open for the process's life; each filter holds a reference of
+// its own.
 var monitorProg struct {
 	mu     sync.Mutex
 	fd     int

@@ -304,13 +304,15 @@ func TestFindClsact(t *testing.T) {
 }
 
 // TestMonitorProgramShared: every monitor filter runs the one program the
-// process loaded (monitorProg), not a program of its own per interface.
+// process loaded (monitorProg), not a program of its own per interface,
+// also after monitor mode went off and on again (the program outlives the
+// filters).
 func TestMonitorProgramShared(t *testing.T) {
 	ns := newTestNetns(t)
 	runIP(t, "-n", ns.name, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
 	ns.do(t, func() {
 		ids := map[int]bool{}
-		for _, name := range []string{"v0", "v1"} {
+		for i, name := range []string{"v0", "v1", "v0"} {
 			if err := SetMonitor(name, true); err != nil {
 				t.Fatalf("SetMonitor %s: %v", name, err)
 			}
@@ -323,9 +325,14 @@ func TestMonitorProgramShared(t *testing.T) {
 				t.Fatalf("%s: filter %+v has no eBPF program id", name, fs[0])
 			}
 			ids[f.Id] = true
+			if i == 0 {
+				if err := SetMonitor(name, false); err != nil {
+					t.Fatalf("SetMonitor %s off: %v", name, err)
+				}
+			}
 		}
 		if len(ids) != 1 {
-			t.Errorf("the two monitor filters run programs %v, want one program", ids)
+			t.Errorf("the monitor filters run programs %v, want one program", ids)
 		}
 	})
 }
