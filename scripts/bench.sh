@@ -61,7 +61,8 @@
 #           rate asked; the rate shown is the one gen achieved.
 #  many     RSS and decap with NIFS interfaces (erspanI, session I), made
 #           through one control connection (scripts/bench/mkifs).
-# It prints figures, never pass or fail, and ends with one key=value line.
+# It prints figures, never pass or fail, and ends with one key=value line
+# (but --sweep, which prints its table only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
@@ -154,8 +155,20 @@ start() {
 	[ "$(cat /proc/$started/comm 2>/dev/null)" = "$(basename "$1")" ] ||
 		{ log "bench.sh: PID $started is not $(basename "$1")"; exit 1; }
 }
-stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
-wait_for() { for _ in $(seq 50); do [ -S "$1" ] && return 0; sleep 0.1; done; log "no socket $1"; return 1; }
+# stop PID: end a process start started, and forget it (cleanup must not
+# signal the PID again, which by then may be another process's).
+stop() {
+	kill "$1" 2>/dev/null || true
+	wait "$1" 2>/dev/null || true
+	pids=$(printf '%s\n' $pids | grep -vx "$1" | tr '\n' ' ')
+}
+# wait_for SOCKET LOG: wait until a daemon listens on SOCKET; if it does
+# not, show its LOG (which cleanup removes with the rest).
+wait_for() {
+	for _ in $(seq 50); do [ -S "$1" ] && return 0; sleep 0.1; done
+	log "no socket $1; $2:"; cat "$2" >&2 2>/dev/null
+	return 1
+}
 ctl() { local ns=$1 sock=$2; shift 2; nsx "$ns" "$bin/erspanctl" --no-autostart --socket "$sock" "$@"; }
 
 # How busy the machine is before we start: another load skews everything.
@@ -249,7 +262,7 @@ done
 # counted as frames gen never sent; the tunnel is IPv4.
 for ns in $SND $COL; do
 	ip netns add "$ns"
-	nsx "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+	[ ! -d /proc/sys/net/ipv6 ] || nsx "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
 	ip -n "$ns" link set lo up
 done
 ip link add veth-snd netns $SND type veth peer name veth-col netns $COL
@@ -369,15 +382,16 @@ erspand_in() {
 	local ns=$1 name=$2; shift 2
 	esock=$work/$name/erspand.sock
 	start "$ns" "$bin/erspand" --socket "$esock" --config-dir "$work/etc" --state "$work/$name/state" "$@"
-	wait_for "$esock"
+	wait_for "$esock" "$work/erspand.log"
 }
 
 # defaults: erspand's tuning flags with their defaults, from its --help.
 defaults() {
-	local f
+	local f out=""
 	for f in rx-moderate rx-batch rx-buffer tx-buffer; do
-		printf -- '--%s %s ' $f "$("$bin/erspand" --help | sed -n "s/.*--$f .*(default: \([^)]*\)).*/\1/p")"
+		out="$out --$f $("$bin/erspand" --help | sed -n "s/.*--$f .*(default: \([^)]*\)).*/\1/p")"
 	done
+	echo "${out# }"
 }
 
 # encap_on / encap_off: the collector's veth drops what it receives at tc
@@ -418,7 +432,7 @@ if [ $SWEEP -eq 1 ]; then
 	done
 	encap_off
 	echo
-	echo "erspan benchmark, --sweep: $(nproc) CPUs, kernel $(uname -r), $(go version | cut -d' ' -f3), commit $(git rev-parse --short HEAD 2>/dev/null || echo ?)$( [ $QUICK -eq 1 ] && echo ', --quick')"
+	echo "erspan benchmark, --sweep: $(nproc) CPUs, kernel $(uname -r), $(go version | cut -d' ' -f3), commit $(git describe --always --dirty 2>/dev/null || echo ?)$( [ $QUICK -eq 1 ] && echo ', --quick')"
 	echo "machine idle before the run: ${idle}%; $REPS run(s) of ${DUR}s per row, the median run by frames per CPU-s, lost: the worst run's"
 	echo "erspand's defaults: $(defaults); a buffer of 0 is the kernel's default" \
 		"(rmem_default $(cat /proc/sys/net/core/rmem_default), wmem_default $(cat /proc/sys/net/core/wmem_default))"
@@ -526,7 +540,7 @@ stop $col
 
 # ---- report --------------------------------------------------------------------------
 echo
-echo "erspan benchmark: $(nproc) CPUs, kernel $(uname -r), $(go version | cut -d' ' -f3), commit $(git rev-parse --short HEAD 2>/dev/null || echo ?)$( [ $QUICK -eq 1 ] && echo ', --quick')"
+echo "erspan benchmark: $(nproc) CPUs, kernel $(uname -r), $(go version | cut -d' ' -f3), commit $(git describe --always --dirty 2>/dev/null || echo ?)$( [ $QUICK -eq 1 ] && echo ', --quick')"
 echo "machine idle before the run: ${idle}% (less than ~95% means another load shares the CPUs)"
 echo "$REPS run(s) of ${DUR}s, each row from the run with the median frames per CPU-s, but lost: the worst run's (every run is in the log);"
 echo "generator on CPU $GEN_CPU, the measured program on CPU $DUT_CPU"
@@ -535,7 +549,7 @@ printf '%-26s %5s %10s %10s %9s %7s %6s %11s %6s\n' measurement bytes offered/s 
 printf '%s' "$rows"
 echo
 echo "ratio: frames per CPU-second over the ceiling's (TAP writes of the same size)"
-echo "erspand: defaults ($(defaults)(scripts/bench.sh --sweep), write(2) per frame into TAPs, GOMAXPROCS >= 2)"
+echo "erspand: defaults ($(defaults), chosen with scripts/bench.sh --sweep; write(2) per frame into TAPs, GOMAXPROCS >= 2)"
 echo "zero-loss at 64 B with $ZL_COUNT frames: $zero_loss pps, the rate gen achieved with all sent and delivered ($zl_note)"
 echo "erspand RSS: $rss1 kB with 1 interface, $rssn kB with $NIFS interfaces$( [ $QUICK -eq 1 ] && echo ' (--quick: 64, not 1024)')"
 echo "raw GRE sockets in the collector namespace: $raw1 with 1 interface, $rawn with $NIFS (the kernel clones each GRE packet to every one)"
