@@ -163,6 +163,11 @@ func (l *Linux) ListenGRE(ns string, family int) (Socket, error) {
 		return err
 	})
 	if err != nil {
+		// Whether listenGRE ran or entering the namespace failed first,
+		// the guard is still ours.
+		if release != nil {
+			release()
+		}
 		return nil, err
 	}
 	return s, nil

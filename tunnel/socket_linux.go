@@ -77,14 +77,9 @@ const MaxBatch = 1024
 // unreachable (seen on 6.18), hence a large rcvbuf, and a guard: a second
 // raw GRE socket of the family whose filter drops everything, which the
 // caller keeps open beside this one (design.md, Data path: ICMP). guard
-// gives it back; the socket calls it once, at Close or when opening
-// fails (nil: no guard).
+// gives it back: the socket takes it on success and calls it once, at
+// Close; on an error it stays the caller's (nil: no guard).
 func listenGRE(family int, batch int, bufSize int, rcvbuf int, moderate time.Duration, guard func()) (s *GRESocket, err error) {
-	defer func() {
-		if err != nil && guard != nil {
-			guard()
-		}
-	}()
 	var af, oobSize int
 	switch family {
 	case 4:

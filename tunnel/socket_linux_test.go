@@ -33,7 +33,11 @@ func listenGREGuarded(family, batch, bufSize, rcvbuf int, moderate time.Duration
 		}
 		guard = func() { unix.Close(g) }
 	}
-	return listenGRE(family, batch, bufSize, rcvbuf, moderate, guard)
+	s, err := listenGRE(family, batch, bufSize, rcvbuf, moderate, guard)
+	if err != nil && guard != nil {
+		guard()
+	}
+	return s, err
 }
 
 // openGuard opens a guard for a receive socket of the tests: a raw GRE
