@@ -186,9 +186,8 @@ func decodeWord0(w uint32, p *Packet) {
 }
 
 // Checksum is the RFC 1071 Internet checksum of b, to be stored in a
-// header whose checksum field was zero when b was summed (IPv4, ICMP, GRE).
-// Sensor mode checks captured IPv4 headers with it; tools and tests that
-// build packets use it too.
+// header whose checksum field was zero when b was summed (IPv4, ICMP, GRE),
+// for the tools and tests that build packets.
 func Checksum(b []byte) uint16 { return ^onesSum(b) }
 
 // checksumOK reports whether the RFC 1071 Internet checksum of b, checksum

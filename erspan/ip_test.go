@@ -89,7 +89,8 @@ func TestParseIPv4Allocs(t *testing.T) {
 // FuzzParseIPv4 checks ParseIPv4 against the rules of RFC 791 written out
 // again: it never panics, fails with ErrIPHeader or ErrShort only, and on
 // success returns the addresses at bytes 12-19 and b[IHL*4:TotalLength],
-// aliasing b.
+// aliasing b; and that ParseIPv4Checked returns the same but for a header
+// whose checksum is wrong, which it alone refuses (ErrIPHeader).
 func FuzzParseIPv4(f *testing.F) {
 	f.Add(ipv4(5, 0, testFrame(30)))
 	f.Add(ipv4(15, 0, nil))
@@ -102,6 +103,18 @@ func FuzzParseIPv4(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		src, dst, payload, err := ParseIPv4(b)
+		checkChecked(t, b, payload, err)
+		if err == nil {
+			// Random bytes almost never sum right: fix the checksum
+			// up, so that the accepting side is fuzzed too.
+			c := append([]byte(nil), b...)
+			ihl := int(c[0]&0xf) * 4
+			c[10], c[11] = 0, 0
+			sum := Checksum(c[:ihl])
+			c[10], c[11] = byte(sum>>8), byte(sum)
+			_, _, cp, _ := ParseIPv4(c)
+			checkChecked(t, c, cp, nil)
+		}
 		ok := len(b) >= 20 && b[0]>>4 == 4
 		ihl := 0
 		total := 0
@@ -138,4 +151,47 @@ func FuzzParseIPv4(f *testing.F) {
 			t.Fatalf("%x: failed with %v but returned %v %v %x", b, err, src, dst, payload)
 		}
 	})
+}
+
+func TestParseIPv4Checked(t *testing.T) {
+	gre := []byte{0x10, 0x00, 0x88, 0xbe, 0, 0, 0, 1}
+	for _, ihl := range []int{5, 6} {
+		b := ipv4(ihl, 0, gre)
+		binary.BigEndian.PutUint16(b[10:], Checksum(b[:ihl*4]))
+		s, d, payload, err := ParseIPv4Checked(b)
+		if err != nil || s != netip.MustParseAddr("192.0.2.1") || d != netip.MustParseAddr("198.51.100.7") || !bytes.Equal(payload, gre) {
+			t.Errorf("IHL %d, right checksum: %v %v % x %v", ihl, s, d, payload, err)
+		}
+		b[ihl*4-1] ^= 0x40 // the last header byte: an option with IHL 6
+		if _, _, payload, err := ParseIPv4Checked(b); err != ErrIPHeader || payload != nil {
+			t.Errorf("IHL %d, wrong checksum: % x, %v; want ErrIPHeader", ihl, payload, err)
+		}
+		if _, _, _, err := ParseIPv4(b); err != nil {
+			t.Errorf("IHL %d: ParseIPv4 checks the checksum: %v", ihl, err)
+		}
+	}
+	if _, _, _, err := ParseIPv4Checked([]byte{0x45}); err != ErrIPHeader {
+		t.Errorf("short: %v, want ErrIPHeader", err)
+	}
+}
+
+// checkChecked checks ParseIPv4Checked(b) against ParseIPv4(b), which gave
+// payload and err.
+func checkChecked(t *testing.T, b, payload []byte, err error) {
+	t.Helper()
+	_, _, cp, cerr := ParseIPv4Checked(b)
+	switch {
+	case err != nil:
+		if cerr != err {
+			t.Fatalf("%x: ParseIPv4 %v, ParseIPv4Checked %v", b, err, cerr)
+		}
+	case checksumOK(b[:int(b[0]&0xf)*4]):
+		if cerr != nil || len(cp) != len(payload) {
+			t.Fatalf("%x: right checksum, ParseIPv4Checked %v (%d bytes, want %d)", b, cerr, len(cp), len(payload))
+		}
+	default:
+		if cerr != ErrIPHeader || cp != nil {
+			t.Fatalf("%x: wrong checksum, ParseIPv4Checked %v, want ErrIPHeader", b, cerr)
+		}
+	}
 }

@@ -201,13 +201,8 @@ func parseFrame(b []byte, truncated bool, m *Message) {
 			m.Err = erspan.ErrFragment
 			return
 		}
-		m.Src, m.Dst, m.GRE, m.Err = erspan.ParseIPv4(ip)
-		if m.Err == nil && erspan.Checksum(ip[:int(ip[0]&0x0f)*4]) != 0 {
-			m.Err = erspan.ErrIPHeader // a header that sums right gives 0
-		}
-		if m.Err != nil {
-			m.GRE = nil
-		}
+		// A packet socket sees packets before the IP stack checks them.
+		m.Src, m.Dst, m.GRE, m.Err = erspan.ParseIPv4Checked(ip)
 	case 0x86dd:
 		if len(ip) < 40 {
 			m.Err = erspan.ErrIPHeader
