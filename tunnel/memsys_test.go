@@ -97,7 +97,7 @@ func (w *memWriter) Add(q Queue, frame []byte) bool {
 func (w *memWriter) Flush() []error {
 	w.errs = w.errs[:0]
 	for i, f := range w.frames {
-		_, err := w.queues[i].Write(f)
+		_, err := w.queues[i].(*memQueue).Write(f)
 		w.errs = append(w.errs, err)
 	}
 	w.queues, w.frames = w.queues[:0], w.frames[:0]

@@ -140,7 +140,7 @@ func TestMonitorDropsAtIngress(t *testing.T) {
 		// Monitor on: a packet socket sees the request, the stack does not.
 		before := icmpInEchos(t)
 		for id := 0x100; id < 0x105; id++ {
-			if _, err := q.Write(icmpEchoFrame(l.MAC, peerMAC, peer, local, uint16(id))); err != nil {
+			if err := writeTAP(q, icmpEchoFrame(l.MAC, peerMAC, peer, local, uint16(id))); err != nil {
 				t.Fatalf("write an echo request: %v", err)
 			}
 			if sniff.await(time.Second, func(f []byte) bool { return isICMPv4(f, 8, 0, id) }) == nil {
@@ -171,7 +171,7 @@ func TestMonitorDropsAtIngress(t *testing.T) {
 			t.Errorf("SetMonitor off twice: %v", err)
 		}
 		before = icmpInEchos(t)
-		if _, err := q.Write(icmpEchoFrame(l.MAC, peerMAC, peer, local, 0x200)); err != nil {
+		if err := writeTAP(q, icmpEchoFrame(l.MAC, peerMAC, peer, local, 0x200)); err != nil {
 			t.Fatalf("write an echo request: %v", err)
 		}
 		// IPv6 is on again: MLD, router and neighbour solicitations may
@@ -262,15 +262,21 @@ func TestLoadProgramUnderSignals(t *testing.T) {
 	t.Logf("%d loads, %d signals sent meanwhile", loads, sent)
 }
 
-// TestFindClsact: the clsact lookup asks the kernel for one device's
-// ingress slot (no dump of every qdisc): none on a fresh link, the one
-// added, none again once it is removed (the slot then holds a noop qdisc
-// the kernel does not report), and EBUSY for an "ingress" qdisc, which
-// takes the same slot and cannot hold our filters.
+// TestFindClsact: what the clsact lookup finds on a device: none on a
+// fresh link (even with another device's clsact in the namespace), the
+// one added, with its handle and the device's index, none again once it
+// is removed (the slot then holds a noop qdisc the kernel does not
+// report), and EBUSY for an "ingress" qdisc, which takes the same slot and
+// cannot hold our filters. How it asks (one device's slot rather than a
+// dump of every qdisc, see findClsact) is a matter of cost that no result
+// here shows.
 func TestFindClsact(t *testing.T) {
 	ns := newTestNetns(t)
 	runIP(t, "-n", ns.name, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
 	ns.do(t, func() {
+		if _, _, err := ensureClsact(mustLinkByName(t, "v1")); err != nil {
+			t.Fatalf("clsact on v1: %v", err)
+		}
 		link := mustLinkByName(t, "v0")
 		if q, err := findClsact(link); err != nil || q != nil {
 			t.Fatalf("fresh link: %v, %v; want none", q, err)

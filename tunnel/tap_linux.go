@@ -187,10 +187,10 @@ type Queue interface {
 	// tag) after offset: the kernel cuts a longer frame without saying
 	// so.
 	ReadBatch(bufs [][]byte, sizes []int, offset int) (int, error)
-	// Write writes one Ethernet frame; it is never split or merged.
-	Write(frame []byte) (int, error)
 	// Close detaches the queue and unblocks a pending ReadBatch; after
-	// it, ReadBatch and Write return an error wrapping os.ErrClosed.
+	// it, ReadBatch (and a FrameWriter's write into it) returns an error
+	// wrapping os.ErrClosed. Frames go into a queue through a
+	// FrameWriter.
 	Close() error
 }
 
@@ -336,20 +336,6 @@ func (q *tapQueue) readBatch(bufs [][]byte, sizes []int, offset int) (int, sysca
 	return n, 0
 }
 
-// Write writes one frame into the TAP with one write(2), which does not
-// block: the kernel takes the frame or fails.
-func (q *tapQueue) Write(frame []byte) (int, error) {
-	q.mu.RLock()
-	defer q.mu.RUnlock()
-	if q.closed.Load() {
-		return 0, os.ErrClosed
-	}
-	if err := writeFrame(q.fd, frame); err != nil {
-		return 0, err
-	}
-	return len(frame), nil
-}
-
 // writeFrame writes frame into the TAP descriptor fd, which the caller
 // keeps open, with one write(2). The error of a failed write is the bare
 // errno: nothing is allocated per frame even when every write fails (a
@@ -363,10 +349,16 @@ func writeFrame(fd int32, frame []byte) error {
 		case err != nil:
 			return err
 		case n != len(frame):
-			return fmt.Errorf("short write to a TAP: %d of %d bytes", n, len(frame))
+			return shortWrite(n, len(frame))
 		}
 		return nil
 	}
+}
+
+// shortWrite is the error of a TAP write that took n of size bytes: the
+// kernel takes a frame whole or not at all, so it should never happen.
+func shortWrite(n, size int) error {
+	return fmt.Errorf("short write to a TAP: %d of %d bytes: %w", n, size, unix.EIO)
 }
 
 // Close detaches the queue: it wakes a pending ReadBatch, waits for every

@@ -148,6 +148,15 @@ func upTAP(t *testing.T, name string) Link {
 	return l
 }
 
+// writeTAP writes frame into q as receivers do (a FrameWriter, write(2)
+// per frame) and returns the write's error.
+func writeTAP(q Queue, frame []byte) error {
+	w := (&Linux{}).NewFrameWriter(1)
+	defer w.Close()
+	w.Add(q, frame)
+	return w.Flush()[0]
+}
+
 func TestTAPQueue(t *testing.T) {
 	ns := newTestNetns(t)
 	ns.do(t, func() {
@@ -185,8 +194,8 @@ func TestTAPQueue(t *testing.T) {
 		frame := fakeFrame(7)
 		copy(frame[0:6], l.MAC)
 		for range 3 {
-			if n, err := q.Write(frame); err != nil || n != len(frame) {
-				t.Fatalf("Write = %d, %v", n, err)
+			if err := writeTAP(q, frame); err != nil {
+				t.Fatalf("write: %v", err)
 			}
 		}
 		p1, b1 := stats()
@@ -208,8 +217,8 @@ func TestTAPQueue(t *testing.T) {
 			_, err := q3.ReadBatch([][]byte{buf}, size[:], 0)
 			return err
 		}, q3.Close, os.ErrClosed)
-		if _, err := q3.Write(frame); !errors.Is(err, os.ErrClosed) {
-			t.Errorf("Write after Close: %v, want os.ErrClosed", err)
+		if err := writeTAP(q3, frame); !errors.Is(err, os.ErrClosed) {
+			t.Errorf("write after Close: %v, want os.ErrClosed", err)
 		}
 		if err := DeleteTAP("erspan3"); err != nil {
 			t.Errorf("DeleteTAP with a queue open: %v", err)

@@ -48,6 +48,8 @@ func (w *tapWaiter) arm(q *tapQueue) syscall.Errno {
 	}
 	op := unix.EPOLL_CTL_MOD
 	if !q.armed {
+		// In the map before the ADD: the event may come before
+		// EpollCtl returns.
 		op = unix.EPOLL_CTL_ADD
 		w.mu.Lock()
 		w.byFD[q.fd] = q
@@ -55,6 +57,13 @@ func (w *tapWaiter) arm(q *tapQueue) syscall.Errno {
 	}
 	q.ev = unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLONESHOT, Fd: q.fd}
 	if err := unix.EpollCtl(w.epfd, op, int(q.fd), &q.ev); err != nil {
+		if op == unix.EPOLL_CTL_ADD {
+			// Not in the set, so forget will not look: the entry
+			// would outlive q under a descriptor number reused later.
+			w.mu.Lock()
+			delete(w.byFD, q.fd)
+			w.mu.Unlock()
+		}
 		return err.(syscall.Errno)
 	}
 	q.armed = true

@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"fmt"
+	"os"
 	"sync/atomic"
 	"unsafe"
 
@@ -10,12 +11,13 @@ import (
 
 // The TAP side of decap: a TAP takes one frame per write(2), and writev
 // gathers one frame, so the only way to hand the kernel many frames per
-// system call is io_uring (Linux 5.6+, which has IORING_OP_WRITE): one write per frame, all
-// submitted, and run inline, by one io_uring_enter. Measured here at 64
-// bytes (scripts/bench.sh, README, Performance), against a write(2) per
-// frame. Where io_uring is missing or forbidden (older kernels, the
-// kernel.io_uring_disabled sysctl, container seccomp profiles), frames are
-// written one write(2) each.
+// system call is io_uring (Linux 5.6+, which has IORING_OP_WRITE): one
+// write per frame, all submitted, and run inline, by one io_uring_enter.
+// Measured with scripts/bench.sh against a write(2) per frame, it does not
+// win on the kernel measured (README, Performance), so it is opt-in
+// (erspand --io-uring, Linux.URing); where io_uring is missing or
+// forbidden (older kernels, the kernel.io_uring_disabled sysctl, container
+// seccomp profiles), frames are written one write(2) each even then.
 //
 // Only what that needs of io_uring is here: setup, the three mappings,
 // submission of writes and reaping of their completions; no library on the
@@ -203,7 +205,6 @@ func (r *uring) close() {
 // without io_uring, each queue's descriptor pinned once per batch.
 type tapWriter struct {
 	ring   *uring // nil: write(2) per frame
-	queues []Queue
 	frames [][]byte
 	fds    []int32
 	res    []int32
@@ -217,7 +218,6 @@ type tapWriter struct {
 // allows it, otherwise one write(2) per frame.
 func (l *Linux) NewFrameWriter(batch int) FrameWriter {
 	w := &tapWriter{
-		queues: make([]Queue, 0, batch),
 		frames: make([][]byte, 0, batch),
 		fds:    make([]int32, 0, batch),
 		res:    make([]int32, batch),
@@ -236,6 +236,19 @@ func (l *Linux) NewFrameWriter(batch int) FrameWriter {
 	return w
 }
 
+// CheckURing reports why frame writers with l.URing would write with
+// write(2) after all: nil when io_uring works here, else what setting it
+// up failed with (ENOSYS or EOPNOTSUPP on old kernels, EPERM where
+// kernel.io_uring_disabled or a seccomp profile forbids it).
+func (l *Linux) CheckURing() error {
+	r, err := newURing(1)
+	if err != nil {
+		return err
+	}
+	r.close()
+	return nil
+}
+
 // URing reports whether w writes with io_uring.
 func (w *tapWriter) URing() bool { return w.ring != nil }
 
@@ -243,11 +256,12 @@ func (w *tapWriter) Add(q Queue, frame []byte) bool {
 	if len(w.frames) == cap(w.frames) {
 		return false
 	}
+	// Every Queue of a Linux host is a *tapQueue; anything else gets -1,
+	// as a closed queue does, and its frame fails with os.ErrClosed.
 	fd := int32(-1)
 	if tq, ok := q.(*tapQueue); ok {
 		fd = w.pin(tq)
 	}
-	w.queues = append(w.queues, q)
 	w.frames = append(w.frames, frame)
 	w.fds = append(w.fds, fd)
 	return true
@@ -293,20 +307,18 @@ func (w *tapWriter) Flush() []error {
 	}
 	clear(w.locked)
 	w.locked = w.locked[:0]
-	clear(w.queues)
 	clear(w.frames)
-	w.queues, w.frames, w.fds = w.queues[:0], w.frames[:0], w.fds[:0]
+	w.frames, w.fds = w.frames[:0], w.fds[:0]
 	return errs
 }
 
 // write writes frame i with one write(2) on its pinned descriptor
-// (writeFrame), or through its queue when it has none.
+// (writeFrame); without one, its queue was closed.
 func (w *tapWriter) write(i int) error {
 	if fd := w.fds[i]; fd >= 0 {
 		return writeFrame(fd, w.frames[i])
 	}
-	_, err := w.queues[i].Write(w.frames[i])
-	return err
+	return os.ErrClosed
 }
 
 func (w *tapWriter) flushRing(errs []error) {
@@ -345,7 +357,7 @@ func (w *tapWriter) flushRing(errs []error) {
 		case r < 0:
 			errs[i] = unix.Errno(-r)
 		case int(r) != len(w.frames[j]):
-			errs[i] = fmt.Errorf("short write to a TAP: %d of %d bytes", r, len(w.frames[j]))
+			errs[i] = shortWrite(int(r), len(w.frames[j]))
 		default:
 			errs[i] = nil
 		}

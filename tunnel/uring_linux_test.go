@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"errors"
 	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // Both FrameWriters of a Linux host, on a real TAP: every frame arrives
@@ -17,15 +19,36 @@ func TestFrameWriter(t *testing.T) {
 	for _, uring := range []bool{false, true} {
 		name := map[bool]string{false: "write", true: "io_uring"}[uring]
 		t.Run(name, func(t *testing.T) {
-			w := (&Linux{URing: uring}).NewFrameWriter(8)
-			defer w.Close()
-			if got := w.(*tapWriter).URing(); got != uring {
-				if uring {
-					t.Skip("io_uring is not available on this kernel (the writer falls back to write(2))")
+			l := &Linux{URing: uring}
+			if uring {
+				// Skipped only where the kernel has no io_uring or
+				// forbids it; any other failure to set it up fails.
+				if err := l.CheckURing(); errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EPERM) || errors.Is(err, unix.EOPNOTSUPP) {
+					t.Skipf("io_uring is not available here (%v): the writer falls back to write(2)", err)
+				} else if err != nil {
+					t.Fatalf("io_uring: %v", err)
 				}
+			}
+			w := l.NewFrameWriter(8)
+			defer w.Close()
+			tw := w.(*tapWriter)
+			if got := tw.URing(); got != uring {
 				t.Fatalf("URing() = %v, want %v", got, uring)
 			}
+			var tail0 uint32
+			if uring {
+				tail0 = atomic.LoadUint32(tw.ring.sqTail)
+			}
 			testFrameWriter(t, w)
+			if uring {
+				// The frames went through the ring, not write(2).
+				if tw.ring == nil {
+					t.Fatal("the writer gave its ring up")
+				}
+				if n := atomic.LoadUint32(tw.ring.sqTail) - tail0; n < 8 {
+					t.Errorf("%d writes submitted on the ring, want the batch's", n)
+				}
+			}
 		})
 	}
 }

@@ -81,11 +81,12 @@ func run(name string, size int, dur time.Duration, uring, queues int) error {
 			return err
 		}
 		defer q.Close()
-		w = (&tunnel.Linux{URing: true}).NewFrameWriter(uring)
-		defer w.Close()
-		if u, ok := w.(interface{ URing() bool }); !ok || !u.URing() {
-			return fmt.Errorf("io_uring is not available")
+		l := &tunnel.Linux{URing: true}
+		if err := l.CheckURing(); err != nil {
+			return fmt.Errorf("io_uring is not available: %w", err)
 		}
+		w = l.NewFrameWriter(uring)
+		defer w.Close()
 	}
 	if err := tunnel.SetLinkUp(name, true); err != nil {
 		return err
