@@ -81,7 +81,6 @@ func (s *ifStats) snapshot() IfCounters {
 type daemonStats struct {
 	rxPackets, unmatched, disallowed atomic.Uint64
 	drops                            [erspan.NumErrors]atomic.Uint64
-	closedKernelDrops                atomic.Uint64 // drops of sockets already closed
 }
 
 // addTo adds s to c.
@@ -92,7 +91,6 @@ func (s *daemonStats) addTo(c *DaemonCounters) {
 	for i := range c.Drops {
 		c.Drops[i] += s.drops[i].Load()
 	}
-	c.KernelDrops += s.closedKernelDrops.Load()
 }
 
 // fold adds the counts of s, a receiver's that stopped, into t.

@@ -189,9 +189,11 @@ type Host struct {
 	// interface needs (design.md, Data path).
 	recv  map[recvKey]*receiver
 	spans map[spanKey]func() error
-	// stats hold what receivers already stopped counted; live receivers
-	// keep their own (receiver.stats).
-	stats daemonStats
+	// stats hold what receivers already stopped counted, and
+	// closedKernelDrops their sockets' kernel drops; live receivers keep
+	// their own (receiver.stats, Socket.KernelDrops). Guarded by mu.
+	stats             daemonStats
+	closedKernelDrops uint64
 	// deny is OpenBSD's net.inet.gre.allow=0: every GRE packet is dropped
 	// and counted. Stored negated so that the zero value allows.
 	deny atomic.Bool
@@ -344,7 +346,8 @@ func (h *Host) apply(ifc *iface, cfg Config, fresh bool) (err error) {
 // demuxChanged reports whether going from old to cfg changes the demux
 // tables, which hold only the interfaces that are up, by the settings
 // buildTable reads. Rebuilding them walks every interface: done for every
-// setting, creating n interfaces cost n² (84% of the time at 2048).
+// setting, creating n interfaces cost n² (84% of the time at 2048); now
+// only bringing n interfaces up does (0.2 s at 1024, in memory).
 func demuxChanged(old, cfg *Config) bool {
 	if !old.Up && !cfg.Up {
 		return false
@@ -378,7 +381,11 @@ func (h *Host) Destroy(name string) error {
 	// ENXIO: the TAP is gone already (ip link del), or the name is now
 	// somebody else's link, which is not ours to remove: destroyed.
 	if err := h.sys.DeleteTAP(ifc.cfg.Rdomain, name); err != nil && !errors.Is(err, unix.ENXIO) {
-		return fmt.Errorf("the TAP %s is left behind (remove it with ip link del): %w", name, err)
+		del := "ip link del " + name
+		if ns := ifc.cfg.Rdomain; ns != "" {
+			del = "ip -n " + ns + " link del " + name
+		}
+		return fmt.Errorf("the TAP %s is left behind (remove it with %s): %w", name, del, err)
 	}
 	return nil
 }
@@ -497,6 +504,7 @@ func (h *Host) DaemonCounters() DaemonCounters {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.stats.addTo(&c)
+	c.KernelDrops = h.closedKernelDrops
 	for _, r := range h.recv {
 		r.stats.addTo(&c)
 		c.KernelDrops += r.sock.KernelDrops()
@@ -525,16 +533,18 @@ func (h *Host) Close() error {
 // rebuild publishes new demux tables for the current interfaces and opens
 // or closes receive sockets to match. It is called with h.mu held.
 func (h *Host) rebuild() error {
-	ifs := make([]*iface, 0, len(h.ifaces))
-	places := map[recvKey]bool{} // (namespace, capture device or "")
+	// The up interfaces grouped by place (namespace, capture device or
+	// ""), in one pass: each table is built from its own, not from every
+	// interface once per place.
+	places := map[recvKey][]*iface{}
 	for _, ifc := range h.ifaces {
-		ifs = append(ifs, ifc)
 		if ifc.cfg.Up {
-			places[recvKey{ns: ifc.cfg.TunnelDomain, dev: ifc.cfg.TunnelDev}] = true
+			p := recvKey{ns: ifc.cfg.TunnelDomain, dev: ifc.cfg.TunnelDev}
+			places[p] = append(places[p], ifc)
 		}
 	}
 	tables := map[recvKey]*demuxTable{}
-	for p := range places {
+	for p, ifs := range places {
 		t := buildTable(ifs, p.ns, p.dev)
 		if p.dev != "" {
 			// One capture socket per interface, whatever the families:
@@ -598,7 +608,7 @@ func (h *Host) stopReceiver(k recvKey) {
 	r.sock.Close()
 	<-r.done
 	r.stats.fold(&h.stats)
-	h.stats.closedKernelDrops.Add(r.sock.KernelDrops())
+	h.closedKernelDrops += r.sock.KernelDrops()
 }
 
 // upDownWord names the state for messages.

@@ -40,8 +40,10 @@ func newReceiver(h *Host, s Socket) *receiver {
 // and session within one batch: what a batch usually is (one switch's one
 // mirror session). The demux and flow tables are consulted once per run,
 // and the run's counts are added to the flow's, the interface's and the
-// receiver's atomics once, when the run ends (issue 4: counters per
-// goroutine, summed when read).
+// receiver's atomics once, when the run ends. Of these only the
+// receiver's (daemon-wide) counters are per goroutine, summed when read;
+// an interface's and a flow's are shared atomics, written once per run
+// by whichever receiver took it.
 type run struct {
 	valid         bool // a run has begun
 	local, remote netip.Addr

@@ -294,7 +294,7 @@ func (s *GRESocket) parse(i int) {
 
 // KernelDrops returns the number of packets the kernel dropped because the
 // socket's receive buffer was full, cumulative since the socket opened, as
-// of the latest packet read (SO_RXQ_OVFL).
+// of the latest batch read (SO_RXQ_OVFL, published once per batch).
 func (s *GRESocket) KernelDrops() uint64 { return s.drops.Load() }
 
 // Close closes the socket and makes a pending ReadBatch return

@@ -12,8 +12,8 @@ import "runtime"
 // sysmon asleep.
 type yielder int
 
-// yieldEvery batches of up to 64 frames: a yield every few milliseconds at
-// full load.
+// yieldEvery batches (of up to --rx-batch packets, 64 by default, or 64
+// frames on transmit): a yield every few milliseconds at full load.
 const yieldEvery = 16
 
 // batch counts one batch and yields when it is time.
