@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"fmt"
+	"math"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -49,11 +50,34 @@ type batchConn struct {
 	poll    [2]unix.PollFd
 }
 
+// MaxSockBuf is the largest socket buffer a socket is opened with: the
+// kernel doubles the value (for its bookkeeping) in an int, which kernels
+// before 5.3 did without clamping it, so that a larger one overflowed into
+// a minimal or negative buffer.
+const MaxSockBuf = math.MaxInt32 / 2
+
+// CheckBatch checks a receive batch (messages per recvmmsg): 1 to
+// MaxBatch. The error wraps EINVAL and says the range.
+func CheckBatch(n int) error {
+	if n < 1 || n > MaxBatch {
+		return fmt.Errorf("want 1 to %d: %w", MaxBatch, unix.EINVAL)
+	}
+	return nil
+}
+
+// CheckSockBuf checks a socket buffer size: 0 (the kernel's default) to
+// MaxSockBuf bytes. The error wraps EINVAL and says the range.
+func CheckSockBuf(n int) error {
+	if n < 0 || n > MaxSockBuf {
+		return fmt.Errorf("want 0 (the kernel's default) to %d bytes: %w", MaxSockBuf, unix.EINVAL)
+	}
+	return nil
+}
+
 // checkBatchArgs checks the sizes a receive socket is opened with: batch
-// 1 to MaxBatch messages of at least 64 bytes, rcvbuf 0 (the default) or
-// more.
+// (CheckBatch) messages of at least 64 bytes, rcvbuf (CheckSockBuf).
 func checkBatchArgs(batch, bufSize, rcvbuf int) error {
-	if batch < 1 || batch > MaxBatch || bufSize < 64 || rcvbuf < 0 {
+	if CheckBatch(batch) != nil || bufSize < 64 || CheckSockBuf(rcvbuf) != nil {
 		return fmt.Errorf("batch %d, buffer %d, rcvbuf %d: %w", batch, bufSize, rcvbuf, unix.EINVAL)
 	}
 	return nil

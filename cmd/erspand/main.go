@@ -6,7 +6,6 @@ package main
 import (
 	"fmt"
 	"log"
-	"math"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -59,11 +58,21 @@ func main() {
 	}
 }
 
-// maxSockBuf is the largest socket buffer erspand asks for: the kernel
-// doubles the value (for its bookkeeping) in an int, which kernels before
-// 5.3 did without clamping it, so that a larger one overflowed into a
-// minimal or negative buffer.
-const maxSockBuf = math.MaxInt32 / 2
+// checkNoFile warns when the open-file limit would stop erspand before
+// a few thousand interfaces: each takes a descriptor (its TAP queue),
+// besides about ten of the daemon's own. Go raises the soft limit to the
+// hard one at start (syscall, Go 1.19+), so the hard limit is what counts
+// (systemd: LimitNOFILE).
+func checkNoFile(logger *log.Logger) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return
+	}
+	if lim.Cur < 4096 {
+		logger.Printf("open-file limit %d: room for about %d interfaces (one descriptor each); raise it (ulimit -Hn, systemd LimitNOFILE) for more",
+			lim.Cur, max(int64(lim.Cur)-16, 0))
+	}
+}
 
 func run(c *cli.Context) error {
 	if c.Args().Len() > 0 {
@@ -90,31 +99,31 @@ func run(c *cli.Context) error {
 		return fmt.Errorf("--rx-moderate %v: want 0 to 10ms", sys.Moderate)
 	}
 	sys.Batch, sys.RcvBuf, sys.SndBuf = c.Int("rx-batch"), c.Int("rx-buffer"), c.Int("tx-buffer")
-	if sys.Batch < 1 || sys.Batch > tunnel.MaxBatch {
-		return fmt.Errorf("--rx-batch %d: want 1 to %d", sys.Batch, tunnel.MaxBatch)
-	}
-	for _, f := range []string{"rx-buffer", "tx-buffer"} {
-		// The kernel doubles the size asked and keeps it an int.
-		if n := c.Int(f); n < 0 || n > maxSockBuf {
-			return fmt.Errorf("--%s %d: want 0 (the kernel's default) to %d bytes", f, n, maxSockBuf)
+	for _, f := range []struct {
+		name  string
+		check func(int) error
+	}{{"rx-batch", tunnel.CheckBatch}, {"rx-buffer", tunnel.CheckSockBuf}, {"tx-buffer", tunnel.CheckSockBuf}} {
+		if err := f.check(c.Int(f.name)); err != nil {
+			return fmt.Errorf("--%s %d: %w", f.name, c.Int(f.name), err)
 		}
 	}
 	sys.URing = c.Bool("io-uring")
 	if sys.URing {
-		w := sys.NewFrameWriter(1)
-		if u, ok := w.(interface{ URing() bool }); !ok || !u.URing() {
-			logger.Printf("--io-uring: io_uring is not available here (kernel before 5.6, kernel.io_uring_disabled, or a seccomp profile); writing frames with write(2)")
+		if err := sys.CheckURing(); err != nil {
+			logger.Printf("--io-uring: io_uring is not available here (%v); writing frames with write(2)", err)
 		}
-		w.Close()
 	}
 	// The receive goroutines block in the kernel (ppoll, the moderation
 	// sleep) by design. With one P (a daemon pinned to one CPU), each
 	// block makes the runtime's sysmon take the P away and wake itself
 	// every 20 µs; with a second P idle it leaves a short syscall alone.
-	// Measured: 2.2 -> 1.85 µs of CPU per 64-byte frame pinned to one CPU.
-	if runtime.GOMAXPROCS(0) < 2 {
+	// Measured: 2.2 -> 1.85 µs of CPU per 64-byte frame pinned to one CPU
+	// (scripts/bench.sh --sweep, GOMAXPROCS=1 against the default). An
+	// explicit GOMAXPROCS in the environment is left as it is.
+	if os.Getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) < 2 {
 		runtime.GOMAXPROCS(2)
 	}
+	checkNoFile(logger)
 	l, err := ifconfig.Listen(path)
 	if err != nil {
 		return err
