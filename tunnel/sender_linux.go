@@ -84,6 +84,9 @@ func (ss *sendSockets) get(k sendKey, open func() (*sendSocket, error)) (*sendSo
 // openSendSocket opens a shared send socket in the calling thread's
 // network namespace, with a send buffer of sndbuf bytes (0: the default).
 func openSendSocket(family int, df bool, sndbuf int) (*sendSocket, error) {
+	if err := CheckSockBuf(sndbuf); err != nil {
+		return nil, fmt.Errorf("send buffer %d: %w", sndbuf, err)
+	}
 	af := unix.AF_INET
 	if family == 6 {
 		af = unix.AF_INET6
@@ -288,25 +291,29 @@ func (r *rawSender) SendBatch(pkts [][]byte, tos []uint8) (sent, tooBig int, byt
 			if werr != nil {
 				return sent, tooBig, bytes, werr // closed under us
 			}
-			if r.bErr == unix.ENOBUFS || r.bErr == unix.EAGAIN {
-				// No room: the egress link is congested. A raw
-				// socket never waits for room: ip_append_data
-				// without a transport header fails with ENOBUFS once
-				// twice its send buffer is in flight (EAGAIN would be
-				// a wait that outlasted sendTimeout). The rest of the
-				// batch is dropped (and counted as errors by the
-				// caller), as a full interface queue drops, rather
-				// than failing one system call per packet.
-				return sent, tooBig, bytes, r.bErr
-			}
-			if r.bErr != 0 {
-				// The packet at bsent failed alone; go on after it.
+			switch r.bErr {
+			case 0:
+			case unix.EMSGSIZE, unix.EPERM:
+				// The packet at bsent failed for what it is: too big
+				// for a DF path (tunneldf), or refused by a firewall
+				// rule. Go on after it.
 				if r.bErr == unix.EMSGSIZE {
 					tooBig++
 				} else {
 					err = r.bErr
 				}
 				r.bsent++
+			default:
+				// Anything else is the socket's or the route's, and
+				// the batch shares source, destination and TTL: no
+				// room (a raw socket never waits for it: ENOBUFS once
+				// twice its send buffer is in flight; EAGAIN, a wait
+				// that outlasted sendTimeout), no route, a source the
+				// namespace lacks. The rest of the batch is dropped
+				// (counted as errors by the caller), as a full
+				// interface queue drops, rather than failing one
+				// system call per packet.
+				return sent, tooBig, bytes, r.bErr
 			}
 		}
 		for i := 0; i < n; i++ {

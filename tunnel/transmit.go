@@ -2,7 +2,9 @@ package tunnel
 
 import (
 	"errors"
+	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"time"
 
@@ -14,9 +16,11 @@ import (
 // txState is what the transmit loop needs of an interface that may send:
 // swapped whole, never mutated, so the loop reads it without a lock.
 type txState struct {
-	sender  Sender
-	session uint16
-	txprio  int // TxPrioPacket or 0..7
+	sender   Sender
+	session  uint16
+	txprio   int // TxPrioPacket or 0..7
+	src, dst netip.Addr
+	ns       string // the tunnel's namespace, for messages
 }
 
 const (
@@ -44,7 +48,7 @@ func (h *Host) applyTx(ifc *iface, old, cfg *Config) error {
 		}
 		return nil
 	}
-	st := &txState{session: uint16(cfg.VNetID), txprio: cfg.TxPrio}
+	st := &txState{session: uint16(cfg.VNetID), txprio: cfg.TxPrio, src: cfg.Src, dst: cfg.Dst, ns: cfg.TunnelDomain}
 	if cur != nil && old.Src == cfg.Src && old.Dst == cfg.Dst && old.TTL == cfg.TTL &&
 		old.DF == cfg.DF && old.TunnelDomain == cfg.TunnelDomain {
 		st.sender = cur.sender
@@ -91,10 +95,7 @@ func (h *Host) transmit(ifc *iface) {
 	var backoff time.Duration
 	s := &ifc.stats
 	var y yielder
-	// Errors are logged when they change, not per batch: a lasting one
-	// (no route to the destination) would flood the log; the counters
-	// count every frame.
-	var lastRead, lastSend error
+	var readLog, sendLog errLog
 	for {
 		y.batch()
 		n, err := ifc.queue.ReadBatch(bufs[:have], sizes, txHeadroom)
@@ -108,15 +109,14 @@ func (h *Host) transmit(ifc *iface) {
 				h.log.errorf("%s: the TAP was removed outside erspand (ip link del?): nothing is sent for it; destroy and create the interface again", ifc.name)
 				return
 			}
-			if !sameErr(err, lastRead) {
-				h.log.errorf("%s: read from the TAP: %v", ifc.name, err)
+			if ok, more := readLog.should(err, time.Now()); ok {
+				h.log.errorf("%s: read from the TAP: %v%s", ifc.name, err, more)
 			}
-			lastRead = err
 			backoff = min(max(backoff*2, time.Millisecond), 100*time.Millisecond)
 			time.Sleep(backoff)
 			continue
 		}
-		backoff, lastRead = 0, nil
+		backoff = 0
 		if n == have && have < limit {
 			grown := min(2*have, limit)
 			for i := have; i < grown; i++ {
@@ -134,10 +134,12 @@ func (h *Host) transmit(ifc *iface) {
 			pkts[i], tos[i] = encap(bufs[i], sizes[i], st, seq+uint32(i), &p)
 		}
 		sent, tooBig, bytes, err := st.sender.SendBatch(pkts[:n], tos[:n])
-		if err != nil && !sameErr(err, lastSend) {
-			h.log.errorf("%s: sending ERSPAN: %v (frames counted in tx_errors; logged again when the error changes)", ifc.name, err)
+		if err != nil {
+			if ok, more := sendLog.should(err, time.Now()); ok {
+				h.log.errorf("%s: sending ERSPAN from %s to %s: %v%s (frames counted in tx_errors)%s",
+					ifc.name, st.src, st.dst, err, sendHint(err, st), more)
+			}
 		}
-		lastSend = err
 		s.txPackets.Add(uint64(sent))
 		s.txBytes.Add(bytes - uint64(sent)*txHeadroom) // frame bytes, as rx_bytes
 		s.txTooBig.Add(uint64(tooBig))                 // tunneldf: dropped, never truncated
@@ -174,11 +176,47 @@ func framePrio(f []byte) uint8 {
 	return defaultPrio
 }
 
-// sameErr reports whether a and b are the same error, for logging each
-// error once while it lasts: equal errnos, or equal text.
-func sameErr(a, b error) bool {
-	if a == nil || b == nil {
-		return a == b
+// errLog decides when a data-path loop logs an error: when it differs
+// from the one logged last, or errLogEvery after that line. A lasting
+// error (no route) or one that comes and goes (a congested link failing
+// every few batches) then logs a line every errLogEvery, not one per
+// batch; the counters count every frame.
+type errLog struct {
+	last       error
+	at         time.Time
+	suppressed int
+}
+
+const errLogEvery = 10 * time.Second
+
+// should reports whether to log err at now, and then the text to append
+// to the line about the failures not logged since the last one.
+func (l *errLog) should(err error, now time.Time) (bool, string) {
+	if l.last != nil && (err == l.last || err.Error() == l.last.Error()) && now.Sub(l.at) < errLogEvery {
+		l.suppressed++
+		return false, ""
 	}
-	return a == b || a.Error() == b.Error()
+	more := ""
+	if l.suppressed > 0 {
+		more = fmt.Sprintf("; %d more failed batches not logged in the last %v", l.suppressed, now.Sub(l.at).Round(time.Second))
+	}
+	l.last, l.at, l.suppressed = err, now, 0
+	return true, more
+}
+
+// sendHint says what a send error most likely means for a tunnel.
+func sendHint(err error, st *txState) string {
+	where := "this host"
+	if st.ns != "" {
+		where = "network namespace " + st.ns
+	}
+	switch {
+	case errors.Is(err, unix.EINVAL), errors.Is(err, unix.EADDRNOTAVAIL):
+		return fmt.Sprintf(": is %s an address of %s?", st.src, where)
+	case errors.Is(err, unix.ENETUNREACH), errors.Is(err, unix.EHOSTUNREACH):
+		return fmt.Sprintf(": %s has no route to %s", where, st.dst)
+	case errors.Is(err, unix.ENOBUFS), errors.Is(err, unix.EAGAIN):
+		return ": the link is congested, the send buffer full (erspand --tx-buffer)"
+	}
+	return ""
 }

@@ -274,3 +274,32 @@ func TestTransmitTAPRemoved(t *testing.T) {
 		t.Errorf("destroy after the loop ended: %v", err)
 	}
 }
+
+// TestErrLog: an error is logged when it differs from the last one logged,
+// or errLogEvery after that line, which then counts the failures between;
+// a success in between does not make the same error new again.
+func TestErrLog(t *testing.T) {
+	var l errLog
+	t0 := time.Unix(1000, 0)
+	steps := []struct {
+		err  error
+		at   time.Duration
+		log  bool
+		more string
+	}{
+		{unix.ENOBUFS, 0, true, ""},
+		{unix.ENOBUFS, time.Second, false, ""},
+		{unix.ENOBUFS, 2 * time.Second, false, ""},
+		{unix.ENETUNREACH, 3 * time.Second, true, "; 2 more failed batches not logged in the last 3s"},
+		{unix.ENETUNREACH, 4 * time.Second, false, ""},
+		{unix.ENETUNREACH, 13 * time.Second, true, "; 1 more failed batches not logged in the last 10s"},
+		{fmt.Errorf("wrapped: %w", unix.EINVAL), 14 * time.Second, true, ""},
+		{fmt.Errorf("wrapped: %w", unix.EINVAL), 15 * time.Second, false, ""},
+	}
+	for i, s := range steps {
+		log, more := l.should(s.err, t0.Add(s.at))
+		if log != s.log || more != s.more {
+			t.Errorf("step %d (%v at %v): log %v %q, want %v %q", i, s.err, s.at, log, more, s.log, s.more)
+		}
+	}
+}
