@@ -56,10 +56,25 @@ func spanProgram(tapIndex int) []bpfInsn {
 	}
 }
 
+// spanRule is one span port's rule: the filter put on a bridge and its
+// ports, running the span's program, loaded once per span (newSpanRule)
+// rather than once per port and reconcile. close gives the program back;
+// the filters keep references of their own.
 type spanRule struct {
 	tap      string
 	tapIndex int
+	prog     int // the program's fd
 }
+
+func newSpanRule(tap string, tapIndex int) (spanRule, error) {
+	fd, err := loadProgram(spanProgram(tapIndex), "erspan_span")
+	if err != nil {
+		return spanRule{}, err
+	}
+	return spanRule{tap: tap, tapIndex: tapIndex, prog: fd}, nil
+}
+
+func (r spanRule) close() { unix.Close(r.prog) }
 
 func (r spanRule) filter(link, parent, fd int) *netlink.BpfFilter {
 	return &netlink.BpfFilter{
@@ -97,12 +112,7 @@ func (r spanRule) add(l netlink.Link, parent uint32) error {
 	if _, _, err := ensureClsact(l); err != nil {
 		return err
 	}
-	fd, err := loadProgram(spanProgram(r.tapIndex), "erspan_span")
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	if err := netlink.FilterReplace(r.filter(idx, int(parent), fd)); err != nil {
+	if err := netlink.FilterReplace(r.filter(idx, int(parent), r.prog)); err != nil {
 		return fmt.Errorf("span rule on %s: %w", l.Attrs().Name, err)
 	}
 	return nil
@@ -248,8 +258,13 @@ type span struct {
 // what goes wrong then (a rule that cannot be added, link changes the
 // kernel could not report) is passed to report, which must not block.
 func (l *Linux) AddSpan(ns, bridge, tap string, tapIndex int, report func(error)) (func() error, error) {
-	s, err := startSpan(l.home, ns, bridge, spanRule{tap: tap, tapIndex: tapIndex}, report)
+	rule, err := newSpanRule(tap, tapIndex)
 	if err != nil {
+		return nil, err
+	}
+	s, err := startSpan(l.home, ns, bridge, rule, report)
+	if err != nil {
+		rule.close()
 		return nil, err
 	}
 	return s.stop, nil
@@ -429,5 +444,6 @@ func (s *span) check(err error) {
 func (s *span) stop() error {
 	close(s.done)
 	<-s.stopped
+	defer s.rule.close()
 	return s.reconcile(true)
 }

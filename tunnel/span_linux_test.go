@@ -1,7 +1,9 @@
 package tunnel
 
 import (
+	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"testing"
@@ -9,21 +11,33 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // TestSpanRulesOfPrefixNames: the span rules of erspan10, erspan1 and
 // erspan2 on one bridge are told apart (one name is a prefix of another;
 // erspan2's ifindex is 0x3fff above erspan1's): each is on the bridge and
 // its port, and removing erspan1's leaves the others.
+// mustSpanRule is newSpanRule, its program closed when the test ends.
+func mustSpanRule(t *testing.T, tap string, tapIndex int) spanRule {
+	t.Helper()
+	r, err := newSpanRule(tap, tapIndex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.close)
+	return r
+}
+
 func TestSpanRulesOfPrefixNames(t *testing.T) {
 	ns := newTestNetns(t)
 	runIP(t, "-n", ns.name, "link", "add", "br0", "type", "bridge")
 	runIP(t, "-n", ns.name, "link", "add", "p0", "type", "veth", "peer", "name", "p1")
 	runIP(t, "-n", ns.name, "link", "set", "p0", "master", "br0")
-	ten, one := spanRule{tap: "erspan10", tapIndex: 10}, spanRule{tap: "erspan1", tapIndex: 1}
+	ten, one := mustSpanRule(t, "erspan10", 10), mustSpanRule(t, "erspan1", 1)
 	// An ifindex 0x3fff above erspan1's: a priority folded from the
 	// ifindex made the two rules one.
-	far := spanRule{tap: "erspan2", tapIndex: 1 + 0x3fff}
+	far := mustSpanRule(t, "erspan2", 1+0x3fff)
 	ns.do(t, func() {
 		check := func(when string, want ...string) {
 			t.Helper()
@@ -40,6 +54,10 @@ func TestSpanRulesOfPrefixNames(t *testing.T) {
 			}
 		}
 		check("all spanning", "erspan-span-erspan1", "erspan-span-erspan10", "erspan-span-erspan2")
+		// One program per span, on the bridge and its port alike.
+		if br, p0 := spanProgIDs(t, "br0", netlink.HANDLE_MIN_EGRESS), spanProgIDs(t, "p0", netlink.HANDLE_MIN_INGRESS); !maps.Equal(br, p0) || len(br) != 3 {
+			t.Errorf("span rule programs: br0 %v, p0 %v; want one per span, the same on both", br, p0)
+		}
 		if _, err := one.reconcile("br0", true, map[int]bool{}); err != nil {
 			t.Fatalf("remove erspan1's span: %v", err)
 		}
@@ -82,6 +100,23 @@ func spanRuleNames(t *testing.T, link string, parent uint32) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// spanProgIDs returns the program id of each span rule on the link at
+// parent, by rule name.
+func spanProgIDs(t *testing.T, link string, parent uint32) map[string]int {
+	t.Helper()
+	fs, err := filterList(mustLinkByName(t, link), parent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]int{}
+	for _, f := range fs {
+		if b, ok := f.(*netlink.BpfFilter); ok && b.Id != 0 {
+			ids[b.Name] = b.Id
+		}
+	}
+	return ids
 }
 
 // TestSpanWatchOutlivesItsSubscription: the netlink library ends a link
@@ -145,8 +180,9 @@ func TestSpanWatchOutlivesItsSubscription(t *testing.T) {
 
 // TestSpanWatchFollowsPorts: after the first reconcile the watcher acts on
 // the links that changed: a port joining gets the rule, a port leaving
-// loses it, a removed port is forgotten without an error, links that are
-// not ports never get it, and a bridge made again is covered again.
+// loses it, a removed port (ip link del) is forgotten without an error and
+// ports joining after it still get the rule, links that are not ports
+// never get it, and a bridge made again is covered again.
 func TestSpanWatchFollowsPorts(t *testing.T) {
 	var (
 		mu      sync.Mutex
@@ -157,7 +193,12 @@ func TestSpanWatchFollowsPorts(t *testing.T) {
 		reports = append(reports, err)
 		mu.Unlock()
 	})
-	defer s.stop()
+	stopped := false
+	defer func() {
+		if !stopped {
+			s.stop()
+		}
+	}()
 	hasRule := func(link string, parent uint32) bool { return testSpanRuleOn(t, ns, link, parent) }
 	await := func(what, link string, parent uint32, want bool) {
 		t.Helper()
@@ -209,6 +250,47 @@ func TestSpanWatchFollowsPorts(t *testing.T) {
 	if hasRule("p4", netlink.HANDLE_MIN_INGRESS) {
 		t.Error("p4, a port of the removed br0 only, kept the span rule")
 	}
+	// What the watcher may say: br0 is gone (unless it was back by the
+	// time the watcher looked).
+	mu.Lock()
+	for _, err := range reports {
+		if !errors.Is(err, unix.ENODEV) {
+			t.Errorf("br0 removed and made again: reported %v", err)
+		}
+	}
+	reports = nil
+	mu.Unlock()
+
+	// A port with the rule removed (its rule goes with it), then p6
+	// joining: once p6 has its rule the watcher has seen p2's removal,
+	// reported before. The watcher must have forgotten p2: its record
+	// of ports was last made afresh when br0 came back, before p2 went.
+	index := func(link string) (i int) {
+		t.Helper()
+		ns.do(t, func() { i = mustLinkByName(t, link).Attrs().Index })
+		return i
+	}
+	p2 := index("p2")
+	runIP(t, "-n", ns.name, "link", "del", "p2")
+	runIP(t, "-n", ns.name, "link", "add", "p6", "type", "veth", "peer", "name", "p7")
+	runIP(t, "-n", ns.name, "link", "set", "p6", "master", "br0")
+	await("p6 joined after p2 was removed", "p6", netlink.HANDLE_MIN_INGRESS, true)
+	noReports("a port removed")
+	p6 := index("p6")
+	// The watcher ended (stop's first half), its ports are there to read.
+	stopped = true
+	close(s.done)
+	<-s.stopped
+	if want := map[int]bool{p6: true}; !maps.Equal(s.ports, want) {
+		t.Errorf("the watcher's ports %v, want %v: p2 (%d), removed, is not forgotten", s.ports, want, p2)
+	}
+	if err := s.reconcile(true); err != nil { // stop's second half
+		t.Errorf("stop: %v", err)
+	}
+	s.rule.close()
+	if hasRule("p6", netlink.HANDLE_MIN_INGRESS) {
+		t.Error("span rule left on p6 after stop")
+	}
 }
 
 // startTestSpan makes bridge br0 with port p0 (a veth to p1) in a new
@@ -227,8 +309,13 @@ func startTestSpan(t *testing.T, report func(error)) (*testNetns, *span) {
 	// The span keeps home for the daemon's own namespace (ns ""): open
 	// until the test ends.
 	t.Cleanup(func() { home.Close() })
-	s, err := startSpan(home, ns.name, "br0", spanRule{tap: "erspan1", tapIndex: 1}, report)
+	rule, err := newSpanRule("erspan1", 1)
 	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := startSpan(home, ns.name, "br0", rule, report)
+	if err != nil {
+		rule.close()
 		t.Fatal(err)
 	}
 	return ns, s
