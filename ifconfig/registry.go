@@ -306,11 +306,12 @@ func (r *Registry) AddSpan(bridge, name string) error {
 	defer r.changed()
 	defer r.mu.Unlock()
 	setting := "addspan " + name
-	e, err := r.lookup(name, setting)
-	if err != nil {
+	// The names before the state, as erspanctl checks them (CheckSpan).
+	if err := CheckSpan(bridge, "addspan", name); err != nil {
 		return err
 	}
-	if err := checkIfName(bridge, bridge, setting); err != nil {
+	e, err := r.lookup(name, setting)
+	if err != nil {
 		return err
 	}
 	if slices.Contains(e.spans, bridge) {
@@ -333,6 +334,9 @@ func (r *Registry) DelSpan(bridge, name string) error {
 	defer r.changed()
 	defer r.mu.Unlock()
 	setting := "delspan " + name
+	if err := CheckSpan(bridge, "delspan", name); err != nil {
+		return err
+	}
 	e, err := r.lookup(name, setting)
 	if err != nil {
 		return err

@@ -390,6 +390,10 @@ func TestSpanPorts(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantErrno(t, r.DelSpan("br0", "erspan0"), syscall.ENOENT, "br0", "delspan erspan0")
+	// A bad bridge name is refused as such, before the interface is
+	// looked up, as erspanctl refuses it (CheckSpan).
+	wantErrno(t, r.DelSpan("br/0", "erspan0"), syscall.EINVAL, "br/0", "delspan erspan0")
+	wantErrno(t, r.AddSpan("br/0", "erspan7"), syscall.EINVAL, "br/0", "addspan erspan7")
 	if s := mustStatus(t, r, "erspan0"); len(s.Spans) != 0 {
 		t.Errorf("spans after delspan: %v", s.Spans)
 	}

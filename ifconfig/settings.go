@@ -35,7 +35,7 @@ type keyword struct {
 }
 
 // keywords is the settings grammar, shared by the command line, the
-// control protocol and (later) hostname.erspanN files. Names are OpenBSD
+// control protocol and hostname.erspanN files (ApplyConfigDir). Names are OpenBSD
 // ifconfig's (spec/erspan.md §2, Settings).
 var keywords = map[string]keyword{
 	"tunnel":        {2, "tunnel SRC DST", true},
@@ -207,7 +207,7 @@ func isZero(b []byte) bool {
 // Linux network interface can have (tunnel.CheckLinkName's rules).
 func checkIfName(iface, name, setting string) error {
 	if tunnel.CheckLinkName(name) != nil {
-		return newError(syscall.EINVAL, iface, setting, "%q is not a network interface name", name)
+		return newError(syscall.EINVAL, iface, setting, "%q is not a network interface name (%s)", name, tunnel.LinkNameRule)
 	}
 	return nil
 }

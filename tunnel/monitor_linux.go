@@ -281,7 +281,7 @@ func findClsact(link netlink.Link) (netlink.Qdisc, error) {
 		case "noop", "":
 			// The slot of a removed ingress or clsact qdisc.
 		default:
-			return nil, fmt.Errorf("%s has a %s qdisc where erspan's monitor mode and span rules need clsact: %w", name, kind, unix.EBUSY)
+			return nil, fmt.Errorf("%s has a %s qdisc where erspan's monitor mode and span rules need clsact (remove it: tc qdisc del dev %s %s): %w", name, kind, name, kind, unix.EBUSY)
 		}
 	}
 	return nil, nil
