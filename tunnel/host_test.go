@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"testing"
@@ -337,7 +338,9 @@ func TestCreateForeignLink(t *testing.T) {
 // The receive path must not allocate per packet (DEVELOPERS.md); checked
 // here, not only in a benchmark, with one packet down every branch of
 // input: each lookup rule, each type, the T bit, capture-only without
-// monitor, the drops charged to an interface, and the daemon-wide ones.
+// monitor, the drops charged to an interface, the daemon-wide ones and a
+// packet no interface takes; and with a batch dropped whole by
+// net.inet.gre.allow=0 (handle's other branch).
 func TestInputAllocs(t *testing.T) {
 	r := newRig(t)
 	for _, cfg := range []Config{
@@ -362,6 +365,7 @@ func TestInputAllocs(t *testing.T) {
 		{Src: remote, Dst: local, GRE: gre(t, typeII(77), frame(7, 10))},                         // inner frame too short
 		{Src: remote, Dst: local, GRE: []byte{0, 0}},                                             // decode error
 		{Src: remote, Dst: local, Err: erspan.ErrIPHeader},                                       // socket's error
+		{Src: remote, Dst: remote2, GRE: gre(t, typeII(77), frame(8, 64))},                       // unmatched: nobody's local address
 	}
 	tab := r.h.recv[recvKey{family: 4}].table.Load()
 	rc := newReceiver(r.h, nil)
@@ -369,6 +373,12 @@ func TestInputAllocs(t *testing.T) {
 	allocs := testing.AllocsPerRun(1000, func() { rc.handle(tab, msgs) })
 	if allocs != 0 {
 		t.Errorf("%v allocations per batch, want 0", allocs)
+	}
+	r.h.SetGREAllow(false)
+	allocs = testing.AllocsPerRun(1000, func() { rc.handle(tab, msgs) })
+	r.h.SetGREAllow(true)
+	if allocs != 0 {
+		t.Errorf("%v allocations per batch with net.inet.gre.allow=0, want 0", allocs)
 	}
 	// Every branch was taken (the counters say so), or the test would
 	// measure less than it claims.
@@ -380,6 +390,7 @@ func TestInputAllocs(t *testing.T) {
 		"exact": c0.TypeII, "session-only": c1.TypeIII, "catch-all Type I": c2.TypeI,
 		"capture-only without monitor": c2.RxCaptureOnly, "T bit": c0.RxTruncated,
 		"frame type": c1.RxFrameType, "inner short": c0.RxInnerShort,
+		"unmatched": d.Unmatched, "net.inet.gre.allow=0": d.Disallowed,
 	} {
 		if n == 0 {
 			t.Errorf("%s: no packet counted: the branch was not taken", what)
@@ -487,34 +498,124 @@ func BenchmarkInputSpread(b *testing.B) {
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(n), "ns/packet")
 }
 
+// tables is what the host has published: each receiver's place and the
+// demux table it reads.
+func (r *rig) tables() map[recvKey]*demuxTable {
+	out := map[recvKey]*demuxTable{}
+	for k, rc := range r.h.recv {
+		out[k] = rc.table.Load()
+	}
+	return out
+}
+
+// openSocket returns the in-memory socket of place k, failing the test
+// when none was opened or it was closed since (inject would then wait for
+// a receiver that is gone).
+func (r *rig) openSocket(k recvKey) *memSocket {
+	r.t.Helper()
+	r.sys.mu.Lock()
+	s := r.sys.socks[k]
+	r.sys.mu.Unlock()
+	if s == nil {
+		r.t.Fatalf("no socket opened for %+v", k)
+	}
+	select {
+	case <-s.closed:
+		r.t.Fatalf("the socket for %+v is closed", k)
+	default:
+	}
+	return s
+}
+
 // TestRebuildOnlyForDemux: a setting the demux tables do not hold (mtu,
 // ttl), or any setting of an interface that is down, keeps the published
-// table; a change they hold (monitor, up) replaces it. A rebuild walks
-// every interface, so one per setting made creating n interfaces n².
+// tables; a change of each setting they hold (demuxChanged) replaces them,
+// and the interface then takes the packets of its new configuration. The
+// changes go through Host.Update directly: ifconfig refuses most of them
+// on an up interface (EBUSY), the Host does not. A rebuild walks every
+// interface, so one per setting made creating n interfaces n².
 func TestRebuildOnlyForDemux(t *testing.T) {
-	r := newRig(t)
-	r.add(Config{Name: "erspan0", Up: true, Monitor: true, Src: local, Dst: remote, VNetID: 77, MTU: 1500})
-	table := func() *demuxTable { return r.h.recv[recvKey{family: 4}].table.Load() }
-	before := table()
-	update := func(cfg Config) {
-		t.Helper()
-		if err := r.h.Update(cfg); err != nil {
+	t.Run("unheld", func(t *testing.T) {
+		r := newRig(t)
+		r.add(Config{Name: "erspan0", Up: true, Monitor: true, Src: local, Dst: remote, VNetID: 77, MTU: 1500})
+		before := r.tables()
+		if err := r.h.Update(Config{Name: "erspan0", Up: true, Monitor: true, Src: local, Dst: remote, VNetID: 77, MTU: 1400, TTL: 9}); err != nil {
 			t.Fatal(err)
 		}
-	}
-	cfg := Config{Name: "erspan0", Up: true, Monitor: true, Src: local, Dst: remote, VNetID: 77, MTU: 1400, TTL: 9}
-	update(cfg)
-	r.add(Config{Name: "erspan1", Src: local, VNetID: 5, MTU: 1500}) // down
-	if table() != before {
-		t.Error("mtu and ttl of an up interface, or a down interface, rebuilt the demux table")
-	}
-	cfg.Monitor = false
-	update(cfg)
-	after := table()
-	if after == before {
-		t.Fatal("monitor off did not rebuild the demux table")
-	}
-	if rt := after.exact[demuxKey{local: local, remote: remote, session: 77}]; rt == nil || rt.monitor {
-		t.Errorf("after monitor off the route is %+v", rt)
+		r.add(Config{Name: "erspan1", Src: local, VNetID: 5, MTU: 1500}) // down
+		if !maps.Equal(r.tables(), before) {
+			t.Error("mtu and ttl of an up interface, or a down interface made, rebuilt the demux tables")
+		}
+	})
+	local2 := netip.MustParseAddr("192.0.2.4")
+	base := Config{Name: "erspan0", Up: true, Src: local, Dst: remote, VNetID: 77, MTU: 1500}
+	truncated := typeII(77)
+	truncated.Truncated = true
+	for _, c := range []struct {
+		field  string
+		change func(*Config)
+		// the socket that must deliver pkt to erspan0 afterwards
+		place recvKey
+		pkt   Message
+	}{
+		// From down to up: the one change of a down interface that
+		// rebuilds.
+		{"Up", func(c *Config) { c.Up = true }, recvKey{family: 4},
+			Message{Src: remote, Dst: local, GRE: gre(t, typeII(77), frame(1, 64))}},
+		{"Src", func(c *Config) { c.Src = local2 }, recvKey{family: 4},
+			Message{Src: remote, Dst: local2, GRE: gre(t, typeII(77), frame(1, 64))}},
+		{"Dst", func(c *Config) { c.Dst = remote2 }, recvKey{family: 4},
+			Message{Src: remote2, Dst: local, GRE: gre(t, typeII(77), frame(1, 64))}},
+		{"VNetID", func(c *Config) { c.VNetID = 78 }, recvKey{family: 4},
+			Message{Src: remote, Dst: local, GRE: gre(t, typeII(78), frame(1, 64))}},
+		// A truncated frame reaches the TAP only in monitor mode.
+		{"Monitor", func(c *Config) { c.Monitor = true }, recvKey{family: 4},
+			Message{Src: remote, Dst: local, GRE: gre(t, truncated, frame(1, 64))}},
+		{"TunnelDomain", func(c *Config) { c.TunnelDomain = "tun" }, recvKey{ns: "tun", family: 4},
+			Message{Src: remote, Dst: local, GRE: gre(t, typeII(77), frame(1, 64))}},
+		{"TunnelDev", func(c *Config) { c.TunnelDev = "eth0" }, recvKey{dev: "eth0"},
+			Message{Src: remote, Dst: local, GRE: gre(t, typeII(77), frame(1, 64))}},
+	} {
+		t.Run(c.field+"/up", func(t *testing.T) {
+			r := newRig(t)
+			cfg := base
+			if c.field == "Up" {
+				cfg.Up = false
+			}
+			q := r.add(cfg)
+			before := r.tables()
+			c.change(&cfg)
+			if err := r.h.Update(cfg); err != nil {
+				t.Fatal(err)
+			}
+			if maps.Equal(r.tables(), before) {
+				t.Errorf("%s changed on an up interface: the demux tables were not rebuilt", c.field)
+			}
+			r.openSocket(c.place).inject(c.pkt)
+			if got := q.take(); len(got) != 1 {
+				t.Errorf("%s changed: %d frames delivered for the new configuration, want 1 (daemon counters %+v)",
+					c.field, len(got), r.h.DaemonCounters())
+			}
+		})
+		if c.field == "Up" {
+			continue
+		}
+		t.Run(c.field+"/down", func(t *testing.T) {
+			r := newRig(t)
+			// Another interface, up, so that there are tables to
+			// replace.
+			r.add(Config{Name: "erspan1", Up: true, Src: local, Dst: remote, VNetID: 5, MTU: 1500})
+			cfg := base
+			cfg.Up = false
+			r.add(cfg)
+			before := r.tables()
+			c.change(&cfg)
+			if err := r.h.Update(cfg); err != nil {
+				t.Fatal(err)
+			}
+			if !maps.Equal(r.tables(), before) {
+				t.Errorf("%s changed on a down interface rebuilt the demux tables", c.field)
+			}
+		})
 	}
 }

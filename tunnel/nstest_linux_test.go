@@ -123,6 +123,24 @@ func vethPair(t *testing.T) (sender, collector *testNetns) {
 		runIP(t, "-n", n, "neigh", "add", side.peerV6, "lladdr", side.peer, "dev", "eth0", "nud", "permanent")
 		runIP(t, "-n", n, "link", "set", "eth0", "up")
 	}
+	// Up is not yet ready: the kernel's link watcher gives the link its
+	// qdisc (noqueue for veth) and the carrier a moment later, and until
+	// then it drops what is sent (tx_dropped; sendto says nothing). A
+	// test sending at once lost its packets one run in six.
+	for _, ns := range []*testNetns{sender, collector} {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			b, err := exec.Command("ip", "-n", ns.name, "link", "show", "eth0").CombinedOutput()
+			out := string(b)
+			if err == nil && strings.Contains(out, "state UP") && !strings.Contains(out, "qdisc noop") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("eth0 in %s not ready within 5s: %s", ns.name, out)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 	return sender, collector
 }
 

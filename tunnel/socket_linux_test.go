@@ -263,6 +263,10 @@ func TestSocketKernelDrops(t *testing.T) {
 	}
 }
 
+// TestSocketAllocs: ReadBatch allocates nothing, also for packets that
+// carry SO_RXQ_OVFL, which they do once the socket has dropped any: the
+// socket is overflowed first, so the reads measured parse that control
+// message (and, for IPv6, IPV6_PKTINFO).
 func TestSocketAllocs(t *testing.T) {
 	for _, family := range []int{4, 6} {
 		sender, collector := vethPair(t)
@@ -270,19 +274,45 @@ func TestSocketAllocs(t *testing.T) {
 		var s *GRESocket
 		collector.do(t, func() {
 			var err error
-			if s, err = listenGREGuarded(family, 4, 2048, 1<<20, DefaultModerate); err != nil {
+			// The smallest buffer the kernel allows: a burst overflows it.
+			if s, err = listenGREGuarded(family, 4, 2048, 1, DefaultModerate); err != nil {
 				t.Fatalf("listenGREGuarded: %v", err)
 			}
 			t.Cleanup(func() { s.Close() })
 		})
 		var snd *greSender
 		sender.do(t, func() { snd = newGRESender(t, net.IP(dst.AsSlice())) })
+		pkt := func(i int) []byte { return grePacket(erspan.ProtoERSPAN, true, uint32(i), typeIIBody(byte(i))) }
+		for i := range 200 {
+			snd.send(pkt(i))
+		}
+		// Read until a packet brings the drop count (as in
+		// TestSocketKernelDrops): every packet queued after it carries
+		// SO_RXQ_OVFL too, the count being cumulative.
+		readGRE(t, s, 1, 5*time.Second)
+		for i := 0; i < 200 && s.KernelDrops() == 0; i++ {
+			snd.send(pkt(i))
+			readGRE(t, s, 1, 5*time.Second)
+		}
+		if s.KernelDrops() == 0 {
+			t.Fatalf("IPv%d: no drop after a burst of 200 into a minimal buffer", family)
+		}
+		// Room for what follows, all of it queued after the drops.
+		var err error
+		if !s.c.control(func(fd int) { err = setRcvBuf(fd, 1<<20) }) || err != nil {
+			t.Fatalf("IPv%d: enlarge the receive buffer: %v", family, err)
+		}
 		const runs, pending = 10, 64 // at most (runs+1)*4 = 44 are read
 		for i := range pending {
-			snd.send(grePacket(erspan.ProtoERSPAN, true, uint32(i), typeIIBody(byte(i))))
+			snd.send(pkt(i))
 		}
-		readGRE(t, s, 1, 5*time.Second) // the first packets are in
-		time.Sleep(50 * time.Millisecond)
+		// Forgotten, so that the reads measured show they parsed the
+		// drop count again. ReadBatch alone uses it.
+		s.lastDrops = 0
+		// Close ends a ReadBatch left waiting (ReadBatch then fails):
+		// the packets are queued as the sends return (veth), but
+		// should they not come, the test ends rather than hang.
+		timer := time.AfterFunc(5*time.Second, func() { s.Close() })
 		var errs, read int
 		allocs := testing.AllocsPerRun(runs, func() {
 			msgs, err := s.ReadBatch()
@@ -291,8 +321,12 @@ func TestSocketAllocs(t *testing.T) {
 			}
 			read += len(msgs)
 		})
+		timer.Stop()
 		if errs > 0 || read == 0 {
-			t.Fatalf("IPv%d: %d ReadBatch errors, %d packets read", family, errs, read)
+			t.Fatalf("IPv%d: %d ReadBatch errors (the socket is closed after 5 s), %d packets read", family, errs, read)
+		}
+		if s.lastDrops == 0 {
+			t.Fatalf("IPv%d: no packet read carried SO_RXQ_OVFL: the measure misses that path", family)
 		}
 		if allocs != 0 {
 			t.Errorf("IPv%d: ReadBatch allocates %.1f times per call, want 0", family, allocs)
@@ -579,42 +613,63 @@ func TestSendFromForeignSource(t *testing.T) {
 }
 
 // TestLinuxBatch: Linux.Batch (erspand --rx-batch) bounds what one
-// ReadBatch of a receive socket takes: ten packets queued before the first
-// read come in batches of at most three, and a batch of three.
+// ReadBatch of a receive socket takes, a raw GRE socket's and a sensor's
+// capture socket's alike: ten packets queued before the first read come
+// in batches of at most three, and a batch of three.
 func TestLinuxBatch(t *testing.T) {
-	sender, collector := vethPair(t)
-	_, dst := socketTestAddrs(4)
-	l, err := NewLinux()
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.Batch = 3
-	sock, err := l.ListenGRE(collector.name, 4)
-	if err != nil {
-		t.Fatalf("Linux.ListenGRE: %v", err)
-	}
-	defer sock.Close()
-	var snd *greSender
-	sender.do(t, func() { snd = newGRESender(t, net.IP(dst.AsSlice())) })
-	pkts := make([][]byte, 10)
-	for i := range pkts {
-		pkts[i] = grePacket(erspan.ProtoERSPAN, true, uint32(i), typeIIBody(byte(i)))
-	}
-	// veth delivers in the sender's system call (its receive softirq runs
-	// as the send returns), so all ten are queued before the read.
-	snd.send(pkts...)
-	timer := time.AfterFunc(5*time.Second, func() { sock.Close() })
-	defer timer.Stop()
-	var sizes []int
-	for total := 0; total < len(pkts); {
-		msgs, err := sock.ReadBatch()
-		if err != nil {
-			t.Fatalf("ReadBatch after %d of %d packets (batches %v): %v", total, len(pkts), sizes, err)
-		}
-		sizes = append(sizes, len(msgs))
-		total += len(msgs)
-	}
-	if slices.Max(sizes) != 3 {
-		t.Errorf("batches of %v packets, want at most 3 each and some of 3", sizes)
+	for _, kind := range []string{"GRE", "capture"} {
+		t.Run(kind, func(t *testing.T) {
+			sender, collector := vethPair(t)
+			_, dst := socketTestAddrs(4)
+			l, err := NewLinux()
+			if err != nil {
+				t.Fatal(err)
+			}
+			l.Batch = 3
+			var sock Socket
+			if kind == "GRE" {
+				sock, err = l.ListenGRE(collector.name, 4)
+			} else {
+				// What comes in on eth0, from the sender's side of
+				// the veth.
+				sock, err = l.ListenCapture(collector.name, "eth0")
+			}
+			if err != nil {
+				t.Fatalf("Linux.Listen%s: %v", kind, err)
+			}
+			defer sock.Close()
+			var snd *greSender
+			sender.do(t, func() { snd = newGRESender(t, net.IP(dst.AsSlice())) })
+			pkts := make([][]byte, 10)
+			for i := range pkts {
+				pkts[i] = grePacket(erspan.ProtoERSPAN, true, uint32(i), typeIIBody(byte(i)))
+			}
+			// veth delivers in the sender's system call (its receive
+			// softirq runs as the send returns), so all ten are queued
+			// before the read.
+			snd.send(pkts...)
+			timer := time.AfterFunc(5*time.Second, func() { sock.Close() })
+			defer timer.Stop()
+			var sizes []int
+			for total := 0; total < len(pkts); {
+				msgs, err := sock.ReadBatch()
+				if err != nil {
+					t.Fatalf("ReadBatch after %d of %d packets (batches %v): %v", total, len(pkts), sizes, err)
+				}
+				for _, m := range msgs {
+					if total == len(pkts) {
+						t.Fatalf("more than the %d packets sent read (batches %v)", len(pkts), sizes)
+					}
+					if m.Err != nil || !bytes.Equal(m.GRE, pkts[total]) {
+						t.Fatalf("packet %d: err %v, gre % x; want % x", total, m.Err, m.GRE, pkts[total])
+					}
+					total++
+				}
+				sizes = append(sizes, len(msgs))
+			}
+			if slices.Max(sizes) != 3 {
+				t.Errorf("batches of %v packets, want at most 3 each and some of 3", sizes)
+			}
+		})
 	}
 }
