@@ -87,6 +87,12 @@ func TestAutostart(t *testing.T) {
 	if !sameNetNS(t, pid, ns) {
 		t.Errorf("the daemon (pid %d) is not in %s, where erspanctl ran", pid, ns.name)
 	}
+	// Detached: the leader of a session of its own (setsid), not in the
+	// session of erspanctl and its terminal (here this test's).
+	if sid, err := unix.Getsid(pid); err != nil || sid != pid {
+		own, _ := unix.Getsid(0)
+		t.Errorf("the daemon (pid %d) is in session %d (%v), want its own, %d (this test's is %d)", pid, sid, err, pid, own)
+	}
 	// It answers without being started again, and made the TAP.
 	r = runCtl(t, ns, erspanctl, nil, []string{"--socket", sock, "--no-autostart", "-j", "erspan0"})
 	var st ifconfig.Status

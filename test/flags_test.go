@@ -14,7 +14,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// TestTuningFlags: erspand's socket sizes (--rx-buffer, --tx-buffer) reach
+// TestTuningFlags: erspand's socket sizes (--rx-buffer, --tx-buffer, or
+// the environment variables ERSPAN_RX_BUFFER, ERSPAN_TX_BUFFER) reach
 // each kind of socket they are for, and a tuning flag out of its range
 // stops erspand at start with a message naming the flag, before it
 // listens. (--rx-batch reaching the receive sockets: TestLinuxBatch in
@@ -43,13 +44,28 @@ func TestTuningFlags(t *testing.T) {
 		}
 	}
 
+	// Sizes no kernel default is twice of, each used once: a value that
+	// reached the wrong socket, or the other daemon, shows.
+	const rx, tx = 1234567, 3456789
+	checkSocketBuffers(t, "--rx-buffer/--tx-buffer", rx, tx, nil,
+		"--rx-buffer", strconv.Itoa(rx), "--tx-buffer", strconv.Itoa(tx))
+	// The same from the environment alone, no flags.
+	const envRx, envTx = 2345679, 4567891
+	checkSocketBuffers(t, "ERSPAN_RX_BUFFER/ERSPAN_TX_BUFFER", envRx, envTx,
+		[]string{"ERSPAN_RX_BUFFER=" + strconv.Itoa(envRx), "ERSPAN_TX_BUFFER=" + strconv.Itoa(envTx)})
+}
+
+// checkSocketBuffers starts erspand in a namespace of its own with env
+// added to its environment and flags, gives it each kind of socket and
+// checks that it asked for rx bytes of receive buffer and tx of send
+// buffer, as how (the flags or variables used) said.
+func checkSocketBuffers(t *testing.T, how string, rx, tx int, env []string, flags ...string) {
+	t.Helper()
 	ns := newNetNS(t, "flags")
 	ns.ip(t, "addr", "add", "192.0.2.2/32", "dev", "lo")
 	ns.ip(t, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
 	ns.ip(t, "link", "set", "v0", "up")
-	// Sizes no kernel default is twice of.
-	const rx, tx = 1234567, 3456789
-	d := startDaemonIn(t, ns, tempDir(t), "--rx-buffer", strconv.Itoa(rx), "--tx-buffer", strconv.Itoa(tx))
+	d := startDaemonEnv(t, ns, tempDir(t), env, flags...)
 	// A collector with a tunnel destination: a GRE receive socket, and
 	// the shared send socket (its guard, and what it would send with);
 	// a sensor interface: a capture socket on v0.
@@ -68,8 +84,8 @@ func TestTuningFlags(t *testing.T) {
 		}
 	}
 	if !greRcv || !greSnd || !capture {
-		t.Errorf("--rx-buffer %d on a GRE receive socket: %v; on a capture socket: %v; --tx-buffer %d on a GRE send socket: %v\nsockets: %+v",
-			rx, greRcv, capture, tx, greSnd, socketsOf(t, d.pid))
+		t.Errorf("%s: receive buffer %d on a GRE receive socket: %v; on a capture socket: %v; send buffer %d on a GRE send socket: %v\nsockets: %+v",
+			how, rx, greRcv, capture, tx, greSnd, socketsOf(t, d.pid))
 	}
 }
 

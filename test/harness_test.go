@@ -269,6 +269,13 @@ func startDaemon(t *testing.T, ns *netNS) *daemon {
 // log for its own checks at the end of the test.
 func startDaemonIn(t *testing.T, ns *netNS, dir string, flags ...string) *daemon {
 	t.Helper()
+	return startDaemonEnv(t, ns, dir, nil, flags...)
+}
+
+// startDaemonEnv is startDaemonIn with env (KEY=value entries) added to
+// the test's environment for erspand, which ip netns exec passes on.
+func startDaemonEnv(t *testing.T, ns *netNS, dir string, env []string, flags ...string) *daemon {
+	t.Helper()
 	erspand, erspanctl := binaries(t)
 	logf, err := os.CreateTemp(dir, "erspand.*.stderr")
 	if err != nil {
@@ -282,6 +289,9 @@ func startDaemonIn(t *testing.T, ns *netNS, dir string, flags ...string) *daemon
 	cmd := exec.Command("ip", "netns", "exec", ns.name, erspand, "--socket", d.sock,
 		"--config-dir", filepath.Join(dir, "etc"))
 	cmd.Args = append(cmd.Args, flags...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...) // the last of a key wins
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start erspand: %v", err)

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/erspan-linux/erspan/erspan"
 )
 
 // icmpFrom returns the ICMP and ICMPv6 messages among frames whose IP
@@ -49,7 +51,10 @@ func icmpFrom(frames [][]byte, src netip.Addr) []string {
 // control, before any interface is up the collector's kernel answers
 // ERSPAN with protocol unreachable (ICMPv6: parameter problem,
 // unrecognised next header), which shows that the sniffer on the switch
-// would see such answers.
+// would see such answers. The overflow phase has a control of its own
+// (overflowICMP): only Linux 6.10 and later answer packets dropped on a
+// full raw socket, and where the kernel does not even without a guard
+// socket the phase is skipped, visibly, rather than passed.
 //
 // ICMP errors are rate-limited per destination with a burst of 6 (Linux
 // inet_peer_xrlim_allow); the phases before the overflow stay under that
@@ -113,11 +118,32 @@ func TestNoICMP(t *testing.T) {
 	// of the buffer, so that about 5000 fill the 64 MiB the daemon's
 	// 32 MiB SO_RCVBUFFORCE gives. The kernel's own count of a socket's
 	// drops (/proc/net/raw) says when it overflowed: the daemon's counter
-	// cannot be read while it is stopped.
+	// cannot be read while it is stopped. A control (overflowICMP) first
+	// shows that this kernel answers such drops when there is no guard.
 	//
 	// Collectors only from here: erspan0 and erspan1 send to the switch,
 	// and their send sockets would take what a full receive socket drops
 	// whether or not erspand keeps a guard.
+	pkts := map[string][]byte{}
+	for _, fam := range fams {
+		pkts[fam.name] = encap(t, typeII(500), labeledFrame("overflow "+fam.name, 8000))
+	}
+	// Control: without a guard socket, does this kernel answer the
+	// packets a full raw socket drops at all? If not, the check below
+	// could not fail.
+	control := overflowICMP(t, fams, pkts)
+	var answered, unanswered []string
+	for _, fam := range fams {
+		if len(control[fam.name]) == 0 {
+			unanswered = append(unanswered, fam.name)
+		} else {
+			answered = append(answered, fam.name)
+		}
+	}
+	if len(unanswered) == len(fams) {
+		t.Skipf("overflow phase skipped: this kernel (%s) sends no ICMP for packets dropped on a full raw socket's receive buffer even without a guard socket (Linux 6.10 and later do), so there is nothing for erspand's guard to prevent", kernelRelease())
+	}
+	t.Logf("control: without a guard socket the collector answered an overflow with %v", control)
 	e.d.mustCtl("create", "erspan2", "tunneladdr", collect4.String(), "vnetid", "77", "up")
 	e.d.mustCtl("create", "erspan3", "tunneladdr", collect6.String(), "vnetid", "77", "up")
 	e.d.mustCtl("erspan0", "down")
@@ -130,14 +156,14 @@ func TestNoICMP(t *testing.T) {
 	// A stopped daemon would not see the SIGTERM that ends it.
 	defer syscall.Kill(e.d.pid, syscall.SIGCONT)
 	start := time.Now()
-	pkts := map[string][]byte{}
 	for _, fam := range fams {
-		pkts[fam.name] = encap(t, typeII(500), labeledFrame("overflow "+fam.name, 8000))
+		// Bounded in count only: however slow the machine, 20000 are
+		// four times what it takes.
 		const chunk, limit = 250, 20000
 		sent := 0
 		for ; rawGREDrops(t, e.tp.col, fam) == 0; sent += chunk {
-			if sent >= limit || time.Since(start) > 4*time.Second {
-				t.Fatalf("%s: %d packets in %v did not overflow the stopped daemon's socket", fam.name, sent, time.Since(start).Round(time.Millisecond))
+			if sent >= limit {
+				t.Fatalf("%s: %d packets did not overflow the stopped daemon's socket", fam.name, sent)
 			}
 			for range chunk {
 				e.sender.send(fam.remote, fam.local, pkts[fam.name])
@@ -163,6 +189,90 @@ func TestNoICMP(t *testing.T) {
 	if icmp := append(icmpFrom(sniff.received()[seen:], collect4), icmpFrom(sniff.received()[seen:], collect6)...); len(icmp) > 0 {
 		t.Errorf("the collector answered packets its full sockets dropped with %v while erspand had them open", icmp)
 	}
+	if len(unanswered) > 0 {
+		// After the checks, so that a failure still fails the test.
+		t.Skipf("overflow phase checked %v only: this kernel (%s) sends no ICMP for %v packets dropped on a full raw socket's receive buffer even without a guard socket", answered, kernelRelease(), unanswered)
+	}
+}
+
+// overflowICMP is the control of TestNoICMP's overflow phase. In a
+// topology of its own, with no erspand and so no guard socket, it
+// overflows a raw GRE socket of each family that it opens in the
+// collector with the smallest receive buffer and never reads, sending
+// pkts (by family name), and returns, by family name, the ICMP the
+// collector answered with (icmpFrom): Linux 6.10 and later answer the
+// packets such a socket drops, older kernels not. Its own namespaces
+// keep its answers out of the rate limits of TestNoICMP's.
+func overflowICMP(t *testing.T, fams []family, pkts map[string][]byte) map[string][]string {
+	t.Helper()
+	tp := newTopology(t)
+	snd := newSender(t, tp.sw)
+	sniff := newPacketReader(t, tp.sw, "veth0")
+	if err := unix.SetsockoptInt(sniff.fd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1); err != nil {
+		t.Fatalf("control: PACKET_IGNORE_OUTGOING: %v", err)
+	}
+	var fds []int
+	err := tp.col.do(func() error {
+		for _, fam := range fams {
+			af := unix.AF_INET
+			if fam == inet6 {
+				af = unix.AF_INET6
+			}
+			fd, err := unix.Socket(af, unix.SOCK_RAW|unix.SOCK_CLOEXEC, erspan.IPProtoGRE)
+			if err != nil {
+				return fmt.Errorf("raw GRE socket (%s): %w", fam.name, err)
+			}
+			fds = append(fds, fd)
+			// The kernel raises 1 to its minimum, a few KiB: the first
+			// packet fills it.
+			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 1); err != nil {
+				return fmt.Errorf("SO_RCVBUF (%s): %w", fam.name, err)
+			}
+		}
+		return nil
+	})
+	t.Cleanup(func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	})
+	if err != nil {
+		t.Fatalf("control in %s: %v", tp.col.name, err)
+	}
+	for _, fam := range fams {
+		const limit = 100
+		sent := 0
+		for ; rawGREDrops(t, tp.col, fam) == 0; sent++ {
+			if sent >= limit {
+				t.Fatalf("control: %s: %d packets did not overflow a raw GRE socket with the smallest receive buffer", fam.name, sent)
+			}
+			snd.send(fam.remote, fam.local, pkts[fam.name])
+		}
+	}
+	// An answer leaves as the kernel drops a packet: on a kernel that
+	// sends them this returns at once.
+	sniff.waitUntil(frameTimeout, func(in, _ [][]byte) bool {
+		for _, fam := range fams {
+			if len(icmpFrom(in, fam.local)) == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	got := map[string][]string{}
+	for _, fam := range fams {
+		got[fam.name] = icmpFrom(sniff.received(), fam.local)
+	}
+	return got
+}
+
+// kernelRelease is uname -r.
+func kernelRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return "unknown release"
+	}
+	return unix.ByteSliceToString(u.Release[:])
 }
 
 // rawGREDrops is the number of packets the kernel dropped on the full
