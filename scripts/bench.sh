@@ -7,14 +7,23 @@
 #
 # as root; --quick: under a minute, fewer frames; --sweep: instead of the
 # comparison, erspand's decap and encap with each of several values of
-# --rx-batch, --rx-buffer and --tx-buffer (how their defaults were chosen).
+# --rx-batch, --rx-buffer, --tx-buffer and --rx-moderate, and with
+# GOMAXPROCS=1 in its environment against without (how their defaults were
+# chosen).
 #
 # Everything runs in network namespaces it makes (erspan-bench-*) and
-# removes on exit; the processes it starts are killed by PID. Two cores are
-# assumed: the generator (and with it the collector's receive softirq, which
-# veth runs on the sending CPU) is pinned to CPU 0, the program measured
-# (ceiling, naive, erspand; erspand raises GOMAXPROCS to 2 whatever its
-# affinity) to CPU 1.
+# removes on exit; the processes it starts are killed by PID. One run at a
+# time: it holds an flock on /run/erspan-bench.lock, and a second refuses
+# to start; the namespaces a killed run left are removed at the start, the
+# processes in them killed first. The programs are built (and ./tunnel's
+# test binary) before the clock and the watchdog start: on a cold cache Go
+# compiles the standard library, which is not the measurement.
+# Two cores are assumed: the generator (and with it the collector's
+# receive softirq, which veth runs on the sending CPU) is pinned to CPU 0,
+# the program measured (ceiling, naive, erspand; erspand raises GOMAXPROCS
+# to at least 2 whatever its affinity unless its environment sets
+# GOMAXPROCS, and the bench starts it without GOMAXPROCS or ERSPAN_* in its
+# environment but for the sweep's GOMAXPROCS=1 row) to CPU 1.
 # CPU time is the measured process's utime + stime from /proc/PID/stat
 # (getrusage for the ceiling), which includes the kernel work done in its
 # own syscalls (the TAP write, the tc ingress drop behind it).
@@ -28,9 +37,16 @@
 # generator starts to the end of the drain, as the generator's own seconds
 # leave the drain out and would put a process on one CPU over 100%):
 #  ceiling  a Go program writes prebuilt frames into a TAP, one write() each,
-#           the TAP made like erspanN (multi-queue, up, monitor filter);
-#           and again with erspand's io_uring writer (erspand --io-uring),
-#           32 writes per io_uring_enter, on one queue as erspand has;
+#           the TAP made like erspanN (multi-queue, up, monitor filter):
+#           at the start of the run and again at its end, as it drifts
+#           (up to 25% during a run on this VM, with the host's load);
+#           every ratio (decap, encap, naive, io_uring, multi-queue, the
+#           sweep's rows) is frames per CPU-second over the mean of the
+#           start and end medians of the same frame size, and the report
+#           shows both and the drift.
+#           At the start also with erspand's io_uring writer (erspand
+#           --io-uring), 32 writes per io_uring_enter, on one queue as
+#           erspand has;
 #           and on two queues of one TAP with a writer thread per queue,
 #           each writing flows of its own (the same flows on both queues
 #           would have the kernel's flow table rewritten frame after
@@ -62,7 +78,8 @@
 #  many     RSS and decap with NIFS interfaces (erspanI, session I), made
 #           through one control connection (scripts/bench/mkifs).
 # It prints figures, never pass or fail, and ends with one key=value line
-# (but --sweep, which prints its table only).
+# (but --sweep, which ends with its table, the ceiling's drift and erspand's
+# defaults).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
@@ -76,16 +93,54 @@ for a in "$@"; do
 	esac
 done
 [ "$(id -u)" -eq 0 ] || { echo "bench.sh: run as root (it creates network namespaces)" >&2; exit 1; }
+# erspand as its defaults make it: its tuning flags' variables and the Go
+# runtime's would change what is measured (the sweep sets GOMAXPROCS for
+# its own rows).
+unset GOMAXPROCS GODEBUG GOGC GOMEMLIMIT ERSPAN_RX_MODERATE ERSPAN_RX_BATCH ERSPAN_RX_BUFFER ERSPAN_TX_BUFFER ERSPAN_IO_URING
 
+# One run at a time: two would share the CPUs and each other's namespace
+# names. The lock goes with this shell (fd 9 is closed in the processes
+# it starts in the background, so that a daemon left by a killed run does
+# not hold it).
+LOCK=/run/erspan-bench.lock
+exec 9>"$LOCK"
+flock -n 9 || { echo "bench.sh: another bench.sh is running (it holds $LOCK)" >&2; exit 1; }
+
+# LIMIT: the watchdog's, leaving the cleanup (up to 5 s to stop the
+# processes, then the namespaces) within the issue's bounds: --quick under
+# 60 s, the full run under 10 minutes.
 if [ $QUICK -eq 1 ]; then
-	DUR=1 REPS=1 ZL_COUNT=100000 ZL_STEPS=4 NIFS=64 LIMIT=58 BENCHTIME=200000x
+	DUR=1 REPS=1 ZL_COUNT=100000 ZL_STEPS=4 NIFS=64 LIMIT=52 BENCHTIME=200000x
 else
-	DUR=4 REPS=3 ZL_COUNT=1000000 ZL_STEPS=6 NIFS=1024 LIMIT=590 BENCHTIME=1s
+	DUR=4 REPS=3 ZL_COUNT=1000000 ZL_STEPS=6 NIFS=1024 LIMIT=585 BENCHTIME=1s
 fi
 GEN_CPU=0 DUT_CPU=1
 SND=erspan-bench-snd COL=erspan-bench-col CEIL=erspan-bench-ceil
 ALL_NS="$SND $COL $CEIL"
 HZ=$(getconf CLK_TCK)
+
+log() { printf '%s\n' "$*" >&2; }
+
+# A killed run's namespaces, and the processes in them (its daemons, whose
+# PIDs died with it), and its work directory: with the lock held, no run
+# owns them.
+for ns in $ALL_NS; do
+	[ -e "/run/netns/$ns" ] || continue
+	stale=$(ip netns pids "$ns" 2>/dev/null || true)
+	log "removing $ns, left by a killed run${stale:+, killing $(echo $stale)}"
+	if [ -n "$stale" ]; then
+		kill -KILL $stale 2>/dev/null || true
+		for _ in $(seq 20); do
+			alive=""
+			for p in $stale; do kill -0 "$p" 2>/dev/null && alive="$alive $p"; done
+			[ -z "$alive" ] && break
+			sleep 0.1
+		done
+	fi
+	ip netns del "$ns" 2>/dev/null || true
+done
+rm -rf /tmp/erspan-bench.*
+
 work=$(mktemp -d /tmp/erspan-bench.XXXXXX)
 bin=$work/bin
 pids=""
@@ -109,14 +164,28 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo "bench.sh: interrupted" >&2; exit 1' INT TERM
 
-# A watchdog: whatever hangs, the run ends within LIMIT seconds (the
-# issue's bounds: --quick under 60 s, the full run under 10 minutes).
+# Built before the clock (t0) and the watchdog start: on a cold cache Go
+# compiles the standard library first, which is not the measurement and
+# would eat --quick's minute. The allocation tests run from their test
+# binary for the same reason.
+log "building into $bin"
+go build -o "$bin/" ./cmd/erspand ./cmd/erspanctl ./scripts/bench/gen ./scripts/bench/ceiling \
+	./scripts/bench/naive ./scripts/bench/mkifs ./scripts/bench/dropin
+[ $SWEEP -eq 1 ] || go test -c -o "$bin/tunnel.test" ./tunnel/
+# No ulimit -n: the Go runtime raises the soft RLIMIT_NOFILE to the hard
+# limit in every Go program at start, erspand's one TAP fd per interface
+# included.
+
+t0=$(date +%s)
+# A watchdog: whatever hangs, the run ends within LIMIT seconds.
 # Bash runs its TERM trap only once the foreground command has ended, so
 # the watchdog signals the script (the trap is then pending), then stops
-# every descendant of the script by PID, which ends that command. Killed at cleanup, it takes its sleep with it (which would
-# otherwise hold the script's stdout open until LIMIT).
+# every descendant of the script by PID, which ends that command. Killed
+# at cleanup, it takes its sleep with it (which would otherwise hold the
+# script's stdout open until LIMIT).
 descendants() { local c; for c in $(pgrep -P "$1"); do descendants "$c"; echo "$c"; done; }
 (
+	exec 9>&-
 	trap 'kill $s 2>/dev/null; exit 0' TERM
 	sleep $LIMIT >/dev/null 2>&1 &
 	s=$!
@@ -128,7 +197,6 @@ descendants() { local c; for c in $(pgrep -P "$1"); do descendants "$c"; echo "$
 ) &
 pids="$pids $!"
 
-log() { printf '%s\n' "$*" >&2; }
 nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 kv() { printf '%s\n' "$2" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -144,16 +212,23 @@ raw_gre() { nsx "$1" cat /proc/net/raw | awk 'NR > 1 && $2 ~ /:002F$/' | wc -l; 
 mid() { grep . | sort -g -k1,1 | awk '{v[NR] = $0} END {print v[int((NR + 1) / 2)]}'; }
 
 # start NS CMD...: start a pinned process in NS in the background, record
-# its PID (ip netns exec and taskset exec, so $! is the program itself;
-# not through nsx, which as a function would run in a subshell).
+# its PID (ip netns exec and taskset exec, so $! is the program itself
+# once they have; not through nsx, which as a function would run in a
+# subshell). Those execs take a while on a loaded machine: up to ~2 s.
 start() {
-	local ns=$1; shift
-	ip netns exec "$ns" taskset -c $DUT_CPU "$@" >>"$work/$(basename "$1").log" 2>&1 &
+	local ns=$1 name; shift
+	name=$(basename "$1")
+	ip netns exec "$ns" taskset -c $DUT_CPU "$@" >>"$work/$name.log" 2>&1 9>&- &
 	started=$!
 	pids="$pids $started"
-	[ "$(cat /proc/$started/comm 2>/dev/null)" = "$(basename "$1")" ] || sleep 0.1
-	[ "$(cat /proc/$started/comm 2>/dev/null)" = "$(basename "$1")" ] ||
-		{ log "bench.sh: PID $started is not $(basename "$1")"; exit 1; }
+	for _ in $(seq 40); do
+		[ "$(cat /proc/$started/comm 2>/dev/null)" = "${name:0:15}" ] && return 0
+		kill -0 "$started" 2>/dev/null || break
+		sleep 0.05
+	done
+	log "bench.sh: PID $started is not $name (or no longer runs); $work/$name.log:"
+	tail -n 20 "$work/$name.log" >&2 2>/dev/null
+	exit 1
 }
 # stop PID: end a process start started, and forget it (cleanup must not
 # signal the PID again, which by then may be another process's).
@@ -180,49 +255,50 @@ idle_pct() {
 	echo "$a $b" | awk '{printf "%.0f", 100 * ($3 - $1) / ($4 - $2)}'
 }
 
-t0=$(date +%s)
-log "building into $bin"
-go build -o "$bin/" ./cmd/erspand ./cmd/erspanctl ./scripts/bench/gen ./scripts/bench/ceiling \
-	./scripts/bench/naive ./scripts/bench/mkifs ./scripts/bench/dropin
-ulimit -n "$(ulimit -Hn)" # one TAP queue fd per interface, and then some
-
 # allocs_per_frame comes from the allocation tests, which fail on any
 # allocation per batch or frame: decode, demux and counters down every
 # branch (TestInputAllocs); the real sockets' batch reads (TestSocketAllocs);
 # encap (TestEncapAllocs); the TAP writers, write(2) and io_uring, on a real
 # TAP (TestFrameWriter). Each must have run and passed: one renamed away
 # would otherwise leave the key claiming a path it no longer covers. The
-# benchmark's allocs/op is shown beside.
+# benchmark's allocs/op is shown beside ("-" if it did not run). Both from
+# the test binary built above, run in the package's directory as go test
+# would.
 alloc_tests="TestInputAllocs TestSocketAllocs TestEncapAllocs TestFrameWriter"
 allocs=- bench_allocs=-
 alloc_check() {
-	log "allocations per frame: go test -run '${alloc_tests// /|}' and -bench BenchmarkInputBatch ./tunnel/"
+	log "allocations per frame: tunnel.test -test.run '${alloc_tests// /|}' and -test.bench BenchmarkInputBatch"
 	allocs=0
-	if ! go test -count=1 -v -run "^(${alloc_tests// /|})\$" ./tunnel/ >"$work/allocs.log" 2>&1; then
+	if ! (cd tunnel && "$bin/tunnel.test" -test.count=1 -test.v -test.run "^(${alloc_tests// /|})\$") >"$work/allocs.log" 2>&1; then
 		allocs=failed
 		log "bench.sh: the allocation tests failed:"; grep -v '^=== ' "$work/allocs.log" >&2
 	fi
 	for t in $alloc_tests; do
 		grep -q "^--- PASS: $t " "$work/allocs.log" || { allocs=failed; log "bench.sh: $t did not pass"; }
 	done
-	bench_allocs=$(go test -run '^$' -bench '^BenchmarkInputBatch$' -benchmem -benchtime "$BENCHTIME" ./tunnel/ |
-		awk '/^BenchmarkInputBatch/ {for (i = 2; i <= NF; i++) if ($i == "allocs/op") print $(i - 1)}')
+	if ! (cd tunnel && "$bin/tunnel.test" -test.run '^$' -test.bench '^BenchmarkInputBatch$' -test.benchmem \
+		-test.benchtime "$BENCHTIME") >"$work/bench-allocs.log" 2>&1; then
+		log "bench.sh: BenchmarkInputBatch failed:"; cat "$work/bench-allocs.log" >&2
+	fi
+	bench_allocs=$(awk '/^BenchmarkInputBatch/ {for (i = 2; i <= NF; i++) if ($i == "allocs/op") print $(i - 1)}' "$work/bench-allocs.log")
+	[ -n "$bench_allocs" ] || bench_allocs=-
 }
 [ $SWEEP -eq 1 ] || alloc_check
 idle=$(idle_pct)
 [ "$(nproc)" -eq 2 ] || log "warning: $(nproc) CPUs; this benchmark is laid out for 2"
 
+# row LABEL SIZE OFFERED PPS LOST CPU BUSY EFF RATIO: a row of the table,
+# printed by report. RATIO "ceil" is EFF over the one-queue ceiling's mean
+# of start and end (known only at the end), "-" none.
 rows=""
-row() { rows="$rows$(printf '%-26s %5s %10s %10s %9s %7s %6s %11s %6s' "$@")"$'\n'; }
+row() { rows="$rows$(printf '%s\t' "$@")"$'\n'; }
 
 # ---- ceiling ----------------------------------------------------------------
-for ns in $ALL_NS; do ip netns del "$ns" 2>/dev/null || true; done # a previous run's, killed
 ip netns add $CEIL
 # ceil_row LABEL SIZE NAME CPUS ARGS...: REPS runs of the ceiling on a TAP
 # NAME (-size SIZE -duration DUR ARGS...) pinned to CPUS, each logged as it
-# ends; adds the row of the run with the median frames per CPU-second, its
-# ratio to the one-queue ceiling's (its own, for that row), and sets pps
-# and eff from it. A run that fails (no io_uring here) counts as 0.
+# ends; adds the row of the run with the median frames per CPU-second and
+# sets pps and eff from it. A run that fails (no io_uring here) counts as 0.
 ceil_row() {
 	local label=$1 size=$2 name=$3 cpus=$4 runs="" k out; shift 4
 	for k in $(seq $REPS); do
@@ -234,17 +310,32 @@ ceil_row() {
 		runs="$runs$(kv per_cpu_s "$out") $(kv pps "$out")"$'\n'
 	done
 	read -r eff pps <<<"$(printf '%s' "$runs" | mid)"
-	row "$label" "$size" - "$pps" - - - "$eff" "$(calc %.2f "$eff / (${ceil_eff[$size]:-$eff} + 1e-9)")"
+	row "$label" "$size" - "$pps" - - - "$eff" ceil
 	log "$label $size B: $pps pps, $eff per CPU-s (median run)"
 }
-declare -A ceil_pps ceil_eff uring_eff mq_pps mq_eff mq1_pps mq1_eff
+# ceiling WHEN SIZE: the one-queue ceiling (one write() per frame), at the
+# start or the end of the run; sets ceil_WHEN_pps and ceil_WHEN_eff[SIZE].
+declare -A ceil_start_pps ceil_start_eff ceil_end_pps ceil_end_eff ceil_pps ceil_eff
+ceiling() {
+	ceil_row "ceiling (TAP write) $1" "$2" bench0 $DUT_CPU
+	[ "$eff" != 0 ] || { log "bench.sh: the ceiling wrote no frame at $2 B"; exit 1; }
+	eval "ceil_$1_pps[$2]=$pps ceil_$1_eff[$2]=$eff"
+}
+# ceiling_end: the one-queue ceiling again, now that everything else is
+# measured, and the denominators: the mean of the start and end medians.
+ceiling_end() {
+	local size
+	for size in 64 1514; do
+		ceiling end $size
+		ceil_eff[$size]=$(calc %.0f "(${ceil_start_eff[$size]} + ${ceil_end_eff[$size]}) / 2")
+		ceil_pps[$size]=$(calc %.0f "(${ceil_start_pps[$size]} + ${ceil_end_pps[$size]}) / 2")
+	done
+}
+declare -A mq_pps mq_eff mq1_pps mq1_eff
 for size in 64 1514; do
-	ceil_row "ceiling (TAP write)" $size bench0 $DUT_CPU
-	ceil_pps[$size]=$pps ceil_eff[$size]=$eff
-	[ "$eff" != 0 ] || { log "bench.sh: the ceiling wrote no frame at $size B"; exit 1; }
+	ceiling start $size
 	[ $SWEEP -eq 0 ] || continue
 	ceil_row "ceiling (io_uring, 32)" $size bench1 $DUT_CPU -uring 32
-	uring_eff[$size]=$eff
 	# Multi-queue: two queues of one TAP, a writer thread on each, with
 	# flows of its own. On both CPUs (nothing else runs meanwhile): the
 	# frames per second two writers get. Then both threads on the
@@ -368,7 +459,7 @@ measured_row() {
 		runs="$runs$eff $pps $offered $cpu $busy"$'\n'
 	done
 	read -r eff pps o c b <<<"$(printf '%s' "$runs" | mid)"
-	row "$label" "$size" "$o" "$pps" "$worst" "$c" "$b%" "$eff" "$(calc %.2f "$eff / ${ceil_eff[$size]}")"
+	row "$label" "$size" "$o" "$pps" "$worst" "$c" "$b%" "$eff" ceil
 	log "$label $size B: $pps pps, $eff per CPU-s (median run), lost at worst $worst"
 }
 
@@ -387,32 +478,105 @@ erspand_in() {
 
 # defaults: erspand's tuning flags with their defaults, from its --help.
 defaults() {
-	local f out=""
+	local f help out=""
+	help=$("$bin/erspand" --help 2>&1 || true)
 	for f in rx-moderate rx-batch rx-buffer tx-buffer; do
-		out="$out --$f $("$bin/erspand" --help | sed -n "s/.*--$f .*(default: \([^)]*\)).*/\1/p")"
+		out="$out --$f $(printf '%s\n' "$help" | sed -n "s/.*--$f .*(default: \([^)]*\)).*/\1/p")"
 	done
 	echo "${out# }"
 }
 
-# encap_on / encap_off: the collector's veth drops what it receives at tc
-# ingress (see encap at the head of this file); and no longer.
-encap_on() { nsx $COL "$bin/dropin" veth-col on; }
-encap_off() { nsx $COL "$bin/dropin" veth-col off; }
+# erspand_gmp N NS NAME ARGS...: erspand_in with GOMAXPROCS=N in erspand's
+# environment (and only there), or without it when N is empty.
+erspand_gmp() {
+	local n=$1; shift
+	if [ -n "$n" ]; then GOMAXPROCS=$n erspand_in "$@"; else erspand_in "$@"; fi
+}
 
-# ---- sweep (--sweep): erspand's socket sizes, one flag at a time -----------
+# probe_gomaxprocs NAME N: the GOMAXPROCS that erspand_gmp N starts an
+# erspand with, once it listens (when it has set its own), in gmp: read
+# from the runtime's scheduler trace (GODEBUG=schedtrace) of an erspand
+# started for that alone, as the trace keeps the runtime's sysmon from
+# sleeping and so would change what is measured.
+probe_gomaxprocs() {
+	local n=0
+	[ ! -f "$work/erspand.log" ] || n=$(wc -l <"$work/erspand.log")
+	GODEBUG=schedtrace=10 erspand_gmp "$2" $COL "probe-$1"
+	sleep 0.1
+	stop $started
+	gmp=$(tail -n +$((n + 1)) "$work/erspand.log" | sed -n 's/.*gomaxprocs=\([0-9]*\).*/\1/p' | tail -n 1)
+	[ -n "$gmp" ] || gmp="?"
+}
+
+# encap_on / encap_off: the collector's veth drops what it receives at tc
+# ingress (see encap at the head of this file); and no longer. dropin
+# turns the product's monitor mode off, which sets disable_ipv6=0 on
+# veth-col: IPv6 off again (see the tunnel above).
+encap_on() { nsx $COL "$bin/dropin" veth-col on; }
+encap_off() {
+	nsx $COL "$bin/dropin" veth-col off
+	[ ! -d /proc/sys/net/ipv6 ] || nsx $COL sysctl -qw net.ipv6.conf.veth-col.disable_ipv6=1
+}
+
+# report TITLE: the head, the table and the ceiling's start, end and drift.
+report() {
+	local l s o p lo c b e r size
+	echo
+	echo "erspan benchmark$1: $(nproc) CPUs, kernel $(uname -r), $(go version | cut -d' ' -f3), commit $(git describe --always --dirty 2>/dev/null || echo ?)$( [ $QUICK -eq 1 ] && echo ', --quick')"
+	echo "machine idle before the run: ${idle}% (less than ~95% means another load shares the CPUs)"
+	echo "$REPS run(s) of ${DUR}s per row, each row from the run with the median frames per CPU-s, but lost: the worst run's (every run is in the log);"
+	echo "generator on CPU $GEN_CPU, the measured program on CPU $DUT_CPU"
+	echo
+	printf '%-26s %5s %10s %10s %9s %7s %6s %11s %6s\n' measurement bytes offered/s frames/s lost CPU-s busy frames/CPU-s ratio
+	while IFS=$'\t' read -r l s o p lo c b e r; do
+		[ "$r" != ceil ] || r=$(calc %.2f "$e / ${ceil_eff[$s]}")
+		printf '%-26s %5s %10s %10s %9s %7s %6s %11s %6s\n' "$l" "$s" "$o" "$p" "$lo" "$c" "$b" "$e" "$r"
+	done <<<"${rows%$'\n'}"
+	echo
+	echo "ratio: frames per CPU-second over the one-queue ceiling's (one write() per frame into a TAP, same size),"
+	echo "the mean of its median runs at the start and at the end of this run, as it drifts:"
+	for size in 64 1514; do
+		echo "  $size B: start ${ceil_start_eff[$size]}, end ${ceil_end_eff[$size]} frames per CPU-s" \
+			"(drift $(calc %+.1f "100 * (${ceil_end_eff[$size]} - ${ceil_start_eff[$size]}) / ${ceil_start_eff[$size]}")%), mean ${ceil_eff[$size]}"
+	done
+	echo "wall time: $(($(date +%s) - t0)) s (the build before it not counted)"
+}
+
+# ---- sweep (--sweep): erspand's tuning, one setting at a time -------------
 # Each value gets a fresh erspand with that flag (the others at their
 # defaults) and the same measurements as the comparison's rows: decap at
-# full speed for --rx-batch (CPU per frame) and --rx-buffer (loss, at both
-# sizes: a buffer holds fewer large frames), encap for --tx-buffer.
+# full speed for --rx-batch, --rx-moderate and GOMAXPROCS (CPU per frame)
+# and --rx-buffer (loss, at both sizes: a buffer holds fewer large
+# frames), encap for --tx-buffer.
 if [ $SWEEP -eq 1 ]; then
 	sweep_batch="1 16 64 256" sweep_rcv="0 2097152 33554432" sweep_snd="0 4194304"
-	for b in $sweep_batch; do
-		erspand_in $COL sweep-b$b --rx-batch "$b"
+	sweep_mod="0 25us 100us 400us"
+	# sweep_decap LABEL NAME GOMAXPROCS [ERSPAND FLAGS...]: a fresh
+	# erspand with FLAGS (and GOMAXPROCS, if not empty, in its
+	# environment), decap at 64 B.
+	sweep_decap() {
+		local label=$1 name=$2 n=$3; shift 3
+		erspand_gmp "$n" $COL "$name" "$@"
 		ctl $COL "$esock" create erspan0 tunnel 192.0.2.2 192.0.2.1 vnetid 77 up
-		decap_row "decap --rx-batch $b" $started erspan0 64 77 1
+		decap_row "$label" $started erspan0 64 77 1
 		ctl $COL "$esock" destroy erspan0
 		stop $started
+	}
+	for b in $sweep_batch; do
+		sweep_decap "decap --rx-batch $b" sweep-b$b "" --rx-batch "$b"
 	done
+	for m in $sweep_mod; do
+		sweep_decap "decap --rx-moderate $m" sweep-m$m "" --rx-moderate "$m"
+	done
+	# GOMAXPROCS: erspand raises it to at least 2 unless its environment
+	# sets it; what it ran with is read from a separate start (the
+	# trace would change the measurement).
+	probe_gomaxprocs g1 1
+	gmp1=$gmp
+	probe_gomaxprocs gd ""
+	gmpd=$gmp
+	sweep_decap "decap GOMAXPROCS=1" sweep-g1 1
+	sweep_decap "decap GOMAXPROCS default" sweep-gd ""
 	for rb in $sweep_rcv; do
 		erspand_in $COL sweep-r$rb --rx-buffer "$rb"
 		ctl $COL "$esock" create erspan0 tunnel 192.0.2.2 192.0.2.1 vnetid 77 up
@@ -431,17 +595,13 @@ if [ $SWEEP -eq 1 ]; then
 		stop $started
 	done
 	encap_off
-	echo
-	echo "erspan benchmark, --sweep: $(nproc) CPUs, kernel $(uname -r), $(go version | cut -d' ' -f3), commit $(git describe --always --dirty 2>/dev/null || echo ?)$( [ $QUICK -eq 1 ] && echo ', --quick')"
-	echo "machine idle before the run: ${idle}%; $REPS run(s) of ${DUR}s per row, the median run by frames per CPU-s, lost: the worst run's"
-	echo "erspand's defaults: $(defaults); a buffer of 0 is the kernel's default" \
-		"(rmem_default $(cat /proc/sys/net/core/rmem_default), wmem_default $(cat /proc/sys/net/core/wmem_default))"
-	echo
-	printf '%-26s %5s %10s %10s %9s %7s %6s %11s %6s\n' measurement bytes offered/s frames/s lost CPU-s busy frames/CPU-s ratio
-	printf '%s' "$rows"
-	echo
-	echo "ratio: frames per CPU-second over the ceiling's (TAP writes of the same size)"
-	echo "wall time: $(($(date +%s) - t0)) s"
+	ceiling_end
+	report ", --sweep"
+	echo "erspand's defaults: $(defaults), and GOMAXPROCS $gmpd (erspand raises it to at least 2);"
+	echo "  a buffer of 0 is the kernel's default (rmem_default $(cat /proc/sys/net/core/rmem_default), wmem_default $(cat /proc/sys/net/core/wmem_default))"
+	echo "GOMAXPROCS rows: erspand ran with GOMAXPROCS $gmp1 with GOMAXPROCS=1 in its environment, $gmpd without$( [ "$gmp1" = "$gmpd" ] &&
+		echo ": this erspand does not honour the variable, so both rows measure the same")"
+	echo "  (read from the scheduler trace of a separate start)"
 	exit 0
 fi
 
@@ -455,6 +615,10 @@ for size in 64 1514; do
 	naive_pps[$size]=$pps naive_eff[$size]=$eff
 done
 stop $naive
+
+# The GOMAXPROCS erspand runs with here (for the report).
+probe_gomaxprocs gd ""
+gmpd=$gmp
 
 # ---- encap: erspand in the sender namespace, source mode ------------------------
 erspand_in $SND snd
@@ -537,19 +701,12 @@ many_all=$pps many_all_eff=$eff
 rssn=$(rss_kb $col) rawn=$(raw_gre $COL)
 col_counters=$(ctl $COL "$sock" -j | sed -n '/"daemon"/,$p' | grep -Eo '"(rx_packets|unmatched|kernel_drops)": *[0-9]*' | tr -d '" ' | tr '\n' ' ' || true)
 stop $col
+ceiling_end
 
 # ---- report --------------------------------------------------------------------------
-echo
-echo "erspan benchmark: $(nproc) CPUs, kernel $(uname -r), $(go version | cut -d' ' -f3), commit $(git describe --always --dirty 2>/dev/null || echo ?)$( [ $QUICK -eq 1 ] && echo ', --quick')"
-echo "machine idle before the run: ${idle}% (less than ~95% means another load shares the CPUs)"
-echo "$REPS run(s) of ${DUR}s, each row from the run with the median frames per CPU-s, but lost: the worst run's (every run is in the log);"
-echo "generator on CPU $GEN_CPU, the measured program on CPU $DUT_CPU"
-echo
-printf '%-26s %5s %10s %10s %9s %7s %6s %11s %6s\n' measurement bytes offered/s frames/s lost CPU-s busy frames/CPU-s ratio
-printf '%s' "$rows"
-echo
-echo "ratio: frames per CPU-second over the ceiling's (TAP writes of the same size)"
-echo "erspand: defaults ($(defaults), chosen with scripts/bench.sh --sweep; write(2) per frame into TAPs, GOMAXPROCS >= 2)"
+report ""
+echo "erspand: defaults ($(defaults), GOMAXPROCS $gmpd: chosen with scripts/bench.sh --sweep);"
+echo "  write(2) per frame into TAPs (--io-uring is measured above)"
 echo "zero-loss at 64 B with $ZL_COUNT frames: $zero_loss pps, the rate gen achieved with all sent and delivered ($zl_note)"
 echo "erspand RSS: $rss1 kB with 1 interface, $rssn kB with $NIFS interfaces$( [ $QUICK -eq 1 ] && echo ' (--quick: 64, not 1024)')"
 echo "raw GRE sockets in the collector namespace: $raw1 with 1 interface, $rawn with $NIFS (the kernel clones each GRE packet to every one)"
@@ -562,9 +719,8 @@ echo "generator starts to the end of the drain). No loss and busy well under"
 echo "100%: the generator (whose CPU also runs the collector's receive softirq) was the"
 echo "limit, and frames/CPU-s is the better estimate of what one core would take."
 echo "allocations per frame: $allocs (${alloc_tests// /, }); BenchmarkInputBatch: $bench_allocs allocs per batch of 64"
-echo "wall time: $(($(date +%s) - t0)) s"
 echo
-echo "multi-queue TAP, two queues with a writer thread and flows of its own each, relative to one queue (64 B):"
+echo "multi-queue TAP, two queues with a writer thread and flows of its own each, relative to one queue (64 B; its mean of start and end):"
 echo "  on both CPUs, $(calc %.2f "${mq_pps[64]} / ${ceil_pps[64]}") of the frames per second, $(calc %.2f "${mq_eff[64]} / ${ceil_eff[64]}") of the frames per CPU-s;"
 echo "  both threads on CPU $DUT_CPU (as the one-queue ceiling), $(calc %.2f "${mq1_pps[64]} / ${ceil_pps[64]}") of the frames per second, $(calc %.2f "${mq1_eff[64]} / ${ceil_eff[64]}") of the frames per CPU-s;"
 echo "  erspand writes each TAP from one thread, on one queue"
