@@ -124,18 +124,24 @@ log() { printf '%s\n' "$*" >&2; }
 # A killed run's namespaces, and the processes in them (its daemons, whose
 # PIDs died with it), and its work directory: with the lock held, no run
 # owns them.
+# await_exit TENTHS PID...: wait up to TENTHS tenths of a second for the
+# processes to end; sets alive to those that have not.
+await_exit() {
+	local n=$1 p; shift
+	for _ in $(seq "$n"); do
+		alive=""
+		for p in "$@"; do kill -0 "$p" 2>/dev/null && alive="$alive $p"; done
+		[ -z "$alive" ] && return
+		sleep 0.1
+	done
+}
 for ns in $ALL_NS; do
 	[ -e "/run/netns/$ns" ] || continue
 	stale=$(ip netns pids "$ns" 2>/dev/null || true)
 	log "removing $ns, left by a killed run${stale:+, killing $(echo $stale)}"
 	if [ -n "$stale" ]; then
 		kill -KILL $stale 2>/dev/null || true
-		for _ in $(seq 20); do
-			alive=""
-			for p in $stale; do kill -0 "$p" 2>/dev/null && alive="$alive $p"; done
-			[ -z "$alive" ] && break
-			sleep 0.1
-		done
+		await_exit 20 $stale
 	fi
 	ip netns del "$ns" 2>/dev/null || true
 done
@@ -150,12 +156,8 @@ cleanup() {
 	for p in $pids; do kill "$p" 2>/dev/null || true; done
 	# Five seconds to stop, then SIGKILL: a process ignoring TERM must
 	# not hold the cleanup (and the namespaces) for ever.
-	for _ in $(seq 50); do
-		alive=""
-		for p in $pids; do kill -0 "$p" 2>/dev/null && alive="$alive $p"; done
-		[ -z "$alive" ] && break
-		sleep 0.1
-	done
+	alive=""
+	await_exit 50 $pids
 	for p in $alive; do kill -KILL "$p" 2>/dev/null || true; done
 	for p in $pids; do wait "$p" 2>/dev/null || true; done
 	for ns in $ALL_NS; do ip netns del "$ns" 2>/dev/null || true; done
