@@ -128,7 +128,7 @@ func (l *Linux) MoveTAP(name, from, to string) (Link, error) {
 			return fmt.Errorf("after the move: %w", err)
 		}
 		out = linkOf(link)
-		return nil
+		return setNoQueue(link)
 	})
 	return out, err
 }

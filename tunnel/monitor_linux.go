@@ -233,31 +233,48 @@ func removeClsactIfEmpty(link netlink.Link, q netlink.Qdisc) error {
 // findClsact returns the link's clsact qdisc, or nil when it has none. An
 // "ingress" qdisc occupies the same slot and cannot hold our filter: that
 // gives an error wrapping EBUSY.
-//
-// It asks for the one qdisc (RTM_GETQDISC naming the device and the
-// ingress slot) rather than listing them: the kernel answers a qdisc dump
-// with every device's qdiscs whatever device it names, and an erspanN's
-// mq root reports each of its 256 possible queues, so listing cost ~80 µs
-// per up interface of the namespace, on every create: minutes of CPU for
-// a thousand interfaces.
 func findClsact(link netlink.Link) (netlink.Qdisc, error) {
 	name := link.Attrs().Name
+	kind, handle, err := qdiscAt(link, netlink.HANDLE_CLSACT)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("look up the clsact qdisc of %s: %w", name, err)
+	case kind == "clsact":
+		return &netlink.Clsact{QdiscAttrs: netlink.QdiscAttrs{
+			LinkIndex: link.Attrs().Index, Handle: handle, Parent: netlink.HANDLE_CLSACT}}, nil
+	case kind != "":
+		return nil, fmt.Errorf("%s has a %s qdisc where erspan's monitor mode and span rules need clsact (remove it: tc qdisc del dev %s %s): %w", name, kind, name, kind, unix.EBUSY)
+	}
+	return nil, nil
+}
+
+// qdiscAt returns the kind and handle of the link's qdisc at parent
+// (netlink.HANDLE_ROOT or HANDLE_CLSACT), kind "" when the slot is empty:
+// never filled, or holding the noop qdisc of a removed one or of a device
+// never up.
+//
+// It asks for the one qdisc (RTM_GETQDISC naming the device and the
+// slot) rather than listing them: the kernel answers a qdisc dump with
+// every device's qdiscs whatever device it names, so listing cost ~80 µs
+// per up interface of the namespace, on every create: minutes of CPU for
+// a thousand interfaces.
+func qdiscAt(link netlink.Link, parent uint32) (kind string, handle uint32, err error) {
 	// The kernel answers a get as it reports a change, to the tc
 	// multicast group, and to the asker only with NLM_F_ECHO
 	// (tc_get_qdisc, qdisc_notify). NLM_F_ACK: for a qdisc it hides
-	// from dumps (the noop left by a removed clsact) nothing is sent,
-	// and the acknowledgement ends the wait.
+	// from dumps (noop) nothing is sent, and the acknowledgement ends
+	// the wait.
 	req := nl.NewNetlinkRequest(unix.RTM_GETQDISC, unix.NLM_F_ECHO|unix.NLM_F_ACK)
-	req.AddData(&nl.TcMsg{Family: nl.FAMILY_ALL, Ifindex: int32(link.Attrs().Index), Parent: netlink.HANDLE_CLSACT})
+	req.AddData(&nl.TcMsg{Family: nl.FAMILY_ALL, Ifindex: int32(link.Attrs().Index), Parent: parent})
 	msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWQDISC)
 	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EINVAL) {
 		// ENOENT: no ingress slot yet, never had one. EINVAL: the slot
 		// holds the noop qdisc, which kernels that report nothing for it
 		// refuse as an empty answer (qdisc_notify).
-		return nil, nil
+		return "", 0, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("look up the clsact qdisc of %s: %w", name, err)
+		return "", 0, err
 	}
 	for _, m := range msgs {
 		if len(m) < nl.SizeofTcMsg {
@@ -266,25 +283,19 @@ func findClsact(link netlink.Link) (netlink.Qdisc, error) {
 		tcm := nl.DeserializeTcMsg(m)
 		attrs, err := nl.ParseRouteAttr(m[nl.SizeofTcMsg:])
 		if err != nil {
-			return nil, fmt.Errorf("look up the clsact qdisc of %s: %w", name, err)
+			return "", 0, err
 		}
-		kind := ""
 		for _, a := range attrs {
 			if a.Attr.Type == nl.TCA_KIND {
 				kind = strings.TrimRight(string(a.Value), "\x00")
 			}
 		}
-		switch kind {
-		case "clsact":
-			return &netlink.Clsact{QdiscAttrs: netlink.QdiscAttrs{
-				LinkIndex: link.Attrs().Index, Handle: tcm.Handle, Parent: netlink.HANDLE_CLSACT}}, nil
-		case "noop", "":
-			// The slot of a removed ingress or clsact qdisc.
-		default:
-			return nil, fmt.Errorf("%s has a %s qdisc where erspan's monitor mode and span rules need clsact (remove it: tc qdisc del dev %s %s): %w", name, kind, name, kind, unix.EBUSY)
+		if kind == "noop" {
+			kind = ""
 		}
+		return kind, tcm.Handle, nil
 	}
-	return nil, nil
+	return "", 0, nil
 }
 
 // monitorFilters returns our filters at the link's clsact ingress (one,

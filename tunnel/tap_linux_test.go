@@ -357,3 +357,81 @@ func TestTAPQueueWait(t *testing.T) {
 		}
 	})
 }
+
+// TestTAPQdisc: an erspanN's root qdisc is noqueue, never the kernel's
+// mq with a default qdisc for each of a multi-queue TAP's 256 transmit
+// queues (6.7 MB of kernel memory per interface, setNoQueue): on a new
+// TAP, after up, on a TAP adopted with the default, and after a move to
+// another namespace (which resets the root). A qdisc somebody chose is
+// kept.
+func TestTAPQdisc(t *testing.T) {
+	a, b := newTestNetns(t), newTestNetns(t)
+	root := func(what string) (string, uint32) {
+		t.Helper()
+		l, err := netlink.LinkByName("erspan3")
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		kind, handle, err := qdiscAt(l, netlink.HANDLE_ROOT)
+		if err != nil {
+			t.Fatalf("%s: root qdisc: %v", what, err)
+		}
+		return kind, handle
+	}
+	wantNoQueue := func(what string) {
+		t.Helper()
+		if kind, _ := root(what); kind != "noqueue" {
+			t.Errorf("%s: root qdisc %q, want noqueue", what, kind)
+		}
+	}
+	a.do(t, func() {
+		if _, _, err := CreateTAP("erspan3", nil, 0); err != nil {
+			t.Fatalf("CreateTAP: %v", err)
+		}
+		wantNoQueue("new TAP")
+		if err := SetLinkUp("erspan3", true); err != nil {
+			t.Fatal(err)
+		}
+		wantNoQueue("after up")
+
+		// Deleting the root of an up link makes the kernel attach its
+		// default again: mq, handle 0, as an older erspand left it.
+		l, _ := netlink.LinkByName("erspan3")
+		if err := netlink.QdiscDel(&netlink.GenericQdisc{QdiscAttrs: netlink.QdiscAttrs{
+			LinkIndex: l.Attrs().Index, Parent: netlink.HANDLE_ROOT}, QdiscType: "noqueue"}); err != nil {
+			t.Fatalf("delete the root qdisc: %v", err)
+		}
+		if kind, handle := root("default"); kind != "mq" || handle != 0 {
+			t.Fatalf("after deleting the root: %q handle %#x, want the kernel's default mq 0:", kind, handle)
+		}
+		if _, adopted, err := CreateTAP("erspan3", nil, 0); err != nil || !adopted {
+			t.Fatalf("adopt: adopted=%v err=%v", adopted, err)
+		}
+		wantNoQueue("adopted with the default")
+
+		// An administrator's choice stays.
+		mine := &netlink.GenericQdisc{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: l.Attrs().Index,
+			Parent: netlink.HANDLE_ROOT, Handle: netlink.MakeHandle(1, 0)}, QdiscType: "pfifo_fast"}
+		if err := netlink.QdiscReplace(mine); err != nil {
+			t.Fatalf("set pfifo_fast root: %v", err)
+		}
+		if _, _, err := CreateTAP("erspan3", nil, 0); err != nil {
+			t.Fatalf("adopt: %v", err)
+		}
+		if kind, handle := root("adopted with pfifo_fast"); kind != "pfifo_fast" || handle != netlink.MakeHandle(1, 0) {
+			t.Errorf("adopted with pfifo_fast 1: as root: now %q %#x", kind, handle)
+		}
+	})
+
+	l := &Linux{home: a.h}
+	if _, err := l.MoveTAP("erspan3", a.name, b.name); err != nil {
+		t.Fatalf("MoveTAP: %v", err)
+	}
+	b.do(t, func() {
+		wantNoQueue("moved")
+		if err := SetLinkUp("erspan3", true); err != nil {
+			t.Fatal(err)
+		}
+		wantNoQueue("moved, up")
+	})
+}
