@@ -203,6 +203,7 @@ nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 kv() { printf '%s\n' "$2" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+slab_kb() { awk '/^Slab:/ {print $2}' /proc/meminfo; }
 calc() { awk "BEGIN { printf \"$1\", $2 }"; }
 # Sum of a statistics counter over the links matching a glob, in a namespace.
 counter() { nsx "$1" sh -c "cat /sys/class/net/$2/statistics/$3" | awk '{s += $1} END {print s + 0}'; }
@@ -693,7 +694,12 @@ row "zero-loss rate" 64 "$zero_loss" "$zl_pps" "$zl_lost" - - - -
 
 # ---- many interfaces ------------------------------------------------------------
 ctl $COL "$sock" destroy erspan0
+# The kernel's side of each interface (net_device, queues, qdiscs,
+# sysfs) is not in erspand's RSS: the growth of Slab, system-wide, shows
+# it (other activity on the machine adds to it).
+slab0=$(slab_kb)
 mk=$(nsx $COL "$bin/mkifs" -socket "$sock" -from 0 -to $((NIFS - 1)))
+slabn=$(slab_kb)
 log "made $NIFS interfaces: $mk"
 target=$((NIFS > 77 ? 77 : NIFS - 1))
 decap_row "decap, $NIFS ifs, 1 sess" $col "erspan$target" 64 $target 1
@@ -711,6 +717,8 @@ echo "erspand: defaults ($(defaults), GOMAXPROCS $gmpd: chosen with scripts/benc
 echo "  write(2) per frame into TAPs (--io-uring is measured above)"
 echo "zero-loss at 64 B with $ZL_COUNT frames: $zero_loss pps, the rate gen achieved with all sent and delivered ($zl_note)"
 echo "erspand RSS: $rss1 kB with 1 interface, $rssn kB with $NIFS interfaces$( [ $QUICK -eq 1 ] && echo ' (--quick: 64, not 1024)')"
+echo "making $NIFS interfaces (create, tunnel, vnetid, up; one control connection): $(kv seconds "$mk") s;"
+echo "  kernel memory (Slab, system-wide) $(calc %.0f "($slabn - $slab0) / 1024") MB more after, $(calc %.0f "($slabn - $slab0) / $NIFS") kB per interface"
 echo "raw GRE sockets in the collector namespace: $raw1 with 1 interface, $rawn with $NIFS (the kernel clones each GRE packet to every one)"
 echo "decap with $NIFS interfaces relative to 1, frames per CPU-s: $(calc %.2f "$many_one_eff / ${decap_eff[64]}") (one session), $(calc %.2f "$many_all_eff / ${decap_eff[64]}") (spread over all $NIFS sessions);"
 echo "  frames per second: $(calc %.2f "$many_one / ${decap_pps[64]}"), $(calc %.2f "$many_all / ${decap_pps[64]}") (generator-bound while erspand is not busy)"
