@@ -1,0 +1,90 @@
+package ifconfig
+
+import (
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+)
+
+type zeroSeq struct{}
+
+func (zeroSeq) Seq(string) uint32     { return 0 }
+func (zeroSeq) SetSeq(string, uint32) {}
+
+// TestPersistCoalesces: a burst of configuration changes is written in a
+// few writes, not one per change (each write holds every interface), and
+// nothing is lost: the file after the burst, and the last one at stop,
+// hold every interface.
+func TestPersistCoalesces(t *testing.T) {
+	var mu sync.Mutex
+	var writes []State
+	orig := writeState
+	t.Cleanup(func() { writeState = orig })
+	writeState = func(path string, data []byte) error {
+		var st State
+		if err := json.Unmarshal(data, &st); err != nil {
+			t.Errorf("state written is not JSON: %v", err)
+		}
+		mu.Lock()
+		writes = append(writes, st)
+		mu.Unlock()
+		return orig(path, data)
+	}
+	count := func() (int, int) {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(writes) == 0 {
+			return 0, -1
+		}
+		return len(writes), len(writes[len(writes)-1].Interfaces)
+	}
+
+	r := NewRegistry(newFake())
+	path := filepath.Join(t.TempDir(), "state")
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		r.Persist(path, zeroSeq{}, stop, t.Logf)
+		close(done)
+	}()
+	waitCount := func(what string, ok func(n, ifs int) bool) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			if ok(count()) {
+				return
+			}
+		}
+		n, ifs := count()
+		t.Fatalf("%s: %d writes, the last with %d interfaces", what, n, ifs)
+	}
+	waitCount("the first write, at start", func(n, _ int) bool { return n >= 1 })
+
+	// 200 changes at least a millisecond apart: written one by one, that
+	// would be about as many writes.
+	const changes = 200
+	n0, _ := count()
+	start := time.Now()
+	for i := range changes {
+		if err := r.Create(fmt.Sprintf("erspan%d", i)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	elapsed := time.Since(start)
+	waitCount("after the burst", func(_, ifs int) bool { return ifs == changes })
+	n1, _ := count()
+	if most := int(elapsed/persistCoalesce) + 3; n1-n0 > most {
+		t.Errorf("%d changes over %v were written %d times, want at most %d (one per %v)", changes, elapsed.Round(time.Millisecond), n1-n0, most, persistCoalesce)
+	}
+
+	if err := r.Destroy("erspan7"); err != nil {
+		t.Fatal(err)
+	}
+	close(stop)
+	<-done
+	if n, ifs := count(); ifs != changes-1 {
+		t.Errorf("the write at stop (%d writes) holds %d interfaces, want %d", n, ifs, changes-1)
+	}
+}
