@@ -158,7 +158,10 @@ func CreateTAP(name string, mac net.HardwareAddr, mtu int) (l Link, adopted bool
 // create one. A qdisc holds nothing for a TAP: tun never stops its
 // transmit queues, it drops (tx_dropped) what its own ring of txqueuelen
 // frames per queue cannot take, so noqueue keeps and loses the frames
-// the default did, as for veth, whose default it is.
+// the default did (3001 frames sent into a TAP nobody read: 1000 kept,
+// 2001 dropped, either way), as for veth, whose default it is. One
+// difference: a sender now learns of the drop (ENOBUFS from a packet
+// socket's send), where the qdisc reported success.
 //
 // The kernel resets the root to noop when a link changes namespace, so
 // MoveTAP calls this again.
