@@ -29,8 +29,8 @@
 # own syscalls (the TAP write, the tc ingress drop behind it).
 #
 # Measurements (REPS runs of DUR seconds each, each erspand or naive run
-# followed by a paired ceiling run of PAIR_DUR seconds; a row shows the run
-# with the median ratio, except for lost: the worst of the REPS runs,
+# followed by a ceiling run of SAMPLE_DUR seconds; a row shows the run with
+# the median frames per CPU-second, except for lost: the worst of the REPS runs,
 # as the median run's alone would hide loss in the others (every run's
 # figures go to stderr as it ends); frames per second count what arrived
 # while the generator sent, loss and CPU also what arrived after; busy is
@@ -39,16 +39,17 @@
 # leave the drain out and would put a process on one CPU over 100%):
 #  ceiling  a Go program writes prebuilt frames into a TAP, one write() each,
 #           the TAP made like erspanN (multi-queue, up, monitor filter):
-#           at the start of the run and again at its end, as it drifts
-#           (up to 25% during a run on this VM, with the host's load), and
-#           after every run of erspand or the naive loop (paired): that
-#           run's ratio is its frames per CPU-second over its paired
-#           ceiling's, so that a row's ratio, and a comparison of two
-#           rows (io_uring against write(), 1024 interfaces against 1,
-#           naive_speedup), does not depend on where in the run it was
-#           measured. The ceiling rows' own ratios (io_uring, two queues)
-#           are over the mean of the start and end medians of the same
-#           frame size; the report shows both and the drift.
+#           REPS runs at the start of the run, REPS at its end, and one
+#           of SAMPLE_DUR seconds after every run of erspand or the naive
+#           loop: it moves with the host's load, by up to 25% within a
+#           run and as much from one run to the next, and a run's
+#           neighbour is no better a denominator than any other (over 84
+#           runs, a run's frames per CPU-second and the ceiling run right
+#           after it correlated at 0.02). Every ratio (decap, encap,
+#           naive, io_uring, multi-queue, the sweep's rows) is frames per
+#           CPU-second over the median of all these ceiling runs of the
+#           same frame size, so comparisons between rows are the same
+#           with or without it; the report shows their number and range.
 #           At the start also with erspand's io_uring writer (erspand
 #           --io-uring), 32 writes per io_uring_enter, on one queue as
 #           erspand has;
@@ -115,9 +116,9 @@ flock -n 9 || { echo "bench.sh: another bench.sh is running (it holds $LOCK)" >&
 # processes, then the namespaces) within the issue's bounds: --quick under
 # 60 s, the full run under 10 minutes.
 if [ $QUICK -eq 1 ]; then
-	DUR=1 PAIR_DUR=1 REPS=1 ZL_COUNT=100000 ZL_STEPS=4 NIFS=64 LIMIT=52 BENCHTIME=200000x
+	DUR=1 SAMPLE_DUR=1 REPS=1 ZL_COUNT=100000 ZL_STEPS=4 NIFS=64 LIMIT=52 BENCHTIME=200000x
 else
-	DUR=4 PAIR_DUR=2 REPS=3 ZL_COUNT=1000000 ZL_STEPS=6 NIFS=1024 LIMIT=585 BENCHTIME=1s
+	DUR=4 SAMPLE_DUR=2 REPS=3 ZL_COUNT=1000000 ZL_STEPS=6 NIFS=1024 LIMIT=585 BENCHTIME=1s
 fi
 GEN_CPU=0 DUT_CPU=1
 SND=erspan-bench-snd COL=erspan-bench-col CEIL=erspan-bench-ceil
@@ -253,6 +254,9 @@ wait_for() {
 	return 1
 }
 ctl() { local ns=$1 sock=$2; shift 2; nsx "$ns" "$bin/erspanctl" --no-autostart --socket "$sock" "$@"; }
+# pick REGEX: the "name": number pairs of erspanctl -j output whose names
+# match REGEX, as name:number on one line.
+pick() { grep -Eo "\"($1)\": *[0-9]*" | tr -d '" ' | tr '\n' ' ' || true; }
 
 # How busy the machine is before we start: another load skews everything.
 idle_pct() {
@@ -307,36 +311,55 @@ ip netns add $CEIL
 # NAME (-size SIZE -duration DUR ARGS...) pinned to CPUS, each logged as it
 # ends; adds the row of the run with the median frames per CPU-second and
 # sets pps and eff from it. A run that fails (no io_uring here) counts as 0.
+# ceil_run SECONDS SIZE NAME CPUS ARGS...: one run of the ceiling; prints
+# its key=value line, or zeros when it failed (no io_uring here, say).
+ceil_run() {
+	local secs=$1 size=$2 name=$3 cpus=$4; shift 4
+	nsx $CEIL taskset -c "$cpus" "$bin/ceiling" -name "$name" -size "$size" -duration "${secs}s" "$@" ||
+		echo "pps=0 per_cpu_s=0 cpu=0 failed=1"
+}
 ceil_row() {
-	local label=$1 size=$2 name=$3 cpus=$4 runs="" k out; shift 4
+	local label=$1 size=$2 name=$3 cpus=$4 k out; shift 4
+	ceil_runs=""
 	for k in $(seq $REPS); do
-		if ! out=$(nsx $CEIL taskset -c "$cpus" "$bin/ceiling" -name "$name" -size "$size" -duration ${DUR}s "$@"); then
-			log "$label $size B, run $k of $REPS: failed, counted as 0"
-			out="pps=0 per_cpu_s=0 cpu=0"
-		fi
+		out=$(ceil_run $DUR "$size" "$name" "$cpus" "$@")
+		[ -z "$(kv failed "$out")" ] || log "$label $size B, run $k of $REPS: failed, counted as 0"
 		log "$label $size B, run $k of $REPS: $(kv pps "$out") pps, $(kv per_cpu_s "$out") per CPU-s, $(kv cpu "$out") CPU-s"
-		runs="$runs$(kv per_cpu_s "$out") $(kv pps "$out")"$'\n'
+		ceil_runs="$ceil_runs$(kv per_cpu_s "$out") $(kv pps "$out")"$'\n'
 	done
-	read -r eff pps <<<"$(printf '%s' "$runs" | mid)"
+	read -r eff pps <<<"$(printf '%s' "$ceil_runs" | mid)"
 	row "$label" "$size" - "$pps" - - - "$eff" ceil
 	log "$label $size B: $pps pps, $eff per CPU-s (median run)"
 }
 # ceiling WHEN SIZE: the one-queue ceiling (one write() per frame), at the
-# start or the end of the run; sets ceil_WHEN_pps and ceil_WHEN_eff[SIZE].
-declare -A ceil_start_pps ceil_start_eff ceil_end_pps ceil_end_eff ceil_pps ceil_eff
+# start or the end of the run; sets ceil_WHEN_eff[SIZE] and adds its runs
+# to the samples.
+declare -A ceil_start_eff ceil_end_eff ceil_pps ceil_eff ceil_samples
 ceiling() {
 	ceil_row "ceiling (TAP write) $1" "$2" bench0 $DUT_CPU
 	[ "$eff" != 0 ] || { log "bench.sh: the ceiling wrote no frame at $2 B"; exit 1; }
-	eval "ceil_$1_pps[$2]=$pps ceil_$1_eff[$2]=$eff"
+	eval "ceil_$1_eff[$2]=$eff"
+	ceil_samples[$2]="${ceil_samples[$2]:-}$ceil_runs"
+}
+# sample SIZE: a one-queue ceiling run of SAMPLE_DUR seconds between
+# measured runs, added to the samples.
+sample() {
+	local out
+	out=$(ceil_run $SAMPLE_DUR "$1" bench0 $DUT_CPU)
+	if [ -n "$(kv failed "$out")" ] || [ "$(kv per_cpu_s "$out")" = 0 ]; then
+		log "bench.sh: a ceiling sample at $1 B failed (not counted)"
+		return
+	fi
+	log "ceiling sample $1 B: $(kv per_cpu_s "$out") per CPU-s"
+	ceil_samples[$1]="${ceil_samples[$1]:-}$(kv per_cpu_s "$out") $(kv pps "$out")"$'\n'
 }
 # ceiling_end: the one-queue ceiling again, now that everything else is
-# measured, and the denominators: the mean of the start and end medians.
+# measured, and the denominators: the median of every sample of a size.
 ceiling_end() {
 	local size
 	for size in 64 1514; do
 		ceiling end $size
-		ceil_eff[$size]=$(calc %.0f "(${ceil_start_eff[$size]} + ${ceil_end_eff[$size]}) / 2")
-		ceil_pps[$size]=$(calc %.0f "(${ceil_start_pps[$size]} + ${ceil_end_pps[$size]}) / 2")
+		read -r ceil_eff[$size] ceil_pps[$size] <<<"$(printf '%s' "${ceil_samples[$size]}" | mid)"
 	done
 }
 declare -A mq_pps mq_eff mq1_pps mq1_eff
@@ -452,38 +475,24 @@ encap() {
 	figures "$r0" "$rend" "$r1" "$c0" "$c1" "$w0" "$w1" "$el"
 }
 
-# paired SIZE: the one-queue ceiling for PAIR_DUR seconds, right after a
-# measured run; sets peff, its frames per CPU-second.
-paired() {
-	local out
-	out=$(nsx $CEIL taskset -c $DUT_CPU "$bin/ceiling" -name bench0 -size "$1" -duration ${PAIR_DUR}s) || out=""
-	peff=$(kv per_cpu_s "$out")
-	if [ -z "$peff" ] || [ "$peff" = 0 ]; then
-		log "bench.sh: the paired ceiling wrote no frame at $1 B"
-		exit 1
-	fi
-}
-
 # measured_row LABEL SIZE MEASURE ARGS...: REPS runs of MEASURE ARGS...
-# (decap or encap), each followed by its paired ceiling and logged; adds
-# the row of the run with the median ratio (frames per CPU-second over
-# its paired ceiling's), but with the worst loss of the REPS runs (the
-# median run's alone would hide the others'), and sets ratio, pps and eff
-# from the median run.
+# (decap or encap), each logged as it ends and followed by a ceiling
+# sample; adds the row of the run with the median frames per CPU-second,
+# but with the worst loss of the REPS runs (the median run's alone would
+# hide the others'), and sets pps and eff from the median run.
 measured_row() {
-	local label=$1 size=$2 runs="" worst="" k l o c b r; shift 2
+	local label=$1 size=$2 runs="" worst="" k l o c b; shift 2
 	for k in $(seq $REPS); do
 		"$@"
-		paired "$size"
-		r=$(calc %.4f "$eff / $peff")
 		l=$((sent - deliv))
 		if [ -z "$worst" ] || [ "$l" -gt "$worst" ]; then worst=$l; fi
-		log "$label $size B, run $k of $REPS: $pps pps, $eff per CPU-s, lost $l of $sent, $cpu CPU-s, busy $busy%; paired ceiling $peff per CPU-s, ratio $r"
-		runs="$runs$r $eff $pps $offered $cpu $busy"$'\n'
+		log "$label $size B, run $k of $REPS: $pps pps, $eff per CPU-s, lost $l of $sent, $cpu CPU-s, busy $busy%"
+		runs="$runs$eff $pps $offered $cpu $busy"$'\n'
+		sample "$size"
 	done
-	read -r ratio eff pps o c b <<<"$(printf '%s' "$runs" | mid)"
-	row "$label" "$size" "$o" "$pps" "$worst" "$c" "$b%" "$eff" "$(calc %.2f "$ratio")"
-	log "$label $size B: $pps pps, $eff per CPU-s, ratio $ratio (median run), lost at worst $worst"
+	read -r eff pps o c b <<<"$(printf '%s' "$runs" | mid)"
+	row "$label" "$size" "$o" "$pps" "$worst" "$c" "$b%" "$eff" ceil
+	log "$label $size B: $pps pps, $eff per CPU-s (median run), lost at worst $worst"
 }
 
 # decap_row LABEL PID IFGLOB SIZE SESSION SESSIONS: measured_row of decap
@@ -547,7 +556,7 @@ report() {
 	echo
 	echo "erspan benchmark$1: $(nproc) CPUs, kernel $(uname -r), $(go version | cut -d' ' -f3), commit $(git describe --always --dirty 2>/dev/null || echo ?)$( [ $QUICK -eq 1 ] && echo ', --quick')"
 	echo "machine idle before the run: ${idle}% (less than ~95% means another load shares the CPUs)"
-	echo "$REPS run(s) of ${DUR}s per row, each row from the run with the median ratio, but lost: the worst run's (every run is in the log);"
+	echo "$REPS run(s) of ${DUR}s per row, each row from the run with the median frames per CPU-s, but lost: the worst run's (every run is in the log);"
 	echo "generator on CPU $GEN_CPU, the measured program on CPU $DUT_CPU"
 	echo
 	printf '%-26s %5s %10s %10s %9s %7s %6s %11s %6s\n' measurement bytes offered/s frames/s lost CPU-s busy frames/CPU-s ratio
@@ -557,11 +566,12 @@ report() {
 	done <<<"${rows%$'\n'}"
 	echo
 	echo "ratio: frames per CPU-second over the one-queue ceiling's (one write() per frame into a TAP, same size):"
-	echo "erspand's and the naive loop's runs over a ${PAIR_DUR}s ceiling run right after each (paired);"
-	echo "the ceiling rows over the mean of its median runs at the start and at the end of this run, as it drifts:"
+	echo "the median of all its runs in this run (at the start, at the end, and one of ${SAMPLE_DUR}s after every"
+	echo "erspand or naive run), as it moves:"
 	for size in 64 1514; do
-		echo "  $size B: start ${ceil_start_eff[$size]}, end ${ceil_end_eff[$size]} frames per CPU-s" \
-			"(drift $(calc %+.1f "100 * (${ceil_end_eff[$size]} - ${ceil_start_eff[$size]}) / ${ceil_start_eff[$size]}")%), mean ${ceil_eff[$size]}"
+		echo "  $size B: median ${ceil_eff[$size]} frames per CPU-s of $(printf '%s' "${ceil_samples[$size]}" | grep -c .) runs," \
+			"$(printf '%s' "${ceil_samples[$size]}" | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {printf "%d to %d", lo, hi}');" \
+			"start ${ceil_start_eff[$size]}, end ${ceil_end_eff[$size]} (medians)"
 	done
 	echo "wall time: $(($(date +%s) - t0)) s (the build before it not counted)"
 }
@@ -630,13 +640,13 @@ if [ $SWEEP -eq 1 ]; then
 fi
 
 # ---- naive baseline -----------------------------------------------------------
-declare -A naive_pps naive_ratio
+declare -A naive_pps naive_eff
 start $COL "$bin/naive" -name naive0 -local 192.0.2.2 -session 77 -duration 300s
 naive=$started
 for _ in $(seq 50); do grep -q ready "$work/naive.log" 2>/dev/null && break; sleep 0.1; done
 for size in 64 1514; do
 	decap_row "naive decap" $naive naive0 $size 77 1
-	naive_pps[$size]=$pps naive_ratio[$size]=$ratio
+	naive_pps[$size]=$pps naive_eff[$size]=$eff
 done
 stop $naive
 
@@ -649,12 +659,12 @@ erspand_in $SND snd
 snd=$started snd_sock=$esock
 ctl $SND "$snd_sock" create erspan0 tunnel 192.0.2.1 192.0.2.2 vnetid 77 up
 encap_on
-declare -A encap_pps encap_ratio
+declare -A encap_pps encap_eff
 for size in 64 1514; do
 	measured_row "erspand encap" $size encap $snd $size
-	encap_pps[$size]=$pps encap_ratio[$size]=$ratio
+	encap_pps[$size]=$pps encap_eff[$size]=$eff
 done
-encap_tx=$(ctl $SND "$snd_sock" -j erspan0 | grep -Eo '"tx_(packets|errors|too_big)": *[0-9]*' | tr -d '" ' | tr '\n' ' ' || true)
+encap_tx=$(ctl $SND "$snd_sock" -j erspan0 | pick 'tx_packets|tx_errors|tx_too_big')
 encap_off
 ctl $SND "$snd_sock" destroy erspan0
 stop $snd
@@ -664,10 +674,10 @@ stop $snd
 erspand_in $COL col2 --io-uring
 col2=$started
 ctl $COL "$esock" create erspan0 tunnel 192.0.2.2 192.0.2.1 vnetid 77 up
-declare -A decap_uring_ratio
+declare -A decap_uring_eff
 for size in 64 1514; do
 	decap_row "erspand decap --io-uring" $col2 erspan0 $size 77 1
-	decap_uring_ratio[$size]=$ratio
+	decap_uring_eff[$size]=$eff
 done
 ctl $COL "$esock" destroy erspan0
 stop $col2
@@ -676,10 +686,10 @@ stop $col2
 erspand_in $COL col
 col=$started sock=$esock
 ctl $COL "$sock" create erspan0 tunnel 192.0.2.2 192.0.2.1 vnetid 77 up
-declare -A decap_pps decap_ratio
+declare -A decap_pps decap_eff
 for size in 64 1514; do
 	decap_row "erspand decap" $col erspan0 $size 77 1
-	decap_pps[$size]=$pps decap_ratio[$size]=$ratio
+	decap_pps[$size]=$pps decap_eff[$size]=$eff
 done
 rss1=$(rss_kb $col) raw1=$(raw_gre $COL)
 
@@ -724,11 +734,11 @@ slabn=$(slab_kb)
 log "made $NIFS interfaces: $mk"
 target=$((NIFS > 77 ? 77 : NIFS - 1))
 decap_row "decap, $NIFS ifs, 1 sess" $col "erspan$target" 64 $target 1
-many_one=$pps many_one_ratio=$ratio
+many_one=$pps many_one_eff=$eff
 decap_row "decap, $NIFS ifs, all" $col 'erspan*' 64 0 $NIFS
-many_all=$pps many_all_ratio=$ratio
+many_all=$pps many_all_eff=$eff
 rssn=$(rss_kb $col) rawn=$(raw_gre $COL)
-col_counters=$(ctl $COL "$sock" -j | sed -n '/"daemon"/,$p' | grep -Eo '"(rx_packets|unmatched|kernel_drops)": *[0-9]*' | tr -d '" ' | tr '\n' ' ' || true)
+col_counters=$(ctl $COL "$sock" -j | sed -n '/"daemon"/,$p' | pick 'rx_packets|unmatched|kernel_drops')
 stop $col
 ceiling_end
 
@@ -741,7 +751,7 @@ echo "erspand RSS: $rss1 kB with 1 interface, $rssn kB with $NIFS interfaces$( [
 echo "making $NIFS interfaces (create, tunnel, vnetid, up; one control connection): $(kv seconds "$mk") s;"
 echo "  kernel memory (Slab, system-wide) $(calc %.0f "($slabn - $slab0) / 1024") MB more after, $(calc %.0f "($slabn - $slab0) / $NIFS") kB per interface"
 echo "raw GRE sockets in the collector namespace: $raw1 with 1 interface, $rawn with $NIFS (the kernel clones each GRE packet to every one)"
-echo "decap with $NIFS interfaces relative to 1, frames per CPU-s (paired ratios): $(calc %.2f "$many_one_ratio / ${decap_ratio[64]}") (one session), $(calc %.2f "$many_all_ratio / ${decap_ratio[64]}") (spread over all $NIFS sessions);"
+echo "decap with $NIFS interfaces relative to 1, frames per CPU-s: $(calc %.2f "$many_one_eff / ${decap_eff[64]}") (one session), $(calc %.2f "$many_all_eff / ${decap_eff[64]}") (spread over all $NIFS sessions);"
 echo "  frames per second: $(calc %.2f "$many_one / ${decap_pps[64]}"), $(calc %.2f "$many_all / ${decap_pps[64]}") (generator-bound while erspand is not busy)"
 echo "erspand (sender) counters after encap: $encap_tx"
 echo "erspand (collector) counters at the end: $col_counters"
@@ -755,12 +765,12 @@ echo "multi-queue TAP, two queues with a writer thread and flows of its own each
 echo "  on both CPUs, $(calc %.2f "${mq_pps[64]} / ${ceil_pps[64]}") of the frames per second, $(calc %.2f "${mq_eff[64]} / ${ceil_eff[64]}") of the frames per CPU-s;"
 echo "  both threads on CPU $DUT_CPU (as the one-queue ceiling), $(calc %.2f "${mq1_pps[64]} / ${ceil_pps[64]}") of the frames per second, $(calc %.2f "${mq1_eff[64]} / ${ceil_eff[64]}") of the frames per CPU-s;"
 echo "  erspand writes each TAP from one thread, on one queue"
-echo "decap with --io-uring, frames per CPU-s relative to the default (paired ratios): $(calc %.2f "${decap_uring_ratio[64]} / ${decap_ratio[64]}") (64 B), $(calc %.2f "${decap_uring_ratio[1514]} / ${decap_ratio[1514]}") (1514 B)"
-echo "naive_speedup_64: erspand's decap frames per CPU-s over the naive loop's at 64 B (paired ratios), fed by the same"
+echo "decap with --io-uring, frames per CPU-s relative to the default: $(calc %.2f "${decap_uring_eff[64]} / ${decap_eff[64]}") (64 B), $(calc %.2f "${decap_uring_eff[1514]} / ${decap_eff[1514]}") (1514 B)"
+echo "naive_speedup_64: erspand's decap frames per CPU-s over the naive loop's at 64 B, fed by the same"
 echo "generator; frames per second: $(calc %.2f "${decap_pps[64]} / ${naive_pps[64]}") (equal when both keep up with the generator, so not a measure of either)"
 echo
 printf 'decap_pps_64=%s decap_pps_1514=%s decap_ratio_64=%s decap_ratio_1514=%s encap_pps_64=%s encap_ratio_64=%s naive_speedup_64=%s zero_loss_pps_64=%s allocs_per_frame=%s\n' \
 	"${decap_pps[64]}" "${decap_pps[1514]}" \
-	"$(calc %.2f "${decap_ratio[64]}")" "$(calc %.2f "${decap_ratio[1514]}")" \
-	"${encap_pps[64]}" "$(calc %.2f "${encap_ratio[64]}")" \
-	"$(calc %.2f "${decap_ratio[64]} / ${naive_ratio[64]}")" "$zero_loss" "$allocs"
+	"$(calc %.2f "${decap_eff[64]} / ${ceil_eff[64]}")" "$(calc %.2f "${decap_eff[1514]} / ${ceil_eff[1514]}")" \
+	"${encap_pps[64]}" "$(calc %.2f "${encap_eff[64]} / ${ceil_eff[64]}")" \
+	"$(calc %.2f "${decap_eff[64]} / ${naive_eff[64]}")" "$zero_loss" "$allocs"
