@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"net"
 	"path/filepath"
 	"strings"
@@ -164,5 +165,43 @@ func TestServeListenerEnds(t *testing.T) {
 	// The handler is gone: the connection is closed under the client.
 	if _, err := c.All(); err == nil {
 		t.Error("a request on a connection of a stopped server was answered")
+	}
+}
+
+// TestServeListenerEndsStuckWriter: a client that sends requests and never
+// reads the replies (its socket buffer full, the handler blocked in a
+// write) does not hold ServeListener past its listener's close.
+func TestServeListenerEndsStuckWriter(t *testing.T) {
+	l, err := Listen(filepath.Join(t.TempDir(), "erspand.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewRegistry(newFake())
+	for i := range 50 {
+		if err := r.Create(fmt.Sprintf("erspan%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	served := make(chan error, 1)
+	go func() { served <- r.ServeListener(l, nil) }()
+	c, err := net.Dial("unix", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Requests for the status of every interface, never read: the replies
+	// (kilobytes each) fill both socket buffers and block the handler.
+	req := strings.Repeat("get=\n\n", 2000)
+	c.SetWriteDeadline(time.Now().Add(3 * time.Second))
+	go c.Write([]byte(req))
+	time.Sleep(300 * time.Millisecond)
+	l.Close()
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Errorf("ServeListener: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("ServeListener still running 5s after its listener closed, a handler blocked writing to a client that does not read")
 	}
 }

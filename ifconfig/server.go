@@ -38,6 +38,10 @@ func Listen(path string) (net.Listener, error) {
 	return l, nil
 }
 
+// shutdownWriteGrace is how long ServeListener, once its listener is
+// closed, lets a handler finish writing a reply.
+const shutdownWriteGrace = time.Second
+
 // ServeListener accepts connections on l and serves each on its own
 // goroutine, until l is closed. It then ends every connection once its
 // request in progress (if any) is answered, and returns only when every
@@ -53,7 +57,11 @@ func (r *Registry) ServeListener(l net.Listener, logf func(string, ...any)) erro
 		for c := range conns {
 			// A read deadline in the past: the handler's next read of a
 			// request fails at once; a request being applied is not cut.
+			// A write deadline a moment away: a reply to a client that
+			// stopped reading must not hold the shutdown (and the final
+			// state save) for ever.
 			_ = c.SetReadDeadline(time.Now())
+			_ = c.SetWriteDeadline(time.Now().Add(shutdownWriteGrace))
 		}
 		mu.Unlock()
 		wg.Wait()
