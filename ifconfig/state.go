@@ -207,15 +207,15 @@ func (r *Registry) applyLine(name, line string) error {
 // numbers move; configuration changes are written within persistCoalesce.
 const persistInterval = time.Second
 
-// persistCoalesce is how long Persist lets configuration changes gather
-// before it writes them: each write holds every interface, so a script
+// persistCoalesce is the least time between two writes for
+// configuration changes: each write holds every interface, so a script
 // making a thousand interfaces, written once per change, cost erspand
 // two fifths of its CPU for the burst (quadratic in the count).
 const persistCoalesce = 50 * time.Millisecond
 
-// Persist writes the state file within persistCoalesce of every change
-// and, while interfaces send, every persistInterval, until stop is
-// closed; then it writes it a last time.
+// Persist writes the state file after a change, at once or, in a burst,
+// persistCoalesce after the write before; while interfaces send, every
+// persistInterval; and a last time when stop is closed, then returns.
 func (r *Registry) Persist(path string, seq Sequencer, stop <-chan struct{}, logf func(string, ...any)) {
 	last := map[string]uint32{}
 	rates := map[string]float64{}
@@ -256,17 +256,17 @@ func (r *Registry) Persist(path string, seq Sequencer, stop <-chan struct{}, log
 			save(true)
 			return
 		case <-r.dirty:
+			// At once, so a lone change is on disk as soon as it can
+			// be; then no other write for persistCoalesce, so a burst
+			// of changes goes in one write per persistCoalesce (the
+			// token of a change meanwhile brings the next one).
+			save(true)
 			select {
 			case <-time.After(persistCoalesce):
 			case <-stop:
+				save(true)
+				return
 			}
-			// What changed meanwhile is in this write: its token
-			// would only cause another.
-			select {
-			case <-r.dirty:
-			default:
-			}
-			save(true)
 		case <-t.C:
 			save(false)
 		}

@@ -79,12 +79,20 @@ func TestPersistCoalesces(t *testing.T) {
 		t.Errorf("%d changes over %v were written %d times, want at most %d (one per %v)", changes, elapsed.Round(time.Millisecond), n1-n0, most, persistCoalesce)
 	}
 
+	// A change, then stop at once: the change's write, the last one at
+	// stop, and no more.
+	time.Sleep(2 * persistCoalesce)
+	n2, _ := count()
 	if err := r.Destroy("erspan7"); err != nil {
 		t.Fatal(err)
 	}
 	close(stop)
 	<-done
-	if n, ifs := count(); ifs != changes-1 {
+	n, ifs := count()
+	if ifs != changes-1 {
 		t.Errorf("the write at stop (%d writes) holds %d interfaces, want %d", n, ifs, changes-1)
+	}
+	if n-n2 > 2 {
+		t.Errorf("a change and a stop were written %d times, want at most 2", n-n2)
 	}
 }
