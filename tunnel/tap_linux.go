@@ -73,9 +73,10 @@ func CreateTAP(name string, mac net.HardwareAddr, mtu int) (l Link, adopted bool
 			return Link{}, false, err
 		}
 		// A TAP made before erspand set noqueue may have the default.
-		if err := setNoQueue(existing); err != nil {
-			return Link{}, false, err
-		}
+		// Best effort: a TAP that keeps it still works (the default
+		// costs kernel memory, not frames), and refusing to adopt it
+		// would drop the interface from erspand's state.
+		_ = setNoQueue(existing)
 		return linkOf(existing), true, nil
 	case !isLinkNotFound(err):
 		return Link{}, false, fmt.Errorf("look up link %s: %w", name, err)
@@ -164,7 +165,8 @@ func CreateTAP(name string, mac net.HardwareAddr, mtu int) (l Link, adopted bool
 // socket's send), where the qdisc reported success.
 //
 // The kernel resets the root to noop when a link changes namespace, so
-// MoveTAP calls this again.
+// MoveTAP calls this again. Only CreateTAP's new TAP fails on its error
+// (and is removed): for a TAP adopted or moved, it is best effort.
 func setNoQueue(link netlink.Link) error {
 	name := link.Attrs().Name
 	kind, handle, err := qdiscAt(link, netlink.HANDLE_ROOT)

@@ -421,6 +421,18 @@ func TestTAPQdisc(t *testing.T) {
 		if kind, handle := root("adopted with pfifo_fast"); kind != "pfifo_fast" || handle != netlink.MakeHandle(1, 0) {
 			t.Errorf("adopted with pfifo_fast 1: as root: now %q %#x", kind, handle)
 		}
+		// Even mq, when it is somebody's (tc gives it a handle).
+		mine = &netlink.GenericQdisc{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: l.Attrs().Index,
+			Parent: netlink.HANDLE_ROOT, Handle: netlink.MakeHandle(2, 0)}, QdiscType: "mq"}
+		if err := netlink.QdiscReplace(mine); err != nil {
+			t.Fatalf("set mq 2: root: %v", err)
+		}
+		if _, _, err := CreateTAP("erspan3", nil, 0); err != nil {
+			t.Fatalf("adopt: %v", err)
+		}
+		if kind, handle := root("adopted with mq 2:"); kind != "mq" || handle != netlink.MakeHandle(2, 0) {
+			t.Errorf("adopted with mq 2: as root: now %q %#x", kind, handle)
+		}
 	})
 
 	l := &Linux{home: a.h}
