@@ -10,11 +10,11 @@ const IPProtoGRE = 47
 
 // ParseIPv4 reads the outer IPv4 header at the start of b, as a raw IPv4
 // socket returns it (options included, length from IHL). It returns the
-// source and destination addresses and the IP payload, which aliases b and is
-// cut to the header's total length. It does not check the protocol or the
-// header checksum: behind a raw IP socket the kernel has. Packets the IP
-// stack never checked (read from a packet socket) go through
-// ParseIPv4Checked.
+// source and destination addresses and the IP payload, which aliases b and
+// is cut to the header's total length (nil with an error). It does not
+// check the protocol or the header checksum: behind a raw IP socket the
+// kernel has. Packets the IP stack never checked (read from a packet
+// socket) go through ParseIPv4Checked.
 func ParseIPv4(b []byte) (src, dst netip.Addr, payload []byte, err error) {
 	if len(b) < 20 || b[0]>>4 != 4 {
 		return src, dst, nil, ErrIPHeader

@@ -270,10 +270,8 @@ func (s *GRESocket) parse(i int) {
 		}
 		// The kernel hands a raw IPv4 socket the header as received,
 		// options included, with tot_len in network order.
+		// ParseIPv4 returns no payload with an error.
 		m.Src, m.Dst, m.GRE, m.Err = erspan.ParseIPv4(b)
-		if m.Err != nil {
-			m.GRE = nil
-		}
 		return
 	}
 	if h.Hdr.Namelen >= unix.SizeofSockaddrInet6 {

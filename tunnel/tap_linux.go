@@ -225,9 +225,9 @@ func SetLinkUp(name string, up bool) error {
 }
 
 // Queue is one queue of a TAP: ReadBatch returns frames that left the
-// interface, every Write hands one frame to the interface as if it had
-// been received on it. ReadBatch and Write may be called concurrently
-// with each other and with Close.
+// interface; frames go into it, as if received on the interface, through
+// a FrameWriter. ReadBatch may be called concurrently with Close and with
+// a FrameWriter's writes.
 type Queue interface {
 	// ReadBatch reads up to len(bufs) frames, frame i into
 	// bufs[i][offset:] and its length into sizes[i]: it waits for the

@@ -322,12 +322,13 @@ func (w *tapWriter) write(i int) error {
 }
 
 func (w *tapWriter) flushRing(errs []error) {
-	// Frames for queues that are not TAPs of ours, or closed, go one by
-	// one; the rest in one submission, in order. In practice all are.
+	// A frame without a pinned descriptor (its queue closed, or not a
+	// TAP of ours) fails as write would; the rest go in one submission,
+	// in order.
 	k := 0
 	for i := range w.frames {
 		if w.fds[i] < 0 {
-			errs[i] = w.write(i)
+			errs[i] = os.ErrClosed
 			continue
 		}
 		// Compacted in place: slot k is frame idx[k].
