@@ -102,16 +102,12 @@ func (l *Linux) SetLinkAttrs(ns, name string, mtu int, mac net.HardwareAddr) err
 }
 
 func (l *Linux) MoveTAP(name, from, to string) (Link, error) {
-	target := l.home
-	if to != "" {
-		h, err := netns.GetFromName(to)
-		if err != nil {
-			return Link{}, fmt.Errorf("network namespace %s: %w", to, err)
-		}
-		defer h.Close()
-		target = h
+	target, closeNS, err := openNamespace(l.home, to)
+	if err != nil {
+		return Link{}, err
 	}
-	err := inNamespace(from, func() error {
+	defer closeNS()
+	err = inNamespace(from, func() error {
 		link, err := linkByName(name)
 		if err != nil {
 			return err

@@ -24,6 +24,20 @@ func CheckNamespace(name string) error {
 	return nil
 }
 
+// openNamespace returns a handle of network namespace name, home for ""
+// (the daemon's own, opened by the caller), and the function that closes
+// what it opened.
+func openNamespace(home netns.NsHandle, name string) (netns.NsHandle, func(), error) {
+	if name == "" {
+		return home, func() {}, nil
+	}
+	h, err := netns.GetFromName(name)
+	if err != nil {
+		return 0, nil, fmt.Errorf("network namespace %s: %w", name, err)
+	}
+	return h, func() { h.Close() }, nil
+}
+
 // inNamespace runs fn on an OS thread inside network namespace name ("" =
 // the daemon's own, run directly). Sockets fn makes stay in that namespace
 // after it returns; netlink requests and /proc/sys/net act on it.

@@ -301,18 +301,14 @@ type subscription struct {
 }
 
 func (s *span) subscribe() (*subscription, error) {
-	handle := s.home
-	if s.ns != "" {
-		h, err := netns.GetFromName(s.ns)
-		if err != nil {
-			return nil, fmt.Errorf("network namespace %s: %w", s.ns, err)
-		}
-		// The subscription's socket keeps the namespace.
-		defer h.Close()
-		handle = h
+	// The subscription's socket keeps the namespace.
+	handle, closeNS, err := openNamespace(s.home, s.ns)
+	if err != nil {
+		return nil, err
 	}
+	defer closeNS()
 	sub := &subscription{updates: make(chan netlink.LinkUpdate, 64), done: make(chan struct{})}
-	err := netlink.LinkSubscribeWithOptions(sub.updates, sub.done, netlink.LinkSubscribeOptions{
+	err = netlink.LinkSubscribeWithOptions(sub.updates, sub.done, netlink.LinkSubscribeOptions{
 		Namespace: &handle, ErrorCallback: func(err error) { sub.err.Store(&err) }})
 	if err != nil {
 		return nil, fmt.Errorf("watch the ports of %s: %w", s.bridge, err)
