@@ -46,10 +46,18 @@ type flow struct {
 	zeros   int    // sequence number 0 seen before tracking began
 }
 
-// publish makes the sequence state visible to readers (snapshot).
+// publish makes the sequence state visible to readers (snapshot). It
+// stores only what changed: a store is an atomic exchange on amd64, and
+// publish runs once per run of packets (per packet when sessions
+// interleave), while tracking changes once in a flow's life and lastSeq
+// never for a source without sequence numbers.
 func (f *flow) publish() {
-	f.lastSeq.Store(f.last)
-	f.tracking.Store(f.tracked)
+	if f.lastSeq.Load() != f.last {
+		f.lastSeq.Store(f.last)
+	}
+	if f.tracking.Load() != f.tracked {
+		f.tracking.Store(f.tracked)
+	}
 }
 
 // Flow is the report of one (source, session).

@@ -190,6 +190,34 @@ func TestRunsInBatch(t *testing.T) {
 	}
 }
 
+// TestTAPWriteErrors: frames whose TAP write fails (the TAP removed under
+// erspand) count as rx_errors of their interface, not as rx_packets, in
+// runs interleaved with another interface's frames that are delivered.
+func TestTAPWriteErrors(t *testing.T) {
+	r := newRig(t)
+	gone := r.add(Config{Name: "erspan0", Up: true, Monitor: true, Src: local, Dst: remote, VNetID: 77})
+	ok := r.add(Config{Name: "erspan1", Up: true, Monitor: true, Src: local, VNetID: 5})
+	gone.mu.Lock()
+	gone.writeErr = unix.EBADFD // its writes fail from now on
+	gone.mu.Unlock()
+	sock := r.sys.socket(4)
+	msg := func(session uint16, seq uint32) Message {
+		p := erspan.Packet{Type: erspan.TypeII, HasSeq: true, Session: session, Seq: seq}
+		return Message{Src: remote, Dst: local, GRE: gre(t, p, frame(byte(seq), 64))}
+	}
+	sock.inject(msg(77, 1), msg(77, 2), msg(5, 1), msg(5, 2), msg(77, 3))
+	sock.inject(msg(77, 4))
+	if c := r.h.Counters("erspan0"); c.RxErrors != 4 || c.RxPackets != 0 {
+		t.Errorf("erspan0 counters %+v, want 4 rx_errors and no rx_packets", c)
+	}
+	if c := r.h.Counters("erspan1"); c.RxErrors != 0 || c.RxPackets != 2 {
+		t.Errorf("erspan1 counters %+v, want 2 rx_packets and no rx_errors", c)
+	}
+	if n := len(ok.take()); n != 2 {
+		t.Errorf("erspan1 got %d frames, want 2", n)
+	}
+}
+
 // TestGREAllow: with net.inet.gre.allow=0 every GRE packet of a batch is
 // dropped and counted as disallowed, none delivered; =1 restores.
 func TestGREAllow(t *testing.T) {
@@ -398,8 +426,35 @@ func TestInputAllocs(t *testing.T) {
 	}
 }
 
+// discardWriter is a FrameWriter that takes frames and writes none, every
+// one a success: the receive benchmarks measure the receive path, not the
+// in-memory TAP (memQueue takes a mutex per frame).
+type discardWriter struct {
+	n    int
+	errs []error // all nil
+}
+
+func newDiscardWriter(batch int) *discardWriter { return &discardWriter{errs: make([]error, batch)} }
+
+func (w *discardWriter) Add(Queue, []byte) bool {
+	if w.n == len(w.errs) {
+		return false
+	}
+	w.n++
+	return true
+}
+
+func (w *discardWriter) Flush() []error {
+	errs := w.errs[:w.n]
+	w.n = 0
+	return errs
+}
+
+func (w *discardWriter) Close() error { return nil }
+
 // benchHost is a Host with erspan0 taking session 77 from remote to
-// local, its IPv4 demux table and a receiver to run batches through.
+// local, its IPv4 demux table and a receiver to run batches through,
+// which writes into a discardWriter.
 func benchHost(b *testing.B) (*Host, *demuxTable, *receiver) {
 	h := NewHost(newMemSystem(), nil)
 	b.Cleanup(func() { h.Close() })
@@ -409,7 +464,9 @@ func benchHost(b *testing.B) (*Host, *demuxTable, *receiver) {
 	if err := h.Update(Config{Name: "erspan0", Up: true, Monitor: true, Src: local, Dst: remote, VNetID: 77}); err != nil {
 		b.Fatal(err)
 	}
-	return h, h.recv[recvKey{family: 4}].table.Load(), newReceiver(h, nil)
+	rc := newReceiver(h, nil)
+	rc.out = newDiscardWriter(rxWriteBatch)
+	return h, h.recv[recvKey{family: 4}].table.Load(), rc
 }
 
 func BenchmarkInput(b *testing.B) {
@@ -482,6 +539,7 @@ func BenchmarkInputSpread(b *testing.B) {
 	}
 	tab := h.recv[recvKey{family: 4}].table.Load()
 	rc := newReceiver(h, nil)
+	rc.out = newDiscardWriter(rxWriteBatch)
 	b.ReportAllocs()
 	n, seq := 0, uint32(1)
 	for b.Loop() {

@@ -217,9 +217,12 @@ type memQueue struct {
 	count  int
 	keep   bool // record frames (off for allocation tests)
 	closed bool
-	out    chan []byte   // frames the "kernel" sends out of the TAP
-	done   chan struct{} // closed by Close
-	fail   chan error    // an error the next Read returns
+	// writeErr, when set, is what every Write fails with (a TAP removed
+	// under erspand: EBADFD).
+	writeErr error
+	out      chan []byte   // frames the "kernel" sends out of the TAP
+	done     chan struct{} // closed by Close
+	fail     chan error    // an error the next Read returns
 }
 
 func newMemQueue() *memQueue {
@@ -256,6 +259,9 @@ func (q *memQueue) Write(b []byte) (int, error) {
 	defer q.mu.Unlock()
 	if q.closed {
 		return 0, net.ErrClosed
+	}
+	if q.writeErr != nil {
+		return 0, q.writeErr
 	}
 	q.count++
 	if q.keep {

@@ -188,23 +188,26 @@ func (r *receiver) flush() {
 		return
 	}
 	var (
-		cur            *iface
-		packets, bytes uint64
+		cur                    *iface
+		packets, bytes, errors uint64
 	)
 	add := func() {
 		if cur != nil && packets > 0 {
 			cur.stats.rxPackets.Add(packets)
 			cur.stats.rxBytes.Add(bytes)
 		}
+		if cur != nil && errors > 0 {
+			cur.stats.rxErrors.Add(errors)
+		}
 	}
 	for i, err := range r.out.Flush() {
 		q := &r.outIf[i]
 		if q.ifc != cur {
 			add()
-			cur, packets, bytes = q.ifc, 0, 0
+			cur, packets, bytes, errors = q.ifc, 0, 0, 0
 		}
 		if err != nil {
-			cur.stats.rxErrors.Add(1)
+			errors++
 			continue
 		}
 		packets++
