@@ -84,6 +84,25 @@ func TestParseIPv4Allocs(t *testing.T) {
 	if a := testing.AllocsPerRun(1000, func() { _, _, _, _ = ParseIPv4(b[:10]) }); a != 0 {
 		t.Errorf("ParseIPv4 error: %v allocations", a)
 	}
+	// Sensor mode's path (a packet socket): the checksum verified.
+	good := append([]byte(nil), b...)
+	binary.BigEndian.PutUint16(good[10:], Checksum(good[:24]))
+	if _, _, _, err := ParseIPv4Checked(good); err != nil {
+		t.Fatalf("ParseIPv4Checked of a good header: %v", err)
+	}
+	bad := append([]byte(nil), good...)
+	bad[10] ^= 0xff
+	if _, _, _, err := ParseIPv4Checked(bad); err != ErrIPHeader {
+		t.Fatalf("ParseIPv4Checked of a bad checksum: %v, want ErrIPHeader", err)
+	}
+	for _, c := range []struct {
+		name string
+		b    []byte
+	}{{"good", good}, {"bad checksum", bad}} {
+		if a := testing.AllocsPerRun(1000, func() { _, _, _, _ = ParseIPv4Checked(c.b) }); a != 0 {
+			t.Errorf("ParseIPv4Checked, %s: %v allocations", c.name, a)
+		}
+	}
 }
 
 // FuzzParseIPv4 checks ParseIPv4 against the rules of RFC 791 written out

@@ -269,14 +269,17 @@ idle_pct() {
 
 # allocs_per_frame comes from the allocation tests, which fail on any
 # allocation per batch or frame: decode, demux and counters down every
-# branch (TestInputAllocs); the real sockets' batch reads (TestSocketAllocs);
-# encap (TestEncapAllocs); the TAP writers, write(2) and io_uring, on a real
-# TAP (TestFrameWriter). Each must have run and passed: one renamed away
+# branch, a writer filled mid-batch, failed TAP writes and a flow beyond
+# the table (TestInputAllocs); the real sockets' batch reads, a raw GRE
+# socket's (TestSocketAllocs) and a sensor's capture socket's
+# (TestCaptureAllocs); encap (TestEncapAllocs); the transmit path's TAP
+# reads and sendmmsg (TestTransmitAllocs); the TAP writers, write(2) and
+# io_uring, on a real TAP (TestFrameWriter). Each must have run and passed: one renamed away
 # would otherwise leave the key claiming a path it no longer covers. The
 # benchmark's allocs/op is shown beside ("-" if it did not run). Both from
 # the test binary built above, run in the package's directory as go test
 # would.
-alloc_tests="TestInputAllocs TestSocketAllocs TestEncapAllocs TestFrameWriter"
+alloc_tests="TestInputAllocs TestSocketAllocs TestCaptureAllocs TestEncapAllocs TestTransmitAllocs TestFrameWriter"
 allocs=- bench_allocs=-
 alloc_check() {
 	log "allocations per frame: tunnel.test -test.run '${alloc_tests// /|}' and -test.bench BenchmarkInputBatch"

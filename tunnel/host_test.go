@@ -424,6 +424,46 @@ func TestInputAllocs(t *testing.T) {
 			t.Errorf("%s: no packet counted: the branch was not taken", what)
 		}
 	}
+
+	// The branches of a full receive: a batch longer than the writer
+	// takes (flushed mid-batch), a TAP whose writes fail, and a source
+	// beyond maxFlows (counted in the overflow). erspan2, the catch-all,
+	// gets more (source, session) flows than it tracks first.
+	r.add(Config{Name: "erspan3", Up: true, Monitor: true, Src: local, Dst: remote2, VNetID: 9})
+	q3 := r.sys.queue("erspan3")
+	q3.mu.Lock()
+	q3.writeErr = unix.EBADFD
+	q3.mu.Unlock()
+	tab = r.h.recv[recvKey{family: 4}].table.Load()
+	var fill []Message
+	for _, src := range []netip.Addr{remote, remote2} {
+		for s := uint16(100); s < 1024; s++ {
+			fill = append(fill, Message{Src: src, Dst: local, GRE: gre(t, typeII(s), frame(9, 64))})
+		}
+	}
+	for i := 0; i < len(fill); i += rxWriteBatch {
+		rc.handle(tab, fill[i:min(i+rxWriteBatch, len(fill))])
+	}
+	var full []Message
+	for range rxWriteBatch + 10 {
+		full = append(full, msgs[0]) // erspan0
+	}
+	full = append(full,
+		Message{Src: remote2, Dst: local, GRE: gre(t, typeII(9), frame(10, 64))}, // erspan3, write fails
+		Message{Src: remote, Dst: local, GRE: gre(t, typeII(99), frame(11, 64))}) // erspan2, a flow beyond maxFlows
+	rc.handle(tab, full)
+	allocs = testing.AllocsPerRun(100, func() { rc.handle(tab, full) })
+	if allocs != 0 {
+		t.Errorf("%v allocations per batch of %d (writer full, write errors, flow overflow), want 0", allocs, len(full))
+	}
+	_, overflow := r.h.Flows("erspan2")
+	for what, n := range map[string]uint64{
+		"failed TAP write": r.h.Counters("erspan3").RxErrors, "flow overflow": overflow,
+	} {
+		if n == 0 {
+			t.Errorf("%s: no packet counted: the branch was not taken", what)
+		}
+	}
 }
 
 // discardWriter is a FrameWriter that takes frames and writes none, every
