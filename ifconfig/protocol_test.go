@@ -8,9 +8,12 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/erspan-linux/erspan/tunnel"
 )
 
 // serve runs the registry's protocol over an in-memory connection and
@@ -203,5 +206,63 @@ func TestServeListenerEndsStuckWriter(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("ServeListener still running 5s after its listener closed, a handler blocked writing to a client that does not read")
+	}
+}
+
+// gatedBackend is a fakeBackend whose Create waits for gate.
+type gatedBackend struct {
+	*fakeBackend
+	entered, gate chan struct{}
+	applied       atomic.Bool
+}
+
+func (g *gatedBackend) Create(cfg tunnel.Config) (tunnel.Link, error) {
+	close(g.entered)
+	<-g.gate
+	l, err := g.fakeBackend.Create(cfg)
+	g.applied.Store(true)
+	return l, err
+}
+
+// TestServeListenerWaitsForHandlers: a request being applied when the
+// listener closes is finished and answered before ServeListener returns,
+// so erspand's final state save (which follows it) holds the change.
+func TestServeListenerWaitsForHandlers(t *testing.T) {
+	l, err := Listen(filepath.Join(t.TempDir(), "erspand.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &gatedBackend{fakeBackend: newFake(), entered: make(chan struct{}), gate: make(chan struct{})}
+	r := NewRegistry(b)
+	served := make(chan error, 1)
+	go func() { served <- r.ServeListener(l, nil) }()
+	c, err := Dial(l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	created := make(chan error, 1)
+	go func() { created <- c.Create("erspan0") }()
+	<-b.entered
+	l.Close()
+	select {
+	case <-served:
+		t.Fatal("ServeListener returned while a request was being applied")
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(b.gate)
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Errorf("ServeListener: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("ServeListener still running 5s after the request was applied")
+	}
+	if !b.applied.Load() {
+		t.Error("ServeListener returned before the request was applied")
+	}
+	if err := <-created; err != nil {
+		t.Errorf("the request in progress at close: %v, want it answered", err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -94,5 +95,60 @@ func TestPersistCoalesces(t *testing.T) {
 	}
 	if n-n2 > 2 {
 		t.Errorf("a change and a stop were written %d times, want at most 2", n-n2)
+	}
+}
+
+// setSeq is a Sequencer whose sequence number the test sets.
+type setSeq struct{ n atomic.Uint32 }
+
+func (s *setSeq) Seq(string) uint32     { return s.n.Load() }
+func (s *setSeq) SetSeq(string, uint32) {}
+
+// TestPersistAtStop: the write at stop holds the sequence numbers as they
+// are then, though no configuration changed since the last write (a
+// restarted daemon resumes from them; TestRestart end to end).
+func TestPersistAtStop(t *testing.T) {
+	var mu sync.Mutex
+	var last State
+	writes := 0
+	orig := writeState
+	t.Cleanup(func() { writeState = orig })
+	writeState = func(path string, data []byte) error {
+		mu.Lock()
+		defer mu.Unlock()
+		writes++
+		return json.Unmarshal(data, &last)
+	}
+	r := NewRegistry(newFake())
+	if err := r.Create("erspan0"); err != nil {
+		t.Fatal(err)
+	}
+	seq := &setSeq{}
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		r.Persist(filepath.Join(t.TempDir(), "state"), seq, stop, t.Logf)
+		close(done)
+	}()
+	// The write at start, and the create's (its token was waiting); then
+	// the create's quiet time passes: nothing else is due but the tick.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		mu.Lock()
+		n := writes
+		mu.Unlock()
+		if n >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d writes, want the one at start and the create's", n)
+		}
+	}
+	time.Sleep(2 * persistCoalesce)
+	seq.n.Store(77)
+	close(stop)
+	<-done
+	mu.Lock()
+	defer mu.Unlock()
+	if len(last.Interfaces) != 1 || last.Interfaces[0].Seq != 77 {
+		t.Errorf("the last write holds %+v, want erspan0 with seq 77", last.Interfaces)
 	}
 }
