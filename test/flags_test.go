@@ -18,7 +18,8 @@ import (
 // the environment variables ERSPAN_RX_BUFFER, ERSPAN_TX_BUFFER) reach
 // each kind of socket they are for, and a tuning flag out of its range
 // stops erspand at start with a message naming the flag, before it
-// listens. (--rx-batch reaching the receive sockets: TestLinuxBatch in
+// listens. (Every flag reaching tunnel.Linux: TestTuningReachesLinux in
+// cmd/erspand; --rx-batch reaching the receive sockets: TestLinuxBatch in
 // tunnel.)
 func TestTuningFlags(t *testing.T) {
 	requireRoot(t)

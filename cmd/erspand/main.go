@@ -20,7 +20,16 @@ import (
 )
 
 func main() {
-	app := &cli.App{
+	if err := newApp(run).Run(os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "erspand:", err)
+		os.Exit(1)
+	}
+}
+
+// newApp is erspand's command line, its flags and their environment
+// variables, running action.
+func newApp(action cli.ActionFunc) *cli.App {
+	return &cli.App{
 		Name:      "erspand",
 		Usage:     "serve erspan(4) interfaces: ERSPAN tunnels terminated in userspace into TAP devices",
 		UsageText: "erspand [--socket PATH] [--config-dir DIR] [--state PATH] [--rx-moderate DURATION] [--rx-batch N] [--rx-buffer BYTES] [--tx-buffer BYTES] [--io-uring] [--verbose]",
@@ -50,12 +59,28 @@ func main() {
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log more"},
 		},
 		HideHelpCommand: true,
-		Action:          run,
+		Action:          action,
 	}
-	if err := app.Run(os.Args); err != nil {
-		fmt.Fprintln(os.Stderr, "erspand:", err)
-		os.Exit(1)
+}
+
+// tuning sets the data path's tuning from the flags (or their
+// environment variables), each checked against its range.
+func tuning(c *cli.Context, sys *tunnel.Linux) error {
+	sys.Moderate = c.Duration("rx-moderate")
+	if sys.Moderate < 0 || sys.Moderate > 10*time.Millisecond {
+		return fmt.Errorf("--rx-moderate %v: want 0 to 10ms", sys.Moderate)
 	}
+	sys.Batch, sys.RcvBuf, sys.SndBuf = c.Int("rx-batch"), c.Int("rx-buffer"), c.Int("tx-buffer")
+	for _, f := range []struct {
+		name  string
+		check func(int) error
+	}{{"rx-batch", tunnel.CheckBatch}, {"rx-buffer", tunnel.CheckSockBuf}, {"tx-buffer", tunnel.CheckSockBuf}} {
+		if err := f.check(c.Int(f.name)); err != nil {
+			return fmt.Errorf("--%s %d: %w", f.name, c.Int(f.name), err)
+		}
+	}
+	sys.URing = c.Bool("io-uring")
+	return nil
 }
 
 // checkNoFile warns when the open-file limit would stop erspand before
@@ -94,20 +119,9 @@ func run(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	sys.Moderate = c.Duration("rx-moderate")
-	if sys.Moderate < 0 || sys.Moderate > 10*time.Millisecond {
-		return fmt.Errorf("--rx-moderate %v: want 0 to 10ms", sys.Moderate)
+	if err := tuning(c, sys); err != nil {
+		return err
 	}
-	sys.Batch, sys.RcvBuf, sys.SndBuf = c.Int("rx-batch"), c.Int("rx-buffer"), c.Int("tx-buffer")
-	for _, f := range []struct {
-		name  string
-		check func(int) error
-	}{{"rx-batch", tunnel.CheckBatch}, {"rx-buffer", tunnel.CheckSockBuf}, {"tx-buffer", tunnel.CheckSockBuf}} {
-		if err := f.check(c.Int(f.name)); err != nil {
-			return fmt.Errorf("--%s %d: %w", f.name, c.Int(f.name), err)
-		}
-	}
-	sys.URing = c.Bool("io-uring")
 	if sys.URing {
 		if err := sys.CheckURing(); err != nil {
 			logger.Printf("--io-uring: io_uring is not available here (%v); writing frames with write(2)", err)

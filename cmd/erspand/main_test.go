@@ -1,0 +1,50 @@
+package main
+
+import (
+	"testing"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/erspan-linux/erspan/tunnel"
+)
+
+// tuned is what tuning sets of a tunnel.Linux (which holds a mutex and is
+// not copied).
+type tuned struct {
+	moderate              time.Duration
+	batch, rcvBuf, sndBuf int
+	uring                 bool
+}
+
+// TestTuningReachesLinux: every tuning flag, and each one's environment
+// variable (what an erspand that erspanctl starts gets), sets its field of
+// the data path (the bench's sweep and io_uring rows count on it), and
+// without them the defaults hold.
+func TestTuningReachesLinux(t *testing.T) {
+	parse := func(args ...string) tuned {
+		t.Helper()
+		l := new(tunnel.Linux)
+		app := newApp(func(c *cli.Context) error { return tuning(c, l) })
+		if err := app.Run(append([]string{"erspand"}, args...)); err != nil {
+			t.Fatalf("erspand %v: %v", args, err)
+		}
+		return tuned{l.Moderate, l.Batch, l.RcvBuf, l.SndBuf, l.URing}
+	}
+	defaults := tuned{tunnel.DefaultModerate, tunnel.DefaultBatch, tunnel.DefaultRcvBuf, tunnel.DefaultSndBuf, false}
+	if got := parse(); got != defaults {
+		t.Errorf("no flags: %+v, want the defaults %+v", got, defaults)
+	}
+	want := tuned{25 * time.Microsecond, 3, 1 << 20, 1 << 21, true}
+	if got := parse("--rx-moderate", "25us", "--rx-batch", "3", "--rx-buffer", "1048576", "--tx-buffer", "2097152", "--io-uring"); got != want {
+		t.Errorf("flags: %+v, want %+v", got, want)
+	}
+	t.Setenv("ERSPAN_RX_MODERATE", "25us")
+	t.Setenv("ERSPAN_RX_BATCH", "3")
+	t.Setenv("ERSPAN_RX_BUFFER", "1048576")
+	t.Setenv("ERSPAN_TX_BUFFER", "2097152")
+	t.Setenv("ERSPAN_IO_URING", "true")
+	if got := parse(); got != want {
+		t.Errorf("environment: %+v, want %+v", got, want)
+	}
+}
