@@ -560,15 +560,24 @@ func TestSendCongested(t *testing.T) {
 	for i := range pkts {
 		pkts[i] = grePacket(erspan.ProtoERSPAN, true, uint32(i), typeIIBody(byte(i)))
 	}
+	// sendmmsg calls, counted: a refused batch must cost one or two (the
+	// packets before the refusal, then the refusal), not one per packet.
+	rs := tx.(*rawSender)
+	calls, send := 0, rs.batchF
+	rs.batchF = func(fd uintptr) { calls++; send(fd) }
 	// Twice the send buffer (DefaultSndBuf) holds about ten thousand such
 	// packets: bounded at 1000 batches, far more than it takes.
 	total, congested := 0, false
 	for range 1000 {
+		calls = 0
 		sent, _, _, err := tx.SendBatch(pkts, tos)
 		total += sent
 		if err != nil {
 			if !errors.Is(err, unix.ENOBUFS) && !errors.Is(err, unix.EAGAIN) || sent == len(pkts) {
 				t.Fatalf("SendBatch after %d packets: sent %d of %d, %v; want ENOBUFS or EAGAIN with the rest dropped", total, sent, len(pkts), err)
+			}
+			if calls > 2 {
+				t.Errorf("the refused batch took %d sendmmsg calls, want at most 2: the rest of the batch must be dropped", calls)
 			}
 			congested = true
 			break
