@@ -218,6 +218,34 @@ func TestTAPWriteErrors(t *testing.T) {
 	}
 }
 
+// TestKernelDropsKept: the kernel drops of a receive socket stay in the
+// daemon's count after the socket closes (its last interface down) and
+// add to those of the socket that replaces it.
+func TestKernelDropsKept(t *testing.T) {
+	r := newRig(t)
+	cfg := Config{Name: "erspan0", Up: true, Monitor: true, Src: local, Dst: remote, VNetID: 77}
+	r.add(cfg)
+	r.sys.socket(4).drops = 7
+	if d := r.h.DaemonCounters().KernelDrops; d != 7 {
+		t.Fatalf("kernel drops %d with the socket open, want 7", d)
+	}
+	cfg.Up = false
+	if err := r.h.Update(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if d := r.h.DaemonCounters().KernelDrops; d != 7 {
+		t.Errorf("kernel drops %d after the socket closed, want 7", d)
+	}
+	cfg.Up = true
+	if err := r.h.Update(cfg); err != nil {
+		t.Fatal(err)
+	}
+	r.sys.socket(4).drops = 2
+	if d := r.h.DaemonCounters().KernelDrops; d != 9 {
+		t.Errorf("kernel drops %d with a new socket that dropped 2, want 9", d)
+	}
+}
+
 // TestGREAllow: with net.inet.gre.allow=0 every GRE packet of a batch is
 // dropped and counted as disallowed, none delivered; =1 restores.
 func TestGREAllow(t *testing.T) {
