@@ -151,6 +151,27 @@ func (n *netNS) veth(t *testing.T, name string, mac net.HardwareAddr, peer *netN
 	n.ip(t, append(args, "netns", peer.name)...)
 	n.ip(t, "link", "set", name, "up")
 	peer.ip(t, "link", "set", peerName, "up")
+	n.waitReady(t, name)
+	peer.waitReady(t, peerName)
+}
+
+// waitReady waits until link name, just set up, passes frames: the
+// kernel's link watcher gives it its qdisc and carrier a moment after up,
+// and until then drops what is sent without a word (tunnel's vethPair
+// lost its packets one run in six without this wait).
+func (n *netNS) waitReady(t *testing.T, name string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		out, err := n.ipErr("link", "show", name)
+		if err == nil && strings.Contains(out, "state UP") && !strings.Contains(out, "qdisc noop") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s in %s not ready within 5s: %s", name, n.name, out)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // do runs fn on a fresh OS thread inside the namespace and returns its
