@@ -303,8 +303,8 @@ idle=$(idle_pct)
 [ "$(nproc)" -eq 2 ] || log "warning: $(nproc) CPUs; this benchmark is laid out for 2"
 
 # row LABEL SIZE OFFERED PPS LOST CPU BUSY EFF RATIO: a row of the table,
-# printed by report. RATIO "ceil" is EFF over the one-queue ceiling's mean
-# of start and end (known only at the end), "-" none.
+# printed by report. RATIO "ceil" is EFF over the median of the one-queue
+# ceiling's runs (known only at the end), "-" none.
 rows=""
 row() { rows="$rows$(printf '%s\t' "$@")"$'\n'; }
 
@@ -764,7 +764,7 @@ echo "100%: the generator (whose CPU also runs the collector's receive softirq) 
 echo "limit, and frames/CPU-s is the better estimate of what one core would take."
 echo "allocations per frame: $allocs (${alloc_tests// /, }); BenchmarkInputBatch: $bench_allocs allocs per batch of 64"
 echo
-echo "multi-queue TAP, two queues with a writer thread and flows of its own each, relative to one queue (64 B; its mean of start and end):"
+echo "multi-queue TAP, two queues with a writer thread and flows of its own each, relative to one queue (64 B; the median of its runs):"
 echo "  on both CPUs, $(calc %.2f "${mq_pps[64]} / ${ceil_pps[64]}") of the frames per second, $(calc %.2f "${mq_eff[64]} / ${ceil_eff[64]}") of the frames per CPU-s;"
 echo "  both threads on CPU $DUT_CPU (as the one-queue ceiling), $(calc %.2f "${mq1_pps[64]} / ${ceil_pps[64]}") of the frames per second, $(calc %.2f "${mq1_eff[64]} / ${ceil_eff[64]}") of the frames per CPU-s;"
 echo "  erspand writes each TAP from one thread, on one queue"
