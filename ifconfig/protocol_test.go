@@ -141,13 +141,7 @@ func TestFormat(t *testing.T) {
 // the open connections and returns only after their handlers have, so that
 // erspand's final state save follows the last change.
 func TestServeListenerEnds(t *testing.T) {
-	l, err := Listen(filepath.Join(t.TempDir(), "erspand.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := NewRegistry(newFake())
-	served := make(chan error, 1)
-	go func() { served <- r.ServeListener(l, nil) }()
+	l, served := serveListener(t, NewRegistry(newFake()))
 	c, err := Dial(l.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -157,14 +151,7 @@ func TestServeListenerEnds(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.Close()
-	select {
-	case err := <-served:
-		if err != nil {
-			t.Errorf("ServeListener: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("ServeListener still running 5s after its listener closed")
-	}
+	awaitServed(t, served, "its listener closed")
 	// The handler is gone: the connection is closed under the client.
 	if _, err := c.All(); err == nil {
 		t.Error("a request on a connection of a stopped server was answered")
@@ -175,18 +162,13 @@ func TestServeListenerEnds(t *testing.T) {
 // reads the replies (its socket buffer full, the handler blocked in a
 // write) does not hold ServeListener past its listener's close.
 func TestServeListenerEndsStuckWriter(t *testing.T) {
-	l, err := Listen(filepath.Join(t.TempDir(), "erspand.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	r := NewRegistry(newFake())
 	for i := range 50 {
 		if err := r.Create(fmt.Sprintf("erspan%d", i)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	served := make(chan error, 1)
-	go func() { served <- r.ServeListener(l, nil) }()
+	l, served := serveListener(t, r)
 	c, err := net.Dial("unix", l.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -199,14 +181,7 @@ func TestServeListenerEndsStuckWriter(t *testing.T) {
 	go c.Write([]byte(req))
 	time.Sleep(300 * time.Millisecond)
 	l.Close()
-	select {
-	case err := <-served:
-		if err != nil {
-			t.Errorf("ServeListener: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("ServeListener still running 5s after its listener closed, a handler blocked writing to a client that does not read")
-	}
+	awaitServed(t, served, "its listener closed, a handler blocked writing to a client that does not read")
 }
 
 // gatedBackend is a fakeBackend whose Create waits for gate.
@@ -228,14 +203,8 @@ func (g *gatedBackend) Create(cfg tunnel.Config) (tunnel.Link, error) {
 // listener closes is finished and answered before ServeListener returns,
 // so erspand's final state save (which follows it) holds the change.
 func TestServeListenerWaitsForHandlers(t *testing.T) {
-	l, err := Listen(filepath.Join(t.TempDir(), "erspand.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	b := &gatedBackend{fakeBackend: newFake(), entered: make(chan struct{}), gate: make(chan struct{})}
-	r := NewRegistry(b)
-	served := make(chan error, 1)
-	go func() { served <- r.ServeListener(l, nil) }()
+	l, served := serveListener(t, NewRegistry(b))
 	c, err := Dial(l.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -251,18 +220,38 @@ func TestServeListenerWaitsForHandlers(t *testing.T) {
 	case <-time.After(200 * time.Millisecond):
 	}
 	close(b.gate)
+	awaitServed(t, served, "the request was applied")
+	if !b.applied.Load() {
+		t.Error("ServeListener returned before the request was applied")
+	}
+	if err := <-created; err != nil {
+		t.Errorf("the request in progress at close: %v, want it answered", err)
+	}
+}
+
+// serveListener runs r.ServeListener on a socket of its own; the channel
+// gets what it returns.
+func serveListener(t *testing.T, r *Registry) (net.Listener, <-chan error) {
+	t.Helper()
+	l, err := Listen(filepath.Join(t.TempDir(), "erspand.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- r.ServeListener(l, nil) }()
+	return l, served
+}
+
+// awaitServed fails the test unless ServeListener has returned, without
+// error, within 5 s; why says what it waited for.
+func awaitServed(t *testing.T, served <-chan error, why string) {
+	t.Helper()
 	select {
 	case err := <-served:
 		if err != nil {
 			t.Errorf("ServeListener: %v", err)
 		}
 	case <-time.After(5 * time.Second):
-		t.Fatal("ServeListener still running 5s after the request was applied")
-	}
-	if !b.applied.Load() {
-		t.Error("ServeListener returned before the request was applied")
-	}
-	if err := <-created; err != nil {
-		t.Errorf("the request in progress at close: %v, want it answered", err)
+		t.Fatalf("ServeListener still running 5s after %s", why)
 	}
 }

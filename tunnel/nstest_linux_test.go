@@ -127,21 +127,27 @@ func vethPair(t *testing.T) (sender, collector *testNetns) {
 	// qdisc (noqueue for veth) and the carrier a moment later, and until
 	// then it drops what is sent (tx_dropped; sendto says nothing). A
 	// test sending at once lost its packets one run in six.
-	for _, ns := range []*testNetns{sender, collector} {
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			b, err := exec.Command("ip", "-n", ns.name, "link", "show", "eth0").CombinedOutput()
-			out := string(b)
-			if err == nil && strings.Contains(out, "state UP") && !strings.Contains(out, "qdisc noop") {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("eth0 in %s not ready within 5s: %s", ns.name, out)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
+	sender.waitReady(t, "eth0")
+	collector.waitReady(t, "eth0")
 	return sender, collector
+}
+
+// waitReady waits until link name in n, just set up, passes frames (see
+// vethPair).
+func (n *testNetns) waitReady(t *testing.T, name string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		b, err := exec.Command("ip", "-n", n.name, "link", "show", name).CombinedOutput()
+		out := string(b)
+		if err == nil && strings.Contains(out, "state UP") && !strings.Contains(out, "qdisc noop") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s in %s not ready within 5s: %s", name, n.name, out)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // packetSniffer is an AF_PACKET socket on one link, seeing every frame in

@@ -209,13 +209,8 @@ func testSocket(t *testing.T, family int, ipOptions bool) {
 // what the host sends out of it (ERSPAN the host itself sends, say).
 func TestCaptureSkipsOutgoing(t *testing.T) {
 	sender, collector := vethPair(t)
-	var s *CaptureSocket
+	s := listenCaptureIn(t, collector, 16, 0, 0)
 	collector.do(t, func() {
-		var err error
-		if s, err = ListenCapture("eth0", 16, 2048, 0, 0); err != nil {
-			t.Fatalf("ListenCapture: %v", err)
-		}
-		t.Cleanup(func() { s.Close() })
 		// Out of the captured interface, before anything comes in.
 		newGRESender(t, net.IPv4(192, 0, 2, 1)).send(grePacket(erspan.ProtoERSPAN, true, 1, typeIIBody(1)))
 	})
@@ -547,19 +542,7 @@ func TestSendCongested(t *testing.T) {
 		"tbf", "rate", "8bit", "burst", "1600", "limit", "10000000").CombinedOutput(); err != nil {
 		t.Fatalf("tbf qdisc: %v: %s", err, out)
 	}
-	l, err := NewLinux()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tx, err := l.OpenSender(sender.name, netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2"), 64, false)
-	if err != nil {
-		t.Fatalf("OpenSender: %v", err)
-	}
-	defer tx.Close()
-	pkts, tos := make([][]byte, senderBatch), make([]uint8, senderBatch)
-	for i := range pkts {
-		pkts[i] = grePacket(erspan.ProtoERSPAN, true, uint32(i), typeIIBody(byte(i)))
-	}
+	tx, pkts, tos := senderBatchIn(t, sender)
 	// sendmmsg calls, counted: a refused batch must cost one or two (the
 	// packets before the refusal, then the refusal), not one per packet.
 	rs := tx.(*rawSender)
@@ -689,14 +672,7 @@ func TestLinuxBatch(t *testing.T) {
 // batches without allocating.
 func TestCaptureAllocs(t *testing.T) {
 	sender, collector := vethPair(t)
-	var s *CaptureSocket
-	collector.do(t, func() {
-		var err error
-		if s, err = ListenCapture("eth0", 4, 2048, 1<<20, DefaultModerate); err != nil {
-			t.Fatalf("ListenCapture: %v", err)
-		}
-		t.Cleanup(func() { s.Close() })
-	})
+	s := listenCaptureIn(t, collector, 4, 1<<20, DefaultModerate)
 	sender.do(t, func() {
 		snd := newGRESender(t, net.IPv4(192, 0, 2, 2))
 		for i := range 64 { // at most (runs+1)*4 = 44 are read
@@ -745,6 +721,8 @@ func TestTransmitAllocs(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { unix.Close(out) })
+		// What is sent out of a link not yet ready is dropped.
+		sender.waitReady(t, "erspan5")
 		to := &unix.SockaddrLinklayer{Ifindex: l.Index}
 		f := fakeFrame(1)
 		for range 64 { // at most (runs+1)*4 = 44 are read
@@ -774,19 +752,7 @@ func TestTransmitAllocs(t *testing.T) {
 		t.Errorf("TAP ReadBatch: %v allocations per batch", allocs)
 	}
 
-	l, err := NewLinux()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tx, err := l.OpenSender(sender.name, netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2"), 64, false)
-	if err != nil {
-		t.Fatalf("OpenSender: %v", err)
-	}
-	defer tx.Close()
-	pkts, tos := make([][]byte, senderBatch), make([]uint8, senderBatch)
-	for i := range pkts {
-		pkts[i] = grePacket(erspan.ProtoERSPAN, true, uint32(i), typeIIBody(byte(i)))
-	}
+	tx, pkts, tos := senderBatchIn(t, sender)
 	var sent, serrs int
 	allocs = testing.AllocsPerRun(10, func() {
 		n, _, _, err := tx.SendBatch(pkts, tos)
@@ -801,4 +767,40 @@ func TestTransmitAllocs(t *testing.T) {
 	if allocs != 0 {
 		t.Errorf("SendBatch: %v allocations per batch", allocs)
 	}
+}
+
+// listenCaptureIn opens a capture socket on ns's eth0 (buffers of 2048
+// bytes), closed when the test ends.
+func listenCaptureIn(t *testing.T, ns *testNetns, batch, rcvbuf int, moderate time.Duration) *CaptureSocket {
+	t.Helper()
+	var s *CaptureSocket
+	ns.do(t, func() {
+		var err error
+		if s, err = ListenCapture("eth0", batch, 2048, rcvbuf, moderate); err != nil {
+			t.Fatalf("ListenCapture: %v", err)
+		}
+	})
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// senderBatchIn opens a sender from the sender's 192.0.2.1 to 192.0.2.2
+// (closed when the test ends) and returns it with a full batch of ERSPAN
+// packets for it and their TOS values.
+func senderBatchIn(t *testing.T, sender *testNetns) (Sender, [][]byte, []uint8) {
+	t.Helper()
+	l, err := NewLinux()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, err := l.OpenSender(sender.name, netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2"), 64, false)
+	if err != nil {
+		t.Fatalf("OpenSender: %v", err)
+	}
+	t.Cleanup(func() { tx.Close() })
+	pkts, tos := make([][]byte, senderBatch), make([]uint8, senderBatch)
+	for i := range pkts {
+		pkts[i] = grePacket(erspan.ProtoERSPAN, true, uint32(i), typeIIBody(byte(i)))
+	}
+	return tx, pkts, tos
 }

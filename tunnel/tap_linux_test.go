@@ -409,29 +409,23 @@ func TestTAPQdisc(t *testing.T) {
 		}
 		wantNoQueue("adopted with the default")
 
-		// An administrator's choice stays.
-		mine := &netlink.GenericQdisc{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: l.Attrs().Index,
-			Parent: netlink.HANDLE_ROOT, Handle: netlink.MakeHandle(1, 0)}, QdiscType: "pfifo_fast"}
-		if err := netlink.QdiscReplace(mine); err != nil {
-			t.Fatalf("set pfifo_fast root: %v", err)
-		}
-		if _, _, err := CreateTAP("erspan3", nil, 0); err != nil {
-			t.Fatalf("adopt: %v", err)
-		}
-		if kind, handle := root("adopted with pfifo_fast"); kind != "pfifo_fast" || handle != netlink.MakeHandle(1, 0) {
-			t.Errorf("adopted with pfifo_fast 1: as root: now %q %#x", kind, handle)
-		}
-		// Even mq, when it is somebody's (tc gives it a handle).
-		mine = &netlink.GenericQdisc{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: l.Attrs().Index,
-			Parent: netlink.HANDLE_ROOT, Handle: netlink.MakeHandle(2, 0)}, QdiscType: "mq"}
-		if err := netlink.QdiscReplace(mine); err != nil {
-			t.Fatalf("set mq 2: root: %v", err)
-		}
-		if _, _, err := CreateTAP("erspan3", nil, 0); err != nil {
-			t.Fatalf("adopt: %v", err)
-		}
-		if kind, handle := root("adopted with mq 2:"); kind != "mq" || handle != netlink.MakeHandle(2, 0) {
-			t.Errorf("adopted with mq 2: as root: now %q %#x", kind, handle)
+		// An administrator's choice stays, even mq when it is somebody's
+		// (tc gives a qdisc it adds a handle).
+		for _, mine := range []struct {
+			kind  string
+			major uint16
+		}{{"pfifo_fast", 1}, {"mq", 2}} {
+			q := &netlink.GenericQdisc{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: l.Attrs().Index,
+				Parent: netlink.HANDLE_ROOT, Handle: netlink.MakeHandle(mine.major, 0)}, QdiscType: mine.kind}
+			if err := netlink.QdiscReplace(q); err != nil {
+				t.Fatalf("set %s %d: as root: %v", mine.kind, mine.major, err)
+			}
+			if _, _, err := CreateTAP("erspan3", nil, 0); err != nil {
+				t.Fatalf("adopt: %v", err)
+			}
+			if kind, handle := root("adopted with " + mine.kind); kind != mine.kind || handle != netlink.MakeHandle(mine.major, 0) {
+				t.Errorf("adopted with %s %d: as root: now %q %#x", mine.kind, mine.major, kind, handle)
+			}
 		}
 	})
 
