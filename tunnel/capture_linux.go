@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -24,11 +23,13 @@ import (
 // Outer IP fragments cannot be reassembled here (the kernel reassembles
 // only for the IP stack): they are passed up and counted as
 // erspan.ErrFragment, never delivered.
+//
+// The socket reads a TPACKET_V3 ring (ring), not recvmmsg.
 type CaptureSocket struct {
-	c     *batchConn
-	drops atomic.Uint64
-	names []unix.RawSockaddrLinklayer
-	msgs  []Message
+	r      *ring
+	drops  atomic.Uint64
+	frames []ringFrame
+	msgs   []Message
 }
 
 // captureFilter passes what sensor mode needs from an Ethernet interface:
@@ -81,7 +82,10 @@ var captureFilter = []unix.SockFilter{
 
 // ListenCapture opens a capture socket on interface dev in the calling
 // thread's network namespace. The error wraps ENODEV when there is no such
-// interface. batch, bufSize, rcvbuf and moderate are as for listenGRE.
+// interface. A ReadBatch returns up to batch packets; the ring holds
+// rcvbuf bytes (0: defaultRingBytes) and packets of at least bufSize
+// bytes; moderate bounds how long the kernel holds a partly filled block
+// back from the reader (ring), rounded up to whole milliseconds.
 func ListenCapture(dev string, batch, bufSize, rcvbuf int, moderate time.Duration) (*CaptureSocket, error) {
 	if err := checkBatchArgs(batch, bufSize, rcvbuf); err != nil {
 		return nil, fmt.Errorf("capture on %s: %w", dev, err)
@@ -96,17 +100,19 @@ func ListenCapture(dev string, batch, bufSize, rcvbuf int, moderate time.Duratio
 	if err != nil {
 		return nil, fmt.Errorf("packet socket: %w", err)
 	}
-	if err := setupCapture(fd, ifindex, rcvbuf); err != nil {
+	blockSize, blocks := ringLayout(bufSize, rcvbuf)
+	mem, err := setupCapture(fd, ifindex, blockSize, blocks, moderate)
+	if err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("capture on %s: %w", dev, err)
 	}
-	s := &CaptureSocket{names: make([]unix.RawSockaddrLinklayer, batch), msgs: make([]Message, batch)}
-	name := func(i int) unsafe.Pointer { return unsafe.Pointer(&s.names[i]) }
-	if s.c, err = newBatchConn(fd, batch, bufSize, 0, unix.SizeofSockaddrLinklayer, name, moderate); err != nil {
+	r, err := newRing(fd, mem, blockSize, blocks)
+	if err != nil {
+		_ = unix.Munmap(mem)
 		unix.Close(fd)
 		return nil, fmt.Errorf("capture on %s: %w", dev, err)
 	}
-	return s, nil
+	return &CaptureSocket{r: r, frames: make([]ringFrame, batch), msgs: make([]Message, batch)}, nil
 }
 
 // deviceIndex returns the index of network interface dev in the calling
@@ -119,13 +125,21 @@ func deviceIndex(dev string) (int, error) {
 	return l.Attrs().Index, nil
 }
 
-func setupCapture(fd, ifindex, rcvbuf int) error {
+// setupCapture filters fd, gives it its ring (setupRing) and binds it to
+// ifindex in promiscuous mode. It returns the ring's memory; on error
+// nothing is left mapped.
+func setupCapture(fd, ifindex, blockSize, blocks int, moderate time.Duration) (mem []byte, err error) {
 	if err := attachFilter(fd, captureFilter); err != nil {
-		return fmt.Errorf("attach the ERSPAN filter: %w", err)
+		return nil, fmt.Errorf("attach the ERSPAN filter: %w", err)
 	}
-	if err := setRcvBuf(fd, rcvbuf); err != nil {
-		return err
+	if mem, err = setupRing(fd, blockSize, blocks, moderate); err != nil {
+		return nil, err
 	}
+	defer func() {
+		if err != nil {
+			_ = unix.Munmap(mem)
+		}
+	}()
 	// Frames this host sends are of no use to a sensor: with
 	// PACKET_IGNORE_OUTGOING (Linux 4.20) the kernel does not hand them to
 	// the socket at all; older kernels refuse the option, and ReadBatch
@@ -133,13 +147,13 @@ func setupCapture(fd, ifindex, rcvbuf int) error {
 	_ = unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1)
 	mreq := unix.PacketMreq{Ifindex: int32(ifindex), Type: unix.PACKET_MR_PROMISC}
 	if err := unix.SetsockoptPacketMreq(fd, unix.SOL_PACKET, unix.PACKET_ADD_MEMBERSHIP, &mreq); err != nil {
-		return fmt.Errorf("promiscuous mode: %w", err)
+		return nil, fmt.Errorf("promiscuous mode: %w", err)
 	}
 	proto := uint16(unix.ETH_P_ALL)
 	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: proto<<8 | proto>>8, Ifindex: ifindex}); err != nil {
-		return fmt.Errorf("bind: %w", err)
+		return nil, fmt.Errorf("bind: %w", err)
 	}
-	return nil
+	return mem, nil
 }
 
 // ReadBatch reads what arrived, as GRESocket.ReadBatch does; frames the
@@ -147,27 +161,23 @@ func setupCapture(fd, ifindex, rcvbuf int) error {
 // nothing.
 func (s *CaptureSocket) ReadBatch() ([]Message, error) {
 	for {
-		n, err := s.c.read()
+		n, err := s.r.read(s.frames)
 		if err != nil {
 			return nil, err
 		}
 		out := s.msgs[:0]
-		for i := 0; i < n; i++ {
-			if s.names[i].Pkttype == unix.PACKET_OUTGOING {
+		for i := range s.frames[:n] {
+			f := &s.frames[i]
+			if f.pkttype == unix.PACKET_OUTGOING {
 				continue
 			}
 			out = append(out, Message{})
-			s.parse(i, &out[len(out)-1])
+			parseFrame(f.data, f.truncated, &out[len(out)-1])
 		}
 		if len(out) > 0 {
 			return out, nil
 		}
 	}
-}
-
-// parse takes the Ethernet, VLAN and IP headers off the i-th frame.
-func (s *CaptureSocket) parse(i int, m *Message) {
-	parseFrame(s.c.buf(i), s.c.hdrs[i].Hdr.Flags&unix.MSG_TRUNC != 0, m)
 }
 
 // parseFrame takes the Ethernet, VLAN and IP headers off frame b into m;
@@ -229,7 +239,7 @@ func parseFrame(b []byte, truncated bool, m *Message) {
 // accumulated here).
 func (s *CaptureSocket) KernelDrops() uint64 {
 	var st *unix.TpacketStats
-	s.c.control(func(fd int) {
+	s.r.control(func(fd int) {
 		st, _ = unix.GetsockoptTpacketStats(fd, unix.SOL_PACKET, unix.PACKET_STATISTICS)
 	})
 	if st != nil {
@@ -243,5 +253,5 @@ func (s *CaptureSocket) KernelDrops() uint64 {
 // still has it (a closed socket has no statistics to read).
 func (s *CaptureSocket) Close() error {
 	s.KernelDrops()
-	return s.c.close()
+	return s.r.close()
 }

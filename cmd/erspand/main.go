@@ -42,14 +42,16 @@ func newApp(action cli.ActionFunc) *cli.App {
 			// takes them from the environment erspanctl runs in.
 			&cli.DurationFlag{Name: "rx-moderate", Value: tunnel.DefaultModerate, EnvVars: []string{"ERSPAN_RX_MODERATE"},
 				Usage: "receive interrupt moderation: after a read that emptied a socket, wait `DURATION` (0 to 10ms) so the next read takes a batch; " +
-					"less CPU per frame for up to that much (plus the kernel's 50µs timer slack) more latency, as a NIC's rx-usecs"},
+					"less CPU per frame for up to that much (plus the kernel's 50µs timer slack) more latency, as a NIC's rx-usecs; " +
+					"a tunneldev's ring hands a partly filled block over after DURATION rounded up to whole milliseconds, at least 1ms"},
 			&cli.IntFlag{Name: "rx-batch", Value: tunnel.DefaultBatch, EnvVars: []string{"ERSPAN_RX_BATCH"},
 				Usage: fmt.Sprintf("receive up to `N` packets per system call (recvmmsg), 1 to %d; each receive socket holds N buffers of %d bytes",
 					tunnel.MaxBatch, tunnel.DefaultBufSize)},
 			&cli.IntFlag{Name: "rx-buffer", Value: tunnel.DefaultRcvBuf, EnvVars: []string{"ERSPAN_RX_BUFFER"},
 				Usage: "receive buffer of each receive socket (one per namespace and address family, one per tunneldev) in `BYTES`: " +
 					"what may queue while erspand is not scheduled before the kernel drops (kernel_drops); the kernel doubles it, " +
-					"and it may exceed net.core.rmem_max; 0: the kernel's default (net.core.rmem_default)"},
+					"and it may exceed net.core.rmem_max; 0: the kernel's default (net.core.rmem_default); " +
+					"a tunneldev's receive ring (TPACKET_V3) is this size in kernel memory mapped into erspand, 2 MiB for 0"},
 			&cli.IntFlag{Name: "tx-buffer", Value: tunnel.DefaultSndBuf, EnvVars: []string{"ERSPAN_TX_BUFFER"},
 				Usage: "send buffer of each send socket (one per namespace, address family and tunneldf, shared by those interfaces) in `BYTES`: " +
 					"what may wait for the links (qdisc, NIC ring) before sends fail (tx_errors); the kernel doubles it, " +
