@@ -68,6 +68,13 @@
 #           carrying IPv4 + GRE + ERSPAN II sent with AF_PACKET sendmmsg on
 #           the sender's veth, as fast as gen can. Delivered = rx_packets of
 #           the TAP; loss = sent - delivered.
+#  sensor   the same with erspan0 in sensor mode (tunneldev veth-col), gen
+#           sending to 198.51.100.2, an address the collector does not
+#           have (the IP stack drops the packets: forwarding is off): a
+#           TPACKET_V3 ring, into which the kernel copies each packet in
+#           the receive softirq, which veth runs on the generator's CPU (on
+#           a NIC: the CPU taking its interrupts), where the collector's IP
+#           stack also runs in decap.
 #  encap    erspand with erspan0 in source mode; gen writes frames into it
 #           with AF_PACKET sendmmsg; counted at the collector's veth, which
 #           drops them at tc ingress (no IP input, no ICMP). veth runs
@@ -433,7 +440,9 @@ figures() {
 }
 
 # decap PID IFGLOB SIZE RATE COUNT SESSION SESSIONS: gen sends ERSPAN II to
-# the collector; sets sent, deliv, pps, cpu, eff, busy, offered.
+# GEN_DST (the collector's address unless a sensor row sets another); sets
+# sent, deliv, pps, cpu, eff, busy, offered.
+GEN_DST=192.0.2.2
 decap() {
 	local pid=$1 ifs=$2 size=$3 rate=$4 count=$5 session=$6 sessions=$7 r0 r1 rend c0 c1 w0 w1 out
 	# Bounded by time as well as count: DUR at full speed, or long enough
@@ -448,7 +457,7 @@ decap() {
 	[ "$dur" -le 60 ] || dur=60
 	r0=$(counter $COL "$ifs" rx_packets)
 	w0=$(date +%s.%N) c0=$(ticks "$pid")
-	out=$(nsx $SND taskset -c $GEN_CPU "$bin/gen" -mode eth -dev veth-snd -dstmac "$col_mac" \
+	out=$(nsx $SND taskset -c $GEN_CPU "$bin/gen" -mode eth -dev veth-snd -dstmac "$col_mac" -dst "$GEN_DST" \
 		-size "$size" -rate "$rate" -count "$count" -duration "${dur}s" -session "$session" -sessions "$sessions")
 	# The rate counts what was delivered while gen sent; what the
 	# receiver takes from its socket buffer afterwards counts for loss
@@ -685,6 +694,20 @@ done
 ctl $COL "$esock" destroy erspan0
 stop $col2
 
+# ---- decap in sensor mode (tunneldev): the capture socket's ring ----------
+erspand_in $COL sensor
+sensor=$started
+ctl $COL "$esock" create erspan0 tunneldev veth-col vnetid 77 up
+declare -A sensor_pps sensor_eff
+GEN_DST=198.51.100.2
+for size in 64 1514; do
+	decap_row "erspand decap, sensor" $sensor erspan0 $size 77 1
+	sensor_pps[$size]=$pps sensor_eff[$size]=$eff
+done
+GEN_DST=192.0.2.2
+ctl $COL "$esock" destroy erspan0
+stop $sensor
+
 # ---- decap: erspand in the collector namespace ------------------------------
 erspand_in $COL col
 col=$started sock=$esock
@@ -768,12 +791,15 @@ echo "multi-queue TAP, two queues with a writer thread and flows of its own each
 echo "  on both CPUs, $(calc %.2f "${mq_pps[64]} / ${ceil_pps[64]}") of the frames per second, $(calc %.2f "${mq_eff[64]} / ${ceil_eff[64]}") of the frames per CPU-s;"
 echo "  both threads on CPU $DUT_CPU (as the one-queue ceiling), $(calc %.2f "${mq1_pps[64]} / ${ceil_pps[64]}") of the frames per second, $(calc %.2f "${mq1_eff[64]} / ${ceil_eff[64]}") of the frames per CPU-s;"
 echo "  erspand writes each TAP from one thread, on one queue"
+echo "decap in sensor mode (tunneldev: the TPACKET_V3 ring), frames per CPU-s relative to the collector's raw socket:"
+echo "  $(calc %.2f "${sensor_eff[64]} / ${decap_eff[64]}") (64 B), $(calc %.2f "${sensor_eff[1514]} / ${decap_eff[1514]}") (1514 B); the kernel copies into the ring in the receive softirq (the generator's CPU here)"
 echo "decap with --io-uring, frames per CPU-s relative to the default: $(calc %.2f "${decap_uring_eff[64]} / ${decap_eff[64]}") (64 B), $(calc %.2f "${decap_uring_eff[1514]} / ${decap_eff[1514]}") (1514 B)"
 echo "naive_speedup_64: erspand's decap frames per CPU-s over the naive loop's at 64 B, fed by the same"
 echo "generator; frames per second: $(calc %.2f "${decap_pps[64]} / ${naive_pps[64]}") (equal when both keep up with the generator, so not a measure of either)"
 echo
-printf 'decap_pps_64=%s decap_pps_1514=%s decap_ratio_64=%s decap_ratio_1514=%s encap_pps_64=%s encap_ratio_64=%s naive_speedup_64=%s zero_loss_pps_64=%s allocs_per_frame=%s\n' \
+printf 'decap_pps_64=%s decap_pps_1514=%s decap_ratio_64=%s decap_ratio_1514=%s encap_pps_64=%s encap_ratio_64=%s naive_speedup_64=%s zero_loss_pps_64=%s allocs_per_frame=%s decap_sensor_ratio_64=%s decap_sensor_ratio_1514=%s\n' \
 	"${decap_pps[64]}" "${decap_pps[1514]}" \
 	"$(calc %.2f "${decap_eff[64]} / ${ceil_eff[64]}")" "$(calc %.2f "${decap_eff[1514]} / ${ceil_eff[1514]}")" \
 	"${encap_pps[64]}" "$(calc %.2f "${encap_eff[64]} / ${ceil_eff[64]}")" \
-	"$(calc %.2f "${decap_eff[64]} / ${naive_eff[64]}")" "$zero_loss" "$allocs"
+	"$(calc %.2f "${decap_eff[64]} / ${naive_eff[64]}")" "$zero_loss" "$allocs" \
+	"$(calc %.2f "${sensor_eff[64]} / ${ceil_eff[64]}")" "$(calc %.2f "${sensor_eff[1514]} / ${ceil_eff[1514]}")"
