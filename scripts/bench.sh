@@ -131,32 +131,18 @@ GEN_CPU=0 DUT_CPU=1
 SND=erspan-bench-snd COL=erspan-bench-col CEIL=erspan-bench-ceil
 ALL_NS="$SND $COL $CEIL"
 HZ=$(getconf CLK_TCK)
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 log() { printf '%s\n' "$*" >&2; }
 
 # A killed run's namespaces, and the processes in them (its daemons, whose
 # PIDs died with it), and its work directory: with the lock held, no run
 # owns them.
-# await_exit TENTHS PID...: wait up to TENTHS tenths of a second for the
-# processes to end; sets alive to those that have not.
-await_exit() {
-	local n=$1 p; shift
-	for _ in $(seq "$n"); do
-		alive=""
-		for p in "$@"; do kill -0 "$p" 2>/dev/null && alive="$alive $p"; done
-		[ -z "$alive" ] && return
-		sleep 0.1
-	done
-}
 for ns in $ALL_NS; do
 	[ -e "/run/netns/$ns" ] || continue
-	stale=$(ip netns pids "$ns" 2>/dev/null || true)
-	log "removing $ns, left by a killed run${stale:+, killing $(echo $stale)}"
-	if [ -n "$stale" ]; then
-		kill -KILL $stale 2>/dev/null || true
-		await_exit 20 $stale
-	fi
-	ip netns del "$ns" 2>/dev/null || true
+	remove_netns "$ns" KILL
+	log "removed $ns, left by a killed run${killed:+, killed $killed}"
 done
 rm -rf /tmp/erspan-bench.*
 

@@ -10,6 +10,8 @@
 # Run as root on Debian. Everything it makes is removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 export PATH="$PATH:/usr/local/go/bin"
 
 [ "$(id -u)" -eq 0 ] || { echo "demo.sh: run as root (it creates network namespaces)" >&2; exit 1; }
@@ -31,13 +33,9 @@ tcpdump_pid=
 
 cleanup() {
 	[ -n "$tcpdump_pid" ] && kill "$tcpdump_pid" 2>/dev/null || true
-	for ns in $ALL; do
-		# The daemons erspanctl started, found by namespace and name.
-		for p in $(ip netns pids "$ns" 2>/dev/null); do
-			grep -qa erspand "/proc/$p/cmdline" 2>/dev/null && kill "$p" 2>/dev/null || true
-		done
-		ip netns del "$ns" 2>/dev/null || true
-	done
+	# The daemons erspanctl started (and gen, in the switch), found by
+	# namespace: every process in them is this script's.
+	for ns in $ALL; do remove_netns "$ns" TERM; done
 	rm -rf "$work"
 }
 trap cleanup EXIT
@@ -50,7 +48,7 @@ go build -o "$work/bin/" ./cmd/erspand ./cmd/erspanctl ./scripts/bench/gen
 
 say "the network: hosts $H1 (198.51.100.11) and $H2 (198.51.100.12) on bridge br0 of $SW (198.51.100.1); $SW (192.0.2.1) and $COL (192.0.2.2) joined by a veth"
 for ns in $ALL; do
-	ip netns del "$ns" 2>/dev/null || true
+	remove_netns "$ns" KILL # left by a demo that was killed
 	ip netns add "$ns"
 	# No duplicate address detection: until the link-local address has
 	# passed it, the kernel ignores neighbour solicitations (about 1s).

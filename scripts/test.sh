@@ -12,6 +12,8 @@
 # 2-core machine. A duration still works, with that risk.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 fuzztime=600000x
 while [ $# -gt 0 ]; do
@@ -67,10 +69,8 @@ step "namespaces left by earlier test runs"
 for ns in $(ip netns list | awk '{print $1}' | grep -E '^erspt-(u|e2e)-[0-9]+-' || true); do
 	pid=$(echo "$ns" | cut -d- -f3)
 	kill -0 "$pid" 2>/dev/null && continue
-	pids=$(ip netns pids "$ns" 2>/dev/null || true)
-	echo "removing $ns (test process $pid is gone)${pids:+, killing $(echo $pids)}"
-	[ -z "$pids" ] || kill -9 $pids 2>/dev/null || true
-	ip netns del "$ns" || true
+	remove_netns "$ns" KILL
+	echo "removed $ns (test process $pid is gone)${killed:+, killed $killed}"
 done
 
 step "go test -race (unit and network-namespace tests)"

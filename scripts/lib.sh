@@ -1,0 +1,32 @@
+# shellcheck shell=bash
+# Shell functions the scripts share; sourced, not run.
+
+# await_exit TENTHS PID...: wait up to TENTHS tenths of a second for the
+# processes to end; sets alive to those that have not.
+await_exit() {
+	local n=$1 p; shift
+	for _ in $(seq "$n"); do
+		alive=""
+		for p in "$@"; do kill -0 "$p" 2>/dev/null && alive="$alive $p"; done
+		[ -z "$alive" ] && return
+		sleep 0.1
+	done
+}
+
+# remove_netns NS SIGNAL: send SIGNAL to every process in network namespace
+# NS (found by namespace, as a killed script's daemons have no PID on
+# record), wait up to 2 s for them to end, then delete NS; sets killed to
+# their PIDs. Deleting a namespace whose processes live on would only
+# unname it: they would keep it and its links.
+remove_netns() {
+	local ns=$1 sig=$2
+	killed=$(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ' || true)
+	killed=${killed% }
+	if [ -n "$killed" ]; then
+		# shellcheck disable=SC2086 # one PID per word
+		kill -"$sig" $killed 2>/dev/null || true
+		# shellcheck disable=SC2086
+		await_exit 20 $killed
+	fi
+	ip netns del "$ns" 2>/dev/null || true
+}
