@@ -38,6 +38,7 @@ missing=()
 command -v ip >/dev/null || missing+=(iproute2)
 command -v tcpdump >/dev/null || missing+=(tcpdump)
 command -v tshark >/dev/null || missing+=(tshark) # the e2e tests cross-check the wire with Wireshark
+command -v nft >/dev/null || missing+=(nftables)  # a firewall refusing sends (TestSendRefusedByFirewall)
 if [ ${#missing[@]} -gt 0 ]; then
 	echo "installing ${missing[*]}"
 	apt-get update -qq

@@ -583,6 +583,47 @@ func TestSendCongested(t *testing.T) {
 	}
 }
 
+// TestSendRefusedByFirewall: a packet the host's firewall refuses
+// (sendmmsg fails it with EPERM) is skipped and reported, and the rest of
+// the batch is sent: here nftables drops GRE with DSCP CS1 in the output
+// hook, and a batch alternates TOS 0 and CS1.
+func TestSendRefusedByFirewall(t *testing.T) {
+	nft, err := exec.LookPath("nft")
+	if err != nil {
+		t.Fatalf("nft is not installed (scripts/test.sh installs nftables): %v", err)
+	}
+	sender, collector := vethPair(t)
+	for _, rule := range []string{
+		"add table inet erspan_test",
+		"add chain inet erspan_test out { type filter hook output priority 0; }",
+		"add rule inet erspan_test out meta l4proto gre ip dscp cs1 drop",
+	} {
+		if out, err := exec.Command("ip", append([]string{"netns", "exec", sender.name, nft}, strings.Fields(rule)...)...).CombinedOutput(); err != nil {
+			t.Fatalf("nft %s: %v: %s", rule, err, out)
+		}
+	}
+	var rx *GRESocket
+	collector.do(t, func() {
+		if rx, err = listenGREGuarded(4, 16, 2048, 0, 0); err != nil {
+			t.Fatalf("listenGREGuarded: %v", err)
+		}
+		t.Cleanup(func() { rx.Close() })
+	})
+	tx, _, _ := senderBatchIn(t, sender)
+	const cs1 = 8 << 2 // DSCP 8 in the TOS byte
+	pkts, tos := seqGRE(0, 5), []uint8{0, cs1, 0, cs1, 0}
+	sent, tooBig, _, err := tx.SendBatch(pkts, tos)
+	if sent != 3 || tooBig != 0 || !errors.Is(err, unix.EPERM) {
+		t.Errorf("SendBatch of 5, 2 of them refused by the firewall: sent %d, too big %d, %v; want 3, 0, EPERM", sent, tooBig, err)
+	}
+	got := readGRE(t, rx, 3, 5*time.Second)
+	for i, want := range []int{0, 2, 4} {
+		if !bytes.Equal(got[i].gre, pkts[want]) {
+			t.Errorf("packet %d received: % x, want packet %d, % x", i, got[i].gre, want, pkts[want])
+		}
+	}
+}
+
 // TestSendFromForeignSource: a tunnel source the namespace does not have
 // is refused by the kernel for both families (as for Linux's own GRE
 // tunnels), not sent from.
