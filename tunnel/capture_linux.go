@@ -115,6 +115,11 @@ func ListenCapture(dev string, batch, bufSize, rcvbuf int, moderate time.Duratio
 	return &CaptureSocket{r: r, frames: make([]ringFrame, batch), msgs: make([]Message, batch)}, nil
 }
 
+// ignoreOutgoing: capture sockets ask the kernel to leave out what the
+// host sends (PACKET_IGNORE_OUTGOING). Tests turn it off to check the skip
+// in ReadBatch that kernels before 4.20 need.
+var ignoreOutgoing = true
+
 // deviceIndex returns the index of network interface dev in the calling
 // thread's namespace; the error wraps ENODEV when there is none.
 func deviceIndex(dev string) (int, error) {
@@ -144,7 +149,9 @@ func setupCapture(fd, ifindex, blockSize, blocks int, moderate time.Duration) (m
 	// PACKET_IGNORE_OUTGOING (Linux 4.20) the kernel does not hand them to
 	// the socket at all; older kernels refuse the option, and ReadBatch
 	// skips them instead.
-	_ = unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1)
+	if ignoreOutgoing {
+		_ = unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1)
+	}
 	mreq := unix.PacketMreq{Ifindex: int32(ifindex), Type: unix.PACKET_MR_PROMISC}
 	if err := unix.SetsockoptPacketMreq(fd, unix.SOL_PACKET, unix.PACKET_ADD_MEMBERSHIP, &mreq); err != nil {
 		return nil, fmt.Errorf("promiscuous mode: %w", err)
