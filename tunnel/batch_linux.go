@@ -12,9 +12,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// batchConn is the receive half GRESocket and CaptureSocket share: one
-// socket read with recvmmsg(2) into preallocated message arrays, by one
-// goroutine at a time, with interrupt moderation.
+// batchConn is GRESocket's receive half: one socket read with recvmmsg(2)
+// into preallocated message arrays, by one goroutine at a time, with
+// interrupt moderation. (CaptureSocket reads a ring, which waits the same
+// way: pollFD.)
 //
 // It does not use Go's netpoller. A reader that parks in the netpoller
 // pays, per wake-up, an epoll_pwait, a goroutine switch and (with one P, as
@@ -28,15 +29,9 @@ import (
 // timestamped when they enter the TAP, at most the delay plus the kernel's
 // timer slack, 50 µs by default, later). The socket buffer absorbs what
 // arrives meanwhile. The price is one OS thread per receive socket (one per
-// namespace and address family, and per sensor NIC) while it waits.
+// namespace and address family, and per sensor NIC's ring) while it waits.
 type batchConn struct {
-	fd   int
-	wake int // eventfd: Close makes it readable to end a pending ppoll
-	// fdmu is held shared by ReadBatch across its syscalls and by
-	// control; Close takes it exclusively before closing fd, so that no
-	// syscall ever runs on a closed (and perhaps reused) descriptor.
-	fdmu     sync.RWMutex
-	closed   atomic.Bool
+	pollFD
 	moderate time.Duration // the moderation delay; 0: none
 	drained  bool          // the previous read emptied the socket
 
@@ -47,7 +42,69 @@ type batchConn struct {
 	bufSize int
 	oobSize int
 	nameLen uint32 // bytes of the sockaddr each message's Name points to
-	poll    [2]unix.PollFd
+}
+
+// pollFD is a receive socket read by one goroutine that waits for it in
+// ppoll(2), beside an eventfd that close makes readable: what batchConn
+// and ring share.
+type pollFD struct {
+	fd   int
+	wake int // eventfd: close makes it readable to end a pending ppoll
+	// fdmu is held shared by the reader across its system calls on fd
+	// (and the ring's use of its memory) and by control; close takes it
+	// exclusively before closing fd, so that no system call ever runs on
+	// a closed (and perhaps reused) descriptor.
+	fdmu   sync.RWMutex
+	closed atomic.Bool
+	poll   [2]unix.PollFd
+}
+
+// init takes over fd; on error fd is left to the caller.
+func (p *pollFD) init(fd int) error {
+	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		return err
+	}
+	p.fd, p.wake = fd, wake
+	p.poll[0] = unix.PollFd{Fd: int32(fd), Events: unix.POLLIN}
+	p.poll[1] = unix.PollFd{Fd: int32(wake), Events: unix.POLLIN}
+	return nil
+}
+
+// wait blocks until fd is readable or close was called (fdmu held
+// shared). An interrupted wait returns nil: the caller looks again.
+func (p *pollFD) wait() error {
+	_, _, errno := unix.Syscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&p.poll[0])), 2, 0, 0, 0, 0)
+	if errno != 0 && errno != unix.EINTR {
+		return errno
+	}
+	return nil
+}
+
+// control runs f on the socket's descriptor unless the socket is closed,
+// and reports whether it ran.
+func (p *pollFD) control(f func(fd int)) bool {
+	p.fdmu.RLock()
+	defer p.fdmu.RUnlock()
+	if p.closed.Load() {
+		return false
+	}
+	f(p.fd)
+	return true
+}
+
+// close wakes a pending wait, waits for the reader to leave its system
+// calls, then closes the socket. A second close returns net.ErrClosed.
+func (p *pollFD) close() error {
+	if p.closed.Swap(true) {
+		return net.ErrClosed
+	}
+	one := [8]byte{1} // an eventfd adds the native-endian uint64 written
+	_, _ = unix.Write(p.wake, one[:])
+	p.fdmu.Lock()
+	defer p.fdmu.Unlock()
+	unix.Close(p.wake)
+	return unix.Close(p.fd)
 }
 
 // MaxSockBuf is the largest socket buffer a socket is opened with: the
@@ -89,16 +146,12 @@ func checkBatchArgs(batch, bufSize, rcvbuf int) error {
 // name(i), which must point to nameLen bytes that live as long as the
 // batchConn. On error fd is left open.
 func newBatchConn(fd, batch, bufSize, oobSize int, nameLen int, name func(i int) unsafe.Pointer, moderate time.Duration) (*batchConn, error) {
-	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
-		return nil, err
-	}
 	c := &batchConn{
-		fd: fd, wake: wake, moderate: moderate,
-		hdrs:    make([]unix.Mmsghdr, batch),
-		iovs:    make([]unix.Iovec, batch),
-		bufs:    make([]byte, batch*bufSize),
-		bufSize: bufSize, oobSize: oobSize, nameLen: uint32(nameLen),
+		moderate: moderate,
+		hdrs:     make([]unix.Mmsghdr, batch),
+		iovs:     make([]unix.Iovec, batch),
+		bufs:     make([]byte, batch*bufSize),
+		bufSize:  bufSize, oobSize: oobSize, nameLen: uint32(nameLen),
 	}
 	if oobSize > 0 {
 		c.oob = make([]byte, batch*oobSize)
@@ -115,8 +168,9 @@ func newBatchConn(fd, batch, bufSize, oobSize int, nameLen int, name func(i int)
 			h.Name = (*byte)(name(i))
 		}
 	}
-	c.poll[0] = unix.PollFd{Fd: int32(fd), Events: unix.POLLIN}
-	c.poll[1] = unix.PollFd{Fd: int32(wake), Events: unix.POLLIN}
+	if err := c.init(fd); err != nil {
+		return nil, err
+	}
 	return c, nil
 }
 
@@ -157,9 +211,8 @@ func (c *batchConn) read() (int, error) {
 		case unix.EAGAIN:
 			// Empty: wait in the kernel for a packet or for close.
 			c.drained = false
-			_, _, errno := unix.Syscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&c.poll[0])), 2, 0, 0, 0, 0)
-			if errno != 0 && errno != unix.EINTR {
-				return 0, errno
+			if err := c.wait(); err != nil {
+				return 0, err
 			}
 		default:
 			return 0, errno
@@ -175,31 +228,4 @@ func (c *batchConn) buf(i int) []byte {
 // oobOf returns the control messages of message i of the last read.
 func (c *batchConn) oobOf(i int) []byte {
 	return c.oob[i*c.oobSize : i*c.oobSize+min(int(c.hdrs[i].Hdr.Controllen), c.oobSize)]
-}
-
-// control runs f on the socket's descriptor unless the socket is closed,
-// and reports whether it ran.
-func (c *batchConn) control(f func(fd int)) bool {
-	c.fdmu.RLock()
-	defer c.fdmu.RUnlock()
-	if c.closed.Load() {
-		return false
-	}
-	f(c.fd)
-	return true
-}
-
-// close wakes a pending read, waits for it to leave its syscalls (at most
-// the moderation delay), then closes the socket. A second close returns
-// net.ErrClosed.
-func (c *batchConn) close() error {
-	if c.closed.Swap(true) {
-		return net.ErrClosed
-	}
-	one := [8]byte{1} // an eventfd adds the native-endian uint64 written
-	_, _ = unix.Write(c.wake, one[:])
-	c.fdmu.Lock()
-	defer c.fdmu.Unlock()
-	unix.Close(c.wake)
-	return unix.Close(c.fd)
 }

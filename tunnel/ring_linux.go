@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"runtime"
@@ -43,13 +44,7 @@ import (
 // way or lent, otherwise by the reader's next read (which then returns
 // net.ErrClosed), and as a last resort when the ring is garbage.
 type ring struct {
-	fd   int
-	wake int // eventfd: close makes it readable to end a pending ppoll
-	// fdmu is held shared by read across its system calls and its use
-	// of mem, and by control; close takes it exclusively before closing
-	// fd, as in batchConn.
-	fdmu   sync.RWMutex
-	closed atomic.Bool
+	pollFD
 
 	// mu guards mem's lifetime: busy is true from a read's start until
 	// the next read starts (the batch it returned is in use) or a read
@@ -66,7 +61,6 @@ type ring struct {
 	open      bool   // cur is the reader's: packets of it were handed out
 	left      uint32 // packets of cur not yet handed out
 	next      int    // offset in mem of cur's next packet
-	poll      [2]unix.PollFd
 }
 
 // ringFrame is one packet as the ring holds it.
@@ -152,13 +146,10 @@ func retireTimeout(moderate time.Duration) uint32 {
 // newRing takes over fd, whose ring of the given layout is mapped at mem.
 // On error fd and mem are left to the caller.
 func newRing(fd int, mem []byte, blockSize, blocks int) (*ring, error) {
-	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
+	r := &ring{mem: mem, blockSize: blockSize, blocks: blocks}
+	if err := r.init(fd); err != nil {
 		return nil, err
 	}
-	r := &ring{fd: fd, wake: wake, mem: mem, blockSize: blockSize, blocks: blocks}
-	r.poll[0] = unix.PollFd{Fd: int32(fd), Events: unix.POLLIN}
-	r.poll[1] = unix.PollFd{Fd: int32(wake), Events: unix.POLLIN}
 	r.cleanup = runtime.AddCleanup(r, func(mem []byte) { _ = unix.Munmap(mem) }, mem)
 	return r, nil
 }
@@ -208,9 +199,8 @@ func (r *ring) fill(out []ringFrame) (int, error) {
 				// The kernel is still filling it: wait for the block
 				// (poll is readable once one is the reader's) or for
 				// close.
-				_, _, errno := unix.Syscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&r.poll[0])), 2, 0, 0, 0, 0)
-				if errno != 0 && errno != unix.EINTR {
-					return 0, errno
+				if err := r.wait(); err != nil {
+					return 0, err
 				}
 				continue
 			}
@@ -237,32 +227,15 @@ func (r *ring) fill(out []ringFrame) (int, error) {
 	}
 }
 
-// control runs f on the socket's descriptor unless the ring is closed,
-// and reports whether it ran.
-func (r *ring) control(f func(fd int)) bool {
-	r.fdmu.RLock()
-	defer r.fdmu.RUnlock()
-	if r.closed.Load() {
-		return false
-	}
-	f(r.fd)
-	return true
-}
-
-// close wakes a pending read, waits for it to leave its system calls,
-// closes the socket (the mapping outlives it: its pages are the
-// mapping's too) and unmaps the ring unless a batch is out, which the
-// reader's next read then does. A second close returns net.ErrClosed.
+// close closes the socket (pollFD.close; the mapping outlives it: its
+// pages are the mapping's too) and unmaps the ring unless a batch is out,
+// which the reader's next read then does. A second close returns
+// net.ErrClosed.
 func (r *ring) close() error {
-	if r.closed.Swap(true) {
-		return net.ErrClosed
+	err := r.pollFD.close()
+	if errors.Is(err, net.ErrClosed) {
+		return err
 	}
-	one := [8]byte{1}
-	_, _ = unix.Write(r.wake, one[:])
-	r.fdmu.Lock()
-	unix.Close(r.wake)
-	err := unix.Close(r.fd)
-	r.fdmu.Unlock()
 	r.mu.Lock()
 	if !r.busy {
 		r.unmap()
