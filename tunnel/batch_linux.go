@@ -72,11 +72,21 @@ func (p *pollFD) init(fd int) error {
 }
 
 // wait blocks until fd is readable or close was called (fdmu held
-// shared). An interrupted wait returns nil: the caller looks again.
+// shared). An interrupted wait returns nil: the caller looks again. A
+// pending socket error (ENETDOWN when a packet socket's link goes down)
+// is returned, and so cleared: poll reports POLLERR for as long as it is
+// pending, and a reader that never reads it (a ring's) would spin.
 func (p *pollFD) wait() error {
 	_, _, errno := unix.Syscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&p.poll[0])), 2, 0, 0, 0, 0)
 	if errno != 0 && errno != unix.EINTR {
 		return errno
+	}
+	if p.poll[0].Revents&unix.POLLERR != 0 {
+		if e, err := unix.GetsockoptInt(p.fd, unix.SOL_SOCKET, unix.SO_ERROR); err != nil {
+			return err
+		} else if e != 0 {
+			return unix.Errno(e)
+		}
 	}
 	return nil
 }

@@ -26,10 +26,11 @@ import (
 //
 // The socket reads a TPACKET_V3 ring (ring), not recvmmsg.
 type CaptureSocket struct {
-	r      *ring
-	drops  atomic.Uint64
-	frames []ringFrame
-	msgs   []Message
+	r       *ring
+	ifindex int
+	drops   atomic.Uint64
+	frames  []ringFrame
+	msgs    []Message
 }
 
 // captureFilter passes what sensor mode needs from an Ethernet interface:
@@ -112,7 +113,7 @@ func ListenCapture(dev string, batch, bufSize, rcvbuf int, moderate time.Duratio
 		unix.Close(fd)
 		return nil, fmt.Errorf("capture on %s: %w", dev, err)
 	}
-	return &CaptureSocket{r: r, frames: make([]ringFrame, batch), msgs: make([]Message, batch)}, nil
+	return &CaptureSocket{r: r, ifindex: ifindex, frames: make([]ringFrame, batch), msgs: make([]Message, batch)}, nil
 }
 
 // ignoreOutgoing: capture sockets ask the kernel to leave out what the
@@ -132,19 +133,26 @@ func deviceIndex(dev string) (int, error) {
 
 // setupCapture filters fd, gives it its ring (setupRing) and binds it to
 // ifindex in promiscuous mode. It returns the ring's memory; on error
-// nothing is left mapped.
-func setupCapture(fd, ifindex, blockSize, blocks int, moderate time.Duration) (mem []byte, err error) {
+// nothing is left mapped (a mapping holds the socket: closing fd would
+// not release it, nor end its promiscuous membership).
+func setupCapture(fd, ifindex, blockSize, blocks int, moderate time.Duration) ([]byte, error) {
 	if err := attachFilter(fd, captureFilter); err != nil {
 		return nil, fmt.Errorf("attach the ERSPAN filter: %w", err)
 	}
-	if mem, err = setupRing(fd, blockSize, blocks, moderate); err != nil {
+	mem, err := setupRing(fd, blockSize, blocks, moderate)
+	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		if err != nil {
-			_ = unix.Munmap(mem)
-		}
-	}()
+	if err := bindCapture(fd, ifindex); err != nil {
+		_ = unix.Munmap(mem)
+		return nil, err
+	}
+	return mem, nil
+}
+
+// bindCapture puts the interface in promiscuous mode for fd and binds fd
+// to it.
+func bindCapture(fd, ifindex int) error {
 	// Frames this host sends are of no use to a sensor: with
 	// PACKET_IGNORE_OUTGOING (Linux 4.20) the kernel does not hand them to
 	// the socket at all; older kernels refuse the option, and ReadBatch
@@ -154,18 +162,19 @@ func setupCapture(fd, ifindex, blockSize, blocks int, moderate time.Duration) (m
 	}
 	mreq := unix.PacketMreq{Ifindex: int32(ifindex), Type: unix.PACKET_MR_PROMISC}
 	if err := unix.SetsockoptPacketMreq(fd, unix.SOL_PACKET, unix.PACKET_ADD_MEMBERSHIP, &mreq); err != nil {
-		return nil, fmt.Errorf("promiscuous mode: %w", err)
+		return fmt.Errorf("promiscuous mode: %w", err)
 	}
 	proto := uint16(unix.ETH_P_ALL)
 	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: proto<<8 | proto>>8, Ifindex: ifindex}); err != nil {
-		return nil, fmt.Errorf("bind: %w", err)
+		return fmt.Errorf("bind: %w", err)
 	}
-	return mem, nil
+	return nil
 }
 
 // ReadBatch reads what arrived, as GRESocket.ReadBatch does; frames the
 // host sent are skipped (kernels before 4.20 pass them up). It allocates
-// nothing.
+// nothing. The messages point into the ring: valid until the next
+// ReadBatch, and only while the socket is reachable (ring).
 func (s *CaptureSocket) ReadBatch() ([]Message, error) {
 	for {
 		n, err := s.r.read(s.frames)
@@ -255,10 +264,18 @@ func (s *CaptureSocket) KernelDrops() uint64 {
 	return s.drops.Load()
 }
 
-// Close closes the socket, which also ends its promiscuous membership.
-// It takes the kernel's drop count first, so that KernelDrops after Close
-// still has it (a closed socket has no statistics to read).
+// Close closes the socket and ends its promiscuous membership. It takes
+// the kernel's drop count first, so that KernelDrops after Close still
+// has it (a closed socket has no statistics to read). While a batch is
+// out the ring stays mapped, and a mapping keeps the socket alive (its
+// close does not release it), so Close first stops it capturing: a
+// filter that takes nothing, the membership dropped.
 func (s *CaptureSocket) Close() error {
 	s.KernelDrops()
+	s.r.control(func(fd int) {
+		_ = attachFilter(fd, dropAll)
+		mreq := unix.PacketMreq{Ifindex: int32(s.ifindex), Type: unix.PACKET_MR_PROMISC}
+		_ = unix.SetsockoptPacketMreq(fd, unix.SOL_PACKET, unix.PACKET_DROP_MEMBERSHIP, &mreq)
+	})
 	return s.r.close()
 }

@@ -35,14 +35,21 @@ import (
 // to the reader when it is full or at the kernel's retire timer (every
 // tp_retire_blk_tov milliseconds; it hands over the block that was
 // current for a whole period): up to two periods of added latency at low
-// rates. A block handed over early is not filled further, so at low rates
+// rates; on 6.18 (an hrtimer) single packets took 0.5 to 1.1 ms at 1 ms.
+// Before 6.18 the timer counts jiffies, so 1 ms is one jiffy: 4 ms at
+// HZ=250, up to ~8 ms of latency. A block handed over early is not filled further, so at low rates
 // the ring holds the packets of as many periods as it has blocks, not its
 // size in bytes (TestRingWraps).
 //
 // The ring's memory is what the messages of a batch point into, so it
-// must outlive the batch: it is unmapped by Close when no read is under
+// must outlive the batch: it is unmapped by close when no read is under
 // way or lent, otherwise by the reader's next read (which then returns
-// net.ErrClosed), and as a last resort when the ring is garbage.
+// net.ErrClosed). A mapping holds the socket: until it goes, closing fd
+// does not release the socket (CaptureSocket.Close stops it capturing
+// first). As a last resort a ring closed with a batch out and never read
+// again is unmapped when it becomes garbage; one never closed keeps its
+// socket (only close may close fd: a number the cleanup held could be
+// reused by then).
 type ring struct {
 	pollFD
 
@@ -52,7 +59,7 @@ type ring struct {
 	mu   sync.Mutex
 	busy bool
 	mem  []byte // nil once unmapped
-	// cleanup unmaps mem if the ring becomes unreachable unclosed.
+	// cleanup unmaps mem if the ring becomes unreachable still mapped.
 	cleanup runtime.Cleanup
 
 	blockSize int
@@ -129,7 +136,9 @@ func setupRing(fd, blockSize, blocks int, moderate time.Duration) ([]byte, error
 	if err := unix.SetsockoptTpacketReq3(fd, unix.SOL_PACKET, unix.PACKET_RX_RING, &req); err != nil {
 		return nil, fmt.Errorf("receive ring of %d blocks of %d bytes: %w", blocks, blockSize, err)
 	}
-	mem, err := unix.Mmap(fd, 0, blockSize*blocks, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
+	// The kernel maps every page of the ring at once (packet_mmap): no
+	// MAP_POPULATE needed, no page fault on the receive path.
+	mem, err := unix.Mmap(fd, 0, blockSize*blocks, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		return nil, fmt.Errorf("map the receive ring (%d bytes): %w", blockSize*blocks, err)
 	}

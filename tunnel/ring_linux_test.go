@@ -5,8 +5,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"net"
+	"os"
+	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/erspan-linux/erspan/erspan"
 )
@@ -94,11 +98,22 @@ func TestRingCloseWhileLent(t *testing.T) {
 	if err != nil || len(msgs) == 0 {
 		t.Fatalf("ReadBatch: %d messages, %v", len(msgs), err)
 	}
+	promisc := func() (p int) {
+		collector.do(t, func() { p = mustLinkByName(t, "eth0").Attrs().Promisc })
+		return p
+	}
+	if promisc() != 1 {
+		t.Fatal("eth0 is not promiscuous while captured")
+	}
 	if err := s.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
 	if s.r.mem == nil {
 		t.Fatal("Close unmapped the ring while a batch was out")
+	}
+	// The mapping keeps the socket alive, but it no longer captures.
+	if promisc() != 0 {
+		t.Error("eth0 still promiscuous after Close with a batch out")
 	}
 	if want := seqGRE(0, 1)[0]; !bytes.Equal(msgs[0].GRE, want) {
 		t.Errorf("after Close the first packet reads % x, want % x", msgs[0].GRE, want)
@@ -149,5 +164,52 @@ func TestRetireTimeout(t *testing.T) {
 		if got := retireTimeout(c.moderate); got != c.ms {
 			t.Errorf("retireTimeout(%v) = %d ms, want %d", c.moderate, got, c.ms)
 		}
+	}
+}
+
+// TestRingLinkDown: when the captured link goes down the kernel flags the
+// socket with ENETDOWN, which poll reports until it is read: ReadBatch
+// returns it (once) rather than spin in poll, and reads on once the link
+// is back.
+func TestRingLinkDown(t *testing.T) {
+	sender, collector := vethPair(t)
+	s := listenCaptureIn(t, collector, 64, 0, 0)
+	runIP(t, "-n", collector.name, "link", "set", "eth0", "down")
+	timer := time.AfterFunc(5*time.Second, func() { s.Close() })
+	defer timer.Stop()
+	if _, err := s.ReadBatch(); !errors.Is(err, unix.ENETDOWN) {
+		t.Fatalf("ReadBatch with the link down: %v, want ENETDOWN", err)
+	}
+	runIP(t, "-n", collector.name, "link", "set", "eth0", "up")
+	collector.waitReady(t, "eth0")
+	sender.waitReady(t, "eth0")
+	sender.do(t, func() { newGRESender(t, net.IPv4(192, 0, 2, 2)).send(seqGRE(0, 3)...) })
+	checkSeq(t, readGRE(t, s, 3, 5*time.Second), 0)
+}
+
+// TestCaptureSetupFails: a capture that cannot be set up (no such
+// interface index) leaves no ring mapped, which would keep the socket,
+// and with it a promiscuous membership, alive after its close.
+func TestCaptureSetupFails(t *testing.T) {
+	requireRoot(t)
+	mapped := func() int {
+		b, err := os.ReadFile("/proc/self/maps")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Count(string(b), " socket:[")
+	}
+	before := mapped()
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	blockSize, blocks := ringLayout(2048, 0)
+	if _, err := setupCapture(fd, 1<<30, blockSize, blocks, 0); !errors.Is(err, unix.ENODEV) {
+		t.Errorf("setupCapture on interface index 2^30: %v, want ENODEV", err)
+	}
+	if n := mapped(); n != before {
+		t.Errorf("%d socket mappings after a failed setup, %d before", n, before)
 	}
 }
