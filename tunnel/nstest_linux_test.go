@@ -326,9 +326,20 @@ func checkCloseUnblocks(t *testing.T, what string, read, closeFn func() error, w
 	done := make(chan error, 1)
 	go func() { done <- read() }()
 	time.Sleep(50 * time.Millisecond)
-	if err := closeFn(); err != nil {
-		t.Errorf("Close: %v", err)
-	}
+	// Close in a goroutine of its own: one that cannot wake the reader
+	// may wait for it, and must fail the test, not hang it.
+	closed := make(chan error, 1)
+	go func() { closed <- closeFn() }()
+	defer func() {
+		select {
+		case err := <-closed:
+			if err != nil {
+				t.Errorf("Close: %v", err)
+			}
+		case <-time.After(2 * time.Second):
+			t.Errorf("Close did not return within 2 s")
+		}
+	}()
 	select {
 	case err := <-done:
 		if !errors.Is(err, want) {

@@ -177,9 +177,7 @@ func (r *ring) read(out []ringFrame) (int, error) {
 	r.mu.Lock()
 	r.busy = true
 	r.mu.Unlock()
-	r.fdmu.RLock()
-	n, err := r.fill(out)
-	r.fdmu.RUnlock()
+	n, err := r.fillLocked(out)
 	if err != nil {
 		r.mu.Lock()
 		r.busy = false
@@ -189,6 +187,14 @@ func (r *ring) read(out []ringFrame) (int, error) {
 		r.mu.Unlock()
 	}
 	return n, err
+}
+
+// fillLocked is fill with fdmu held shared, and let go also should fill
+// panic: a close waiting for it would otherwise hang its caller.
+func (r *ring) fillLocked(out []ringFrame) (int, error) {
+	r.fdmu.RLock()
+	defer r.fdmu.RUnlock()
+	return r.fill(out)
 }
 
 func (r *ring) fill(out []ringFrame) (int, error) {

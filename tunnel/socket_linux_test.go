@@ -217,10 +217,19 @@ func TestCaptureSkipsOutgoing(t *testing.T) {
 			defer func() { ignoreOutgoing = true }()
 			sender, collector := vethPair(t)
 			s := listenCaptureIn(t, collector, 16, 0, 0)
+			var v int
+			s.r.control(func(fd int) { v, _ = unix.GetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING) })
+			if (v == 1) != kernel {
+				t.Errorf("PACKET_IGNORE_OUTGOING = %d, want it set: %v", v, kernel)
+			}
 			collector.do(t, func() {
 				// Out of the captured interface, before anything comes in.
 				newGRESender(t, net.IPv4(192, 0, 2, 1)).send(grePacket(erspan.ProtoERSPAN, true, 1, typeIIBody(1)))
 			})
+			// Its block is handed over alone (1 ms): a batch of
+			// nothing but skipped frames, which ReadBatch must not
+			// return empty.
+			time.Sleep(20 * time.Millisecond)
 			sender.do(t, func() {
 				newGRESender(t, net.IPv4(192, 0, 2, 2)).send(grePacket(erspan.ProtoERSPAN, true, 2, typeIIBody(2)))
 			})
@@ -621,9 +630,12 @@ func TestSendRefusedByFirewall(t *testing.T) {
 	tx, _, _ := senderBatchIn(t, sender)
 	const cs1 = 8 << 2 // DSCP 8 in the TOS byte
 	pkts, tos := seqGRE(0, 5), []uint8{0, cs1, 0, cs1, 0}
-	sent, tooBig, _, err := tx.SendBatch(pkts, tos)
+	sent, tooBig, nbytes, err := tx.SendBatch(pkts, tos)
 	if sent != 3 || tooBig != 0 || !errors.Is(err, unix.EPERM) {
 		t.Errorf("SendBatch of 5, 2 of them refused by the firewall: sent %d, too big %d, %v; want 3, 0, EPERM", sent, tooBig, err)
+	}
+	if want := uint64(len(pkts[0]) + len(pkts[2]) + len(pkts[4])); nbytes != want {
+		t.Errorf("SendBatch counted %d bytes sent, want %d (the refused packets' not among them)", nbytes, want)
 	}
 	got := readGRE(t, rx, 3, 5*time.Second)
 	for i, want := range []int{0, 2, 4} {
