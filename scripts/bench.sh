@@ -684,11 +684,11 @@ stop $col2
 erspand_in $COL sensor
 sensor=$started
 ctl $COL "$esock" create erspan0 tunneldev veth-col vnetid 77 up
-declare -A sensor_pps sensor_eff
+declare -A sensor_eff
 GEN_DST=198.51.100.2
 for size in 64 1514; do
 	decap_row "erspand decap, sensor" $sensor erspan0 $size 77 1
-	sensor_pps[$size]=$pps sensor_eff[$size]=$eff
+	sensor_eff[$size]=$eff
 done
 GEN_DST=192.0.2.2
 ctl $COL "$esock" destroy erspan0

@@ -15,8 +15,8 @@ await_exit() {
 
 # remove_netns NS SIGNAL: send SIGNAL to every process in network namespace
 # NS (found by namespace, as a killed script's daemons have no PID on
-# record), wait up to 2 s for them to end, then delete NS; sets killed to
-# their PIDs. Deleting a namespace whose processes live on would only
+# record), wait up to 2 s for them to end, SIGKILL those that have not,
+# then delete NS; sets killed to their PIDs. Deleting a namespace whose processes live on would only
 # unname it: they would keep it and its links.
 remove_netns() {
 	local ns=$1 sig=$2
@@ -27,6 +27,8 @@ remove_netns() {
 		kill -"$sig" $killed 2>/dev/null || true
 		# shellcheck disable=SC2086
 		await_exit 20 $killed
+		# shellcheck disable=SC2086
+		[ -z "$alive" ] || kill -KILL $alive 2>/dev/null || true
 	fi
 	ip netns del "$ns" 2>/dev/null || true
 }
