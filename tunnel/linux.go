@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Socket sizing, the defaults of erspand's --rx-batch, --rx-buffer and
@@ -173,16 +175,59 @@ func (l *Linux) ListenGRE(ns string, family int) (Socket, error) {
 	return s, nil
 }
 
-func (l *Linux) ListenCapture(ns, dev string) (sock Socket, err error) {
-	err = inNamespace(ns, func() error {
-		s, err := ListenCapture(dev, l.Batch, l.BufSize, l.RcvBuf, l.Moderate)
-		if err != nil {
-			return err
+// ListenCapture opens a capture socket (ListenCapture) on dev in ns, with
+// the namespace's shared send sockets without DF of both families as
+// guards, held until it closes: a sensor NIC usually has no address, but
+// one that has, and receives ERSPAN for it, would otherwise have the
+// kernel answer every packet with ICMP protocol unreachable, as no raw
+// GRE socket takes it. (IPv6's is left out where the kernel has no IPv6.)
+func (l *Linux) ListenCapture(ns, dev string) (Socket, error) {
+	g := &guardedCapture{}
+	if guardSockets {
+		for _, family := range []int{4, 6} {
+			_, release, err := l.sendSocket(ns, family, false)
+			if family == 6 && errors.Is(err, unix.EAFNOSUPPORT) {
+				continue
+			}
+			if err != nil {
+				g.release()
+				return nil, fmt.Errorf("raw GRE guard socket (IPv%d): %w", family, err)
+			}
+			g.guards = append(g.guards, release)
 		}
-		sock = s
-		return nil
+	}
+	err := inNamespace(ns, func() (err error) {
+		g.CaptureSocket, err = ListenCapture(dev, l.Batch, l.BufSize, l.RcvBuf, l.Moderate)
+		return err
 	})
-	return sock, err
+	if err != nil {
+		g.release()
+		return nil, err
+	}
+	return g, nil
+}
+
+// guardedCapture is a capture socket with the guards ListenCapture holds
+// for it.
+type guardedCapture struct {
+	*CaptureSocket
+	guards []func()
+}
+
+// Close closes the socket, then gives its guards back.
+func (g *guardedCapture) Close() error {
+	err := g.CaptureSocket.Close()
+	if !errors.Is(err, net.ErrClosed) {
+		g.release()
+	}
+	return err
+}
+
+func (g *guardedCapture) release() {
+	for _, r := range g.guards {
+		r()
+	}
+	g.guards = nil
 }
 
 // OpenSender returns a sender from src to dst on the shared send socket of

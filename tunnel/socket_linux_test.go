@@ -348,6 +348,32 @@ func TestSocketAllocs(t *testing.T) {
 	}
 }
 
+// watchUnreachable returns, for the sender's side of a vethPair, a
+// sniffer on its eth0, a GRE sender to the collector's address of family,
+// and what tells the kernel's answer to GRE nobody takes: ICMP protocol
+// unreachable (IPv4) or parameter problem, unrecognised next header
+// (IPv6).
+func watchUnreachable(t *testing.T, sender *testNetns, family int) (*packetSniffer, *greSender, func([]byte) bool) {
+	t.Helper()
+	_, dst := socketTestAddrs(family)
+	var sniff *packetSniffer
+	var snd *greSender
+	sender.do(t, func() {
+		eth0, err := net.InterfaceByName("eth0")
+		if err != nil {
+			t.Fatalf("eth0: %v", err)
+		}
+		sniff = newPacketSniffer(t, eth0.Index)
+		snd = newGRESender(t, net.IP(dst.AsSlice()))
+	})
+	return sniff, snd, func(f []byte) bool {
+		if family == 4 {
+			return isICMPv4(f, 3, 2, -1)
+		}
+		return isICMPv6(f, 4, 1)
+	}
+}
+
 // TestICMPUnreachable shows that the kernel answers ERSPAN with ICMP
 // protocol unreachable (IPv6: parameter problem, unrecognised next header)
 // when no raw GRE socket is open, and that an open GRESocket silences it,
@@ -355,23 +381,7 @@ func TestSocketAllocs(t *testing.T) {
 func TestICMPUnreachable(t *testing.T) {
 	for _, family := range []int{4, 6} {
 		sender, collector := vethPair(t)
-		_, dst := socketTestAddrs(family)
-		var sniff *packetSniffer
-		var snd *greSender
-		sender.do(t, func() {
-			eth0, err := net.InterfaceByName("eth0")
-			if err != nil {
-				t.Fatalf("eth0: %v", err)
-			}
-			sniff = newPacketSniffer(t, eth0.Index)
-			snd = newGRESender(t, net.IP(dst.AsSlice()))
-		})
-		unreachable := func(f []byte) bool {
-			if family == 4 {
-				return isICMPv4(f, 3, 2, -1) // destination unreachable, protocol
-			}
-			return isICMPv6(f, 4, 1) // parameter problem, unrecognised next header
-		}
+		sniff, snd, unreachable := watchUnreachable(t, sender, family)
 		erspanPkt := grePacket(erspan.ProtoERSPAN, true, 1, typeIIBody(1))
 		teb := grePacket(erspan.ProtoTEB, false, 0, fakeFrame(2))
 
@@ -394,6 +404,39 @@ func TestICMPUnreachable(t *testing.T) {
 		snd.send(erspanPkt)
 		if sniff.await(2*time.Second, unreachable) == nil {
 			t.Errorf("IPv%d: no ICMP error for ERSPAN without a raw GRE socket: the sniffer cannot see it", family)
+		}
+	}
+}
+
+// TestCaptureNoICMP: a sensor NIC that has an address, and receives
+// ERSPAN for it, must not have the kernel answer the switch with ICMP
+// protocol unreachable (no raw GRE socket takes those packets): the
+// capture holds the namespace's guards. After Close the ICMP comes, which
+// shows the sniffer would see it.
+func TestCaptureNoICMP(t *testing.T) {
+	for _, family := range []int{4, 6} {
+		sender, collector := vethPair(t)
+		sniff, snd, unreachable := watchUnreachable(t, sender, family)
+		l, err := NewLinux()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := l.ListenCapture(collector.name, "eth0")
+		if err != nil {
+			t.Fatalf("Linux.ListenCapture: %v", err)
+		}
+		pkt := grePacket(erspan.ProtoERSPAN, true, 1, typeIIBody(1))
+		snd.send(pkt, pkt, pkt)
+		if got := readGRE(t, s, 3, 5*time.Second); len(got) != 3 {
+			t.Fatalf("IPv%d: captured %d of 3", family, len(got))
+		}
+		if f := sniff.await(500*time.Millisecond, unreachable); f != nil {
+			t.Errorf("IPv%d: ICMP error while a capture is open on the NIC: % x", family, f)
+		}
+		s.Close()
+		snd.send(pkt)
+		if sniff.await(2*time.Second, unreachable) == nil {
+			t.Errorf("IPv%d: no ICMP error once the capture closed: the sniffer cannot see it", family)
 		}
 	}
 }
