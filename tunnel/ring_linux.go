@@ -197,6 +197,8 @@ func (r *ring) fillLocked(out []ringFrame) (int, error) {
 	return r.fill(out)
 }
 
+// fill is read's work (the block hand-back, the wait, the batch), with
+// fdmu held shared by the caller.
 func (r *ring) fill(out []ringFrame) (int, error) {
 	for {
 		if r.closed.Load() {
