@@ -190,7 +190,7 @@ func (l *Linux) ListenCapture(ns, dev string) (Socket, error) {
 				continue
 			}
 			if err != nil {
-				g.release()
+				g.guards.release()
 				return nil, fmt.Errorf("raw GRE guard socket (IPv%d): %w", family, err)
 			}
 			g.guards = append(g.guards, release)
@@ -201,7 +201,7 @@ func (l *Linux) ListenCapture(ns, dev string) (Socket, error) {
 		return err
 	})
 	if err != nil {
-		g.release()
+		g.guards.release()
 		return nil, err
 	}
 	return g, nil
@@ -211,24 +211,11 @@ func (l *Linux) ListenCapture(ns, dev string) (Socket, error) {
 // for it.
 type guardedCapture struct {
 	*CaptureSocket
-	guards []func()
+	guards guards
 }
 
 // Close closes the socket, then gives its guards back.
-func (g *guardedCapture) Close() error {
-	err := g.CaptureSocket.Close()
-	if !errors.Is(err, net.ErrClosed) {
-		g.release()
-	}
-	return err
-}
-
-func (g *guardedCapture) release() {
-	for _, r := range g.guards {
-		r()
-	}
-	g.guards = nil
-}
+func (g *guardedCapture) Close() error { return g.guards.closeWith(g.CaptureSocket.Close) }
 
 // OpenSender returns a sender from src to dst on the shared send socket of
 // (ns, family, df), opening it for the first user.

@@ -42,7 +42,7 @@ type Message struct {
 type GRESocket struct {
 	c      *batchConn
 	family int
-	guard  func() // gives the guard socket back (see listenGRE); nil: none
+	guards guards // the guard socket (see listenGRE), if any
 	drops  atomic.Uint64
 	// lastDrops is the latest SO_RXQ_OVFL seen, by ReadBatch only.
 	lastDrops uint64
@@ -115,7 +115,9 @@ func listenGRE(family int, batch int, bufSize int, rcvbuf int, moderate time.Dur
 		unix.Close(fd)
 		return nil, fmt.Errorf("raw GRE socket (IPv%d): %w", family, err)
 	}
-	s.guard = guard
+	if guard != nil {
+		s.guards = guards{guard}
+	}
 	return s, nil
 }
 
@@ -297,22 +299,28 @@ func (s *GRESocket) KernelDrops() uint64 { return s.drops.Load() }
 
 // Close closes the socket and makes a pending ReadBatch return
 // net.ErrClosed. Closing twice returns net.ErrClosed.
-func (s *GRESocket) Close() error {
-	err := s.c.close()
+func (s *GRESocket) Close() error { return s.guards.closeWith(s.c.close) }
+
+// guards give back the guard sockets a receive socket holds (each one's
+// release function), once, at its first close.
+type guards []func()
+
+// closeWith runs closeFn and gives the guards back unless the socket was
+// closed before: the first close, even one close(2) reported an error
+// for, ends the socket either way, and so must the guards' references.
+func (g *guards) closeWith(closeFn func() error) error {
+	err := closeFn()
 	if !errors.Is(err, net.ErrClosed) {
-		// The first close, even one close(2) reported an error for:
-		// the descriptor is gone either way, and so must the guard's
-		// reference be.
-		s.closeGuard()
+		g.release()
 	}
 	return err
 }
 
-func (s *GRESocket) closeGuard() {
-	if s.guard != nil {
-		s.guard()
-		s.guard = nil
+func (g *guards) release() {
+	for _, r := range *g {
+		r()
 	}
+	*g = nil
 }
 
 // guardSockets is off only in the test that shows why guards exist

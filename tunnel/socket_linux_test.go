@@ -348,29 +348,49 @@ func TestSocketAllocs(t *testing.T) {
 	}
 }
 
-// watchUnreachable returns, for the sender's side of a vethPair, a
-// sniffer on its eth0, a GRE sender to the collector's address of family,
-// and what tells the kernel's answer to GRE nobody takes: ICMP protocol
-// unreachable (IPv4) or parameter problem, unrecognised next header
-// (IPv6).
-func watchUnreachable(t *testing.T, sender *testNetns, family int) (*packetSniffer, *greSender, func([]byte) bool) {
+// icmpWatch watches the sender's side of a vethPair for the kernel's
+// answer to GRE nobody takes: ICMP protocol unreachable (IPv4) or
+// parameter problem, unrecognised next header (IPv6).
+type icmpWatch struct {
+	family int
+	sniff  *packetSniffer
+	snd    *greSender // to the collector's address of family
+}
+
+func watchUnreachable(t *testing.T, sender *testNetns, family int) *icmpWatch {
 	t.Helper()
 	_, dst := socketTestAddrs(family)
-	var sniff *packetSniffer
-	var snd *greSender
+	w := &icmpWatch{family: family}
 	sender.do(t, func() {
 		eth0, err := net.InterfaceByName("eth0")
 		if err != nil {
 			t.Fatalf("eth0: %v", err)
 		}
-		sniff = newPacketSniffer(t, eth0.Index)
-		snd = newGRESender(t, net.IP(dst.AsSlice()))
+		w.sniff = newPacketSniffer(t, eth0.Index)
+		w.snd = newGRESender(t, net.IP(dst.AsSlice()))
 	})
-	return sniff, snd, func(f []byte) bool {
-		if family == 4 {
-			return isICMPv4(f, 3, 2, -1)
-		}
-		return isICMPv6(f, 4, 1)
+	return w
+}
+
+func (w *icmpWatch) unreachable(f []byte) bool {
+	if w.family == 4 {
+		return isICMPv4(f, 3, 2, -1)
+	}
+	return isICMPv6(f, 4, 1)
+}
+
+// guarded fails t if the packets sent so far drew an ICMP error (what
+// holds the guard is open), then closes it with closeFn and sends pkt,
+// which must draw one: the control that the sniffer would see it.
+func (w *icmpWatch) guarded(t *testing.T, what string, closeFn func() error, pkt []byte) {
+	t.Helper()
+	if f := w.sniff.await(500*time.Millisecond, w.unreachable); f != nil {
+		t.Errorf("IPv%d: ICMP error while %s is open: % x", w.family, what, f)
+	}
+	closeFn()
+	w.snd.send(pkt)
+	if w.sniff.await(2*time.Second, w.unreachable) == nil {
+		t.Errorf("IPv%d: no ICMP error once %s closed: the sniffer cannot see it", w.family, what)
 	}
 }
 
@@ -381,7 +401,7 @@ func watchUnreachable(t *testing.T, sender *testNetns, family int) (*packetSniff
 func TestICMPUnreachable(t *testing.T) {
 	for _, family := range []int{4, 6} {
 		sender, collector := vethPair(t)
-		sniff, snd, unreachable := watchUnreachable(t, sender, family)
+		w := watchUnreachable(t, sender, family)
 		erspanPkt := grePacket(erspan.ProtoERSPAN, true, 1, typeIIBody(1))
 		teb := grePacket(erspan.ProtoTEB, false, 0, fakeFrame(2))
 
@@ -394,17 +414,9 @@ func TestICMPUnreachable(t *testing.T) {
 			}
 		})
 		for range 3 {
-			snd.send(erspanPkt, teb)
+			w.snd.send(erspanPkt, teb)
 		}
-		if f := sniff.await(500*time.Millisecond, unreachable); f != nil {
-			t.Errorf("IPv%d: ICMP error while a GRESocket is open: % x", family, f)
-		}
-		s.Close()
-
-		snd.send(erspanPkt)
-		if sniff.await(2*time.Second, unreachable) == nil {
-			t.Errorf("IPv%d: no ICMP error for ERSPAN without a raw GRE socket: the sniffer cannot see it", family)
-		}
+		w.guarded(t, "a GRESocket", s.Close, erspanPkt)
 	}
 }
 
@@ -416,7 +428,7 @@ func TestICMPUnreachable(t *testing.T) {
 func TestCaptureNoICMP(t *testing.T) {
 	for _, family := range []int{4, 6} {
 		sender, collector := vethPair(t)
-		sniff, snd, unreachable := watchUnreachable(t, sender, family)
+		w := watchUnreachable(t, sender, family)
 		l, err := NewLinux()
 		if err != nil {
 			t.Fatal(err)
@@ -426,18 +438,11 @@ func TestCaptureNoICMP(t *testing.T) {
 			t.Fatalf("Linux.ListenCapture: %v", err)
 		}
 		pkt := grePacket(erspan.ProtoERSPAN, true, 1, typeIIBody(1))
-		snd.send(pkt, pkt, pkt)
+		w.snd.send(pkt, pkt, pkt)
 		if got := readGRE(t, s, 3, 5*time.Second); len(got) != 3 {
 			t.Fatalf("IPv%d: captured %d of 3", family, len(got))
 		}
-		if f := sniff.await(500*time.Millisecond, unreachable); f != nil {
-			t.Errorf("IPv%d: ICMP error while a capture is open on the NIC: % x", family, f)
-		}
-		s.Close()
-		snd.send(pkt)
-		if sniff.await(2*time.Second, unreachable) == nil {
-			t.Errorf("IPv%d: no ICMP error once the capture closed: the sniffer cannot see it", family)
-		}
+		w.guarded(t, "a capture on the NIC", s.Close, pkt)
 	}
 }
 
