@@ -45,7 +45,7 @@ func newApp(action cli.ActionFunc) *cli.App {
 					"less CPU per frame for up to that much (plus the kernel's 50µs timer slack) more latency, as a NIC's rx-usecs; " +
 					"a tunneldev's ring hands a partly filled block over after DURATION rounded up to whole milliseconds, at least 1ms"},
 			&cli.IntFlag{Name: "rx-batch", Value: tunnel.DefaultBatch, EnvVars: []string{"ERSPAN_RX_BATCH"},
-				Usage: fmt.Sprintf("receive up to `N` packets per system call (recvmmsg), 1 to %d; each receive socket holds N buffers of %d bytes",
+				Usage: fmt.Sprintf("receive up to `N` packets per system call (recvmmsg; per batch from a tunneldev's ring), 1 to %d; each raw receive socket holds N buffers of %d bytes",
 					tunnel.MaxBatch, tunnel.DefaultBufSize)},
 			&cli.IntFlag{Name: "rx-buffer", Value: tunnel.DefaultRcvBuf, EnvVars: []string{"ERSPAN_RX_BUFFER"},
 				Usage: "receive buffer of each receive socket (one per namespace and address family, one per tunneldev) in `BYTES`: " +
