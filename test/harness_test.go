@@ -266,8 +266,15 @@ type daemon struct {
 	logPath string
 	ctlBin  string
 	pid     int
-	exited  chan struct{}
-	waitErr error
+	// exit is shared with the copies on makes (a copy of the struct
+	// would read the error while the waiting goroutine writes it).
+	exit *daemonExit
+}
+
+// daemonExit is how an erspand ended: err once done is closed.
+type daemonExit struct {
+	done chan struct{}
+	err  error
 }
 
 // startDaemon starts erspand in ns (`ip netns exec NS erspand --socket
@@ -304,7 +311,7 @@ func startDaemonEnv(t *testing.T, ns *netNS, dir string, env []string, flags ...
 	}
 	defer logf.Close()
 	d := &daemon{t: t, ns: ns, dir: dir, sock: filepath.Join(dir, "erspand.sock"),
-		logPath: logf.Name(), ctlBin: erspanctl, exited: make(chan struct{})}
+		logPath: logf.Name(), ctlBin: erspanctl, exit: &daemonExit{done: make(chan struct{})}}
 	// An empty --config-dir: the host's /etc/erspan/hostname.erspanN
 	// files must not leak into a test.
 	cmd := exec.Command("ip", "netns", "exec", ns.name, erspand, "--socket", d.sock,
@@ -319,8 +326,8 @@ func startDaemonEnv(t *testing.T, ns *netNS, dir string, env []string, flags ...
 	}
 	d.pid = cmd.Process.Pid
 	go func() {
-		d.waitErr = cmd.Wait()
-		close(d.exited)
+		d.exit.err = cmd.Wait()
+		close(d.exit.done)
 	}()
 	t.Cleanup(d.stop)
 	deadline := time.Now().Add(daemonStartTimeout)
@@ -330,8 +337,8 @@ func startDaemonEnv(t *testing.T, ns *netNS, dir string, env []string, flags ...
 			return d
 		}
 		select {
-		case <-d.exited:
-			t.Fatalf("erspand exited at start (%v):\n%s", d.waitErr, d.log())
+		case <-d.exit.done:
+			t.Fatalf("erspand exited at start (%v):\n%s", d.exit.err, d.log())
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
@@ -363,7 +370,7 @@ func (d *daemon) log() string {
 // alive reports whether the daemon process is still running.
 func (d *daemon) alive() bool {
 	select {
-	case <-d.exited:
+	case <-d.exit.done:
 		return false
 	default:
 		return true
@@ -377,7 +384,7 @@ func (d *daemon) kill() {
 	if err := syscall.Kill(d.pid, syscall.SIGKILL); err != nil {
 		d.t.Fatalf("kill erspand (pid %d): %v", d.pid, err)
 	}
-	<-d.exited
+	<-d.exit.done
 }
 
 func (d *daemon) stop() {
@@ -385,11 +392,11 @@ func (d *daemon) stop() {
 	if d.alive() {
 		_ = syscall.Kill(d.pid, syscall.SIGTERM)
 		select {
-		case <-d.exited:
+		case <-d.exit.done:
 		case <-time.After(5 * time.Second):
 			t.Errorf("erspand (pid %d) ignored SIGTERM for 5s; killing it", d.pid)
 			_ = syscall.Kill(d.pid, syscall.SIGKILL)
-			<-d.exited
+			<-d.exit.done
 		}
 	}
 	log := d.log()
