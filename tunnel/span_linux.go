@@ -340,41 +340,43 @@ func (s *span) reconcile(remove bool) error {
 	})
 }
 
-// apply applies a burst of link changes. Only a change of which link is
-// the bridge (made again, renamed, another link taking its name) or the
-// bridge's removal calls for a whole reconcile: the bridge's other changes
-// (its MTU, address or carrier, which follow a port joining) do not. The
-// namespace is visited only when a change asks for a rule to be added or
-// taken off.
+// apply applies a burst of link changes, in order: a port that leaves
+// and joins again within one burst ends up with the rule. Only a change
+// of which link is the bridge (made again, renamed, another link taking
+// its name) or the bridge's removal calls for a whole reconcile: the
+// bridge's other changes (its MTU, address or carrier, which follow a
+// port joining) do not. The namespace is entered only when a change may
+// ask for a rule to be added or taken off: a link that is, or was, a
+// port.
 func (s *span) apply(burst []netlink.LinkUpdate) error {
-	todo := burst[:0] // in place: burst is the watcher's, used up here
+	need := false
 	for _, u := range burst {
 		a := u.Link.Attrs()
 		isBr, named := s.brIndex != 0 && a.Index == s.brIndex, a.Name == s.bridge
 		if isBr != named || (isBr && u.Header.Type == unix.RTM_DELLINK && u.Family != unix.AF_BRIDGE) {
 			return s.reconcile(false)
 		}
-		if isBr {
-			continue
-		}
-		if add, del := portChange(u, s.brIndex, s.ports); add || del {
-			todo = append(todo, u)
+		if !isBr && u.Header.Type != unix.RTM_DELLINK && (s.brIndex != 0 && a.MasterIndex == s.brIndex || s.ports[a.Index]) {
+			need = true
 		}
 	}
-	if len(todo) == 0 {
-		return nil
-	}
-	return inNamespace(s.ns, func() error {
+	changes := func() error {
 		var errs []error
-		for _, u := range todo {
-			// Asked again: an earlier change of the burst may have
-			// settled it.
+		for _, u := range burst {
+			if s.brIndex != 0 && u.Link.Attrs().Index == s.brIndex {
+				continue
+			}
 			if add, del := portChange(u, s.brIndex, s.ports); add || del {
 				errs = append(errs, s.rule.update(u.Link, add, s.ports))
 			}
 		}
 		return errors.Join(errs...)
-	})
+	}
+	if !need {
+		// Nothing to add or take off: removals to forget, at most.
+		return changes()
+	}
+	return inNamespace(s.ns, changes)
 }
 
 // watch applies link changes, a burst at a time, until stop. The library

@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"os/exec"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,10 +16,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// TestSpanRulesOfPrefixNames: the span rules of erspan10, erspan1 and
-// erspan2 on one bridge are told apart (one name is a prefix of another;
-// erspan2's ifindex is 0x3fff above erspan1's): each is on the bridge and
-// its port, and removing erspan1's leaves the others.
 // mustSpanRule is newSpanRule, its program closed when the test ends.
 func mustSpanRule(t *testing.T, tap string, tapIndex int) spanRule {
 	t.Helper()
@@ -29,6 +27,10 @@ func mustSpanRule(t *testing.T, tap string, tapIndex int) spanRule {
 	return r
 }
 
+// TestSpanRulesOfPrefixNames: the span rules of erspan10, erspan1 and
+// erspan2 on one bridge are told apart (one name is a prefix of another;
+// erspan2's ifindex is 0x3fff above erspan1's): each is on the bridge and
+// its port, and removing erspan1's leaves the others.
 func TestSpanRulesOfPrefixNames(t *testing.T) {
 	ns := newTestNetns(t)
 	runIP(t, "-n", ns.name, "link", "add", "br0", "type", "bridge")
@@ -299,6 +301,38 @@ func TestSpanWatchFollowsPorts(t *testing.T) {
 	s.rule.close()
 	if hasRule("p6", netlink.HANDLE_MIN_INGRESS) {
 		t.Error("span rule left on p6 after stop")
+	}
+}
+
+// TestSpanWatchBurstInOrder: the watcher takes a burst of link changes in
+// order. A port that leaves and joins again in one burst (ip -batch) keeps
+// the rule; a link that joins and leaves in one has none. Each round ends
+// with a marker link joining, so that once it has its rule the watcher
+// has taken the burst before it.
+func TestSpanWatchBurstInOrder(t *testing.T) {
+	ns, s := startTestSpan(t, func(err error) { t.Errorf("span reported %v", err) })
+	defer s.stop()
+	runIP(t, "-n", ns.name, "link", "add", "p2", "type", "veth", "peer", "name", "p3")
+	batch := func(cmds string) {
+		t.Helper()
+		cmd := exec.Command("ip", "-n", ns.name, "-batch", "-")
+		cmd.Stdin = strings.NewReader(cmds)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("ip -batch %q: %v: %s", cmds, err, out)
+		}
+	}
+	for round := range 5 {
+		batch("link set p0 nomaster\nlink set p0 master br0\nlink set p2 master br0\nlink set p2 nomaster\n")
+		marker := fmt.Sprintf("m%d", round)
+		runIP(t, "-n", ns.name, "link", "add", marker, "type", "veth", "peer", "name", marker+"p")
+		runIP(t, "-n", ns.name, "link", "set", marker, "master", "br0")
+		awaitSpanRule(t, ns, "round "+marker, marker, netlink.HANDLE_MIN_INGRESS, true)
+		if !testSpanRuleOn(t, ns, "p0", netlink.HANDLE_MIN_INGRESS) {
+			t.Fatalf("round %d: p0 left and joined again in one burst and lost the span rule", round)
+		}
+		if testSpanRuleOn(t, ns, "p2", netlink.HANDLE_MIN_INGRESS) {
+			t.Fatalf("round %d: p2 joined and left in one burst and kept the span rule", round)
+		}
 	}
 }
 
