@@ -201,7 +201,9 @@ func (g *gatedBackend) Create(cfg tunnel.Config) (tunnel.Link, error) {
 
 // TestServeListenerWaitsForHandlers: a request being applied when the
 // listener closes is finished and answered before ServeListener returns,
-// so erspand's final state save (which follows it) holds the change.
+// so erspand's final state save (which follows it) holds the change; also
+// when applying it outlasts the write grace (the reply's grace counts
+// from its write).
 func TestServeListenerWaitsForHandlers(t *testing.T) {
 	b := &gatedBackend{fakeBackend: newFake(), entered: make(chan struct{}), gate: make(chan struct{})}
 	l, served := serveListener(t, NewRegistry(b))
@@ -217,7 +219,7 @@ func TestServeListenerWaitsForHandlers(t *testing.T) {
 	select {
 	case <-served:
 		t.Fatal("ServeListener returned while a request was being applied")
-	case <-time.After(200 * time.Millisecond):
+	case <-time.After(shutdownWriteGrace + 300*time.Millisecond):
 	}
 	close(b.gate)
 	awaitServed(t, served, "the request was applied")

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -39,8 +40,25 @@ func Listen(path string) (net.Listener, error) {
 }
 
 // shutdownWriteGrace is how long ServeListener, once its listener is
-// closed, lets a handler finish writing a reply.
+// closed, lets a handler's write of a reply take.
 const shutdownWriteGrace = time.Second
+
+// graceConn is a control connection whose writes, once closing is set,
+// each get shutdownWriteGrace: from the write, not from the close, so
+// that the reply to a request still being applied when the listener
+// closed (a destroy that takes seconds) is not cut short, while a client
+// that stopped reading holds a write no longer than the grace.
+type graceConn struct {
+	net.Conn
+	closing *atomic.Bool
+}
+
+func (c graceConn) Write(b []byte) (int, error) {
+	if c.closing.Load() {
+		_ = c.SetWriteDeadline(time.Now().Add(shutdownWriteGrace))
+	}
+	return c.Conn.Write(b)
+}
 
 // ServeListener accepts connections on l and serves each on its own
 // goroutine, until l is closed. It then ends every connection once its
@@ -48,18 +66,21 @@ const shutdownWriteGrace = time.Second
 // handler has: the caller's final state save comes after the last change.
 func (r *Registry) ServeListener(l net.Listener, logf func(string, ...any)) error {
 	var (
-		mu    sync.Mutex
-		conns = map[net.Conn]bool{}
-		wg    sync.WaitGroup
+		mu      sync.Mutex
+		conns   = map[net.Conn]bool{}
+		wg      sync.WaitGroup
+		closing atomic.Bool
 	)
 	defer func() {
 		mu.Lock()
+		closing.Store(true)
 		for c := range conns {
 			// A read deadline in the past: the handler's next read of a
 			// request fails at once; a request being applied is not cut.
-			// A write deadline a moment away: a reply to a client that
-			// stopped reading must not hold the shutdown (and the final
-			// state save) for ever.
+			// A write deadline a moment away, for a write under way; a
+			// later one gets its own (graceConn): a reply to a client
+			// that stopped reading must not hold the shutdown (and the
+			// final state save) for ever.
 			_ = c.SetReadDeadline(time.Now())
 			_ = c.SetWriteDeadline(time.Now().Add(shutdownWriteGrace))
 		}
@@ -86,7 +107,7 @@ func (r *Registry) ServeListener(l net.Listener, logf func(string, ...any)) erro
 				mu.Unlock()
 				c.Close()
 			}()
-			if err := r.Serve(c); err != nil && logf != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			if err := r.Serve(graceConn{c, &closing}); err != nil && logf != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 				logf("control connection: %v", err)
 			}
 		}()
