@@ -130,6 +130,7 @@ func (r *receiver) run() {
 	defer r.out.Close()
 	var backoff time.Duration
 	var y yielder
+	var errs errLog
 	for {
 		y.batch()
 		msgs, err := r.sock.ReadBatch()
@@ -140,9 +141,16 @@ func (r *receiver) run() {
 			// Back off on repeated errors rather than spin: 1 ms
 			// after the first, doubling up to 100 ms.
 			backoff = min(max(backoff*2, time.Millisecond), 100*time.Millisecond)
-			r.h.log.errorf("GRE receive: %v", err)
+			if ok, more := errs.should(err, time.Now()); ok {
+				r.h.log.errorf("GRE receive: %v%s", err, more)
+			}
 			time.Sleep(backoff)
 			continue
+		}
+		if errs.last != nil {
+			if more, ok := errs.fine(time.Now()); ok {
+				r.h.log.errorf("GRE receive works again%s", more)
+			}
 		}
 		backoff = 0
 		r.handle(r.table.Load(), msgs)

@@ -116,6 +116,11 @@ func (h *Host) transmit(ifc *iface) {
 			time.Sleep(backoff)
 			continue
 		}
+		if readLog.last != nil {
+			if more, ok := readLog.fine(time.Now()); ok {
+				h.log.errorf("%s: reading from the TAP works again%s", ifc.name, more)
+			}
+		}
 		backoff = 0
 		if n == have && have < limit {
 			grown := min(2*have, limit)
@@ -138,6 +143,10 @@ func (h *Host) transmit(ifc *iface) {
 			if ok, more := sendLog.should(err, time.Now()); ok {
 				h.log.errorf("%s: sending ERSPAN from %s to %s: %v%s (frames counted in tx_errors)%s",
 					ifc.name, st.src, st.dst, err, sendHint(err, st), more)
+			}
+		} else if sendLog.last != nil {
+			if more, ok := sendLog.fine(time.Now()); ok {
+				h.log.errorf("%s: sending ERSPAN to %s works again%s", ifc.name, st.dst, more)
 			}
 		}
 		s.txPackets.Add(uint64(sent))
@@ -190,18 +199,39 @@ type errLog struct {
 const errLogEvery = 10 * time.Second
 
 // should reports whether to log err at now, and then the text to append
-// to the line about the failures not logged since the last one.
+// to the line about the failures not logged since the last line (which
+// were all of the error that line logged).
 func (l *errLog) should(err error, now time.Time) (bool, string) {
 	if l.last != nil && (err == l.last || err.Error() == l.last.Error()) && now.Sub(l.at) < errLogEvery {
 		l.suppressed++
 		return false, ""
 	}
-	more := ""
-	if l.suppressed > 0 {
-		more = fmt.Sprintf("; %d more failed batches not logged in the last %v", l.suppressed, now.Sub(l.at).Round(time.Second))
-	}
+	more := l.notLogged(now)
 	l.last, l.at, l.suppressed = err, now, 0
 	return true, more
+}
+
+// fine is called after a batch that did not fail: if failures went
+// unlogged since the last line, it returns the text of a line about them
+// (once), and the next error is logged at once.
+func (l *errLog) fine(now time.Time) (string, bool) {
+	if l.suppressed == 0 {
+		l.last = nil
+		return "", false
+	}
+	more := l.notLogged(now)
+	l.last, l.suppressed = nil, 0
+	return more, true
+}
+
+// notLogged says how many batches failed with the last error logged
+// since its line; "" when none.
+func (l *errLog) notLogged(now time.Time) string {
+	if l.suppressed == 0 {
+		return ""
+	}
+	return fmt.Sprintf("; %d more batches failed with %q, not logged, in the %v after its line",
+		l.suppressed, l.last.Error(), now.Sub(l.at).Round(100*time.Millisecond))
 }
 
 // sendHint says what a send error most likely means for a tunnel.

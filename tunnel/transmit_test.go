@@ -276,8 +276,9 @@ func TestTransmitTAPRemoved(t *testing.T) {
 }
 
 // TestErrLog: an error is logged when it differs from the last one logged,
-// or errLogEvery after that line, which then counts the failures between;
-// a success in between does not make the same error new again.
+// or errLogEvery after that line, which then counts the failures between,
+// naming their error; the first success after unlogged failures reports
+// them once, and the next error is new again.
 func TestErrLog(t *testing.T) {
 	var l errLog
 	t0 := time.Unix(1000, 0)
@@ -290,14 +291,24 @@ func TestErrLog(t *testing.T) {
 		{unix.ENOBUFS, 0, true, ""},
 		{unix.ENOBUFS, time.Second, false, ""},
 		{unix.ENOBUFS, 2 * time.Second, false, ""},
-		{unix.ENETUNREACH, 3 * time.Second, true, "; 2 more failed batches not logged in the last 3s"},
+		{unix.ENETUNREACH, 3 * time.Second, true, `; 2 more batches failed with "no buffer space available", not logged, in the 3s after its line`},
 		{unix.ENETUNREACH, 4 * time.Second, false, ""},
-		{unix.ENETUNREACH, 13 * time.Second, true, "; 1 more failed batches not logged in the last 10s"},
+		{unix.ENETUNREACH, 13 * time.Second, true, `; 1 more batches failed with "network is unreachable", not logged, in the 10s after its line`},
 		{fmt.Errorf("wrapped: %w", unix.EINVAL), 14 * time.Second, true, ""},
-		{fmt.Errorf("wrapped: %w", unix.EINVAL), 15 * time.Second, false, ""},
+		{fmt.Errorf("wrapped: %w", unix.EINVAL), 14*time.Second + 300*time.Millisecond, false, ""},
+		{nil, 15 * time.Second, true, `; 1 more batches failed with "wrapped: invalid argument", not logged, in the 1s after its line`},
+		{nil, 16 * time.Second, false, ""},        // said once
+		{unix.EINVAL, 17 * time.Second, true, ""}, // after a success, logged at once
+		{nil, 18 * time.Second, false, ""},        // nothing unlogged
 	}
 	for i, s := range steps {
-		log, more := l.should(s.err, t0.Add(s.at))
+		var log bool
+		var more string
+		if s.err == nil {
+			more, log = l.fine(t0.Add(s.at))
+		} else {
+			log, more = l.should(s.err, t0.Add(s.at))
+		}
 		if log != s.log || more != s.more {
 			t.Errorf("step %d (%v at %v): log %v %q, want %v %q", i, s.err, s.at, log, more, s.log, s.more)
 		}
