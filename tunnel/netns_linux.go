@@ -52,12 +52,12 @@ func inNamespace(name string, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		ns, err := netns.GetFromName(name)
+		ns, closeNS, err := openNamespace(0, name)
 		if err != nil {
-			errc <- fmt.Errorf("network namespace %s: %w", name, err)
+			errc <- err
 			return
 		}
-		defer ns.Close()
+		defer closeNS()
 		if err := netns.Set(ns); err != nil {
 			errc <- fmt.Errorf("enter network namespace %s: %w", name, err)
 			return

@@ -87,7 +87,9 @@ func tuning(c *cli.Context, sys *tunnel.Linux) error {
 
 // checkNoFile warns when the open-file limit would stop erspand before
 // a few thousand interfaces: each takes a descriptor (its TAP queue),
-// besides about ten of the daemon's own. Go raises the soft limit to the
+// besides about 16 of the daemon's own (receive, guard and send sockets,
+// epoll, the monitor program) and a few per sensor NIC (socket, eventfd)
+// and per span (its program, a netlink socket). Go raises the soft limit to the
 // hard one at start (syscall, Go 1.19+), so the hard limit is what counts
 // (systemd: LimitNOFILE).
 func checkNoFile(logger *log.Logger) {
