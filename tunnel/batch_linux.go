@@ -104,8 +104,9 @@ func (p *pollFD) control(f func(fd int)) bool {
 }
 
 // close wakes a pending wait, waits for the reader to leave its system
-// calls, then closes the socket. A second close returns net.ErrClosed.
-func (p *pollFD) close() error {
+// calls, runs locked (if not nil) with fdmu held exclusively, then closes
+// the socket. A second close returns net.ErrClosed.
+func (p *pollFD) close(locked func()) error {
 	if p.closed.Swap(true) {
 		return net.ErrClosed
 	}
@@ -113,6 +114,9 @@ func (p *pollFD) close() error {
 	_, _ = unix.Write(p.wake, one[:])
 	p.fdmu.Lock()
 	defer p.fdmu.Unlock()
+	if locked != nil {
+		locked()
+	}
 	unix.Close(p.wake)
 	return unix.Close(p.fd)
 }
@@ -150,32 +154,31 @@ func checkBatchArgs(batch, bufSize, rcvbuf int) error {
 	return nil
 }
 
-// newBatchConn takes over fd (any socket type recvmmsg reads) for batches
-// of batch messages of up to bufSize bytes, each with oobSize bytes of
-// control messages. Message i's sockaddr, when nameLen is not 0, goes to
-// name(i), which must point to nameLen bytes that live as long as the
-// batchConn. On error fd is left open.
-func newBatchConn(fd, batch, bufSize, oobSize int, nameLen int, name func(i int) unsafe.Pointer, moderate time.Duration) (*batchConn, error) {
+// newBatchConn takes over raw GRE socket fd for batches of batch
+// messages of up to bufSize bytes, each with oobSize (> 0) bytes of
+// control messages; message i's source address goes to names[i] when
+// names is not nil (IPv6: the IPv4 header carries it otherwise). On error
+// fd is left open.
+func newBatchConn(fd, batch, bufSize, oobSize int, names []unix.RawSockaddrInet6, moderate time.Duration) (*batchConn, error) {
 	c := &batchConn{
 		moderate: moderate,
 		hdrs:     make([]unix.Mmsghdr, batch),
 		iovs:     make([]unix.Iovec, batch),
 		bufs:     make([]byte, batch*bufSize),
-		bufSize:  bufSize, oobSize: oobSize, nameLen: uint32(nameLen),
+		oob:      make([]byte, batch*oobSize),
+		bufSize:  bufSize, oobSize: oobSize,
 	}
-	if oobSize > 0 {
-		c.oob = make([]byte, batch*oobSize)
+	if names != nil {
+		c.nameLen = unix.SizeofSockaddrInet6
 	}
 	for i := range c.hdrs {
 		c.iovs[i].Base = &c.bufs[i*bufSize]
 		c.iovs[i].SetLen(bufSize)
 		h := &c.hdrs[i].Hdr
 		h.Iov, h.Iovlen = &c.iovs[i], 1
-		if oobSize > 0 {
-			h.Control = &c.oob[i*oobSize]
-		}
-		if nameLen > 0 {
-			h.Name = (*byte)(name(i))
+		h.Control = &c.oob[i*oobSize]
+		if names != nil {
+			h.Name = (*byte)(unsafe.Pointer(&names[i]))
 		}
 	}
 	if err := c.init(fd); err != nil {

@@ -1,11 +1,9 @@
 package tunnel
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"runtime"
-	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -37,9 +35,9 @@ import (
 // current for a whole period): up to two periods of added latency at low
 // rates; on 6.18 (an hrtimer) single packets took 0.5 to 1.1 ms at 1 ms.
 // Before 6.18 the timer counts jiffies, so 1 ms is one jiffy: 4 ms at
-// HZ=250, up to ~8 ms of latency. A block handed over early is not filled further, so at low rates
-// the ring holds the packets of as many periods as it has blocks, not its
-// size in bytes (TestRingWraps).
+// HZ=250, up to ~8 ms of latency. A block handed over early is not
+// filled further, so at low rates the ring holds the packets of as many
+// periods as it has blocks, not its size in bytes (TestRingWraps).
 //
 // The ring's memory is what the messages of a batch point into, so it
 // must outlive the batch: it is unmapped by close when no read is under
@@ -53,10 +51,10 @@ import (
 type ring struct {
 	pollFD
 
-	// mu guards mem's lifetime: busy is true from a read's start until
-	// the next read starts (the batch it returned is in use) or a read
-	// returns an error.
-	mu   sync.Mutex
+	// busy is true from the first read until a read returns an error:
+	// the batch a read returned is in use until the next read. Only the
+	// reader writes it, holding fdmu shared; close reads it holding fdmu
+	// exclusively, and so does the unmap of mem.
 	busy bool
 	mem  []byte // nil once unmapped
 	// cleanup unmaps mem if the ring becomes unreachable still mapped.
@@ -169,36 +167,28 @@ func (r *ring) status(block int) *uint32 {
 
 // read waits until the kernel has handed a block to the reader and
 // returns up to len(out) of its packets in out, which stay valid until
-// the next read or close. It gives a block back to the kernel at the
+// the next read (close leaves a lent batch mapped). It gives a block back to the kernel at the
 // read after the one that returned its last packet. After close it
 // returns net.ErrClosed. It does not allocate. Only one goroutine may
 // call it at a time.
 func (r *ring) read(out []ringFrame) (int, error) {
-	r.mu.Lock()
+	// Deferred: should fill panic, a close waiting for the lock would
+	// otherwise hang its caller.
+	r.fdmu.RLock()
+	defer r.fdmu.RUnlock()
 	r.busy = true
-	r.mu.Unlock()
-	n, err := r.fillLocked(out)
+	n, err := r.fill(out)
 	if err != nil {
-		r.mu.Lock()
 		r.busy = false
 		if r.closed.Load() {
 			r.unmap()
 		}
-		r.mu.Unlock()
 	}
 	return n, err
 }
 
-// fillLocked is fill with fdmu held shared, and let go also should fill
-// panic: a close waiting for it would otherwise hang its caller.
-func (r *ring) fillLocked(out []ringFrame) (int, error) {
-	r.fdmu.RLock()
-	defer r.fdmu.RUnlock()
-	return r.fill(out)
-}
-
 // fill is read's work (the block hand-back, the wait, the batch), with
-// fdmu held shared by the caller.
+// fdmu held shared.
 func (r *ring) fill(out []ringFrame) (int, error) {
 	for {
 		if r.closed.Load() {
@@ -249,19 +239,15 @@ func (r *ring) fill(out []ringFrame) (int, error) {
 // which the reader's next read then does. A second close returns
 // net.ErrClosed.
 func (r *ring) close() error {
-	err := r.pollFD.close()
-	if errors.Is(err, net.ErrClosed) {
-		return err
-	}
-	r.mu.Lock()
-	if !r.busy {
-		r.unmap()
-	}
-	r.mu.Unlock()
-	return err
+	return r.pollFD.close(func() {
+		if !r.busy {
+			r.unmap()
+		}
+	})
 }
 
-// unmap releases the ring's memory once; r.mu is held.
+// unmap releases the ring's memory once; fdmu is held (exclusively, or
+// shared by the reader once closed).
 func (r *ring) unmap() {
 	if r.mem != nil {
 		r.cleanup.Stop()

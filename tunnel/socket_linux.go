@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
@@ -106,12 +105,10 @@ func listenGRE(family int, batch int, bufSize int, rcvbuf int, moderate time.Dur
 	}
 
 	s = &GRESocket{family: family, msgs: make([]Message, batch)}
-	nameLen, name := 0, func(int) unsafe.Pointer { return nil }
 	if family == 6 {
 		s.names = make([]unix.RawSockaddrInet6, batch)
-		nameLen, name = unix.SizeofSockaddrInet6, func(i int) unsafe.Pointer { return unsafe.Pointer(&s.names[i]) }
 	}
-	if s.c, err = newBatchConn(fd, batch, bufSize, oobSize, nameLen, name, moderate); err != nil {
+	if s.c, err = newBatchConn(fd, batch, bufSize, oobSize, s.names, moderate); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("raw GRE socket (IPv%d): %w", family, err)
 	}
@@ -299,7 +296,9 @@ func (s *GRESocket) KernelDrops() uint64 { return s.drops.Load() }
 
 // Close closes the socket and makes a pending ReadBatch return
 // net.ErrClosed. Closing twice returns net.ErrClosed.
-func (s *GRESocket) Close() error { return s.guards.closeWith(s.c.close) }
+func (s *GRESocket) Close() error {
+	return s.guards.closeWith(func() error { return s.c.close(nil) })
+}
 
 // guards give back the guard sockets a receive socket holds (each one's
 // release function), once, at its first close.
