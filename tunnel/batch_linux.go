@@ -127,8 +127,9 @@ func (p *pollFD) close(locked func()) error {
 // a minimal or negative buffer.
 const MaxSockBuf = math.MaxInt32 / 2
 
-// CheckBatch checks a receive batch (messages per recvmmsg): 1 to
-// MaxBatch. The error wraps EINVAL and says the range.
+// CheckBatch checks a receive batch (messages per recvmmsg, or per
+// ReadBatch from a ring): 1 to MaxBatch. The error wraps EINVAL and says
+// the range.
 func CheckBatch(n int) error {
 	if n < 1 || n > MaxBatch {
 		return fmt.Errorf("want 1 to %d: %w", MaxBatch, unix.EINVAL)
@@ -190,8 +191,9 @@ func newBatchConn(fd, batch, bufSize, oobSize int, names []unix.RawSockaddrInet6
 // read waits until at least one message is there and reads up to a batch
 // of them; it returns how many. Message i is then in buf(i), its length
 // and flags in c.hdrs[i], its control messages in oob(i). After close it
-// returns net.ErrClosed; other errors are the recvmmsg errno. It does not
-// allocate. Only one goroutine may call it at a time.
+// returns net.ErrClosed; other errors are the errno of recvmmsg, ppoll or
+// a pending socket error (pollFD.wait). It does not allocate. Only one
+// goroutine may call it at a time.
 func (c *batchConn) read() (int, error) {
 	c.fdmu.RLock()
 	defer c.fdmu.RUnlock()

@@ -3,6 +3,7 @@ package tunnel
 import (
 	"encoding/binary"
 	"fmt"
+	"net"
 	"net/netip"
 	"sync/atomic"
 	"time"
@@ -27,7 +28,9 @@ import (
 // The socket reads a TPACKET_V3 ring (ring), not recvmmsg.
 type CaptureSocket struct {
 	r       *ring
+	dev     string
 	ifindex int
+	guards  guards
 	drops   atomic.Uint64
 	frames  []ringFrame
 	msgs    []Message
@@ -81,13 +84,15 @@ var captureFilter = []unix.SockFilter{
 	/* 34 */ {Code: unix.BPF_RET | unix.BPF_K, K: 0},
 }
 
-// ListenCapture opens a capture socket on interface dev in the calling
+// listenCapture opens a capture socket on interface dev in the calling
 // thread's network namespace. The error wraps ENODEV when there is no such
 // interface. A ReadBatch returns up to batch packets; the ring holds
 // rcvbuf bytes (0: defaultRingBytes) and packets of at least bufSize
-// bytes; moderate bounds how long the kernel holds a partly filled block
-// back from the reader (ring), rounded up to whole milliseconds.
-func ListenCapture(dev string, batch, bufSize, rcvbuf int, moderate time.Duration) (*CaptureSocket, error) {
+// bytes; moderate, rounded up to whole milliseconds, is the period of the
+// kernel's timer that hands a partly filled block to the reader (ring).
+// g are its guard sockets, as for listenGRE (Linux.ListenCapture says
+// why a capture needs them).
+func listenCapture(dev string, batch, bufSize, rcvbuf int, moderate time.Duration, g guards) (*CaptureSocket, error) {
 	if err := checkBatchArgs(batch, bufSize, rcvbuf); err != nil {
 		return nil, fmt.Errorf("capture on %s: %w", dev, err)
 	}
@@ -113,7 +118,8 @@ func ListenCapture(dev string, batch, bufSize, rcvbuf int, moderate time.Duratio
 		unix.Close(fd)
 		return nil, fmt.Errorf("capture on %s: %w", dev, err)
 	}
-	return &CaptureSocket{r: r, ifindex: ifindex, frames: make([]ringFrame, batch), msgs: make([]Message, batch)}, nil
+	return &CaptureSocket{r: r, dev: dev, ifindex: ifindex, guards: g,
+		frames: make([]ringFrame, batch), msgs: make([]Message, batch)}, nil
 }
 
 // ignoreOutgoing: capture sockets ask the kernel to leave out what the
@@ -179,7 +185,10 @@ func (s *CaptureSocket) ReadBatch() ([]Message, error) {
 	for {
 		n, err := s.r.read(s.frames)
 		if err != nil {
-			return nil, err
+			if err == net.ErrClosed {
+				return nil, err
+			}
+			return nil, fmt.Errorf("capture on %s: %w", s.dev, err)
 		}
 		out := s.msgs[:0]
 		for i := range s.frames[:n] {
@@ -254,28 +263,29 @@ func parseFrame(b []byte, truncated bool, m *Message) {
 // (PACKET_STATISTICS; reading it resets the kernel's count, so it is
 // accumulated here).
 func (s *CaptureSocket) KernelDrops() uint64 {
-	var st *unix.TpacketStats
-	s.r.control(func(fd int) {
-		st, _ = unix.GetsockoptTpacketStats(fd, unix.SOL_PACKET, unix.PACKET_STATISTICS)
-	})
-	if st != nil {
-		s.drops.Add(uint64(st.Drops))
-	}
+	s.r.control(s.addKernelDrops)
 	return s.drops.Load()
 }
 
+// addKernelDrops adds the kernel's count since the last reading.
+func (s *CaptureSocket) addKernelDrops(fd int) {
+	if st, err := unix.GetsockoptTpacketStats(fd, unix.SOL_PACKET, unix.PACKET_STATISTICS); err == nil {
+		s.drops.Add(uint64(st.Drops))
+	}
+}
+
 // Close closes the socket and ends its promiscuous membership. It takes
-// the kernel's drop count first, so that KernelDrops after Close still
-// has it (a closed socket has no statistics to read). While a batch is
-// out the ring stays mapped, and a mapping keeps the socket alive (its
-// close does not release it), so Close first stops it capturing: a
-// filter that takes nothing, the membership dropped.
+// the kernel's drop count last, so that KernelDrops after Close still has
+// it (a closed socket has no statistics to read). While a batch is out
+// the ring stays mapped, and a mapping keeps the socket alive (its close
+// does not release it), so Close first stops it capturing: a filter that
+// takes nothing, the membership dropped. Then its guards go.
 func (s *CaptureSocket) Close() error {
-	s.KernelDrops()
 	s.r.control(func(fd int) {
-		_ = attachFilter(fd, dropAll)
+		_ = attachDropAll(fd)
 		mreq := unix.PacketMreq{Ifindex: int32(s.ifindex), Type: unix.PACKET_MR_PROMISC}
 		_ = unix.SetsockoptPacketMreq(fd, unix.SOL_PACKET, unix.PACKET_DROP_MEMBERSHIP, &mreq)
+		s.addKernelDrops(fd)
 	})
-	return s.r.close()
+	return s.guards.closeWith(s.r.close)
 }

@@ -41,7 +41,8 @@ type DaemonCounters struct {
 	// Drops counts malformed packets by erspan.Error value.
 	Drops [erspan.NumErrors]uint64
 	// KernelDrops counts packets the kernel dropped on full receive
-	// buffers (SO_RXQ_OVFL), over every socket the daemon ever opened.
+	// buffers (SO_RXQ_OVFL) and full capture rings (PACKET_STATISTICS),
+	// over every socket the daemon ever opened.
 	KernelDrops uint64
 }
 

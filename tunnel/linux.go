@@ -14,16 +14,19 @@ import (
 
 // Socket sizing, the defaults of erspand's --rx-batch, --rx-buffer and
 // --tx-buffer, chosen with scripts/bench.sh --sweep (README, Performance):
-// DefaultBatch messages per recvmmsg; DefaultBufSize bytes per message hold
-// a jumbo mirrored frame plus headers (larger ones arrive cut short and are
-// counted as truncated); DefaultRcvBuf bytes of receive buffer absorb a
-// burst of about 20k full-size frames while the TAP writes catch up;
-// DefaultSndBuf bytes of send buffer, shared by the interfaces of a
+// DefaultBatch messages per recvmmsg (per ReadBatch from a tunneldev's
+// ring); DefaultBufSize bytes per message hold a jumbo mirrored frame plus
+// headers (larger ones arrive cut short and are counted as truncated; a
+// ring cuts only at its block size, 128 KiB); DefaultRcvBuf bytes of
+// receive buffer absorb a burst of about 20k full-size frames while the
+// TAP writes catch up (for a tunneldev, the ring's size, allocated at
+// once); DefaultSndBuf bytes of send buffer, shared by the interfaces of a
 // namespace, hold about 3000 full-size packets queued for the links before
 // the kernel refuses more (see setupSendSocket).
 //
-// DefaultModerate is the receive interrupt moderation delay (batchConn),
-// chosen the same way.
+// DefaultModerate is the receive interrupt moderation delay (batchConn;
+// for a ring, its retire timer, rounded up to at least 1 ms), chosen the
+// same way.
 const (
 	DefaultBatch    = 64
 	DefaultBufSize  = 9216 + 128
@@ -35,9 +38,9 @@ const (
 // Linux is the System of a real host: TAPs through netlink and water, GRE
 // through raw sockets, namespaces by name (`ip netns`).
 type Linux struct {
-	// Batch, BufSize and RcvBuf size receive sockets, SndBuf send
-	// sockets (0: the kernel's default), for sockets opened after they
-	// are set.
+	// Batch, BufSize and RcvBuf size receive sockets and rings
+	// (DefaultBatch and the rest say how), SndBuf send sockets (0: the
+	// kernel's default), for sockets opened after they are set.
 	Batch, BufSize, RcvBuf, SndBuf int
 	Moderate                       time.Duration
 	// URing makes frame writers batch their writes on io_uring rather
@@ -151,71 +154,67 @@ func (l *Linux) OpenQueue(ns, name string) (q Queue, err error) {
 // whenever an interface of the namespace sends without DF, as a collector
 // with a tunnel destination does.
 func (l *Linux) ListenGRE(ns string, family int) (Socket, error) {
-	var release func()
-	if guardSockets {
-		_, rel, err := l.sendSocket(ns, family, false)
-		if err != nil {
-			return nil, fmt.Errorf("raw GRE guard socket (IPv%d): %w", family, err)
-		}
-		release = rel
+	g, err := l.takeGuards(ns, family)
+	if err != nil {
+		return nil, err
 	}
 	var s *GRESocket
-	err := inNamespace(ns, func() (err error) {
-		s, err = listenGRE(family, l.Batch, l.BufSize, l.RcvBuf, l.Moderate, release)
+	err = inNamespace(ns, func() (err error) {
+		s, err = listenGRE(family, l.Batch, l.BufSize, l.RcvBuf, l.Moderate, g)
 		return err
 	})
 	if err != nil {
 		// Whether listenGRE ran or entering the namespace failed first,
-		// the guard is still ours.
-		if release != nil {
-			release()
-		}
+		// the guards are still ours.
+		g.release()
 		return nil, err
 	}
 	return s, nil
 }
 
-// ListenCapture opens a capture socket (ListenCapture) on dev in ns, with
-// the namespace's shared send sockets without DF of both families as
-// guards, held until it closes: a sensor NIC usually has no address, but
-// one that has, and receives ERSPAN for it, would otherwise have the
-// kernel answer every packet with ICMP protocol unreachable, as no raw
-// GRE socket takes it. (IPv6's is left out where the kernel has no IPv6.)
-func (l *Linux) ListenCapture(ns, dev string) (Socket, error) {
-	g := &guardedCapture{}
-	if guardSockets {
-		for _, family := range []int{4, 6} {
-			_, release, err := l.sendSocket(ns, family, false)
-			if family == 6 && errors.Is(err, unix.EAFNOSUPPORT) {
-				continue
-			}
-			if err != nil {
-				g.guards.release()
-				return nil, fmt.Errorf("raw GRE guard socket (IPv%d): %w", family, err)
-			}
-			g.guards = append(g.guards, release)
-		}
+// takeGuards takes the shared send sockets without DF of ns and the families
+// as guards (none while guardSockets is off). IPv6's is left out where
+// the kernel has no IPv6.
+func (l *Linux) takeGuards(ns string, families ...int) (guards, error) {
+	var g guards
+	if !guardSockets {
+		return g, nil
 	}
-	err := inNamespace(ns, func() (err error) {
-		g.CaptureSocket, err = ListenCapture(dev, l.Batch, l.BufSize, l.RcvBuf, l.Moderate)
-		return err
-	})
-	if err != nil {
-		g.guards.release()
-		return nil, err
+	for _, family := range families {
+		_, release, err := l.sendSocket(ns, family, false)
+		if family == 6 && errors.Is(err, unix.EAFNOSUPPORT) {
+			continue
+		}
+		if err != nil {
+			g.release()
+			return nil, fmt.Errorf("raw GRE guard socket (IPv%d): %w", family, err)
+		}
+		g = append(g, release)
 	}
 	return g, nil
 }
 
-// guardedCapture is a capture socket with the guards ListenCapture holds
-// for it.
-type guardedCapture struct {
-	*CaptureSocket
-	guards guards
+// ListenCapture opens a capture socket (listenCapture) on dev in ns, with
+// the namespace's shared send sockets without DF of both families as
+// guards: a sensor NIC usually has no address, but one that has, and
+// receives ERSPAN for it, would otherwise have the kernel answer every
+// packet with ICMP protocol unreachable, as no raw GRE socket takes it.
+func (l *Linux) ListenCapture(ns, dev string) (Socket, error) {
+	g, err := l.takeGuards(ns, 4, 6)
+	if err != nil {
+		return nil, err
+	}
+	var s *CaptureSocket
+	err = inNamespace(ns, func() (err error) {
+		s, err = listenCapture(dev, l.Batch, l.BufSize, l.RcvBuf, l.Moderate, g)
+		return err
+	})
+	if err != nil {
+		g.release()
+		return nil, err
+	}
+	return s, nil
 }
-
-// Close closes the socket, then gives its guards back.
-func (g *guardedCapture) Close() error { return g.guards.closeWith(g.CaptureSocket.Close) }
 
 // OpenSender returns a sender from src to dst on the shared send socket of
 // (ns, family, df), opening it for the first user.

@@ -194,8 +194,8 @@ func TestRingLinkDown(t *testing.T) {
 	runIP(t, "-n", collector.name, "link", "set", "eth0", "down")
 	timer := time.AfterFunc(5*time.Second, func() { s.Close() })
 	defer timer.Stop()
-	if _, err := s.ReadBatch(); !errors.Is(err, unix.ENETDOWN) {
-		t.Fatalf("ReadBatch with the link down: %v, want ENETDOWN", err)
+	if _, err := s.ReadBatch(); !errors.Is(err, unix.ENETDOWN) || !strings.Contains(err.Error(), "eth0") {
+		t.Fatalf("ReadBatch with the link down: %v, want ENETDOWN naming eth0", err)
 	}
 	runIP(t, "-n", collector.name, "link", "set", "eth0", "up")
 	collector.waitReady(t, "eth0")
@@ -298,7 +298,7 @@ func TestRingConfigReachesKernel(t *testing.T) {
 func TestRingCloseReleasesAll(t *testing.T) {
 	_, collector := vethPair(t)
 	collector.do(t, func() {
-		s, err := ListenCapture("eth0", 4, 2048, 0, 0)
+		s, err := listenCapture("eth0", 4, 2048, 0, 0, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

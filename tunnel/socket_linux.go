@@ -41,7 +41,7 @@ type Message struct {
 type GRESocket struct {
 	c      *batchConn
 	family int
-	guards guards // the guard socket (see listenGRE), if any
+	guards guards // the guard socket (see listenGRE)
 	drops  atomic.Uint64
 	// lastDrops is the latest SO_RXQ_OVFL seen, by ReadBatch only.
 	lastDrops uint64
@@ -75,10 +75,10 @@ const MaxBatch = 1024
 // receive buffer is full: Linux 6.10 and later answer those with protocol
 // unreachable (seen on 6.18), hence a large rcvbuf, and a guard: a second
 // raw GRE socket of the family whose filter drops everything, which the
-// caller keeps open beside this one (design.md, Data path: ICMP). guard
-// gives it back: the socket takes it on success and calls it once, at
+// caller keeps open beside this one (design.md, Data path: ICMP). g gives
+// it back: the socket takes g on success and releases it at its first
 // Close; on an error it stays the caller's (nil: no guard).
-func listenGRE(family int, batch int, bufSize int, rcvbuf int, moderate time.Duration, guard func()) (s *GRESocket, err error) {
+func listenGRE(family int, batch int, bufSize int, rcvbuf int, moderate time.Duration, g guards) (s *GRESocket, err error) {
 	var af, oobSize int
 	switch family {
 	case 4:
@@ -112,9 +112,7 @@ func listenGRE(family int, batch int, bufSize int, rcvbuf int, moderate time.Dur
 		unix.Close(fd)
 		return nil, fmt.Errorf("raw GRE socket (IPv%d): %w", family, err)
 	}
-	if guard != nil {
-		s.guards = guards{guard}
-	}
+	s.guards = g
 	return s, nil
 }
 
@@ -208,7 +206,7 @@ func (s *GRESocket) ReadBatch() ([]Message, error) {
 		if err == net.ErrClosed {
 			return nil, err
 		}
-		return nil, fmt.Errorf("recvmmsg on the GRE socket: %w", err)
+		return nil, fmt.Errorf("GRE socket (IPv%d): %w", s.family, err)
 	}
 	drops := s.lastDrops
 	for i := 0; i < n; i++ {

@@ -21,21 +21,21 @@ import (
 // listenGREGuarded is listenGRE with a guard socket of its own (unless
 // guardSockets is off), for the tests that have no Linux host.
 func listenGREGuarded(family, batch, bufSize, rcvbuf int, moderate time.Duration) (*GRESocket, error) {
-	var guard func()
+	var g guards
 	if guardSockets {
 		af := unix.AF_INET
 		if family == 6 {
 			af = unix.AF_INET6
 		}
-		g, err := openGuard(af)
+		fd, err := openGuard(af)
 		if err != nil {
 			return nil, err
 		}
-		guard = func() { unix.Close(g) }
+		g = guards{func() { unix.Close(fd) }}
 	}
-	s, err := listenGRE(family, batch, bufSize, rcvbuf, moderate, guard)
-	if err != nil && guard != nil {
-		guard()
+	s, err := listenGRE(family, batch, bufSize, rcvbuf, moderate, g)
+	if err != nil {
+		g.release()
 	}
 	return s, err
 }
@@ -886,8 +886,8 @@ func listenCaptureIn(t *testing.T, ns *testNetns, batch, rcvbuf int, moderate ti
 	var s *CaptureSocket
 	ns.do(t, func() {
 		var err error
-		if s, err = ListenCapture("eth0", batch, 2048, rcvbuf, moderate); err != nil {
-			t.Fatalf("ListenCapture: %v", err)
+		if s, err = listenCapture("eth0", batch, 2048, rcvbuf, moderate, nil); err != nil {
+			t.Fatalf("listenCapture: %v", err)
 		}
 	})
 	t.Cleanup(func() { s.Close() })
