@@ -175,47 +175,47 @@ func (r *receiver) handle(t *demuxTable, msgs []Message) {
 		if !r.out.Add(ifc.queue, r.pkt.Frame) {
 			// The writer is full (a socket batch longer than
 			// rxWriteBatch): the run so far, this packet included, is
-			// counted before its frames are written, as below.
-			r.endRun()
+			// counted and written (flush), then this packet queued.
 			r.flush()
 			r.out.Add(ifc.queue, r.pkt.Frame)
 		}
 		r.outIf = append(r.outIf, queued{ifc, len(r.pkt.Frame)})
 	}
-	// The run's counts (types, flows, drops) go in before its frames are
-	// written, so that whoever sees a frame on a TAP finds them counted;
-	// rx_packets and rx_bytes count what the writes took, after them.
-	r.endRun()
 	r.flush()
 }
 
-// flush writes the queued frames and counts them on their interfaces, one
-// addition per run of frames for the same interface (usually the batch).
+// flush ends the current run, then writes the queued frames and counts
+// them on their interfaces, one addition per run of frames for the same
+// interface (usually the batch). The run's counts (types, flows, drops)
+// go in before its frames are written, so that whoever sees a frame on a
+// TAP finds them counted; rx_packets and rx_bytes count what the writes
+// took, after them.
 func (r *receiver) flush() {
+	r.endRun()
 	if len(r.outIf) == 0 {
 		return
 	}
 	var (
 		cur                    *iface
-		packets, bytes, errors uint64
+		packets, bytes, failed uint64
 	)
 	add := func() {
 		if cur != nil && packets > 0 {
 			cur.stats.rxPackets.Add(packets)
 			cur.stats.rxBytes.Add(bytes)
 		}
-		if cur != nil && errors > 0 {
-			cur.stats.rxErrors.Add(errors)
+		if cur != nil && failed > 0 {
+			cur.stats.rxErrors.Add(failed)
 		}
 	}
 	for i, err := range r.out.Flush() {
 		q := &r.outIf[i]
 		if q.ifc != cur {
 			add()
-			cur, packets, bytes, errors = q.ifc, 0, 0, 0
+			cur, packets, bytes, failed = q.ifc, 0, 0, 0
 		}
 		if err != nil {
-			errors++
+			failed++
 			continue
 		}
 		packets++
