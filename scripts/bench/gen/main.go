@@ -191,7 +191,11 @@ func run(o *opts) error {
 	}
 
 	var sent, errs int64
-	var seq uint32
+	// One sequence counter per session, as each of a switch's mirror
+	// sessions numbers its own packets: one counter for all would make
+	// every packet of a spread run a gap of -sessions in erspand's loss
+	// tracking. Slot j carries session o.session + j%o.sessions.
+	seqs := make([]uint32, o.sessions)
 	start := time.Now()
 	deadline := start.Add(o.dur)
 	for i := 0; sent < o.count; {
@@ -215,11 +219,12 @@ func run(o *opts) error {
 			break
 		}
 		if encap {
-			// A fresh sequence number per packet, as a switch
-			// sends: the receiver's gap counters stay meaningful.
+			// The next sequence number of its session per packet,
+			// as a switch sends: the receiver's gap counters stay
+			// meaningful.
 			for j := i; j < i+int(n); j++ {
-				hdrs[j].Seq = seq
-				seq++
+				hdrs[j].Seq = seqs[j%o.sessions]
+				seqs[j%o.sessions]++
 				if _, err := erspan.Encode(bufs[j][len(prefix):], &hdrs[j]); err != nil {
 					return err
 				}
@@ -228,10 +233,17 @@ func run(o *opts) error {
 		r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[i])), uintptr(n), 0, 0, 0)
 		switch {
 		case e == unix.ENOBUFS || e == unix.EAGAIN || e == unix.EINTR:
-			errs++ // nothing sent; retry the same batch
-			continue
+			r = 0 // nothing sent; the same slots go again
+			errs++
 		case e != 0:
 			return fmt.Errorf("sendmmsg: %w", e)
+		}
+		if encap {
+			// The slots not sent are encoded again with the numbers
+			// they had: give those back, the last first.
+			for j := i + int(n) - 1; j >= i+int(r); j-- {
+				seqs[j%o.sessions]--
+			}
 		}
 		sent += int64(r)
 		i = (i + int(r)) % ringLen
