@@ -20,6 +20,13 @@ if ! command -v ip >/dev/null || ! command -v tcpdump >/dev/null; then
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 tcpdump >/dev/null
 fi
 
+# One demo at a time: a second would kill the first's daemons when it
+# clears the namespaces (below). The daemons erspanctl starts inherit fd 9
+# and so the lock, which is right: they are the demo's, and its cleanup
+# ends them.
+exec 9>/run/erspan-demo.lock
+flock -n 9 || { echo "demo.sh: another demo.sh is running (it holds /run/erspan-demo.lock)" >&2; exit 1; }
+
 SW=erspan-demo-switch
 COL=erspan-demo-collector
 H1=erspan-demo-host1
