@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/erspan-linux/erspan/tunnel"
 )
 
@@ -179,7 +181,26 @@ func TestServeListenerEndsStuckWriter(t *testing.T) {
 	req := strings.Repeat("get=\n\n", 2000)
 	c.SetWriteDeadline(time.Now().Add(3 * time.Second))
 	go c.Write([]byte(req))
-	time.Sleep(300 * time.Millisecond)
+	// The handler is blocked once replies queued for the client stop
+	// growing (the client's receive queue, SIOCINQ, at the limit).
+	raw, err := c.(*net.UnixConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	queued := func() (n int) {
+		raw.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+		return n
+	}
+	for prev, deadline := -1, time.Now().Add(5*time.Second); ; time.Sleep(20 * time.Millisecond) {
+		n := queued()
+		if n > 0 && n == prev {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the handler's replies did not fill the client's socket within 5 s (%d bytes queued)", n)
+		}
+		prev = n
+	}
 	l.Close()
 	awaitServed(t, served, "its listener closed, a handler blocked writing to a client that does not read")
 }

@@ -152,3 +152,42 @@ func TestPersistAtStop(t *testing.T) {
 		t.Errorf("the last write holds %+v, want erspan0 with seq 77", last.Interfaces)
 	}
 }
+
+// TestPersistStopWhileCoalescing: a stop that comes in the quiet time
+// after a change's write (persistCoalesce) still writes the state as it is
+// then: the sequence numbers moved since that write.
+func TestPersistStopWhileCoalescing(t *testing.T) {
+	var last State
+	writes := 0
+	seq := &setSeq{}
+	stop, done := make(chan struct{}), make(chan struct{})
+	orig := writeState
+	t.Cleanup(func() { writeState = orig })
+	writeState = func(path string, data []byte) error {
+		// Called by Persist's goroutine alone.
+		writes++
+		if writes == 2 {
+			// The create's write: the quiet time follows it, and stop
+			// comes before it ends.
+			seq.n.Store(77)
+			close(stop)
+		}
+		return json.Unmarshal(data, &last)
+	}
+	r := NewRegistry(newFake())
+	if err := r.Create("erspan0"); err != nil { // its token waits for Persist
+		t.Fatal(err)
+	}
+	go func() {
+		r.Persist(filepath.Join(t.TempDir(), "state"), seq, stop, t.Logf)
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Persist did not return 5 s after the create's write")
+	}
+	if writes != 3 || len(last.Interfaces) != 1 || last.Interfaces[0].Seq != 77 {
+		t.Errorf("%d writes, the last holding %+v; want 3, the last with erspan0 at seq 77", writes, last.Interfaces)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -243,6 +244,73 @@ func TestKernelDropsKept(t *testing.T) {
 	r.sys.socket(4).drops = 2
 	if d := r.h.DaemonCounters().KernelDrops; d != 9 {
 		t.Errorf("kernel drops %d with a new socket that dropped 2, want 9", d)
+	}
+	// The second socket closes too: its drops add to the first's.
+	cfg.Up = false
+	if err := r.h.Update(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if d := r.h.DaemonCounters().KernelDrops; d != 9 {
+		t.Errorf("kernel drops %d after the second socket closed, want 9", d)
+	}
+}
+
+// flushProbe is a discardWriter that records, at each Flush, how many
+// frames it writes and erspan0's type_ii count at that moment.
+type flushProbe struct {
+	*discardWriter
+	h               *Host
+	frames, counted []uint64
+}
+
+func (w *flushProbe) Flush() []error {
+	w.frames = append(w.frames, uint64(w.n))
+	w.counted = append(w.counted, w.h.Counters("erspan0").TypeII)
+	return w.discardWriter.Flush()
+}
+
+// TestRunCountedBeforeWrite: a socket batch longer than the writer takes
+// is written in two flushes, and before each the run's packets are
+// counted on the interface (whoever sees a frame on the TAP finds it
+// counted), the mid-batch flush included.
+func TestRunCountedBeforeWrite(t *testing.T) {
+	r := newRig(t)
+	r.add(Config{Name: "erspan0", Up: true, Monitor: true, Src: local, Dst: remote, VNetID: 77}).keep = false
+	rc := newReceiver(r.h, nil)
+	w := &flushProbe{discardWriter: newDiscardWriter(rxWriteBatch), h: r.h}
+	rc.out = w
+	msgs := make([]Message, rxWriteBatch+10)
+	for i := range msgs {
+		msgs[i] = Message{Src: remote, Dst: local, GRE: gre(t, typeII(77), frame(1, 64))}
+	}
+	rc.handle(r.h.recv[recvKey{family: 4}].table.Load(), msgs)
+	if len(w.frames) != 2 {
+		t.Fatalf("%d flushes for a batch of %d, want 2", len(w.frames), len(msgs))
+	}
+	var written uint64
+	for i := range w.frames {
+		written += w.frames[i]
+		if w.counted[i] < written {
+			t.Errorf("flush %d: %d frames written so far, %d counted before it", i, written, w.counted[i])
+		}
+	}
+}
+
+// TestDestroyLeftBehind: a TAP that cannot be removed is named in the
+// error with the command that removes it, in its namespace.
+func TestDestroyLeftBehind(t *testing.T) {
+	for _, c := range []struct{ ns, cmd string }{
+		{"", "ip link del erspan0"}, {"red", "ip -n red link del erspan0"},
+	} {
+		r := newRig(t)
+		r.add(Config{Name: "erspan0", Up: true, Src: local, Dst: remote, VNetID: 1, Rdomain: c.ns})
+		r.sys.mu.Lock()
+		r.sys.deleteErr = unix.EBUSY
+		r.sys.mu.Unlock()
+		err := r.h.Destroy("erspan0")
+		if !errors.Is(err, unix.EBUSY) || !strings.Contains(err.Error(), "(remove it with "+c.cmd+")") {
+			t.Errorf("rdomain %q: destroy: %v, want EBUSY naming %q", c.ns, err, c.cmd)
+		}
 	}
 }
 

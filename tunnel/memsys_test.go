@@ -19,7 +19,9 @@ type memSystem struct {
 	moves   int
 	spans   int             // span ports in place
 	foreign map[string]bool // links that exist but are not ours
-	next    int
+	// deleteErr, when set, is what DeleteTAP fails with.
+	deleteErr error
+	next      int
 }
 
 type memLink struct {
@@ -45,6 +47,9 @@ func (m *memSystem) CreateTAP(_, name string, mac net.HardwareAddr, mtu int) (Li
 func (m *memSystem) DeleteTAP(_, name string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.deleteErr != nil {
+		return m.deleteErr
+	}
 	if m.links[name] == nil {
 		return fmt.Errorf("no link %s: %w", name, unix.ENXIO) // as DeleteTAP
 	}

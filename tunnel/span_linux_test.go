@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"maps"
@@ -10,6 +11,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -144,6 +146,8 @@ func TestSpanWatchOutlivesItsSubscription(t *testing.T) {
 	if !hasRule("p0") {
 		t.Fatal("no span rule on the bridge's port p0 after startSpan")
 	}
+	var prog int
+	ns.do(t, func() { prog = spanProgIDs(t, "p0", netlink.HANDLE_MIN_INGRESS)["erspan-span-erspan1"] })
 
 	// End the subscription as the library does on a receive error: its
 	// socket is closed under its reader.
@@ -177,6 +181,29 @@ func TestSpanWatchOutlivesItsSubscription(t *testing.T) {
 	ns.do(t, func() { egress = spanRuleNames(t, "br0", netlink.HANDLE_MIN_EGRESS) })
 	if slices.Contains(egress, "erspan-span-erspan1") {
 		t.Error("span rule left on br0's egress after stop")
+	}
+	// Nothing holds the span's program any more: not the rules, not the
+	// span's own descriptor (its program loaded once, closed by stop).
+	awaitProgGone(t, prog)
+}
+
+// awaitProgGone waits up to 5 s for the kernel to have freed eBPF
+// program id (filters drop their reference after an RCU grace period).
+func awaitProgGone(t *testing.T, id int) {
+	t.Helper()
+	attr := [16]byte{}
+	binary.NativeEndian.PutUint32(attr[:], uint32(id))
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		fd, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_PROG_GET_FD_BY_ID, uintptr(unsafe.Pointer(&attr[0])), uintptr(len(attr)))
+		if errno == unix.ENOENT {
+			return
+		}
+		if errno == 0 {
+			unix.Close(int(fd))
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("eBPF program %d still loaded 5 s after the span stopped (errno %v)", id, errno)
+		}
 	}
 }
 
@@ -382,4 +409,40 @@ func awaitSpanRule(t *testing.T, ns *testNetns, what, link string, parent uint32
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// TestSpanWatchBridgeRenamed: the span follows the bridge by name. Renamed
+// (the link with its ifindex no longer called so), its ports lose the
+// rule and the watcher says the bridge is gone; named so again, they get
+// it back.
+func TestSpanWatchBridgeRenamed(t *testing.T) {
+	var (
+		mu      sync.Mutex
+		reports []error
+	)
+	ns, s := startTestSpan(t, func(err error) {
+		mu.Lock()
+		reports = append(reports, err)
+		mu.Unlock()
+	})
+	defer s.stop()
+	awaitSpanRule(t, ns, "started", "p0", netlink.HANDLE_MIN_INGRESS, true)
+	runIP(t, "-n", ns.name, "link", "set", "br0", "name", "br9")
+	awaitSpanRule(t, ns, "br0 renamed br9, its port p0", "p0", netlink.HANDLE_MIN_INGRESS, false)
+	// Reported once the reconcile that took the rule off returns.
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		mu.Lock()
+		n := len(reports)
+		mu.Unlock()
+		if n > 0 {
+			break
+		}
+	}
+	mu.Lock()
+	if len(reports) != 1 || !errors.Is(reports[0], unix.ENODEV) {
+		t.Errorf("br0 renamed: reported %v, want one ENODEV", reports)
+	}
+	mu.Unlock()
+	runIP(t, "-n", ns.name, "link", "set", "br9", "name", "br0")
+	awaitSpanRule(t, ns, "br9 renamed br0 again, its port p0", "p0", netlink.HANDLE_MIN_INGRESS, true)
 }

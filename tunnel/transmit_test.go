@@ -314,3 +314,28 @@ func TestErrLog(t *testing.T) {
 		}
 	}
 }
+
+// TestSendHint: what a send error most likely means, named with the
+// tunnel's addresses and namespace.
+func TestSendHint(t *testing.T) {
+	host := &txState{src: local, dst: remote}
+	tun := &txState{src: local, dst: remote, ns: "tun"}
+	const congested = ": the link is congested, the send buffer full (erspand --tx-buffer)"
+	for _, c := range []struct {
+		err  error
+		st   *txState
+		want string
+	}{
+		{unix.EINVAL, host, ": is 192.0.2.2 an address of this host?"},
+		{unix.EADDRNOTAVAIL, tun, ": is 192.0.2.2 an address of network namespace tun?"},
+		{unix.ENETUNREACH, host, ": this host has no route to 192.0.2.1"},
+		{fmt.Errorf("sendmmsg: %w", unix.EHOSTUNREACH), tun, ": network namespace tun has no route to 192.0.2.1"},
+		{unix.ENOBUFS, host, congested},
+		{unix.EAGAIN, tun, congested},
+		{unix.EPERM, host, ""},
+	} {
+		if got := sendHint(c.err, c.st); got != c.want {
+			t.Errorf("sendHint(%v, ns %q) = %q, want %q", c.err, c.st.ns, got, c.want)
+		}
+	}
+}

@@ -152,3 +152,69 @@ func testFrameWriter(t *testing.T, w FrameWriter) {
 		}
 	})
 }
+
+// TestFrameWriterCloseDuringBatch: a batch holds each queue it writes to
+// once, however its frames interleave (A, B, A): a Close of A waiting
+// for the batch must not block the batch's next frame for A (a second
+// read lock behind a waiting writer deadlocks both), and Close returns
+// once the batch is written.
+func TestFrameWriterCloseDuringBatch(t *testing.T) {
+	ns := newTestNetns(t)
+	ns.do(t, func() {
+		l := upTAP(t, "erspan5")
+		a, err := OpenQueue("erspan5")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := OpenQueue("erspan5")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		w := (&Linux{}).NewFrameWriter(8)
+		defer w.Close()
+		f := fakeFrame(1)
+		copy(f[0:6], l.MAC)
+		w.Add(a, f)
+		w.Add(b, f)
+		closed := make(chan error, 1)
+		go func() { closed <- a.Close() }()
+		// Close marks the queue closed, then waits for the batch; give
+		// it the moment to reach that wait (shorter only weakens the
+		// check, it cannot fail it).
+		for !a.(*tapQueue).closed.Load() {
+			time.Sleep(time.Millisecond)
+		}
+		time.Sleep(20 * time.Millisecond)
+		added := make(chan bool, 1)
+		go func() { added <- w.Add(a, f) }()
+		select {
+		case ok := <-added:
+			if !ok {
+				t.Fatal("Add refused a frame of a batch with room")
+			}
+		case <-time.After(2 * time.Second):
+			w.Flush() // lets Close, then the blocked Add, through
+			<-added
+			t.Fatal("Add of a frame for a queue the batch holds blocked behind the queue's Close")
+		}
+		select {
+		case err := <-closed:
+			t.Fatalf("Close returned (%v) while a batch held the queue", err)
+		default:
+		}
+		for i, err := range w.Flush() {
+			if err != nil {
+				t.Errorf("frame %d: %v", i, err)
+			}
+		}
+		select {
+		case err := <-closed:
+			if err != nil {
+				t.Errorf("Close: %v", err)
+			}
+		case <-time.After(2 * time.Second):
+			t.Fatal("Close still waiting 2 s after the batch was written")
+		}
+	})
+}

@@ -1,6 +1,9 @@
 package main
 
 import (
+	"log"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -46,5 +49,34 @@ func TestTuningReachesLinux(t *testing.T) {
 	t.Setenv("ERSPAN_IO_URING", "true")
 	if got := parse(); got != want {
 		t.Errorf("environment: %+v, want %+v", got, want)
+	}
+}
+
+// TestCheckNoFile: erspand warns, with the room left, when the open-file
+// limit would stop it before a few thousand interfaces, and not above.
+func TestCheckNoFile(t *testing.T) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim) })
+	for _, c := range []struct {
+		cur  uint64
+		want string
+	}{
+		{1024, "open-file limit 1024: room for about 1008 interfaces"},
+		{4096, ""},
+	} {
+		if c.cur > lim.Max {
+			t.Skipf("hard open-file limit %d, below %d", lim.Max, c.cur)
+		}
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: c.cur, Max: lim.Max}); err != nil {
+			t.Fatal(err)
+		}
+		var out strings.Builder
+		checkNoFile(log.New(&out, "", 0))
+		if got := out.String(); c.want == "" && got != "" || !strings.Contains(got, c.want) {
+			t.Errorf("limit %d: logged %q, want %q", c.cur, got, c.want)
+		}
 	}
 }
