@@ -213,15 +213,8 @@ func awaitProgGone(t *testing.T, id int) {
 // ports joining after it still get the rule, links that are not ports
 // never get it, and a bridge made again is covered again.
 func TestSpanWatchFollowsPorts(t *testing.T) {
-	var (
-		mu      sync.Mutex
-		reports []error
-	)
-	ns, s := startTestSpan(t, func(err error) {
-		mu.Lock()
-		reports = append(reports, err)
-		mu.Unlock()
-	})
+	var reports spanReports
+	ns, s := startTestSpan(t, reports.add)
 	stopped := false
 	defer func() {
 		if !stopped {
@@ -235,11 +228,8 @@ func TestSpanWatchFollowsPorts(t *testing.T) {
 	}
 	noReports := func(when string) {
 		t.Helper()
-		mu.Lock()
-		defer mu.Unlock()
-		if len(reports) > 0 {
-			t.Errorf("%s: reported %v", when, reports)
-			reports = nil
+		if got := reports.take(); len(got) > 0 {
+			t.Errorf("%s: reported %v", when, got)
 		}
 	}
 
@@ -276,20 +266,7 @@ func TestSpanWatchFollowsPorts(t *testing.T) {
 	// says the bridge is gone, once.
 	await("br0 removed, its former port p2", "p2", netlink.HANDLE_MIN_INGRESS, false)
 	await("br0 removed, its former port p4", "p4", netlink.HANDLE_MIN_INGRESS, false)
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		mu.Lock()
-		n := len(reports)
-		mu.Unlock()
-		if n > 0 || time.Now().After(deadline) {
-			break
-		}
-	}
-	mu.Lock()
-	if len(reports) != 1 || !errors.Is(reports[0], unix.ENODEV) {
-		t.Errorf("br0 removed: reported %v, want one ENODEV", reports)
-	}
-	reports = nil
-	mu.Unlock()
+	reports.awaitENODEV(t, "br0 removed")
 	runIP(t, "-n", ns.name, "link", "add", "br0", "type", "bridge")
 	await("br0 made again", "br0", netlink.HANDLE_MIN_EGRESS, true)
 	runIP(t, "-n", ns.name, "link", "set", "p2", "master", "br0")
@@ -363,6 +340,44 @@ func TestSpanWatchBurstInOrder(t *testing.T) {
 	}
 }
 
+// spanReports collects what a test span reports.
+type spanReports struct {
+	mu   sync.Mutex
+	errs []error
+}
+
+func (r *spanReports) add(err error) {
+	r.mu.Lock()
+	r.errs = append(r.errs, err)
+	r.mu.Unlock()
+}
+
+// take returns the reports so far and forgets them.
+func (r *spanReports) take() []error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	errs := r.errs
+	r.errs = nil
+	return errs
+}
+
+// awaitENODEV waits up to 5 s for a report, then fails t unless the
+// reports are one ENODEV (the bridge gone); it takes them.
+func (r *spanReports) awaitENODEV(t *testing.T, what string) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		r.mu.Lock()
+		n := len(r.errs)
+		r.mu.Unlock()
+		if n > 0 {
+			break
+		}
+	}
+	if got := r.take(); len(got) != 1 || !errors.Is(got[0], unix.ENODEV) {
+		t.Errorf("%s: reported %v, want one ENODEV", what, got)
+	}
+}
+
 // startTestSpan makes bridge br0 with port p0 (a veth to p1) in a new
 // namespace and starts erspan1's span of it, its reports passed to
 // report. The caller stops it.
@@ -416,33 +431,14 @@ func awaitSpanRule(t *testing.T, ns *testNetns, what, link string, parent uint32
 // rule and the watcher says the bridge is gone; named so again, they get
 // it back.
 func TestSpanWatchBridgeRenamed(t *testing.T) {
-	var (
-		mu      sync.Mutex
-		reports []error
-	)
-	ns, s := startTestSpan(t, func(err error) {
-		mu.Lock()
-		reports = append(reports, err)
-		mu.Unlock()
-	})
+	var reports spanReports
+	ns, s := startTestSpan(t, reports.add)
 	defer s.stop()
 	awaitSpanRule(t, ns, "started", "p0", netlink.HANDLE_MIN_INGRESS, true)
 	runIP(t, "-n", ns.name, "link", "set", "br0", "name", "br9")
 	awaitSpanRule(t, ns, "br0 renamed br9, its port p0", "p0", netlink.HANDLE_MIN_INGRESS, false)
 	// Reported once the reconcile that took the rule off returns.
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		mu.Lock()
-		n := len(reports)
-		mu.Unlock()
-		if n > 0 {
-			break
-		}
-	}
-	mu.Lock()
-	if len(reports) != 1 || !errors.Is(reports[0], unix.ENODEV) {
-		t.Errorf("br0 renamed: reported %v, want one ENODEV", reports)
-	}
-	mu.Unlock()
+	reports.awaitENODEV(t, "br0 renamed")
 	runIP(t, "-n", ns.name, "link", "set", "br9", "name", "br0")
 	awaitSpanRule(t, ns, "br9 renamed br0 again, its port p0", "p0", netlink.HANDLE_MIN_INGRESS, true)
 }
