@@ -114,7 +114,7 @@ func listenCapture(dev string, batch, bufSize, rcvbuf int, moderate time.Duratio
 	}
 	r, err := newRing(fd, mem, blockSize, blocks)
 	if err != nil {
-		_ = unix.Munmap(mem)
+		unmapMem(mem)
 		unix.Close(fd)
 		return nil, fmt.Errorf("capture on %s: %w", dev, err)
 	}
@@ -150,7 +150,7 @@ func setupCapture(fd, ifindex, blockSize, blocks int, moderate time.Duration) ([
 		return nil, err
 	}
 	if err := bindCapture(fd, ifindex); err != nil {
-		_ = unix.Munmap(mem)
+		unmapMem(mem)
 		return nil, err
 	}
 	return mem, nil
@@ -287,5 +287,5 @@ func (s *CaptureSocket) Close() error {
 		_ = unix.SetsockoptPacketMreq(fd, unix.SOL_PACKET, unix.PACKET_DROP_MEMBERSHIP, &mreq)
 		s.addKernelDrops(fd)
 	})
-	return s.guards.closeWith(s.r.close)
+	return s.guards.closeWith(func() error { return s.r.close(nil) })
 }

@@ -5,10 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
-	"unsafe"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -38,35 +36,6 @@ const tcActShot = 2
 var monitorInsns = [2]bpfInsn{
 	{code: unix.BPF_ALU64 | unix.BPF_MOV | unix.BPF_K, imm: tcActShot},
 	{code: unix.BPF_JMP | unix.BPF_EXIT},
-}
-
-// monitorLicense is the program's license string (NUL-terminated). "GPL"
-// costs nothing and keeps every helper available should the program grow.
-var monitorLicense = [4]byte{'G', 'P', 'L', 0}
-
-type bpfInsn struct {
-	code uint8
-	regs uint8 // dst register in the low nibble, src in the high one
-	off  int16
-	imm  int32
-}
-
-// bpfProgLoadAttr is the BPF_PROG_LOAD member of union bpf_attr, up to
-// expected_attach_type. The kernel takes a shorter attr than its own and
-// zero-fills the rest, so fields added since need not be here.
-type bpfProgLoadAttr struct {
-	progType           uint32
-	insnCnt            uint32
-	insns              uint64 // pointer
-	license            uint64 // pointer
-	logLevel           uint32
-	logSize            uint32
-	logBuf             uint64 // pointer
-	kernVersion        uint32
-	progFlags          uint32
-	progName           [unix.BPF_OBJ_NAME_LEN]byte
-	progIfindex        uint32
-	expectedAttachType uint32
 }
 
 // SetMonitor turns monitor mode (design.md, Interfaces) on or off on the
@@ -347,51 +316,13 @@ func monitorProgFD() (int, error) {
 	monitorProg.mu.Lock()
 	defer monitorProg.mu.Unlock()
 	if !monitorProg.loaded {
-		fd, err := loadProgram(monitorInsns[:], monitorProgName)
+		fd, err := loadProgram(unix.BPF_PROG_TYPE_SCHED_CLS, monitorInsns[:], monitorProgName)
 		if err != nil {
 			return -1, err
 		}
 		monitorProg.fd, monitorProg.loaded = fd, true
 	}
 	return monitorProg.fd, nil
-}
-
-// loadProgram loads a sched_cls program with bpf(2) and returns its fd
-// (O_CLOEXEC already set). name is the kernel's name of it, [A-Za-z0-9_.]
-// and at most 15 bytes. (Kernels before 5.11 charge BPF memory to
-// RLIMIT_MEMLOCK and may want it raised; later ones charge the memory
-// cgroup.)
-func loadProgram(insns []bpfInsn, name string) (int, error) {
-	attr := bpfProgLoadAttr{
-		progType: unix.BPF_PROG_TYPE_SCHED_CLS,
-		insnCnt:  uint32(len(insns)),
-		insns:    uint64(uintptr(unsafe.Pointer(&insns[0]))),
-		license:  uint64(uintptr(unsafe.Pointer(&monitorLicense[0]))),
-	}
-	copy(attr.progName[:15], name)
-	var (
-		fd    uintptr
-		errno unix.Errno
-	)
-	// The verifier gives up with EAGAIN when a signal is pending for the
-	// thread (do_check's signal_pending test), and Go's runtime signals
-	// its threads (SIGURG) to preempt goroutines: a load fails now and
-	// then for no fault of the program, as it did creating the 279th of
-	// 512 interfaces in a row. Loading again is what libbpf and
-	// cilium/ebpf do; the bound only keeps a loop finite.
-	for range 1000 {
-		fd, _, errno = unix.Syscall(unix.SYS_BPF, unix.BPF_PROG_LOAD, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
-		if errno != unix.EAGAIN && errno != unix.EINTR {
-			break
-		}
-	}
-	// The kernel reads insns through an integer address the GC does not
-	// see: keep the slice alive until bpf(2) returned.
-	runtime.KeepAlive(insns)
-	if errno != 0 {
-		return -1, fmt.Errorf("load eBPF program %s (bpf BPF_PROG_LOAD): %w", name, errno)
-	}
-	return int(fd), nil
 }
 
 // setDisableIPv6 writes net.ipv6.conf.NAME.disable_ipv6. /proc/sys/net

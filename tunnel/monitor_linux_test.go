@@ -188,7 +188,7 @@ func TestMonitorDropsAtIngress(t *testing.T) {
 			t.Fatalf("SetMonitor on again: %v", err)
 		}
 		link := mustLinkByName(t, name)
-		fd, err := loadProgram(monitorInsns[:], "someone_else")
+		fd, err := loadProgram(unix.BPF_PROG_TYPE_SCHED_CLS, monitorInsns[:], "someone_else")
 		if err != nil {
 			t.Fatalf("load a program: %v", err)
 		}
@@ -247,7 +247,7 @@ func TestLoadProgramUnderSignals(t *testing.T) {
 	const loads = 500
 	var failed error
 	for i := 0; i < loads && failed == nil; i++ {
-		fd, err := loadProgram(spanProgram(5), "erspan_span")
+		fd, err := loadProgram(unix.BPF_PROG_TYPE_SCHED_CLS, spanProgram(5), "erspan_span")
 		if err != nil {
 			failed = fmt.Errorf("load %d of %d: %w", i+1, loads, err)
 			break

@@ -39,16 +39,31 @@ import (
 // filled further, so at low rates the ring holds the packets of as many
 // periods as it has blocks, not its size in bytes (TestRingWraps).
 //
-// The ring's memory is what the messages of a batch point into, so it
-// must outlive the batch: it is unmapped by close when no read is under
-// way or lent, otherwise by the reader's next read (which then returns
-// net.ErrClosed). A mapping holds the socket: until it goes, closing fd
-// does not release the socket (CaptureSocket.Close stops it capturing
-// first). As a last resort a ring closed with a batch out and never read
-// again is unmapped when it becomes garbage; one never closed keeps its
-// socket (only close may close fd: a number the cleanup held could be
-// reused by then).
+// The ring's memory is what the messages of a batch point into (mapped).
+// A mapping holds the socket: until it goes, closing fd does not release
+// the socket (CaptureSocket.Close stops it capturing first).
 type ring struct {
+	mapped
+
+	blockSize int
+	blocks    int
+	cur       int    // the block read now or next
+	open      bool   // cur is the reader's: packets of it were handed out
+	left      uint32 // packets of cur not yet handed out
+	next      int    // offset in mem of cur's next packet
+}
+
+// mapped is what the two rings (ring, greRing) share: a pollFD whose
+// reader reads memory shared with the kernel in place, handing out
+// batches that point into it.
+//
+// The memory must outlive the batch: it is unmapped by close when no read
+// is under way or lent, otherwise by the reader's next read (which then
+// returns net.ErrClosed). As a last resort a ring closed with a batch out
+// and never read again is unmapped when it becomes garbage; one never
+// closed keeps its descriptors (only close may close them: a number the
+// cleanup held could be reused by then).
+type mapped struct {
 	pollFD
 
 	// busy is true from the first read until a read returns an error:
@@ -59,14 +74,52 @@ type ring struct {
 	mem  []byte // nil once unmapped
 	// cleanup unmaps mem if the ring becomes unreachable still mapped.
 	cleanup runtime.Cleanup
-
-	blockSize int
-	blocks    int
-	cur       int    // the block read now or next
-	open      bool   // cur is the reader's: packets of it were handed out
-	left      uint32 // packets of cur not yet handed out
-	next      int    // offset in mem of cur's next packet
 }
+
+// read runs fill, the reader's work, with fdmu held shared, keeping track
+// of the batch it lends.
+func (m *mapped) read(fill func() (int, error)) (int, error) {
+	// Deferred: should fill panic, a close waiting for the lock would
+	// otherwise hang its caller.
+	m.fdmu.RLock()
+	defer m.fdmu.RUnlock()
+	m.busy = true
+	n, err := fill()
+	if err != nil {
+		m.busy = false
+		if m.closed.Load() {
+			m.unmap()
+		}
+	}
+	return n, err
+}
+
+// close closes the descriptor (pollFD.close, running locked first; the
+// mapping outlives it) and unmaps the memory unless a batch is out, which
+// the reader's next read then does. A second close returns net.ErrClosed.
+func (m *mapped) close(locked func()) error {
+	return m.pollFD.close(func() {
+		if locked != nil {
+			locked()
+		}
+		if !m.busy {
+			m.unmap()
+		}
+	})
+}
+
+// unmap releases the memory once; fdmu is held (exclusively, or shared by
+// the reader once closed).
+func (m *mapped) unmap() {
+	if m.mem != nil {
+		m.cleanup.Stop()
+		unmapMem(m.mem)
+		m.mem = nil
+	}
+}
+
+// unmapMem unmaps what mmapPtr mapped.
+func unmapMem(mem []byte) { _ = unix.MunmapPtr(unsafe.Pointer(&mem[0]), uintptr(len(mem))) }
 
 // ringFrame is one packet as the ring holds it.
 type ringFrame struct {
@@ -136,11 +189,11 @@ func setupRing(fd, blockSize, blocks int, moderate time.Duration) ([]byte, error
 	}
 	// The kernel maps every page of the ring at once (packet_mmap): no
 	// MAP_POPULATE needed, no page fault on the receive path.
-	mem, err := unix.Mmap(fd, 0, blockSize*blocks, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	p, err := unix.MmapPtr(fd, 0, nil, uintptr(blockSize*blocks), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		return nil, fmt.Errorf("map the receive ring (%d bytes): %w", blockSize*blocks, err)
 	}
-	return mem, nil
+	return unsafe.Slice((*byte)(p), blockSize*blocks), nil
 }
 
 // retireTimeout is the ring's block retire timeout for the moderation
@@ -153,11 +206,11 @@ func retireTimeout(moderate time.Duration) uint32 {
 // newRing takes over fd, whose ring of the given layout is mapped at mem.
 // On error fd and mem are left to the caller.
 func newRing(fd int, mem []byte, blockSize, blocks int) (*ring, error) {
-	r := &ring{mem: mem, blockSize: blockSize, blocks: blocks}
+	r := &ring{mapped: mapped{mem: mem}, blockSize: blockSize, blocks: blocks}
 	if err := r.init(fd); err != nil {
 		return nil, err
 	}
-	r.cleanup = runtime.AddCleanup(r, func(mem []byte) { _ = unix.Munmap(mem) }, mem)
+	r.cleanup = runtime.AddCleanup(r, unmapMem, mem)
 	return r, nil
 }
 
@@ -172,19 +225,7 @@ func (r *ring) status(block int) *uint32 {
 // returns net.ErrClosed. It does not allocate. Only one goroutine may
 // call it at a time.
 func (r *ring) read(out []ringFrame) (int, error) {
-	// Deferred: should fill panic, a close waiting for the lock would
-	// otherwise hang its caller.
-	r.fdmu.RLock()
-	defer r.fdmu.RUnlock()
-	r.busy = true
-	n, err := r.fill(out)
-	if err != nil {
-		r.busy = false
-		if r.closed.Load() {
-			r.unmap()
-		}
-	}
-	return n, err
+	return r.mapped.read(func() (int, error) { return r.fill(out) })
 }
 
 // fill is read's work (the block hand-back, the wait, the batch), with
@@ -231,27 +272,5 @@ func (r *ring) fill(out []ringFrame) (int, error) {
 			n++
 		}
 		return n, nil
-	}
-}
-
-// close closes the socket (pollFD.close; the mapping outlives it: its
-// pages are the mapping's too) and unmaps the ring unless a batch is out,
-// which the reader's next read then does. A second close returns
-// net.ErrClosed.
-func (r *ring) close() error {
-	return r.pollFD.close(func() {
-		if !r.busy {
-			r.unmap()
-		}
-	})
-}
-
-// unmap releases the ring's memory once; fdmu is held (exclusively, or
-// shared by the reader once closed).
-func (r *ring) unmap() {
-	if r.mem != nil {
-		r.cleanup.Stop()
-		_ = unix.Munmap(r.mem)
-		r.mem = nil
 	}
 }

@@ -327,7 +327,7 @@ func TestRingCloseReleasesAll(t *testing.T) {
 // last packet, and the finished block given back.
 func TestRingFillLayout(t *testing.T) {
 	const bs = 4096
-	r := &ring{mem: make([]byte, 2*bs), blockSize: bs, blocks: 2}
+	r := &ring{mapped: mapped{mem: make([]byte, 2*bs)}, blockSize: bs, blocks: 2}
 	put := func(off int, v uint32) { binary.NativeEndian.PutUint32(r.mem[off:], v) }
 	pkt := func(off int, next, snap, length uint32, pkttype byte, fill byte) {
 		h := (*unix.Tpacket3Hdr)(unsafe.Pointer(&r.mem[off]))

@@ -35,9 +35,6 @@ const spanPriority = 0x4000
 
 // spanProgram returns the instructions of the span rule for TAP tapIndex.
 func spanProgram(tapIndex int) []bpfInsn {
-	insn := func(code, dst, src uint8, off int16, imm int32) bpfInsn {
-		return bpfInsn{code: code, regs: src<<4 | dst, off: off, imm: imm}
-	}
 	const (
 		skbMarkOffset     = 8  // offsetof(struct __sk_buff, mark)
 		bpfFuncCloneRedir = 13 // BPF_FUNC_clone_redirect
@@ -67,7 +64,7 @@ type spanRule struct {
 }
 
 func newSpanRule(tap string, tapIndex int) (spanRule, error) {
-	fd, err := loadProgram(spanProgram(tapIndex), "erspan_span")
+	fd, err := loadProgram(unix.BPF_PROG_TYPE_SCHED_CLS, spanProgram(tapIndex), "erspan_span")
 	if err != nil {
 		return spanRule{}, err
 	}

@@ -1,0 +1,127 @@
+package tunnel
+
+import (
+	"fmt"
+	"runtime"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The eBPF programs here (monitor, span rules) are a
+// few dozen instructions each, written out as the kernel's struct
+// bpf_insn and loaded with bpf(2) directly: a library such as
+// cilium/ebpf would bring an assembler, an ELF loader and BTF handling
+// that none of them needs.
+
+// bpfLicense is every program's license string (NUL-terminated). "GPL"
+// costs nothing and keeps every helper available.
+var bpfLicense = [4]byte{'G', 'P', 'L', 0}
+
+type bpfInsn struct {
+	code uint8
+	regs uint8 // dst register in the low nibble, src in the high one
+	off  int16
+	imm  int32
+}
+
+// insn returns one instruction: opcode, dst and src registers, offset,
+// immediate.
+func insn(code, dst, src uint8, off int16, imm int32) bpfInsn {
+	return bpfInsn{code: code, regs: src<<4 | dst, off: off, imm: imm}
+}
+
+// bpfProgLoadAttr is the BPF_PROG_LOAD member of union bpf_attr, up to
+// expected_attach_type. The kernel takes a shorter attr than its own and
+// zero-fills the rest, so fields added since need not be here.
+type bpfProgLoadAttr struct {
+	progType           uint32
+	insnCnt            uint32
+	insns              uint64 // pointer
+	license            uint64 // pointer
+	logLevel           uint32
+	logSize            uint32
+	logBuf             uint64 // pointer
+	kernVersion        uint32
+	progFlags          uint32
+	progName           [unix.BPF_OBJ_NAME_LEN]byte
+	progIfindex        uint32
+	expectedAttachType uint32
+}
+
+// loadProgram loads a program of type progType with bpf(2) and returns its
+// fd (O_CLOEXEC already set). name is the kernel's name of it,
+// [A-Za-z0-9_.] and at most 15 bytes. When the verifier refuses it, the
+// error ends with the last line of the verifier's log. (Kernels before
+// 5.11 charge BPF memory to RLIMIT_MEMLOCK and may want it raised; later
+// ones charge the memory cgroup.)
+func loadProgram(progType uint32, insns []bpfInsn, name string) (int, error) {
+	attr := bpfProgLoadAttr{
+		progType: progType,
+		insnCnt:  uint32(len(insns)),
+		insns:    uint64(uintptr(unsafe.Pointer(&insns[0]))),
+		license:  uint64(uintptr(unsafe.Pointer(&bpfLicense[0]))),
+	}
+	copy(attr.progName[:15], name)
+	fd, errno := bpfRetry(unix.BPF_PROG_LOAD, unsafe.Pointer(&attr), unsafe.Sizeof(attr))
+	if errno == unix.EINVAL || errno == unix.EACCES {
+		// Load again for the verifier's reason: the log costs only here.
+		log := make([]byte, 1<<16)
+		attr.logLevel, attr.logSize = 1, uint32(len(log))
+		attr.logBuf = uint64(uintptr(unsafe.Pointer(&log[0])))
+		if _, again := bpfRetry(unix.BPF_PROG_LOAD, unsafe.Pointer(&attr), unsafe.Sizeof(attr)); again != 0 {
+			runtime.KeepAlive(log)
+			if last := lastLine(log); last != "" {
+				runtime.KeepAlive(insns)
+				return -1, fmt.Errorf("load eBPF program %s (bpf BPF_PROG_LOAD): %w (verifier: %s)", name, errno, last)
+			}
+		}
+	}
+	// The kernel reads insns through an integer address the GC does not
+	// see: keep the slice alive until bpf(2) returned.
+	runtime.KeepAlive(insns)
+	if errno != 0 {
+		return -1, fmt.Errorf("load eBPF program %s (bpf BPF_PROG_LOAD): %w", name, errno)
+	}
+	return fd, nil
+}
+
+// bpfRetry is bpf(2) with cmd and attr, again while it fails with EAGAIN
+// or EINTR. The verifier gives up with EAGAIN when a signal is pending for
+// the thread (do_check's signal_pending test), and Go's runtime signals its
+// threads (SIGURG) to preempt goroutines: a load fails now and then for no
+// fault of the program, as it did creating the 279th of 512 interfaces in
+// a row. Loading again is what libbpf and cilium/ebpf do; the bound only
+// keeps a loop finite.
+func bpfRetry(cmd uintptr, attr unsafe.Pointer, size uintptr) (int, unix.Errno) {
+	var (
+		fd    uintptr
+		errno unix.Errno
+	)
+	for range 1000 {
+		fd, _, errno = unix.Syscall(unix.SYS_BPF, cmd, uintptr(attr), size)
+		if errno != unix.EAGAIN && errno != unix.EINTR {
+			break
+		}
+	}
+	return int(fd), errno
+}
+
+// lastLine returns the last non-empty line of the NUL-terminated text b.
+func lastLine(b []byte) string {
+	for i, c := range b {
+		if c == 0 {
+			b = b[:i]
+			break
+		}
+	}
+	end := len(b)
+	for end > 0 && b[end-1] == '\n' {
+		end--
+	}
+	start := end
+	for start > 0 && b[start-1] != '\n' {
+		start--
+	}
+	return string(b[start:end])
+}
