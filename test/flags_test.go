@@ -46,21 +46,28 @@ func TestTuningFlags(t *testing.T) {
 	}
 
 	// Sizes no kernel default is twice of, each used once: a value that
-	// reached the wrong socket, or the other daemon, shows.
-	const rx, tx = 1234567, 3456789
-	checkSocketBuffers(t, "--rx-buffer/--tx-buffer", rx, tx, nil,
+	// reached the wrong socket, or the other daemon, shows. A GRE
+	// receive socket's eBPF ring is half the size, rounded up to a power
+	// of two: 4 MiB, 8 MiB and 2 MiB here, none of them the default's.
+	const rx, tx = 5234567, 3456789
+	checkSocketBuffers(t, "--rx-buffer/--tx-buffer", rx, tx, 4<<20, nil,
 		"--rx-buffer", strconv.Itoa(rx), "--tx-buffer", strconv.Itoa(tx))
 	// The same from the environment alone, no flags.
-	const envRx, envTx = 2345679, 4567891
-	checkSocketBuffers(t, "ERSPAN_RX_BUFFER/ERSPAN_TX_BUFFER", envRx, envTx,
+	const envRx, envTx = 9345679, 4567891
+	checkSocketBuffers(t, "ERSPAN_RX_BUFFER/ERSPAN_TX_BUFFER", envRx, envTx, 8<<20,
 		[]string{"ERSPAN_RX_BUFFER=" + strconv.Itoa(envRx), "ERSPAN_TX_BUFFER=" + strconv.Itoa(envTx)})
+	// Without the ring, the GRE receive socket's own buffer.
+	const noRingRx = 1234567
+	checkSocketBuffers(t, "--rx-ring=false --rx-buffer", noRingRx, tx, 0, nil,
+		"--rx-ring=false", "--rx-buffer", strconv.Itoa(noRingRx), "--tx-buffer", strconv.Itoa(tx))
 }
 
 // checkSocketBuffers starts erspand in a namespace of its own with env
 // added to its environment and flags, gives it each kind of socket and
 // checks that it asked for rx bytes of receive buffer and tx of send
-// buffer, as how (the flags or variables used) said.
-func checkSocketBuffers(t *testing.T, how string, rx, tx int, env []string, flags ...string) {
+// buffer, as how (the flags or variables used) said: for the GRE receive
+// socket, an eBPF ring of ring bytes (0: none, the socket's buffer).
+func checkSocketBuffers(t *testing.T, how string, rx, tx, ring int, env []string, flags ...string) {
 	t.Helper()
 	ns := newNetNS(t, "flags")
 	ns.ip(t, "addr", "add", "192.0.2.2/32", "dev", "lo")
@@ -78,7 +85,7 @@ func checkSocketBuffers(t *testing.T, how string, rx, tx int, env []string, flag
 		// (socket(7)).
 		switch {
 		case s.domain == unix.AF_INET && s.proto == unix.IPPROTO_GRE:
-			greRcv = greRcv || s.rcvbuf == 2*rx
+			greRcv = greRcv || ring == 0 && s.rcvbuf == 2*rx
 			greSnd = greSnd || s.sndbuf == 2*tx
 		case s.domain == unix.AF_PACKET:
 			// A capture socket is read through a ring of whole
@@ -87,9 +94,17 @@ func checkSocketBuffers(t *testing.T, how string, rx, tx int, env []string, flag
 			capture = capture || s.mapped >= rx && s.mapped < rx+128<<10
 		}
 	}
+	// The ring's consumer and producer pages and its data, mapped once;
+	// erspand maps no other BPF map.
+	rings := mapped(t, d.pid, "anon_inode:bpf-map")
+	if ring != 0 {
+		greRcv = rings == ring+2*os.Getpagesize()
+	} else if rings != 0 {
+		t.Errorf("%s: %d bytes of BPF maps mapped, want none", how, rings)
+	}
 	if !greRcv || !greSnd || !capture {
-		t.Errorf("%s: receive buffer %d on a GRE receive socket: %v; on a capture socket: %v; send buffer %d on a GRE send socket: %v\nsockets: %+v",
-			how, rx, greRcv, capture, tx, greSnd, socketsOf(t, d.pid))
+		t.Errorf("%s: receive buffer %d on a GRE receive socket (ring %d bytes; %d mapped): %v; on a capture socket: %v; send buffer %d on a GRE send socket: %v\nsockets: %+v",
+			how, rx, ring, rings, greRcv, capture, tx, greSnd, socketsOf(t, d.pid))
 	}
 }
 
@@ -152,6 +167,18 @@ func socketsOf(t *testing.T, pid int) []sockInfo {
 // mappedSockets returns the bytes process pid has mapped of each socket,
 // by its /proc/PID/fd link name ("socket:[INODE]"), from /proc/PID/maps.
 func mappedSockets(t *testing.T, pid int) map[string]int {
+	return mappings(t, pid, func(name string) bool { return strings.HasPrefix(name, "socket:") })
+}
+
+// mapped returns the bytes process pid has mapped of what /proc/PID/maps
+// calls name.
+func mapped(t *testing.T, pid int, name string) int {
+	return mappings(t, pid, func(n string) bool { return n == name })[name]
+}
+
+// mappings returns the bytes process pid has mapped of each thing
+// /proc/PID/maps names that want accepts, by name.
+func mappings(t *testing.T, pid int, want func(name string) bool) map[string]int {
 	t.Helper()
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/maps")
 	if err != nil {
@@ -160,7 +187,7 @@ func mappedSockets(t *testing.T, pid int) map[string]int {
 	out := map[string]int{}
 	for _, line := range strings.Split(string(b), "\n") {
 		f := strings.Fields(line)
-		if len(f) < 6 || !strings.HasPrefix(f[5], "socket:") {
+		if len(f) < 6 || !want(f[5]) {
 			continue
 		}
 		lo, hi, ok := strings.Cut(f[0], "-")

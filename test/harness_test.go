@@ -521,12 +521,15 @@ type env struct {
 	sender *sender
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T) *env { t.Helper(); return newEnvFlags(t) }
+
+// newEnvFlags is newEnv with erspand started with flags.
+func newEnvFlags(t *testing.T, flags ...string) *env {
 	t.Helper()
 	requireRoot(t)
 	binaries(t) // fail early, before making namespaces, when the build fails
 	tp := newTopology(t)
-	return &env{t: t, tp: tp, d: startDaemon(t, tp.col), sender: newSender(t, tp.sw)}
+	return &env{t: t, tp: tp, d: startDaemonIn(t, tp.col, tempDir(t), flags...), sender: newSender(t, tp.sw)}
 }
 
 // reader opens a packet socket on the collector's interface name.

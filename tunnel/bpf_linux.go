@@ -8,7 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The eBPF programs here (monitor, span rules) are a
+// The eBPF programs here (monitor, span rules, the GRE receive ring) are a
 // few dozen instructions each, written out as the kernel's struct
 // bpf_insn and loaded with bpf(2) directly: a library such as
 // cilium/ebpf would bring an assembler, an ELF loader and BTF handling
@@ -124,4 +124,51 @@ func lastLine(b []byte) string {
 		start--
 	}
 	return string(b[start:end])
+}
+
+// bpfMapCreateAttr is the BPF_MAP_CREATE member of union bpf_attr, up to
+// map_name.
+type bpfMapCreateAttr struct {
+	mapType    uint32
+	keySize    uint32
+	valueSize  uint32
+	maxEntries uint32
+	mapFlags   uint32
+	innerMapFD uint32
+	numaNode   uint32
+	mapName    [unix.BPF_OBJ_NAME_LEN]byte
+}
+
+// createMap makes a BPF map and returns its fd (O_CLOEXEC already set).
+func createMap(mapType, keySize, valueSize, maxEntries, flags uint32, name string) (int, error) {
+	attr := bpfMapCreateAttr{mapType: mapType, keySize: keySize, valueSize: valueSize,
+		maxEntries: maxEntries, mapFlags: flags}
+	copy(attr.mapName[:15], name)
+	fd, errno := bpfRetry(unix.BPF_MAP_CREATE, unsafe.Pointer(&attr), unsafe.Sizeof(attr))
+	if errno != 0 {
+		return -1, fmt.Errorf("create eBPF map %s (bpf BPF_MAP_CREATE): %w", name, errno)
+	}
+	return fd, nil
+}
+
+// bpfMapElemAttr is the BPF_MAP_*_ELEM member of union bpf_attr.
+type bpfMapElemAttr struct {
+	mapFD uint32
+	_     uint32
+	key   uint64 // pointer
+	value uint64 // pointer
+	flags uint64
+}
+
+// lookupUint64 returns the uint64 at index key of array map fd.
+func lookupUint64(fd int, key uint32) (uint64, error) {
+	var v uint64
+	attr := bpfMapElemAttr{mapFD: uint32(fd), key: uint64(uintptr(unsafe.Pointer(&key))),
+		value: uint64(uintptr(unsafe.Pointer(&v)))}
+	_, errno := bpfRetry(unix.BPF_MAP_LOOKUP_ELEM, unsafe.Pointer(&attr), unsafe.Sizeof(attr))
+	runtime.KeepAlive(&key)
+	if errno != 0 {
+		return 0, fmt.Errorf("read eBPF map (bpf BPF_MAP_LOOKUP_ELEM): %w", errno)
+	}
+	return v, nil
 }

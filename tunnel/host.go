@@ -591,6 +591,9 @@ func (h *Host) startReceiver(k recvKey) error {
 		}
 	} else if s, err = h.sys.ListenGRE(k.ns, k.family); err != nil {
 		return fmt.Errorf("open the IPv%d GRE receive socket%s: %w", k.family, where, err)
+	} else if r, ok := s.(interface{ RingError() error }); ok && r.RingError() != nil {
+		h.log.errorf("the IPv%d GRE receive socket%s reads with recvmmsg, at more CPU per frame, as the kernel refused its eBPF ring: %v (erspand --rx-ring=false says so without this line)",
+			k.family, where, r.RingError())
 	}
 	r := newReceiver(h, s)
 	h.recv[k] = r

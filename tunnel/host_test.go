@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -811,5 +812,32 @@ func TestRebuildOnlyForDemux(t *testing.T) {
 				t.Errorf("%s changed on a down interface rebuilt the demux tables", c.field)
 			}
 		})
+	}
+}
+
+// TestRingRefusedLogged: a GRE receive socket that reads with recvmmsg
+// because the kernel refused its eBPF ring says so in the log, once, with
+// the kernel's reason, the socket it is, and how to silence it.
+func TestRingRefusedLogged(t *testing.T) {
+	sys := newMemSystem()
+	sys.ringErr = fmt.Errorf("create eBPF map erspan_ring: %w", unix.EPERM)
+	var mu sync.Mutex
+	var logs []string
+	h := NewHost(sys, &Logger{Errorf: func(f string, a ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		logs = append(logs, fmt.Sprintf(f, a...))
+	}})
+	defer h.Close()
+	for _, name := range []string{"erspan0", "erspan1"} {
+		if _, err := h.Create(Config{Name: name, Up: true, Src: netip.MustParseAddr("192.0.2.2"), VNetID: 7, MTU: 1500, TunnelDomain: "blue"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(logs) != 1 || !strings.Contains(logs[0], "IPv4 GRE receive socket in network namespace blue reads with recvmmsg") ||
+		!strings.Contains(logs[0], "operation not permitted") || !strings.Contains(logs[0], "--rx-ring=false") {
+		t.Errorf("logged %q, want one line naming the socket, the kernel's reason and the flag", logs)
 	}
 }

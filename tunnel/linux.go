@@ -46,6 +46,9 @@ type Linux struct {
 	// URing makes frame writers batch their writes on io_uring rather
 	// than write(2) each frame (see tapWriter).
 	URing bool
+	// Ring makes GRE receive sockets read an eBPF ring where the kernel
+	// allows it (greRing), not recvmmsg.
+	Ring bool
 	// home is the daemon's own network namespace, the "" of every ns
 	// argument, taken at NewLinux while the thread is still in it.
 	home netns.NsHandle
@@ -63,7 +66,7 @@ func NewLinux() (*Linux, error) {
 		return nil, fmt.Errorf("open the daemon's network namespace: %w", err)
 	}
 	return &Linux{Batch: DefaultBatch, BufSize: DefaultBufSize, RcvBuf: DefaultRcvBuf,
-		SndBuf: DefaultSndBuf, Moderate: DefaultModerate, home: home}, nil
+		SndBuf: DefaultSndBuf, Moderate: DefaultModerate, Ring: true, home: home}, nil
 }
 
 func (l *Linux) CreateTAP(ns, name string, mac net.HardwareAddr, mtu int) (link Link, adopted bool, err error) {
@@ -160,7 +163,7 @@ func (l *Linux) ListenGRE(ns string, family int) (Socket, error) {
 	}
 	var s *GRESocket
 	err = inNamespace(ns, func() (err error) {
-		s, err = listenGRE(family, l.Batch, l.BufSize, l.RcvBuf, l.Moderate, g)
+		s, err = listenGRE(family, l.Batch, l.BufSize, l.RcvBuf, l.Moderate, l.Ring, g)
 		return err
 	})
 	if err != nil {

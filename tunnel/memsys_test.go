@@ -21,7 +21,9 @@ type memSystem struct {
 	foreign map[string]bool // links that exist but are not ours
 	// deleteErr, when set, is what DeleteTAP fails with.
 	deleteErr error
-	next      int
+	// ringErr, when set, is every GRE socket's RingError.
+	ringErr error
+	next    int
 }
 
 type memLink struct {
@@ -126,7 +128,7 @@ func (m *memSystem) MoveTAP(name, from, to string) (Link, error) {
 func (m *memSystem) ListenGRE(ns string, family int) (Socket, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	s := &memSocket{in: make(chan []Message), closed: make(chan struct{})}
+	s := &memSocket{in: make(chan []Message), closed: make(chan struct{}), ringErr: m.ringErr}
 	m.socks[recvKey{ns: ns, family: family}] = s
 	return s, nil
 }
@@ -301,7 +303,12 @@ type memSocket struct {
 	closed chan struct{}
 	once   sync.Once
 	drops  uint64
+	// ringErr is what RingError returns, as a GRESocket whose eBPF ring
+	// the kernel refused.
+	ringErr error
 }
+
+func (s *memSocket) RingError() error { return s.ringErr }
 
 func (s *memSocket) ReadBatch() ([]Message, error) {
 	select {

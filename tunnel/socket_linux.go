@@ -39,10 +39,14 @@ type Message struct {
 // ReadBatch must not be called concurrently with itself; KernelDrops and
 // Close may be called from any goroutine.
 type GRESocket struct {
-	c      *batchConn
-	family int
-	guards guards // the guard socket (see listenGRE)
-	drops  atomic.Uint64
+	c *batchConn // nil when r is set
+	r *greRing   // the ring this socket's filter fills (see greRing)
+	// ringErr says why the socket reads with recvmmsg rather than a ring
+	// asked for (nil: it was not, or the ring is there).
+	ringErr error
+	family  int
+	guards  guards // the guard socket (see listenGRE)
+	drops   atomic.Uint64
 	// lastDrops is the latest SO_RXQ_OVFL seen, by ReadBatch only.
 	lastDrops uint64
 	names     []unix.RawSockaddrInet6 // IPv6 only: the source address
@@ -78,7 +82,10 @@ const MaxBatch = 1024
 // caller keeps open beside this one (design.md, Data path: ICMP). g gives
 // it back: the socket takes g on success and releases it at its first
 // Close; on an error it stays the caller's (nil: no guard).
-func listenGRE(family int, batch int, bufSize int, rcvbuf int, moderate time.Duration, g guards) (s *GRESocket, err error) {
+//
+// With ring, the socket receives into an eBPF ring (greRing) if the
+// kernel allows it, with recvmmsg otherwise (RingError says why).
+func listenGRE(family int, batch int, bufSize int, rcvbuf int, moderate time.Duration, ring bool, g guards) (s *GRESocket, err error) {
 	var af, oobSize int
 	switch family {
 	case 4:
@@ -90,6 +97,14 @@ func listenGRE(family int, batch int, bufSize int, rcvbuf int, moderate time.Dur
 	}
 	if err := checkBatchArgs(batch, bufSize, rcvbuf); err != nil {
 		return nil, fmt.Errorf("GRE socket: %w", err)
+	}
+	s = &GRESocket{family: family, msgs: make([]Message, batch)}
+	if ring {
+		if s.r, err = openRing(family, batch, bufSize, rcvbuf, moderate); err == nil {
+			s.guards = g
+			return s, nil
+		}
+		s.ringErr = err
 	}
 	filter, err := ersFilter(family)
 	if err != nil {
@@ -104,7 +119,6 @@ func listenGRE(family int, batch int, bufSize int, rcvbuf int, moderate time.Dur
 		return nil, err
 	}
 
-	s = &GRESocket{family: family, msgs: make([]Message, batch)}
 	if family == 6 {
 		s.names = make([]unix.RawSockaddrInet6, batch)
 	}
@@ -126,12 +140,7 @@ func setupGRE(fd, family int, filter []unix.SockFilter, rcvbuf int) error {
 	// packets arriving during these few microseconds go too.) The queue
 	// is bounded by the default receive buffer, which is why this runs
 	// before the buffer is enlarged; the count bounds the loop anyway.
-	var scratch [1]byte
-	for range 1 << 16 {
-		if _, _, err := unix.Recvfrom(fd, scratch[:], unix.MSG_DONTWAIT|unix.MSG_TRUNC); err != nil {
-			break
-		}
-	}
+	drainSocket(fd)
 	if err := setRcvBuf(fd, rcvbuf); err != nil {
 		return fmt.Errorf("GRE socket (IPv%d): %w", family, err)
 	}
@@ -201,12 +210,21 @@ func ersFilter(family int) ([]unix.SockFilter, error) {
 //
 // After Close it returns net.ErrClosed. Other errors wrap the errno.
 func (s *GRESocket) ReadBatch() ([]Message, error) {
-	n, err := s.c.read()
+	var n int
+	var err error
+	if s.r != nil {
+		n, err = s.r.read(s.msgs)
+	} else {
+		n, err = s.c.read()
+	}
 	if err != nil {
 		if err == net.ErrClosed {
 			return nil, err
 		}
 		return nil, fmt.Errorf("GRE socket (IPv%d): %w", s.family, err)
+	}
+	if s.r != nil {
+		return s.msgs[:n], nil
 	}
 	drops := s.lastDrops
 	for i := 0; i < n; i++ {
@@ -256,19 +274,7 @@ func (s *GRESocket) parse(i int) {
 	b := s.c.buf(i)
 	truncated := h.Hdr.Flags&unix.MSG_TRUNC != 0
 	if s.family == 4 {
-		if truncated {
-			if len(b) >= 20 {
-				// The header is whole even though the payload is not.
-				m.Src = netip.AddrFrom4([4]byte(b[12:16]))
-				m.Dst = netip.AddrFrom4([4]byte(b[16:20]))
-			}
-			m.Err = erspan.ErrShort
-			return
-		}
-		// The kernel hands a raw IPv4 socket the header as received,
-		// options included, with tot_len in network order.
-		// ParseIPv4 returns no payload with an error.
-		m.Src, m.Dst, m.GRE, m.Err = erspan.ParseIPv4(b)
+		parseIPv4Packet(m, b, truncated)
 		return
 	}
 	if h.Hdr.Namelen >= unix.SizeofSockaddrInet6 {
@@ -277,6 +283,31 @@ func (s *GRESocket) parse(i int) {
 	if hasDst {
 		m.Dst = netip.AddrFrom16(dst)
 	}
+	parseIPv6Payload(m, b, truncated)
+}
+
+// parseIPv4Packet fills m from b, an IPv4 packet as a raw socket receives
+// it, which is only its start when truncated.
+func parseIPv4Packet(m *Message, b []byte, truncated bool) {
+	if truncated {
+		if len(b) >= 20 {
+			// The header is whole even though the payload is not.
+			m.Src = netip.AddrFrom4([4]byte(b[12:16]))
+			m.Dst = netip.AddrFrom4([4]byte(b[16:20]))
+		}
+		m.Err = erspan.ErrShort
+		return
+	}
+	// The kernel hands a raw IPv4 socket the header as received, options
+	// included, with tot_len in network order. ParseIPv4 returns no
+	// payload with an error.
+	m.Src, m.Dst, m.GRE, m.Err = erspan.ParseIPv4(b)
+}
+
+// parseIPv6Payload completes m, whose addresses are set if they were
+// known, with b, the GRE packet a raw IPv6 socket receives, which is only
+// its start when truncated.
+func parseIPv6Payload(m *Message, b []byte, truncated bool) {
 	switch {
 	case truncated:
 		m.Err = erspan.ErrShort
@@ -289,12 +320,25 @@ func (s *GRESocket) parse(i int) {
 
 // KernelDrops returns the number of packets the kernel dropped because the
 // socket's receive buffer was full, cumulative since the socket opened, as
-// of the latest batch read (SO_RXQ_OVFL, published once per batch).
-func (s *GRESocket) KernelDrops() uint64 { return s.drops.Load() }
+// of the latest batch read (SO_RXQ_OVFL, published once per batch); with
+// a ring, those it had no room for, as of now (or of Close).
+func (s *GRESocket) KernelDrops() uint64 {
+	if s.r != nil {
+		return s.r.drops()
+	}
+	return s.drops.Load()
+}
+
+// RingError says why a socket asked to receive into an eBPF ring reads
+// with recvmmsg instead; nil if it was not asked or has the ring.
+func (s *GRESocket) RingError() error { return s.ringErr }
 
 // Close closes the socket and makes a pending ReadBatch return
 // net.ErrClosed. Closing twice returns net.ErrClosed.
 func (s *GRESocket) Close() error {
+	if s.r != nil {
+		return s.guards.closeWith(s.r.close)
+	}
 	return s.guards.closeWith(func() error { return s.c.close(nil) })
 }
 
@@ -319,6 +363,9 @@ func (g *guards) release() {
 	}
 	*g = nil
 }
+
+// openRing is openGRERing but where a test makes the kernel refuse it.
+var openRing = openGRERing
 
 // guardSockets is off only in the test that shows why guards exist
 // (TestNoICMPOnOverflow).

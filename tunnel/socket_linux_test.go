@@ -19,8 +19,9 @@ import (
 )
 
 // listenGREGuarded is listenGRE with a guard socket of its own (unless
-// guardSockets is off), for the tests that have no Linux host.
-func listenGREGuarded(family, batch, bufSize, rcvbuf int, moderate time.Duration) (*GRESocket, error) {
+// guardSockets is off), for the tests that have no Linux host. A socket
+// asked for a ring that reads with recvmmsg is an error.
+func listenGREGuarded(family, batch, bufSize, rcvbuf int, moderate time.Duration, ring bool) (*GRESocket, error) {
 	var g guards
 	if guardSockets {
 		af := unix.AF_INET
@@ -33,11 +34,16 @@ func listenGREGuarded(family, batch, bufSize, rcvbuf int, moderate time.Duration
 		}
 		g = guards{func() { unix.Close(fd) }}
 	}
-	s, err := listenGRE(family, batch, bufSize, rcvbuf, moderate, g)
+	s, err := listenGRE(family, batch, bufSize, rcvbuf, moderate, ring, g)
 	if err != nil {
 		g.release()
+		return nil, err
 	}
-	return s, err
+	if ring && s.r == nil {
+		s.Close()
+		return nil, fmt.Errorf("no eBPF ring: %w", s.RingError())
+	}
+	return s, nil
 }
 
 // openGuard opens a guard for a receive socket of the tests: a raw GRE
@@ -106,24 +112,37 @@ func typeIIIBody(tag byte) []byte {
 	return append([]byte{0x20, 0x00, 0x00, 0x06, 0, 0, 0, 1, 0, 0, 0, 0}, fakeFrame(tag)...)
 }
 
-func TestSocketIPv4(t *testing.T)        { testSocket(t, 4, false) }
-func TestSocketIPv4Options(t *testing.T) { testSocket(t, 4, true) }
-func TestSocketIPv6(t *testing.T)        { testSocket(t, 6, false) }
+func TestSocketIPv4(t *testing.T) {
+	bothReceivers(t, func(t *testing.T, ring bool) { testSocket(t, 4, false, ring) })
+}
+func TestSocketIPv4Options(t *testing.T) {
+	bothReceivers(t, func(t *testing.T, ring bool) { testSocket(t, 4, true, ring) })
+}
+func TestSocketIPv6(t *testing.T) {
+	bothReceivers(t, func(t *testing.T, ring bool) { testSocket(t, 6, false, ring) })
+}
 
-func testSocket(t *testing.T, family int, ipOptions bool) {
+// bothReceivers runs test for a GRE socket that reads with recvmmsg and
+// for one that reads an eBPF ring.
+func bothReceivers(t *testing.T, test func(t *testing.T, ring bool)) {
+	t.Run("recvmmsg", func(t *testing.T) { test(t, false) })
+	t.Run("ring", func(t *testing.T) { test(t, true) })
+}
+
+func testSocket(t *testing.T, family int, ipOptions, ring bool) {
 	sender, collector := vethPair(t)
 	src, dst := socketTestAddrs(family)
 	var s, small *GRESocket
 	var sniff *packetSniffer
 	collector.do(t, func() {
 		var err error
-		if s, err = listenGREGuarded(family, 8, 2048, 1<<20, DefaultModerate); err != nil {
+		if s, err = listenGREGuarded(family, 8, 2048, 1<<20, DefaultModerate, ring); err != nil {
 			t.Fatalf("listenGREGuarded: %v", err)
 		}
 		t.Cleanup(func() { s.Close() })
 		// A second socket whose buffer is too small for the packet sent
 		// last.
-		if small, err = listenGREGuarded(family, 4, 128, 0, DefaultModerate); err != nil {
+		if small, err = listenGREGuarded(family, 4, 128, 0, DefaultModerate, ring); err != nil {
 			t.Fatalf("listenGREGuarded (small): %v", err)
 		}
 		t.Cleanup(func() { small.Close() })
@@ -246,11 +265,12 @@ func TestCaptureSkipsOutgoing(t *testing.T) {
 
 func TestSocketKernelDrops(t *testing.T) {
 	sender, collector := vethPair(t)
+	const ring = false // TestGRERingDrops
 	var s *GRESocket
 	collector.do(t, func() {
 		var err error
 		// The smallest buffer the kernel allows: a burst overflows it.
-		if s, err = listenGREGuarded(4, 16, 2048, 1, DefaultModerate); err != nil {
+		if s, err = listenGREGuarded(4, 16, 2048, 1, DefaultModerate, ring); err != nil {
 			t.Fatalf("listenGREGuarded: %v", err)
 		}
 		t.Cleanup(func() { s.Close() })
@@ -281,6 +301,7 @@ func TestSocketKernelDrops(t *testing.T) {
 // socket is overflowed first, so the reads measured parse that control
 // message (and, for IPv6, IPV6_PKTINFO).
 func TestSocketAllocs(t *testing.T) {
+	const ring = false // TestGRERingAllocs
 	for _, family := range []int{4, 6} {
 		sender, collector := vethPair(t)
 		_, dst := socketTestAddrs(family)
@@ -288,7 +309,7 @@ func TestSocketAllocs(t *testing.T) {
 		collector.do(t, func() {
 			var err error
 			// The smallest buffer the kernel allows: a burst overflows it.
-			if s, err = listenGREGuarded(family, 4, 2048, 1, DefaultModerate); err != nil {
+			if s, err = listenGREGuarded(family, 4, 2048, 1, DefaultModerate, ring); err != nil {
 				t.Fatalf("listenGREGuarded: %v", err)
 			}
 			t.Cleanup(func() { s.Close() })
@@ -398,7 +419,9 @@ func (w *icmpWatch) guarded(t *testing.T, what string, closeFn func() error, pkt
 // protocol unreachable (IPv6: parameter problem, unrecognised next header)
 // when no raw GRE socket is open, and that an open GRESocket silences it,
 // also for GRE that its filter rejects and nobody reads.
-func TestICMPUnreachable(t *testing.T) {
+func TestICMPUnreachable(t *testing.T) { bothReceivers(t, testICMPUnreachable) }
+
+func testICMPUnreachable(t *testing.T, ring bool) {
 	for _, family := range []int{4, 6} {
 		sender, collector := vethPair(t)
 		w := watchUnreachable(t, sender, family)
@@ -409,7 +432,7 @@ func TestICMPUnreachable(t *testing.T) {
 		var s *GRESocket
 		collector.do(t, func() {
 			var err error
-			if s, err = listenGREGuarded(family, 8, 2048, 0, DefaultModerate); err != nil {
+			if s, err = listenGREGuarded(family, 8, 2048, 0, DefaultModerate, ring); err != nil {
 				t.Fatalf("listenGREGuarded: %v", err)
 			}
 		})
@@ -458,6 +481,7 @@ func TestNoICMPOnOverflow(t *testing.T) {
 		ownGuard
 		sharedGuard
 	)
+	const ring = false // a ring's socket never overflows: TestGRERingDrops
 	run := func(mode int) (icmp bool, drops uint64) {
 		guardSockets = mode != noGuard
 		defer func() { guardSockets = true }()
@@ -472,7 +496,7 @@ func TestNoICMPOnOverflow(t *testing.T) {
 				return
 			}
 			var err error
-			if s, err = listenGREGuarded(4, 16, 2048, 1, DefaultModerate); err != nil {
+			if s, err = listenGREGuarded(4, 16, 2048, 1, DefaultModerate, ring); err != nil {
 				t.Fatalf("listenGREGuarded: %v", err)
 			}
 		})
@@ -481,7 +505,7 @@ func TestNoICMPOnOverflow(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			l.Batch, l.BufSize, l.RcvBuf = 16, 2048, 1
+			l.Batch, l.BufSize, l.RcvBuf, l.Ring = 16, 2048, 1, ring
 			sock, err := l.ListenGRE(collector.name, 4)
 			if err != nil {
 				t.Fatalf("Linux.ListenGRE: %v", err)
@@ -668,7 +692,7 @@ func TestSendRefusedByFirewall(t *testing.T) {
 	}
 	var rx *GRESocket
 	collector.do(t, func() {
-		if rx, err = listenGREGuarded(4, 16, 2048, 0, 0); err != nil {
+		if rx, err = listenGREGuarded(4, 16, 2048, 0, 0, false); err != nil {
 			t.Fatalf("listenGREGuarded: %v", err)
 		}
 		t.Cleanup(func() { rx.Close() })

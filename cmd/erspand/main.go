@@ -32,7 +32,7 @@ func newApp(action cli.ActionFunc) *cli.App {
 	return &cli.App{
 		Name:      "erspand",
 		Usage:     "serve erspan(4) interfaces: ERSPAN tunnels terminated in userspace into TAP devices",
-		UsageText: "erspand [--socket PATH] [--config-dir DIR] [--state PATH] [--rx-moderate DURATION] [--rx-batch N] [--rx-buffer BYTES] [--tx-buffer BYTES] [--io-uring] [--verbose]",
+		UsageText: "erspand [--socket PATH] [--config-dir DIR] [--state PATH] [--rx-moderate DURATION] [--rx-batch N] [--rx-buffer BYTES] [--tx-buffer BYTES] [--rx-ring=false] [--io-uring] [--verbose]",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "socket", Value: ifconfig.DefaultSocket, EnvVars: []string{"ERSPAN_SOCKET"}, Usage: "control socket `PATH`"},
 			&cli.StringFlag{Name: "config-dir", Value: "/etc/erspan", EnvVars: []string{"ERSPAN_CONFIG_DIR"}, Usage: "`DIR` of hostname.erspanN files, applied at start when there is no state to restore"},
@@ -51,11 +51,15 @@ func newApp(action cli.ActionFunc) *cli.App {
 				Usage: "receive buffer of each receive socket (one per namespace and address family, one per tunneldev) in `BYTES`: " +
 					"what may queue while erspand is not scheduled before the kernel drops (kernel_drops); the kernel doubles it, " +
 					"and it may exceed net.core.rmem_max; 0: the kernel's default (net.core.rmem_default); " +
-					"a tunneldev's receive ring (TPACKET_V3) is this size in kernel memory mapped into erspand, 2 MiB for 0"},
+					"a tunneldev's receive ring (TPACKET_V3) is this size in kernel memory mapped into erspand, 2 MiB for 0; " +
+					"a GRE socket's eBPF ring (--rx-ring) half of it, rounded up to a power of two, 1 MiB for 0"},
 			&cli.IntFlag{Name: "tx-buffer", Value: tunnel.DefaultSndBuf, EnvVars: []string{"ERSPAN_TX_BUFFER"},
 				Usage: "send buffer of each send socket (one per namespace, address family and tunneldf, shared by those interfaces) in `BYTES`: " +
 					"what may wait for the links (qdisc, NIC ring) before sends fail (tx_errors); the kernel doubles it, " +
 					"and it may exceed net.core.wmem_max; 0: the kernel's default (net.core.wmem_default)"},
+			&cli.BoolFlag{Name: "rx-ring", Value: true, EnvVars: []string{"ERSPAN_RX_RING"},
+				Usage: "GRE receive sockets hand packets over in an eBPF ring buffer mapped into erspand (Linux 5.8, CAP_BPF or root), read with no system call per batch; " +
+					"false, or where the kernel refuses it (logged): recvmmsg, which costs more CPU per frame (see README, Performance)"},
 			&cli.BoolFlag{Name: "io-uring", EnvVars: []string{"ERSPAN_IO_URING"},
 				Usage: "write received frames into TAPs in batches on io_uring rather than one write(2) each (no faster on the kernel measured; see README, Performance)"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log more"},
@@ -82,6 +86,7 @@ func tuning(c *cli.Context, sys *tunnel.Linux) error {
 		}
 	}
 	sys.URing = c.Bool("io-uring")
+	sys.Ring = c.Bool("rx-ring")
 	return nil
 }
 

@@ -17,7 +17,7 @@ import (
 type tuned struct {
 	moderate              time.Duration
 	batch, rcvBuf, sndBuf int
-	uring                 bool
+	uring, ring           bool
 }
 
 // TestTuningReachesLinux: every tuning flag, and each one's environment
@@ -32,14 +32,14 @@ func TestTuningReachesLinux(t *testing.T) {
 		if err := app.Run(append([]string{"erspand"}, args...)); err != nil {
 			t.Fatalf("erspand %v: %v", args, err)
 		}
-		return tuned{l.Moderate, l.Batch, l.RcvBuf, l.SndBuf, l.URing}
+		return tuned{l.Moderate, l.Batch, l.RcvBuf, l.SndBuf, l.URing, l.Ring}
 	}
-	defaults := tuned{tunnel.DefaultModerate, tunnel.DefaultBatch, tunnel.DefaultRcvBuf, tunnel.DefaultSndBuf, false}
+	defaults := tuned{tunnel.DefaultModerate, tunnel.DefaultBatch, tunnel.DefaultRcvBuf, tunnel.DefaultSndBuf, false, true}
 	if got := parse(); got != defaults {
 		t.Errorf("no flags: %+v, want the defaults %+v", got, defaults)
 	}
-	want := tuned{25 * time.Microsecond, 3, 1 << 20, 1 << 21, true}
-	if got := parse("--rx-moderate", "25us", "--rx-batch", "3", "--rx-buffer", "1048576", "--tx-buffer", "2097152", "--io-uring"); got != want {
+	want := tuned{25 * time.Microsecond, 3, 1 << 20, 1 << 21, true, false}
+	if got := parse("--rx-moderate", "25us", "--rx-batch", "3", "--rx-buffer", "1048576", "--tx-buffer", "2097152", "--io-uring", "--rx-ring=false"); got != want {
 		t.Errorf("flags: %+v, want %+v", got, want)
 	}
 	t.Setenv("ERSPAN_RX_MODERATE", "25us")
@@ -47,6 +47,7 @@ func TestTuningReachesLinux(t *testing.T) {
 	t.Setenv("ERSPAN_RX_BUFFER", "1048576")
 	t.Setenv("ERSPAN_TX_BUFFER", "2097152")
 	t.Setenv("ERSPAN_IO_URING", "true")
+	t.Setenv("ERSPAN_RX_RING", "false")
 	if got := parse(); got != want {
 		t.Errorf("environment: %+v, want %+v", got, want)
 	}

@@ -1,0 +1,314 @@
+package tunnel
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/erspan-linux/erspan/erspan"
+)
+
+// listenRingIn opens a GRE socket with an eBPF ring in ns (batch packets
+// of up to 2048 bytes, receive buffer rcvbuf), closed when the test ends.
+func listenRingIn(t *testing.T, ns *testNetns, family, batch, rcvbuf int) *GRESocket {
+	t.Helper()
+	var s *GRESocket
+	ns.do(t, func() {
+		var err error
+		if s, err = listenGREGuarded(family, batch, 2048, rcvbuf, 0, true); err != nil {
+			t.Fatalf("listenGREGuarded: %v", err)
+		}
+	})
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// paddedSeqGRE is seqGRE with pad bytes more in each packet.
+func paddedSeqGRE(first, n, pad int) [][]byte {
+	pkts := seqGRE(first, n)
+	for i := range pkts {
+		pkts[i] = append(pkts[i], make([]byte, pad)...)
+	}
+	return pkts
+}
+
+func TestGRERingSize(t *testing.T) {
+	for _, c := range []struct {
+		rcvbuf, batch, bufSize int
+		want                   uint64
+	}{
+		{DefaultRcvBuf, DefaultBatch, DefaultBufSize, 16 << 20}, // half the receive buffer
+		{0, DefaultBatch, DefaultBufSize, 2 << 20},              // half of 2 MiB is less than two batches
+		{1, 4, 2048, 1 << 20},                                   // at least 1 MiB
+		{48 << 20, 1, 2048, 32 << 20},                           // rounded up to a power of two
+		{0, MaxBatch, DefaultBufSize, 32 << 20},                 // two batches of the largest records
+	} {
+		if got := greRingSize(c.rcvbuf, c.batch, c.bufSize); got != c.want {
+			t.Errorf("greRingSize(%d, %d, %d) = %d, want %d", c.rcvbuf, c.batch, c.bufSize, got, c.want)
+		}
+	}
+}
+
+// TestGRERingWraps: 12,000 packets through a 1 MiB ring in rounds of 100,
+// all of them, in order, none dropped: the ring goes round more than
+// twice. A record is 8 bytes of ring header, 8 of ours and the packet
+// (here 1,000 bytes): 1,016 bytes, which does not divide the ring, so on
+// every lap one record crosses the end and is read whole from the copy.
+func TestGRERingWraps(t *testing.T) {
+	sender, collector := vethPair(t)
+	s := listenRingIn(t, collector, 4, 64, 1)
+	if s.r.size != 1<<20 {
+		t.Fatalf("ring of %d bytes, want 1 MiB", s.r.size)
+	}
+	var snd *greSender
+	sender.do(t, func() { snd = newGRESender(t, net.IPv4(192, 0, 2, 2)) })
+	pad := 1000 - 20 - len(seqGRE(0, 1)[0]) // IPv4 header, GRE packet, padding: 1,000 bytes
+	const rounds, per = 120, 100
+	for r := range rounds {
+		snd.send(paddedSeqGRE(r*per, per, pad)...)
+		got := readGRE(t, s, per, 5*time.Second)
+		checkSeq(t, got, r*per)
+		for i, g := range got {
+			if want := paddedSeqGRE(r*per+i, 1, pad)[0]; !bytes.Equal(g.gre, want) {
+				t.Fatalf("packet %d differs from what was sent", r*per+i)
+			}
+		}
+	}
+	if s.r.pos < 2*s.r.size {
+		t.Errorf("the ring went %d bytes round, less than twice its size", s.r.pos)
+	}
+	if d := s.KernelDrops(); d != 0 {
+		t.Errorf("KernelDrops = %d after %d packets read in rounds of %d", d, rounds*per, per)
+	}
+}
+
+// TestGRERingOverflow: what a full ring cannot take is counted in
+// KernelDrops, so that what was read and what was dropped add up to what
+// was sent; the kernel sends no ICMP for them (the socket took them, by
+// its filter); the ring takes packets again once read; and the count
+// survives Close.
+func TestGRERingOverflow(t *testing.T) {
+	sender, collector := vethPair(t)
+	w := watchUnreachable(t, sender, 4)
+	s := listenRingIn(t, collector, 4, 64, 1)
+	pad := 1000 - 20 - len(seqGRE(0, 1)[0])
+	const sent = 2000 // twice what the 1 MiB ring holds
+	w.snd.send(paddedSeqGRE(0, sent, pad)...)
+	drops := int(s.KernelDrops())
+	if drops < 900 || drops >= sent {
+		t.Fatalf("KernelDrops = %d after %d packets of 1,000 bytes into a ring of 1 MiB, unread", drops, sent)
+	}
+	// The ring keeps the first packets, in order.
+	checkSeq(t, readGRE(t, s, sent-drops, 5*time.Second), 0)
+	if d := int(s.KernelDrops()); d != drops {
+		t.Errorf("KernelDrops went from %d to %d while the ring was read", drops, d)
+	}
+	w.snd.send(seqGRE(sent, 10)...)
+	checkSeq(t, readGRE(t, s, 10, 5*time.Second), sent)
+	if f := w.sniff.await(500*time.Millisecond, w.unreachable); f != nil {
+		t.Errorf("the kernel answered with ICMP while the ring was full: % x", f)
+	}
+	s.Close()
+	if d := int(s.KernelDrops()); d != drops {
+		t.Errorf("KernelDrops after Close = %d, want %d", d, drops)
+	}
+}
+
+// TestGRERingFirewall: the ring gets what the IP stack accepts, after the
+// firewall's input hook: a packet nftables drops there (GRE sequence
+// number 5) never reaches it, as it would never reach the socket.
+func TestGRERingFirewall(t *testing.T) {
+	nft, err := exec.LookPath("nft")
+	if err != nil {
+		t.Fatalf("nft is not installed (scripts/test.sh installs nftables): %v", err)
+	}
+	bothReceivers(t, func(t *testing.T, ring bool) {
+		sender, collector := vethPair(t)
+		for _, rule := range []string{
+			"add table inet erspan_test",
+			"add chain inet erspan_test in { type filter hook input priority 0; }",
+			// Bits 32 to 63 of the GRE header: its sequence number (C and K unset).
+			"add rule inet erspan_test in meta l4proto gre @th,32,32 5 drop",
+		} {
+			if out, err := exec.Command("ip", append([]string{"netns", "exec", collector.name, nft}, strings.Fields(rule)...)...).CombinedOutput(); err != nil {
+				t.Fatalf("nft %s: %v: %s", rule, err, out)
+			}
+		}
+		var s *GRESocket
+		collector.do(t, func() {
+			if s, err = listenGREGuarded(4, 16, 2048, 0, 0, ring); err != nil {
+				t.Fatalf("listenGREGuarded: %v", err)
+			}
+			t.Cleanup(func() { s.Close() })
+		})
+		sender.do(t, func() { newGRESender(t, net.IPv4(192, 0, 2, 2)).send(seqGRE(0, 10)...) })
+		got := readGRE(t, s, 9, 5*time.Second)
+		checkSeq(t, got[:5], 0)
+		checkSeq(t, got[5:], 6)
+	})
+}
+
+// TestGRERingCloseWhileLent: the packets of the last ReadBatch stay
+// readable after Close; the ring is unmapped by the next ReadBatch, which
+// returns net.ErrClosed, or by Close itself when no batch is out; and
+// Close leaves none of the socket's descriptors.
+func TestGRERingCloseWhileLent(t *testing.T) {
+	sender, collector := vethPair(t)
+	s := listenRingIn(t, collector, 4, 64, 0)
+	sender.do(t, func() { newGRESender(t, net.IPv4(192, 0, 2, 2)).send(seqGRE(0, 3)...) })
+	timer := time.AfterFunc(5*time.Second, func() { s.Close() })
+	msgs, err := s.ReadBatch()
+	if err != nil || len(msgs) == 0 {
+		t.Fatalf("ReadBatch (the socket is closed after 5 s): %d messages, %v", len(msgs), err)
+	}
+	timer.Stop()
+	open := func(fd int) bool { _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); return err == nil }
+	fds := []int{s.r.fd, s.r.wake, s.r.sock, s.r.dropsMap}
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	for _, fd := range fds {
+		if open(fd) {
+			t.Errorf("descriptor %d of %v still open after Close", fd, fds)
+		}
+	}
+	if s.r.mem == nil {
+		t.Fatal("Close unmapped the ring while a batch was out")
+	}
+	if want := seqGRE(0, 1)[0]; !bytes.Equal(msgs[0].GRE, want) {
+		t.Errorf("after Close the first packet reads % x, want % x", msgs[0].GRE, want)
+	}
+	if _, err := s.ReadBatch(); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("ReadBatch after Close: %v, want net.ErrClosed", err)
+	}
+	if s.r.mem != nil {
+		t.Error("the ring is still mapped after ReadBatch returned net.ErrClosed")
+	}
+
+	idle := listenRingIn(t, collector, 4, 64, 0)
+	mappedRings := func() int {
+		b, _ := os.ReadFile("/proc/self/maps")
+		return bytes.Count(b, []byte("bpf-map"))
+	}
+	before := mappedRings()
+	idle.Close()
+	if idle.r.mem != nil || mappedRings() != before-2 {
+		t.Errorf("Close of a ring with no batch out: mem %v, bpf-map mappings %d, want %d", idle.r.mem != nil, mappedRings(), before-2)
+	}
+}
+
+// TestGRERingAllocs: ReadBatch allocates nothing, also for a record that
+// crosses the ring's end.
+func TestGRERingAllocs(t *testing.T) {
+	for _, family := range []int{4, 6} {
+		sender, collector := vethPair(t)
+		_, dst := socketTestAddrs(family)
+		s := listenRingIn(t, collector, family, 4, 1)
+		var snd *greSender
+		sender.do(t, func() { snd = newGRESender(t, net.IP(dst.AsSlice())) })
+		// Fill the ring to just before its end (records as in
+		// TestGRERingWraps), read, then measure the reads of the
+		// packets that cross it.
+		pad := 1000 - 20 - len(seqGRE(0, 1)[0])
+		rec := 1016 // IPv6: the addresses instead of the IPv4 header, rounded up to 8
+		if family == 6 {
+			rec = 1032
+		}
+		n := int(s.r.size) / rec
+		for first := 0; first < n; first += 100 {
+			snd.send(paddedSeqGRE(first, min(100, n-first), pad)...)
+			readGRE(t, s, min(100, n-first), 5*time.Second)
+		}
+		const runs = 10
+		snd.send(paddedSeqGRE(n, 4*(runs+1), pad)...)
+		timer := time.AfterFunc(5*time.Second, func() { s.Close() })
+		var errs, read int
+		before := s.r.pos
+		allocs := testing.AllocsPerRun(runs, func() {
+			msgs, err := s.ReadBatch()
+			if err != nil {
+				errs++
+			}
+			read += len(msgs)
+		})
+		timer.Stop()
+		if errs > 0 || read == 0 {
+			t.Fatalf("IPv%d: %d ReadBatch errors (the socket is closed after 5 s), %d packets read", family, errs, read)
+		}
+		if before/s.r.size == s.r.pos/s.r.size {
+			t.Fatalf("IPv%d: the reads measured did not cross the ring's end (%d to %d)", family, before, s.r.pos)
+		}
+		if allocs != 0 {
+			t.Errorf("IPv%d: ReadBatch allocates %.1f times per call, want 0", family, allocs)
+		}
+	}
+}
+
+// TestGRERingFallback: where the kernel refuses the ring, the socket
+// reads with recvmmsg, and RingError says why.
+func TestGRERingFallback(t *testing.T) {
+	refused := fmt.Errorf("create eBPF map erspan_ring: %w", unix.EPERM)
+	openRing = func(int, int, int, int, time.Duration) (*greRing, error) { return nil, refused }
+	defer func() { openRing = openGRERing }()
+	sender, collector := vethPair(t)
+	var s *GRESocket
+	collector.do(t, func() {
+		var err error
+		if s, err = listenGREGuarded(4, 16, 2048, 0, 0, false); err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		if s, err = listenGRE(4, 16, 2048, 0, 0, true, nil); err != nil {
+			t.Fatalf("listenGRE with the ring refused: %v", err)
+		}
+		t.Cleanup(func() { s.Close() })
+	})
+	if s.r != nil || s.c == nil || !errors.Is(s.RingError(), unix.EPERM) {
+		t.Fatalf("ring refused: ring %v, recvmmsg %v, RingError %v; want recvmmsg and the refusal", s.r != nil, s.c != nil, s.RingError())
+	}
+	sender.do(t, func() { newGRESender(t, net.IPv4(192, 0, 2, 2)).send(seqGRE(0, 3)...) })
+	checkSeq(t, readGRE(t, s, 3, 5*time.Second), 0)
+}
+
+// The ring's program refuses the same packets as the classic filter
+// (testSocket, both receivers); this checks the one thing it adds on the
+// way: a packet of exactly the buffer size is whole, one byte more is
+// ErrShort.
+func TestGRERingBufferEdge(t *testing.T) {
+	for _, family := range []int{4, 6} {
+		sender, collector := vethPair(t)
+		src, dst := socketTestAddrs(family)
+		var s *GRESocket
+		collector.do(t, func() {
+			var err error
+			if s, err = listenGREGuarded(family, 4, 512, 0, 0, true); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+		})
+		// A raw IPv4 socket's packet includes the 20-byte header.
+		size := 512
+		if family == 4 {
+			size -= 20
+		}
+		base := grePacket(erspan.ProtoERSPAN, true, 1, typeIIBody(1))
+		exact := append(base, make([]byte, size-len(base))...)
+		over := append(exact, 0)
+		sender.do(t, func() { newGRESender(t, net.IP(dst.AsSlice())).send(exact, over) })
+		got := readGRE(t, s, 2, 5*time.Second)
+		if got[0].err != nil || !bytes.Equal(got[0].gre, exact) || got[0].src != src || got[0].dst != dst {
+			t.Errorf("IPv%d: packet of the buffer's size: %v -> %v, err %v, %d bytes; want whole", family, got[0].src, got[0].dst, got[0].err, len(got[0].gre))
+		}
+		if got[1].err != erspan.ErrShort || got[1].src != src || got[1].dst != dst {
+			t.Errorf("IPv%d: packet a byte over: %v -> %v, err %v; want ErrShort with the addresses", family, got[1].src, got[1].dst, got[1].err)
+		}
+	}
+}
