@@ -67,7 +67,9 @@
 #  decap    erspand with erspan0 (session 77), fed by gen: Ethernet frames
 #           carrying IPv4 + GRE + ERSPAN II sent with AF_PACKET sendmmsg on
 #           the sender's veth, as fast as gen can. Delivered = rx_packets of
-#           the TAP; loss = sent - delivered.
+#           the TAP; loss = sent - delivered. erspand's raw GRE socket hands
+#           packets over in an eBPF ring (the default); also measured
+#           with --rx-ring=false, read with recvmmsg.
 #  sensor   the same with erspan0 in sensor mode (tunneldev veth-col), gen
 #           sending to 198.51.100.2, an address the collector does not
 #           have (the IP stack drops the packets: forwarding is off): a
@@ -266,15 +268,16 @@ idle_pct() {
 # allocation per batch or frame: decode, demux and counters down every
 # branch, a writer filled mid-batch, failed TAP writes and a flow beyond
 # the table (TestInputAllocs); the real sockets' batch reads, a raw GRE
-# socket's (TestSocketAllocs) and a sensor's capture socket's
-# (TestCaptureAllocs); encap (TestEncapAllocs); the transmit path's TAP
+# socket's with recvmmsg (TestSocketAllocs) and with its eBPF ring, a
+# record crossing the ring's end included (TestGRERingAllocs), and a
+# sensor's capture socket's (TestCaptureAllocs); encap (TestEncapAllocs); the transmit path's TAP
 # reads and sendmmsg (TestTransmitAllocs); the TAP writers, write(2) and
 # io_uring, on a real TAP (TestFrameWriter). Each must have run and passed: one renamed away
 # would otherwise leave the key claiming a path it no longer covers. The
 # benchmark's allocs/op is shown beside ("-" if it did not run). Both from
 # the test binary built above, run in the package's directory as go test
 # would.
-alloc_tests="TestInputAllocs TestSocketAllocs TestCaptureAllocs TestEncapAllocs TestTransmitAllocs TestFrameWriter"
+alloc_tests="TestInputAllocs TestSocketAllocs TestGRERingAllocs TestCaptureAllocs TestEncapAllocs TestTransmitAllocs TestFrameWriter"
 allocs=- bench_allocs=-
 alloc_check() {
 	log "allocations per frame: tunnel.test -test.run '${alloc_tests// /|}' and -test.bench BenchmarkInputBatch"
@@ -524,7 +527,7 @@ erspand_in() {
 defaults() {
 	local f help out=""
 	help=$("$bin/erspand" --help 2>&1 || true)
-	for f in rx-moderate rx-batch rx-buffer tx-buffer; do
+	for f in rx-moderate rx-batch rx-buffer tx-buffer rx-ring; do
 		out="$out --$f $(printf '%s\n' "$help" | sed -n "s/.*--$f .*(default: \([^)]*\)).*/\1/p")"
 	done
 	echo "${out# }"
@@ -695,6 +698,19 @@ done
 ctl $COL "$esock" destroy erspan0
 stop $col2
 
+# ---- decap with recvmmsg (erspand --rx-ring=false) ------------------------------
+# What the eBPF ring (the default) replaces, measured beside it.
+erspand_in $COL col3 --rx-ring=false
+col3=$started
+ctl $COL "$esock" create erspan0 tunnel 192.0.2.2 192.0.2.1 vnetid 77 up
+declare -A decap_recv_eff
+for size in 64 1514; do
+	decap_row "erspand decap --rx-ring=false" $col3 erspan0 $size 77 1
+	decap_recv_eff[$size]=$eff
+done
+ctl $COL "$esock" destroy erspan0
+stop $col3
+
 # ---- decap in sensor mode (tunneldev): the capture socket's ring ----------
 erspand_in $COL sensor
 sensor=$started
@@ -796,15 +812,17 @@ echo "multi-queue TAP, two queues with a writer thread and flows of its own each
 echo "  on both CPUs, $(calc %.2f "${mq_pps[64]} / ${ceil_pps[64]}") of the frames per second, $(calc %.2f "${mq_eff[64]} / ${ceil_eff[64]}") of the frames per CPU-s;"
 echo "  both threads on CPU $DUT_CPU (as the one-queue ceiling), $(calc %.2f "${mq1_pps[64]} / ${ceil_pps[64]}") of the frames per second, $(calc %.2f "${mq1_eff[64]} / ${ceil_eff[64]}") of the frames per CPU-s;"
 echo "  erspand writes each TAP from one thread, on one queue"
-echo "decap in sensor mode (tunneldev: the TPACKET_V3 ring), frames per CPU-s relative to the collector's raw socket:"
-echo "  $(calc %.2f "${sensor_eff[64]} / ${decap_eff[64]}") (64 B), $(calc %.2f "${sensor_eff[1514]} / ${decap_eff[1514]}") (1514 B); the kernel copies into the ring in the receive softirq (the generator's CPU here)"
+echo "decap in sensor mode (tunneldev: the TPACKET_V3 ring), frames per CPU-s relative to the collector's (the eBPF ring):"
+echo "  $(calc %.2f "${sensor_eff[64]} / ${decap_eff[64]}") (64 B), $(calc %.2f "${sensor_eff[1514]} / ${decap_eff[1514]}") (1514 B); the kernel copies into either ring in the receive softirq (the generator's CPU here)"
+echo "decap with --rx-ring=false (recvmmsg), frames per CPU-s relative to the default (the eBPF ring): $(calc %.2f "${decap_recv_eff[64]} / ${decap_eff[64]}") (64 B), $(calc %.2f "${decap_recv_eff[1514]} / ${decap_eff[1514]}") (1514 B)"
 echo "decap with --io-uring, frames per CPU-s relative to the default: $(calc %.2f "${decap_uring_eff[64]} / ${decap_eff[64]}") (64 B), $(calc %.2f "${decap_uring_eff[1514]} / ${decap_eff[1514]}") (1514 B)"
 echo "naive_speedup_64: erspand's decap frames per CPU-s over the naive loop's at 64 B, fed by the same"
 echo "generator; frames per second: $(calc %.2f "${decap_pps[64]} / ${naive_pps[64]}") (equal when both keep up with the generator, so not a measure of either)"
 echo
-printf 'decap_pps_64=%s decap_pps_1514=%s decap_ratio_64=%s decap_ratio_1514=%s encap_pps_64=%s encap_ratio_64=%s naive_speedup_64=%s zero_loss_pps_64=%s allocs_per_frame=%s decap_sensor_ratio_64=%s decap_sensor_ratio_1514=%s\n' \
+printf 'decap_pps_64=%s decap_pps_1514=%s decap_ratio_64=%s decap_ratio_1514=%s encap_pps_64=%s encap_ratio_64=%s naive_speedup_64=%s zero_loss_pps_64=%s allocs_per_frame=%s decap_sensor_ratio_64=%s decap_sensor_ratio_1514=%s decap_recvmmsg_ratio_64=%s decap_recvmmsg_ratio_1514=%s\n' \
 	"${decap_pps[64]}" "${decap_pps[1514]}" \
 	"$(calc %.2f "${decap_eff[64]} / ${ceil_eff[64]}")" "$(calc %.2f "${decap_eff[1514]} / ${ceil_eff[1514]}")" \
 	"${encap_pps[64]}" "$(calc %.2f "${encap_eff[64]} / ${ceil_eff[64]}")" \
 	"$(calc %.2f "${decap_eff[64]} / ${naive_eff[64]}")" "$zero_loss" "$allocs" \
-	"$(calc %.2f "${sensor_eff[64]} / ${ceil_eff[64]}")" "$(calc %.2f "${sensor_eff[1514]} / ${ceil_eff[1514]}")"
+	"$(calc %.2f "${sensor_eff[64]} / ${ceil_eff[64]}")" "$(calc %.2f "${sensor_eff[1514]} / ${ceil_eff[1514]}")" \
+	"$(calc %.2f "${decap_recv_eff[64]} / ${ceil_eff[64]}")" "$(calc %.2f "${decap_recv_eff[1514]} / ${ceil_eff[1514]}")"
