@@ -198,10 +198,11 @@ func ersFilter(family int) ([]unix.SockFilter, error) {
 }
 
 // ReadBatch waits until at least one packet is there, then reads as many
-// as are queued, up to the batch size, with one recvmmsg(2) (batchConn:
-// blocking in the kernel, with interrupt moderation). It returns them in
-// arrival order. The slice and every Message.GRE alias buffers of the
-// socket that the next ReadBatch overwrites.
+// as are queued, up to the batch size: from the socket's eBPF ring, in
+// place (greRing), or with one recvmmsg(2) (batchConn); either blocks in
+// the kernel, with interrupt moderation. It returns them in arrival
+// order. The slice and every Message.GRE alias buffers of the socket (or
+// its ring) that the next ReadBatch overwrites (or gives back).
 //
 // ReadBatch allocates nothing (per call or per packet) once the socket is
 // open. golang.org/x/net's ipv4/ipv6 PacketConn.ReadBatch was measured
