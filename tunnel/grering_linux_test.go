@@ -312,3 +312,40 @@ func TestGRERingBufferEdge(t *testing.T) {
 		}
 	}
 }
+
+// TestGRERingNeedsNoGuard: a socket with a ring gives its guard back (the
+// namespace's shared send socket, closed when no interface sends), as it
+// never overflows; with recvmmsg it keeps it. TestGRERingOverflow and
+// TestNoICMP/ring show the ring's socket alone keeps the kernel from
+// answering with ICMP.
+func TestGRERingNeedsNoGuard(t *testing.T) {
+	_, collector := vethPair(t)
+	rawGRE := func() int {
+		out, err := exec.Command("ip", "netns", "exec", collector.name, "cat", "/proc/net/raw").Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Count(string(out), ":002F ")
+	}
+	for _, c := range []struct {
+		ring bool
+		want int
+	}{{true, 1}, {false, 2}} {
+		l, err := NewLinux()
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.Ring = c.ring
+		s, err := l.ListenGRE(collector.name, 4)
+		if err != nil {
+			t.Fatalf("Linux.ListenGRE: %v", err)
+		}
+		if n := rawGRE(); n != c.want {
+			t.Errorf("ring %v: %d raw GRE sockets in the namespace, want %d", c.ring, n, c.want)
+		}
+		s.Close()
+		if n := rawGRE(); n != 0 {
+			t.Errorf("ring %v: %d raw GRE sockets left after Close, want 0", c.ring, n)
+		}
+	}
+}

@@ -151,7 +151,7 @@ func (l *Linux) OpenQueue(ns, name string) (q Queue, err error) {
 
 // ListenGRE opens a receive socket (listenGRE) whose guard is the shared
 // send socket of (ns, family, no DF), held open until the receive socket
-// closes. A send socket is a raw GRE socket that accepts nothing already
+// closes (one with an eBPF ring lets it go at once: it needs none). A send socket is a raw GRE socket that accepts nothing already
 // (sender_linux.go): a guard of its own would cost the kernel one more
 // clone and filter run per GRE packet, and the shared one is there anyway
 // whenever an interface of the namespace sends without DF, as a collector
