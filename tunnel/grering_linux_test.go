@@ -126,23 +126,15 @@ func TestGRERingOverflow(t *testing.T) {
 // firewall's input hook: a packet nftables drops there (GRE sequence
 // number 5) never reaches it, as it would never reach the socket.
 func TestGRERingFirewall(t *testing.T) {
-	nft, err := exec.LookPath("nft")
-	if err != nil {
-		t.Fatalf("nft is not installed (scripts/test.sh installs nftables): %v", err)
-	}
 	bothReceivers(t, func(t *testing.T, ring bool) {
 		sender, collector := vethPair(t)
-		for _, rule := range []string{
+		nftRules(t, collector,
 			"add table inet erspan_test",
 			"add chain inet erspan_test in { type filter hook input priority 0; }",
 			// Bits 32 to 63 of the GRE header: its sequence number (C and K unset).
-			"add rule inet erspan_test in meta l4proto gre @th,32,32 5 drop",
-		} {
-			if out, err := exec.Command("ip", append([]string{"netns", "exec", collector.name, nft}, strings.Fields(rule)...)...).CombinedOutput(); err != nil {
-				t.Fatalf("nft %s: %v: %s", rule, err, out)
-			}
-		}
+			"add rule inet erspan_test in meta l4proto gre @th,32,32 5 drop")
 		var s *GRESocket
+		var err error
 		collector.do(t, func() {
 			if s, err = listenGREGuarded(4, 16, 2048, 0, 0, ring); err != nil {
 				t.Fatalf("listenGREGuarded: %v", err)
@@ -163,13 +155,7 @@ func TestGRERingFirewall(t *testing.T) {
 func TestGRERingCloseWhileLent(t *testing.T) {
 	sender, collector := vethPair(t)
 	s := listenRingIn(t, collector, 4, 64, 0)
-	sender.do(t, func() { newGRESender(t, net.IPv4(192, 0, 2, 2)).send(seqGRE(0, 3)...) })
-	timer := time.AfterFunc(5*time.Second, func() { s.Close() })
-	msgs, err := s.ReadBatch()
-	if err != nil || len(msgs) == 0 {
-		t.Fatalf("ReadBatch (the socket is closed after 5 s): %d messages, %v", len(msgs), err)
-	}
-	timer.Stop()
+	msgs := lendBatch(t, sender, s)
 	open := func(fd int) bool { _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); return err == nil }
 	fds := []int{s.r.fd, s.r.wake, s.r.sock, s.r.dropsMap}
 	if err := s.Close(); err != nil {
@@ -180,18 +166,7 @@ func TestGRERingCloseWhileLent(t *testing.T) {
 			t.Errorf("descriptor %d of %v still open after Close", fd, fds)
 		}
 	}
-	if s.r.mem == nil {
-		t.Fatal("Close unmapped the ring while a batch was out")
-	}
-	if want := seqGRE(0, 1)[0]; !bytes.Equal(msgs[0].GRE, want) {
-		t.Errorf("after Close the first packet reads % x, want % x", msgs[0].GRE, want)
-	}
-	if _, err := s.ReadBatch(); !errors.Is(err, net.ErrClosed) {
-		t.Errorf("ReadBatch after Close: %v, want net.ErrClosed", err)
-	}
-	if s.r.mem != nil {
-		t.Error("the ring is still mapped after ReadBatch returned net.ErrClosed")
-	}
+	checkLentAfterClose(t, s, &s.r.mapped, msgs)
 
 	idle := listenRingIn(t, collector, 4, 64, 0)
 	mappedRings := func() int {

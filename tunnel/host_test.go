@@ -821,6 +821,23 @@ func TestRebuildOnlyForDemux(t *testing.T) {
 func TestRingRefusedLogged(t *testing.T) {
 	sys := newMemSystem()
 	sys.ringErr = fmt.Errorf("create eBPF map erspan_ring: %w", unix.EPERM)
+	h, logged := newLoggedHost(sys)
+	defer h.Close()
+	for _, name := range []string{"erspan0", "erspan1"} {
+		if _, err := h.Create(Config{Name: name, Up: true, Src: netip.MustParseAddr("192.0.2.2"), VNetID: 7, MTU: 1500, TunnelDomain: "blue"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	logs := logged()
+	if len(logs) != 1 || !strings.Contains(logs[0], "IPv4 GRE receive socket in network namespace blue reads with recvmmsg") ||
+		!strings.Contains(logs[0], "operation not permitted") || !strings.Contains(logs[0], "--rx-ring=false") {
+		t.Errorf("logged %q, want one line naming the socket, the kernel's reason and the flag", logs)
+	}
+}
+
+// newLoggedHost returns a Host on sys whose error lines are kept, and a
+// function returning those logged so far.
+func newLoggedHost(sys System) (*Host, func() []string) {
 	var mu sync.Mutex
 	var logs []string
 	h := NewHost(sys, &Logger{Errorf: func(f string, a ...any) {
@@ -828,16 +845,9 @@ func TestRingRefusedLogged(t *testing.T) {
 		defer mu.Unlock()
 		logs = append(logs, fmt.Sprintf(f, a...))
 	}})
-	defer h.Close()
-	for _, name := range []string{"erspan0", "erspan1"} {
-		if _, err := h.Create(Config{Name: name, Up: true, Src: netip.MustParseAddr("192.0.2.2"), VNetID: 7, MTU: 1500, TunnelDomain: "blue"}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	if len(logs) != 1 || !strings.Contains(logs[0], "IPv4 GRE receive socket in network namespace blue reads with recvmmsg") ||
-		!strings.Contains(logs[0], "operation not permitted") || !strings.Contains(logs[0], "--rx-ring=false") {
-		t.Errorf("logged %q, want one line naming the socket, the kernel's reason and the flag", logs)
+	return h, func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(logs)
 	}
 }

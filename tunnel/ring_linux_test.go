@@ -108,13 +108,7 @@ func TestRingOverflow(t *testing.T) {
 func TestRingCloseWhileLent(t *testing.T) {
 	sender, collector := vethPair(t)
 	s := listenCaptureIn(t, collector, 64, 0, 0)
-	sender.do(t, func() { newGRESender(t, net.IPv4(192, 0, 2, 2)).send(seqGRE(0, 3)...) })
-	timer := time.AfterFunc(5*time.Second, func() { s.Close() })
-	msgs, err := s.ReadBatch()
-	if err != nil || len(msgs) == 0 {
-		t.Fatalf("ReadBatch (the socket is closed after 5 s): %d messages, %v", len(msgs), err)
-	}
-	timer.Stop()
+	msgs := lendBatch(t, sender, s)
 	promisc := func() (p int) {
 		collector.do(t, func() { p = mustLinkByName(t, "eth0").Attrs().Promisc })
 		return p
@@ -125,22 +119,11 @@ func TestRingCloseWhileLent(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
-	if s.r.mem == nil {
-		t.Fatal("Close unmapped the ring while a batch was out")
-	}
 	// The mapping keeps the socket alive, but it no longer captures.
 	if promisc() != 0 {
 		t.Error("eth0 still promiscuous after Close with a batch out")
 	}
-	if want := seqGRE(0, 1)[0]; !bytes.Equal(msgs[0].GRE, want) {
-		t.Errorf("after Close the first packet reads % x, want % x", msgs[0].GRE, want)
-	}
-	if _, err := s.ReadBatch(); !errors.Is(err, net.ErrClosed) {
-		t.Errorf("ReadBatch after Close: %v, want net.ErrClosed", err)
-	}
-	if s.r.mem != nil {
-		t.Error("the ring is still mapped after ReadBatch returned net.ErrClosed")
-	}
+	checkLentAfterClose(t, s, &s.r.mapped, msgs)
 
 	idle := listenCaptureIn(t, collector, 64, 0, 0)
 	idle.Close()

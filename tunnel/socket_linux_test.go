@@ -676,21 +676,13 @@ func TestSendCongested(t *testing.T) {
 // the batch is sent: here nftables drops GRE with DSCP CS1 in the output
 // hook, and a batch alternates TOS 0 and CS1.
 func TestSendRefusedByFirewall(t *testing.T) {
-	nft, err := exec.LookPath("nft")
-	if err != nil {
-		t.Fatalf("nft is not installed (scripts/test.sh installs nftables): %v", err)
-	}
 	sender, collector := vethPair(t)
-	for _, rule := range []string{
+	nftRules(t, sender,
 		"add table inet erspan_test",
 		"add chain inet erspan_test out { type filter hook output priority 0; }",
-		"add rule inet erspan_test out meta l4proto gre ip dscp cs1 drop",
-	} {
-		if out, err := exec.Command("ip", append([]string{"netns", "exec", sender.name, nft}, strings.Fields(rule)...)...).CombinedOutput(); err != nil {
-			t.Fatalf("nft %s: %v: %s", rule, err, out)
-		}
-	}
+		"add rule inet erspan_test out meta l4proto gre ip dscp cs1 drop")
 	var rx *GRESocket
+	var err error
 	collector.do(t, func() {
 		if rx, err = listenGREGuarded(4, 16, 2048, 0, 0, false); err != nil {
 			t.Fatalf("listenGREGuarded: %v", err)
@@ -941,4 +933,52 @@ func senderBatchIn(t *testing.T, sender *testNetns) (Sender, [][]byte, []uint8) 
 		pkts[i] = grePacket(erspan.ProtoERSPAN, true, uint32(i), typeIIBody(byte(i)))
 	}
 	return tx, pkts, tos
+}
+
+// nftRules applies nft commands (each a line of nft's syntax) in ns, in
+// order; the test fails at the first refused.
+func nftRules(t *testing.T, ns *testNetns, rules ...string) {
+	t.Helper()
+	nft, err := exec.LookPath("nft")
+	if err != nil {
+		t.Fatalf("nft is not installed (scripts/test.sh installs nftables): %v", err)
+	}
+	for _, rule := range rules {
+		if out, err := exec.Command("ip", append([]string{"netns", "exec", ns.name, nft}, strings.Fields(rule)...)...).CombinedOutput(); err != nil {
+			t.Fatalf("nft %s: %v: %s", rule, err, out)
+		}
+	}
+}
+
+// lendBatch sends seqGRE(0, 3) from sender to 192.0.2.2 and returns the
+// batch s reads first (s is closed if none comes within 5 s).
+func lendBatch(t *testing.T, sender *testNetns, s Socket) []Message {
+	t.Helper()
+	sender.do(t, func() { newGRESender(t, net.IPv4(192, 0, 2, 2)).send(seqGRE(0, 3)...) })
+	timer := time.AfterFunc(5*time.Second, func() { s.Close() })
+	defer timer.Stop()
+	msgs, err := s.ReadBatch()
+	if err != nil || len(msgs) == 0 {
+		t.Fatalf("ReadBatch (the socket is closed after 5 s): %d messages, %v", len(msgs), err)
+	}
+	return msgs
+}
+
+// checkLentAfterClose checks a ring closed while the batch msgs (of
+// seqGRE(0, n) packets) was out: still mapped and readable; the next
+// ReadBatch returns net.ErrClosed and unmaps it.
+func checkLentAfterClose(t *testing.T, s Socket, m *mapped, msgs []Message) {
+	t.Helper()
+	if m.mem == nil {
+		t.Fatal("Close unmapped the ring while a batch was out")
+	}
+	if want := seqGRE(0, 1)[0]; !bytes.Equal(msgs[0].GRE, want) {
+		t.Errorf("after Close the first packet reads % x, want % x", msgs[0].GRE, want)
+	}
+	if _, err := s.ReadBatch(); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("ReadBatch after Close: %v, want net.ErrClosed", err)
+	}
+	if m.mem != nil {
+		t.Error("the ring is still mapped after ReadBatch returned net.ErrClosed")
+	}
 }

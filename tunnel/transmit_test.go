@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -241,13 +240,7 @@ func BenchmarkDemux(b *testing.B) {
 // the fix, and ends, rather than logging every 100 ms until destroy.
 func TestTransmitTAPRemoved(t *testing.T) {
 	sys := newMemSystem()
-	var mu sync.Mutex
-	var logs []string
-	h := NewHost(sys, &Logger{Errorf: func(f string, a ...any) {
-		mu.Lock()
-		defer mu.Unlock()
-		logs = append(logs, fmt.Sprintf(f, a...))
-	}})
+	h, logged := newLoggedHost(sys)
 	defer h.Close()
 	if _, err := h.Create(Config{Name: "erspan0", VNetID: NoSession, MTU: 1500}); err != nil {
 		t.Fatal(err)
@@ -265,8 +258,7 @@ func TestTransmitTAPRemoved(t *testing.T) {
 	case <-time.After(2 * time.Second):
 		t.Fatal("the transmit loop goes on after EBADFD")
 	}
-	mu.Lock()
-	defer mu.Unlock()
+	logs := logged()
 	if len(logs) != 1 || !strings.Contains(logs[0], "erspan0: the TAP was removed outside erspand") || !strings.Contains(logs[0], "destroy and create") {
 		t.Errorf("logged %q, want one line naming the interface, the cause and the fix", logs)
 	}
