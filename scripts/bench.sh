@@ -685,31 +685,30 @@ encap_off
 ctl $SND "$snd_sock" destroy erspan0
 stop $snd
 
+# decap_flag ARRAY FLAG: decap rows (64 and 1514 B) of a fresh erspand
+# started with FLAG, frames per CPU-s into the associative array ARRAY.
+decap_flag() {
+	local -n into=$1
+	erspand_in $COL "flag${2//[^a-z]/}" "$2"
+	local pid=$started
+	ctl $COL "$esock" create erspan0 tunnel 192.0.2.2 192.0.2.1 vnetid 77 up
+	for size in 64 1514; do
+		decap_row "erspand decap $2" $pid erspan0 $size 77 1
+		into[$size]=$eff
+	done
+	ctl $COL "$esock" destroy erspan0
+	stop $pid
+}
+
 # ---- decap with io_uring writes into the TAP (erspand --io-uring) ----------
 # Measured beside the default (write(2) per frame) to keep checking that choice.
-erspand_in $COL col2 --io-uring
-col2=$started
-ctl $COL "$esock" create erspan0 tunnel 192.0.2.2 192.0.2.1 vnetid 77 up
 declare -A decap_uring_eff
-for size in 64 1514; do
-	decap_row "erspand decap --io-uring" $col2 erspan0 $size 77 1
-	decap_uring_eff[$size]=$eff
-done
-ctl $COL "$esock" destroy erspan0
-stop $col2
+decap_flag decap_uring_eff --io-uring
 
 # ---- decap with recvmmsg (erspand --rx-ring=false) ------------------------------
 # What the eBPF ring (the default) replaces, measured beside it.
-erspand_in $COL col3 --rx-ring=false
-col3=$started
-ctl $COL "$esock" create erspan0 tunnel 192.0.2.2 192.0.2.1 vnetid 77 up
 declare -A decap_recv_eff
-for size in 64 1514; do
-	decap_row "erspand decap --rx-ring=false" $col3 erspan0 $size 77 1
-	decap_recv_eff[$size]=$eff
-done
-ctl $COL "$esock" destroy erspan0
-stop $col3
+decap_flag decap_recv_eff --rx-ring=false
 
 # ---- decap in sensor mode (tunneldev): the capture socket's ring ----------
 erspand_in $COL sensor
