@@ -90,6 +90,16 @@ func tuning(c *cli.Context, sys *tunnel.Linux) error {
 	return nil
 }
 
+// procs is the GOMAXPROCS erspand runs with, given the environment's
+// GOMAXPROCS (env) and the runtime's choice (cur): at least 2, unless env
+// sets it.
+func procs(env string, cur int) int {
+	if env == "" && cur < 2 {
+		return 2
+	}
+	return cur
+}
+
 // checkNoFile warns when the open-file limit would stop erspand before
 // a few thousand interfaces: each takes a descriptor (its TAP queue),
 // besides about 16 of the daemon's own (receive, guard and send sockets,
@@ -143,8 +153,9 @@ func run(c *cli.Context) error {
 	// Measured: 2.2 -> 1.85 µs of CPU per 64-byte frame pinned to one CPU
 	// (scripts/bench.sh --sweep, GOMAXPROCS=1 against the default). An
 	// explicit GOMAXPROCS in the environment is left as it is.
-	if os.Getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) < 2 {
-		runtime.GOMAXPROCS(2)
+	cur := runtime.GOMAXPROCS(0)
+	if n := procs(os.Getenv("GOMAXPROCS"), cur); n != cur {
+		runtime.GOMAXPROCS(n)
 	}
 	checkNoFile(logger)
 	l, err := ifconfig.Listen(path)

@@ -81,3 +81,16 @@ func TestCheckNoFile(t *testing.T) {
 		}
 	}
 }
+
+// TestProcs: erspand raises GOMAXPROCS to 2 on one CPU (or a CPU mask of
+// one), and leaves an explicit GOMAXPROCS in the environment as it is.
+func TestProcs(t *testing.T) {
+	for _, c := range []struct {
+		env       string
+		cur, want int
+	}{{"", 1, 2}, {"", 2, 2}, {"", 8, 8}, {"1", 1, 1}, {"3", 3, 3}} {
+		if got := procs(c.env, c.cur); got != c.want {
+			t.Errorf("procs(GOMAXPROCS=%q, runtime %d) = %d, want %d", c.env, c.cur, got, c.want)
+		}
+	}
+}
