@@ -2,11 +2,13 @@ package tunnel
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"runtime"
+	"strings"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -35,10 +37,12 @@ import (
 // The kernel still counts a filtered packet as taken by a raw socket, so
 // it sends no ICMP protocol unreachable for it; and the socket's queue,
 // never used, cannot overflow into one (see listenGRE). A packet the ring
-// has no room for is dropped and counted (KernelDrops): the ring holds
-// records of the packet's own size, so half the receive buffer's bytes
-// hold more small packets than the socket did (whose buffer counts the
-// kernel's whole allocation per packet).
+// has no room for is dropped and counted (KernelDrops). The ring is the
+// receive buffer's size: it holds records of the packets' own size, where
+// the socket's buffer (twice the size asked, counted in the kernel's
+// whole allocation per packet) held a third more full-size frames and a
+// third as many small ones. Unlike the socket's buffer, a limit, the ring
+// is allocated and mapped when it opens: erspand's RSS counts it.
 //
 // A record is the 8 bytes recHead (the packet's length as received, a
 // uint32 in host order, then 4 unused), for IPv6 the outer source and
@@ -57,8 +61,9 @@ type greRing struct {
 	size uint64 // of the data area, a power of two
 	// pos is the consumer position of the next record; the kernel learns
 	// it at the next read (the batch returned stays the reader's).
-	pos  uint64
-	wrap []byte // a record that crosses the data area's end, made whole
+	pos   uint64
+	given uint64 // the consumer position the kernel has
+	wrap  []byte // a record that crosses the data area's end, made whole
 	// lastDrops is the drop count read at close.
 	lastDrops atomic.Uint64
 }
@@ -73,14 +78,15 @@ const (
 
 // greRingSize is the data area for a receive buffer of rcvbuf bytes (0:
 // the kernel's default, taken as defaultRingBytes) and batches of batch
-// packets of up to bufSize bytes: half of rcvbuf, at least twice a batch
-// of the largest records (so that a batch crosses the area's end at most
-// once), rounded up to a power of two as the kernel wants.
+// packets of up to bufSize bytes: rcvbuf, but at least 1 MiB and twice a
+// batch of the largest records (the batch lent to the reader keeps its
+// records from the kernel until the next read: half the ring stays the
+// kernel's), rounded up to a power of two as the kernel wants.
 func greRingSize(rcvbuf, batch, bufSize int) uint64 {
 	if rcvbuf == 0 {
 		rcvbuf = defaultRingBytes
 	}
-	want := max(uint64(rcvbuf)/2, 2*uint64(batch)*uint64(ringRecordHdr+recHeadIPv6+bufSize), 1<<20)
+	want := max(uint64(rcvbuf), 2*uint64(batch)*uint64(ringRecordHdr+recHeadIPv6+bufSize), 1<<20)
 	size := uint64(1)
 	for size < want {
 		size <<= 1
@@ -90,8 +96,7 @@ func greRingSize(rcvbuf, batch, bufSize int) uint64 {
 
 // openGRERing opens a raw GRE socket of family (4 or 6) in the calling
 // thread's network namespace that receives into a new greRing. Its errors
-// say which step failed (kernels before 5.8 have no ring buffer maps;
-// without CAP_BPF or CAP_SYS_ADMIN no map can be made).
+// say which step failed and, for the kernel's usual refusals, why.
 func openGRERing(family, batch, bufSize, rcvbuf int, moderate time.Duration) (r *greRing, err error) {
 	af, head := unix.AF_INET, recHead
 	if family == 6 {
@@ -104,6 +109,7 @@ func openGRERing(family, batch, bufSize, rcvbuf int, moderate time.Duration) (r 
 			for _, fd := range fds {
 				unix.Close(fd)
 			}
+			err = ringHint(err, size)
 		}
 	}()
 	ringFD, err := createMap(unix.BPF_MAP_TYPE_RINGBUF, 0, 0, uint32(size), 0, "erspan_ring")
@@ -114,6 +120,9 @@ func openGRERing(family, batch, bufSize, rcvbuf int, moderate time.Duration) (r 
 	// One scratch record per CPU: the program copies the packet there
 	// first, as bpf_ringbuf_output wants the record's bytes in memory (a
 	// reserved record has a constant size, that of the largest packet).
+	// The kernel takes per-CPU values of up to 32 KiB: bufSize
+	// (DefaultBufSize, 9344) is well under; a larger one is refused
+	// (E2BIG), and the socket reads with recvmmsg.
 	scratch, err := createMap(unix.BPF_MAP_TYPE_PERCPU_ARRAY, 4, uint32(head+bufSize+7)&^7, 1, 0, "erspan_scratch")
 	if err != nil {
 		return nil, err
@@ -159,6 +168,18 @@ func openGRERing(family, batch, bufSize, rcvbuf int, moderate time.Duration) (r 
 	}
 	r.cleanup = runtime.AddCleanup(r, unmapMem, mem)
 	return r, nil
+}
+
+// ringHint adds to err, a failure to set up a ring of size bytes, what
+// the kernel's usual refusals mean.
+func ringHint(err error, size uint64) error {
+	switch {
+	case errors.Is(err, unix.EPERM):
+		return fmt.Errorf("%w (eBPF maps and programs need CAP_BPF or root, and before Linux 5.11 an RLIMIT_MEMLOCK over the ring's %d bytes)", err, size)
+	case errors.Is(err, unix.EINVAL) && strings.Contains(err.Error(), "erspan_ring"):
+		return fmt.Errorf("%w (BPF ring buffers need Linux 5.8 or later)", err)
+	}
+	return err
 }
 
 // mapGRERing maps ring map fd of size data bytes as one piece of memory:
@@ -331,7 +352,10 @@ func (r *greRing) fill(msgs []Message) (int, error) {
 		// The last batch is done with: its records go back. Before the
 		// wait below, so that the kernel, seeing the reader caught up,
 		// wakes it for the next record.
-		atomic.StoreUint64(consumer, r.pos)
+		if r.given != r.pos {
+			atomic.StoreUint64(consumer, r.pos)
+			r.given = r.pos
+		}
 		if r.drained && r.moderate > 0 {
 			ts := unix.NsecToTimespec(int64(r.moderate))
 			_ = unix.Nanosleep(&ts, nil) // EINTR: read early, no harm

@@ -20,7 +20,7 @@ import (
 // ring cuts only at its block size, 128 KiB); DefaultRcvBuf bytes of
 // receive buffer absorb a burst of about 20k full-size frames while the
 // TAP writes catch up (for a tunneldev, the ring's size, allocated at
-// once; a GRE socket's eBPF ring is half of it, see greRingSize); DefaultSndBuf bytes of send buffer, shared by the interfaces of a
+// once; so is a GRE socket's eBPF ring, see greRingSize); DefaultSndBuf bytes of send buffer, shared by the interfaces of a
 // namespace, hold about 3000 full-size packets queued for the links before
 // the kernel refuses more (see setupSendSocket).
 //

@@ -70,7 +70,7 @@ const MaxBatch = 1024
 // bufSize bytes (the IPv4 header included) per ReadBatch, with a receive
 // buffer of rcvbuf bytes (SO_RCVBUFFORCE, or SO_RCVBUF capped by
 // net.core.rmem_max without CAP_NET_ADMIN; 0 keeps the default; with a
-// ring, the ring's size is derived from it: greRingSize), and the
+// ring, the ring's size: greRingSize), and the
 // interrupt moderation delay moderate (see batchConn).
 //
 // While it is open the kernel no longer answers GRE packets with ICMP

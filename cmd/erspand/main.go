@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
 
 	"github.com/erspan-linux/erspan/ifconfig"
 	"github.com/erspan-linux/erspan/tunnel"
@@ -52,7 +53,7 @@ func newApp(action cli.ActionFunc) *cli.App {
 					"what may queue while erspand is not scheduled before the kernel drops (kernel_drops); the kernel doubles it, " +
 					"and it may exceed net.core.rmem_max; 0: the kernel's default (net.core.rmem_default); " +
 					"a tunneldev's receive ring (TPACKET_V3) is this size in kernel memory mapped into erspand, 2 MiB for 0; " +
-					"a GRE socket's eBPF ring (--rx-ring) half of it, rounded up to a power of two, 1 MiB for 0"},
+					"so is a GRE socket's eBPF ring (--rx-ring), rounded up to a power of two, at least 1 MiB and twice --rx-batch full-size packets, 2 MiB for 0"},
 			&cli.IntFlag{Name: "tx-buffer", Value: tunnel.DefaultSndBuf, EnvVars: []string{"ERSPAN_TX_BUFFER"},
 				Usage: "send buffer of each send socket (one per namespace, address family and tunneldf, shared by those interfaces) in `BYTES`: " +
 					"what may wait for the links (qdisc, NIC ring) before sends fail (tx_errors); the kernel doubles it, " +
@@ -98,6 +99,24 @@ func procs(env string, cur int) int {
 		return 2
 	}
 	return cur
+}
+
+// raiseMemlock lifts RLIMIT_MEMLOCK, as libbpf does: kernels before 5.11
+// charge eBPF maps to it (64 KiB by default then), and the GRE sockets'
+// rings (32 MiB by default) would be refused. Later kernels charge the
+// memory cgroup instead and ignore it. Without CAP_SYS_RESOURCE (some
+// containers) only the soft limit can go, up to the hard one; should the
+// ring still be refused (EPERM), erspand reads with recvmmsg and says
+// why.
+func raiseMemlock() {
+	if unix.Setrlimit(unix.RLIMIT_MEMLOCK, &unix.Rlimit{Cur: unix.RLIM_INFINITY, Max: unix.RLIM_INFINITY}) == nil {
+		return
+	}
+	var lim unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_MEMLOCK, &lim) == nil && lim.Cur < lim.Max {
+		lim.Cur = lim.Max
+		_ = unix.Setrlimit(unix.RLIMIT_MEMLOCK, &lim)
+	}
 }
 
 // checkNoFile warns when the open-file limit would stop erspand before
@@ -158,6 +177,7 @@ func run(c *cli.Context) error {
 		runtime.GOMAXPROCS(n)
 	}
 	checkNoFile(logger)
+	raiseMemlock()
 	l, err := ifconfig.Listen(path)
 	if err != nil {
 		return err

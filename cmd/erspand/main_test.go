@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
 
 	"github.com/erspan-linux/erspan/tunnel"
 )
@@ -92,5 +93,27 @@ func TestProcs(t *testing.T) {
 		if got := procs(c.env, c.cur); got != c.want {
 			t.Errorf("procs(GOMAXPROCS=%q, runtime %d) = %d, want %d", c.env, c.cur, got, c.want)
 		}
+	}
+}
+
+// TestRaiseMemlock: erspand lifts RLIMIT_MEMLOCK, which kernels before
+// 5.11 charge its eBPF rings to: to unlimited with CAP_SYS_RESOURCE, else
+// the soft limit to the hard one.
+func TestRaiseMemlock(t *testing.T) {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_MEMLOCK, &lim); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Setrlimit(unix.RLIMIT_MEMLOCK, &lim) })
+	if err := unix.Setrlimit(unix.RLIMIT_MEMLOCK, &unix.Rlimit{Cur: 64 << 10, Max: lim.Max}); err != nil {
+		t.Fatal(err)
+	}
+	raiseMemlock()
+	var got unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_MEMLOCK, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Cur != unix.RLIM_INFINITY && got.Cur != lim.Max {
+		t.Errorf("RLIMIT_MEMLOCK after raiseMemlock: %d, want unlimited or the hard limit %d", got.Cur, lim.Max)
 	}
 }
