@@ -47,14 +47,14 @@ func TestTuningFlags(t *testing.T) {
 
 	// Sizes no kernel default is twice of, each used once: a value that
 	// reached the wrong socket, or the other daemon, shows. A GRE
-	// receive socket's eBPF ring is half the size, rounded up to a power
-	// of two: 4 MiB, 8 MiB and 2 MiB here, none of them the default's.
+	// receive socket's eBPF ring is the size rounded up to a power of
+	// two: 8 MiB and 16 MiB here, neither the default's.
 	const rx, tx = 5234567, 3456789
-	checkSocketBuffers(t, "--rx-buffer/--tx-buffer", rx, tx, 4<<20, nil,
+	checkSocketBuffers(t, "--rx-buffer/--tx-buffer", rx, tx, 8<<20, nil,
 		"--rx-buffer", strconv.Itoa(rx), "--tx-buffer", strconv.Itoa(tx))
 	// The same from the environment alone, no flags.
 	const envRx, envTx = 9345679, 4567891
-	checkSocketBuffers(t, "ERSPAN_RX_BUFFER/ERSPAN_TX_BUFFER", envRx, envTx, 8<<20,
+	checkSocketBuffers(t, "ERSPAN_RX_BUFFER/ERSPAN_TX_BUFFER", envRx, envTx, 16<<20,
 		[]string{"ERSPAN_RX_BUFFER=" + strconv.Itoa(envRx), "ERSPAN_TX_BUFFER=" + strconv.Itoa(envTx)})
 	// Without the ring, the GRE receive socket's own buffer.
 	const noRingRx = 1234567

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -45,10 +46,10 @@ func TestGRERingSize(t *testing.T) {
 		rcvbuf, batch, bufSize int
 		want                   uint64
 	}{
-		{DefaultRcvBuf, DefaultBatch, DefaultBufSize, 16 << 20}, // half the receive buffer
-		{0, DefaultBatch, DefaultBufSize, 2 << 20},              // half of 2 MiB is less than two batches
+		{DefaultRcvBuf, DefaultBatch, DefaultBufSize, 32 << 20}, // the receive buffer
+		{0, DefaultBatch, DefaultBufSize, 2 << 20},              // the kernel's default: 2 MiB
 		{1, 4, 2048, 1 << 20},                                   // at least 1 MiB
-		{48 << 20, 1, 2048, 32 << 20},                           // rounded up to a power of two
+		{5 << 20, 1, 2048, 8 << 20},                             // rounded up to a power of two
 		{0, MaxBatch, DefaultBufSize, 32 << 20},                 // two batches of the largest records
 	} {
 		if got := greRingSize(c.rcvbuf, c.batch, c.bufSize); got != c.want {
@@ -322,5 +323,207 @@ func TestGRERingNeedsNoGuard(t *testing.T) {
 		if n := rawGRE(); n != 0 {
 			t.Errorf("ring %v: %d raw GRE sockets left after Close, want 0", c.ring, n)
 		}
+	}
+}
+
+// TestGRERingReassembled: packets the IP stack reassembled from
+// fragments (non-linear skbs) reach the ring whole, with their addresses,
+// for both families and both receivers; IPv6 also behind a destination
+// options header (GRE not right after the IPv6 header). Cut at the buffer
+// size they are ErrShort with the addresses (IPv4).
+func TestGRERingReassembled(t *testing.T) {
+	bothReceivers(t, func(t *testing.T, ring bool) {
+		for _, family := range []int{4, 6} {
+			for _, dstopts := range []bool{false, true} {
+				if family == 4 && dstopts {
+					continue
+				}
+				sender, collector := vethPair(t)
+				src, dst := socketTestAddrs(family)
+				var s, small *GRESocket
+				collector.do(t, func() {
+					var err error
+					if s, err = listenGREGuarded(family, 8, 9344, 0, 0, ring); err != nil {
+						t.Fatal(err)
+					}
+					t.Cleanup(func() { s.Close() })
+					if small, err = listenGREGuarded(family, 8, 2048, 0, 0, ring); err != nil {
+						t.Fatal(err)
+					}
+					t.Cleanup(func() { small.Close() })
+				})
+				body := typeIIBody(9)
+				for i := 0; len(body) < 6000; i++ {
+					body = append(body, byte(i*7))
+				}
+				big := grePacket(erspan.ProtoERSPAN, true, 1, body)
+				sender.do(t, func() {
+					snd := newGRESender(t, net.IP(dst.AsSlice()))
+					if dstopts {
+						// Next header 0 (filled in), length 0 (8 bytes), PadN of 4.
+						opt := "\x00\x00\x01\x04\x00\x00\x00\x00"
+						if err := unix.SetsockoptString(snd.fd, unix.IPPROTO_IPV6, unix.IPV6_DSTOPTS, opt); err != nil {
+							t.Fatalf("IPV6_DSTOPTS: %v", err)
+						}
+					}
+					snd.send(big)
+				})
+				g := readGRE(t, s, 1, 5*time.Second)[0]
+				collector.do(t, func() {
+					f := "/proc/thread-self/net/snmp"
+					if family == 6 {
+						f = "/proc/thread-self/net/snmp6"
+					}
+					b, _ := os.ReadFile(f)
+					if !reasmOK(string(b), family) {
+						t.Errorf("IPv%d: the packet was not reassembled:\n%s", family, b)
+					}
+				})
+				if g.err != nil || !bytes.Equal(g.gre, big) || g.src != src || g.dst != dst {
+					t.Errorf("ring %v IPv%d dstopts %v: %v -> %v err %v, %d bytes (want %d)", ring, family, dstopts, g.src, g.dst, g.err, len(g.gre), len(big))
+				}
+				g = readGRE(t, small, 1, 5*time.Second)[0]
+				if g.err != erspan.ErrShort || (family == 4 && (g.src != src || g.dst != dst)) {
+					t.Errorf("ring %v IPv%d dstopts %v, cut: %v -> %v err %v", ring, family, dstopts, g.src, g.dst, g.err)
+				}
+				if family == 6 && ring && (g.src != src || g.dst != dst) {
+					t.Errorf("ring IPv6 dstopts %v, cut: %v -> %v, want the addresses", dstopts, g.src, g.dst)
+				}
+			}
+		}
+	})
+}
+
+// reasmOK reports whether the snmp text counts a reassembly.
+func reasmOK(text string, family int) bool {
+	if family == 6 {
+		for _, l := range strings.Split(text, "\n") {
+			f := strings.Fields(l)
+			if len(f) == 2 && f[0] == "Ip6ReasmOKs" {
+				return f[1] != "0"
+			}
+		}
+		return false
+	}
+	var names []string
+	for _, l := range strings.Split(text, "\n") {
+		f := strings.Fields(l)
+		if len(f) == 0 || f[0] != "Ip:" {
+			continue
+		}
+		if names == nil {
+			names = f
+			continue
+		}
+		for i, n := range names {
+			if n == "ReasmOKs" && i < len(f) {
+				return f[i] != "0"
+			}
+		}
+	}
+	return false
+}
+
+// TestGRERingFillLayout: fill on a ring laid out by hand: a
+// record still being written (BUSY) stops the batch and is not skipped,
+// a discarded one is skipped, and positions advance by the 8-byte
+// aligned record size.
+func TestGRERingFillLayout(t *testing.T) {
+	page := os.Getpagesize()
+	const size = 4096
+	r := &greRing{mapped: mapped{mem: make([]byte, 2*page+size)}, family: 4, page: page, size: size,
+		wrap: make([]byte, recHead+512)}
+	data := r.mem[2*page:]
+	pkt := func(seq int) []byte {
+		p := seqGRE(seq, 1)[0]
+		ip := make([]byte, 20, 20+len(p))
+		ip[0], ip[9] = 0x45, 47
+		ip[2], ip[3] = byte((20+len(p))>>8), byte(20+len(p))
+		copy(ip[12:], []byte{192, 0, 2, 1, 192, 0, 2, 2})
+		return append(ip, p...)
+	}
+	pos := 0
+	put := func(seq int, flags uint32) {
+		p := pkt(seq)
+		l := recHead + len(p)
+		*(*uint32)(unsafe.Pointer(&data[pos])) = uint32(l) | flags
+		*(*uint32)(unsafe.Pointer(&data[pos+ringRecordHdr])) = uint32(len(p))
+		copy(data[pos+ringRecordHdr+recHead:], p)
+		pos += (l + ringRecordHdr + 7) &^ 7
+	}
+	put(0, 0)
+	put(1, ringDiscardBit)
+	put(2, 0)
+	busyAt := pos
+	put(3, ringBusyBit)
+	put(4, 0)
+	*(*uint64)(unsafe.Pointer(&r.mem[page])) = uint64(pos) // producer
+	msgs := make([]Message, 8)
+	n, err := r.fill(msgs)
+	if err != nil || n != 2 {
+		t.Fatalf("fill: %d, %v; want the 2 records before the busy one (the discarded one skipped)", n, err)
+	}
+	for i, want := range []uint32{0, 2} {
+		if msgs[i].Err != nil || len(msgs[i].GRE) < 8 || uint32(msgs[i].GRE[7]) != want {
+			t.Errorf("message %d: %v % x, want sequence %d", i, msgs[i].Err, msgs[i].GRE, want)
+		}
+	}
+	if r.pos != uint64(busyAt) {
+		t.Errorf("stopped at %d, want %d, the busy record", r.pos, busyAt)
+	}
+}
+
+// TestGRERingLargeBuffer: a buffer of 64 KiB (a whole IPv4 packet) is
+// refused by the kernel (a per-CPU array's value is at most 32 KiB), and
+// the refusal leaves no descriptor open.
+func TestGRERingLargeBuffer(t *testing.T) {
+	_, collector := vethPair(t)
+	count := func() int { e, _ := os.ReadDir("/proc/self/fd"); return len(e) }
+	collector.do(t, func() {
+		before := count()
+		r, err := openGRERing(4, 64, 65535, 0, 0)
+		if err == nil {
+			r.close()
+			t.Fatal("openGRERing with a 64 KiB buffer: no error, want E2BIG from the scratch map")
+		}
+		if !errors.Is(err, unix.E2BIG) {
+			t.Errorf("openGRERing with a 64 KiB buffer: %v, want E2BIG", err)
+		}
+		if n := count(); n != before {
+			t.Errorf("descriptors: %d before, %d after the refusal", before, n)
+		}
+	})
+}
+
+// TestGRERingConcurrentDrops: KernelDrops from another goroutine
+// while ReadBatch reads and waits, then Close while it waits (run with
+// -race).
+func TestGRERingConcurrentDrops(t *testing.T) {
+	sender, collector := vethPair(t)
+	s := listenRingIn(t, collector, 4, 16, 1)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				s.KernelDrops()
+			}
+		}
+	}()
+	var snd *greSender
+	sender.do(t, func() { snd = newGRESender(t, net.IPv4(192, 0, 2, 2)) })
+	for r := 0; r < 20; r++ {
+		snd.send(seqGRE(r*50, 50)...)
+		checkSeq(t, readGRE(t, s, 50, 5*time.Second), r*50)
+	}
+	checkCloseUnblocks(t, "ReadBatch", func() error { _, err := s.ReadBatch(); return err }, s.Close, net.ErrClosed)
+	close(stop)
+	<-done
+	if d := s.KernelDrops(); d != 0 {
+		t.Errorf("KernelDrops after Close = %d", d)
 	}
 }

@@ -265,7 +265,7 @@ func TestCaptureSkipsOutgoing(t *testing.T) {
 
 func TestSocketKernelDrops(t *testing.T) {
 	sender, collector := vethPair(t)
-	const ring = false // TestGRERingDrops
+	const ring = false // TestGRERingOverflow
 	var s *GRESocket
 	collector.do(t, func() {
 		var err error
@@ -481,7 +481,7 @@ func TestNoICMPOnOverflow(t *testing.T) {
 		ownGuard
 		sharedGuard
 	)
-	const ring = false // a ring's socket never overflows: TestGRERingDrops
+	const ring = false // a ring's socket never overflows: TestGRERingOverflow
 	run := func(mode int) (icmp bool, drops uint64) {
 		guardSockets = mode != noGuard
 		defer func() { guardSockets = true }()
