@@ -3,6 +3,7 @@ package tunnel
 import (
 	"fmt"
 	"runtime"
+	"strings"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -52,7 +53,7 @@ type bpfProgLoadAttr struct {
 // loadProgram loads a program of type progType with bpf(2) and returns its
 // fd (O_CLOEXEC already set). name is the kernel's name of it,
 // [A-Za-z0-9_.] and at most 15 bytes. When the verifier refuses it, the
-// error ends with the last line of the verifier's log. (Kernels before
+// error ends with the verifier's reason (verifierReason). (Kernels before
 // 5.11 charge BPF memory to RLIMIT_MEMLOCK and may want it raised; later
 // ones charge the memory cgroup.)
 func loadProgram(progType uint32, insns []bpfInsn, name string) (int, error) {
@@ -71,7 +72,7 @@ func loadProgram(progType uint32, insns []bpfInsn, name string) (int, error) {
 		attr.logBuf = uint64(uintptr(unsafe.Pointer(&log[0])))
 		if _, again := bpfRetry(unix.BPF_PROG_LOAD, unsafe.Pointer(&attr), unsafe.Sizeof(attr)); again != 0 {
 			runtime.KeepAlive(log)
-			if last := lastLine(log); last != "" {
+			if last := verifierReason(log); last != "" {
 				runtime.KeepAlive(insns)
 				return -1, fmt.Errorf("load eBPF program %s (bpf BPF_PROG_LOAD): %w (verifier: %s)", name, errno, last)
 			}
@@ -107,23 +108,23 @@ func bpfRetry(cmd uintptr, attr unsafe.Pointer, size uintptr) (int, unix.Errno) 
 	return int(fd), errno
 }
 
-// lastLine returns the last non-empty line of the NUL-terminated text b.
-func lastLine(b []byte) string {
+// verifierReason returns the verifier's reason for a refusal from its
+// NUL-terminated log b: the last non-empty line, but for the statistics
+// line ("processed N insns ...") the kernel ends the log with.
+func verifierReason(b []byte) string {
 	for i, c := range b {
 		if c == 0 {
 			b = b[:i]
 			break
 		}
 	}
-	end := len(b)
-	for end > 0 && b[end-1] == '\n' {
-		end--
+	lines := strings.Split(string(b), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if l := lines[i]; l != "" && !strings.HasPrefix(l, "processed ") {
+			return l
+		}
 	}
-	start := end
-	for start > 0 && b[start-1] != '\n' {
-		start--
-	}
-	return string(b[start:end])
+	return ""
 }
 
 // bpfMapCreateAttr is the BPF_MAP_CREATE member of union bpf_attr, up to

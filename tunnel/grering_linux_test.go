@@ -2,12 +2,14 @@ package tunnel
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unsafe"
@@ -424,55 +426,6 @@ func reasmOK(text string, family int) bool {
 	return false
 }
 
-// TestGRERingFillLayout: fill on a ring laid out by hand: a
-// record still being written (BUSY) stops the batch and is not skipped,
-// a discarded one is skipped, and positions advance by the 8-byte
-// aligned record size.
-func TestGRERingFillLayout(t *testing.T) {
-	page := os.Getpagesize()
-	const size = 4096
-	r := &greRing{mapped: mapped{mem: make([]byte, 2*page+size)}, family: 4, page: page, size: size,
-		wrap: make([]byte, recHead+512)}
-	data := r.mem[2*page:]
-	pkt := func(seq int) []byte {
-		p := seqGRE(seq, 1)[0]
-		ip := make([]byte, 20, 20+len(p))
-		ip[0], ip[9] = 0x45, 47
-		ip[2], ip[3] = byte((20+len(p))>>8), byte(20+len(p))
-		copy(ip[12:], []byte{192, 0, 2, 1, 192, 0, 2, 2})
-		return append(ip, p...)
-	}
-	pos := 0
-	put := func(seq int, flags uint32) {
-		p := pkt(seq)
-		l := recHead + len(p)
-		*(*uint32)(unsafe.Pointer(&data[pos])) = uint32(l) | flags
-		*(*uint32)(unsafe.Pointer(&data[pos+ringRecordHdr])) = uint32(len(p))
-		copy(data[pos+ringRecordHdr+recHead:], p)
-		pos += (l + ringRecordHdr + 7) &^ 7
-	}
-	put(0, 0)
-	put(1, ringDiscardBit)
-	put(2, 0)
-	busyAt := pos
-	put(3, ringBusyBit)
-	put(4, 0)
-	*(*uint64)(unsafe.Pointer(&r.mem[page])) = uint64(pos) // producer
-	msgs := make([]Message, 8)
-	n, err := r.fill(msgs)
-	if err != nil || n != 2 {
-		t.Fatalf("fill: %d, %v; want the 2 records before the busy one (the discarded one skipped)", n, err)
-	}
-	for i, want := range []uint32{0, 2} {
-		if msgs[i].Err != nil || len(msgs[i].GRE) < 8 || uint32(msgs[i].GRE[7]) != want {
-			t.Errorf("message %d: %v % x, want sequence %d", i, msgs[i].Err, msgs[i].GRE, want)
-		}
-	}
-	if r.pos != uint64(busyAt) {
-		t.Errorf("stopped at %d, want %d, the busy record", r.pos, busyAt)
-	}
-}
-
 // TestGRERingLargeBuffer: a buffer of 64 KiB (a whole IPv4 packet) is
 // refused by the kernel (a per-CPU array's value is at most 32 KiB), and
 // the refusal leaves no descriptor open.
@@ -525,5 +478,289 @@ func TestGRERingConcurrentDrops(t *testing.T) {
 	<-done
 	if d := s.KernelDrops(); d != 0 {
 		t.Errorf("KernelDrops after Close = %d", d)
+	}
+}
+
+// fakeRing is an IPv6 greRing with a data area of 4 KiB over anonymous
+// memory, with no kernel behind it: put writes records and moves the
+// producer position as the kernel would, so that a test can lay out what
+// the program never makes (records being written, discarded ones). Its
+// descriptor is an eventfd, readable once kick was called; sock and
+// dropsMap are none.
+type fakeRing struct {
+	t    *testing.T
+	r    *greRing
+	prod uint64
+}
+
+func newFakeRing(t *testing.T, moderate time.Duration) *fakeRing {
+	t.Helper()
+	page := os.Getpagesize()
+	const size = 4096
+	p, err := unix.MmapPtr(-1, 0, nil, uintptr(2*page+size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem := unsafe.Slice((*byte)(p), 2*page+size)
+	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unmapMem(mem)
+		t.Fatal(err)
+	}
+	r := &greRing{mapped: mapped{mem: mem}, sock: -1, dropsMap: -1, family: 6, moderate: moderate,
+		page: page, size: size, wrap: make([]byte, size)}
+	if err := r.init(fd); err != nil {
+		unmapMem(mem)
+		unix.Close(fd)
+		t.Fatal(err)
+	}
+	// Close unmaps mem unless a batch is out; then it stays mapped, 12 KiB
+	// for the rest of the tests.
+	t.Cleanup(func() { r.close() })
+	return &fakeRing{t: t, r: r}
+}
+
+// put writes a record of GRE packet gre from 2001:db8::1 to 2001:db8::2,
+// with flags (ringBusyBit, ringDiscardBit) in its header, and publishes
+// it. It returns the record's header, for the test to commit it later.
+func (f *fakeRing) put(flags uint32, gre []byte) *uint32 {
+	src, dst := socketTestAddrs(6)
+	rec := binary.NativeEndian.AppendUint32(nil, uint32(len(gre)))
+	rec = append(append(append(append(rec, 0, 0, 0, 0), src.AsSlice()...), dst.AsSlice()...), gre...)
+	data := f.r.mem[2*f.r.page:]
+	off := f.prod & (f.r.size - 1)
+	for i, c := range rec {
+		data[(off+ringRecordHdr+uint64(i))&(f.r.size-1)] = c
+	}
+	hdr := (*uint32)(unsafe.Pointer(&data[off]))
+	atomic.StoreUint32(hdr, uint32(len(rec))|flags)
+	f.prod += (uint64(len(rec)) + ringRecordHdr + 7) &^ 7
+	atomic.StoreUint64((*uint64)(unsafe.Pointer(&f.r.mem[f.r.page])), f.prod)
+	return hdr
+}
+
+// kick makes the ring's descriptor readable, as the kernel's wakeup.
+func (f *fakeRing) kick() {
+	one := [8]byte{1}
+	if _, err := unix.Write(f.r.fd, one[:]); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// readAsync reads a batch of up to n in a goroutine and sends its packets
+// (nil on an error) and when read returned.
+func (f *fakeRing) readAsync(n int) <-chan fakeRead {
+	c := make(chan fakeRead, 1)
+	msgs := make([]Message, n)
+	go func() {
+		n, err := f.r.read(msgs)
+		if err != nil {
+			msgs = nil
+		}
+		c <- fakeRead{msgs[:n], time.Now()}
+	}()
+	return c
+}
+
+type fakeRead struct {
+	msgs []Message
+	at   time.Time
+}
+
+// await returns what the read sent, within 5 seconds; otherwise it closes
+// the ring (which ends the read) and fails.
+func (f *fakeRing) await(c <-chan fakeRead, what string) fakeRead {
+	f.t.Helper()
+	select {
+	case r := <-c:
+		return r
+	case <-time.After(5 * time.Second):
+		f.r.close()
+		f.t.Fatalf("%s: read did not return within 5 s", what)
+		return fakeRead{}
+	}
+}
+
+// checkFakeSeq fails unless msgs are the packets of seqGRE from first on,
+// from the fake ring's addresses.
+func checkFakeSeq(t *testing.T, what string, msgs []Message, first, n int) {
+	t.Helper()
+	src, dst := socketTestAddrs(6)
+	if len(msgs) != n {
+		t.Fatalf("%s: read %d packets, want %d", what, len(msgs), n)
+	}
+	for i, m := range msgs {
+		if m.Err != nil || m.Src != src || m.Dst != dst || !bytes.Equal(m.GRE, seqGRE(first+i, 1)[0]) {
+			t.Errorf("%s: packet %d: %v -> %v, %v, % x; want packet %d of seqGRE", what, i, m.Src, m.Dst, m.Err, m.GRE, first+i)
+		}
+	}
+}
+
+// TestGRERingRecordBits: read follows the ring buffer's protocol where
+// the program never puts it to the test: a record still being written
+// (busy bit: reserved on one CPU while a later one, from another, is
+// committed) stops the batch until it is committed, and a discarded one
+// is skipped, its length without the flag bits.
+func TestGRERingRecordBits(t *testing.T) {
+	f := newFakeRing(t, 0)
+	f.put(ringDiscardBit, seqGRE(0, 1)[0])
+	busy := f.put(ringBusyBit, seqGRE(1, 1)[0])
+	f.put(0, seqGRE(2, 1)[0])
+	c := f.readAsync(4)
+	select {
+	case r := <-c:
+		t.Fatalf("read returned %d packets while the first was still being written", len(r.msgs))
+	case <-time.After(50 * time.Millisecond):
+	}
+	atomic.StoreUint32(busy, atomic.LoadUint32(busy)&^ringBusyBit)
+	checkFakeSeq(t, "once committed", f.await(c, "once committed").msgs, 1, 2)
+}
+
+// TestGRERingModeration: as with recvmmsg (batchConn), a read after one
+// that left the ring empty sleeps the moderation delay first, for packets
+// to gather; one after a full batch does not, nor one that waited in the
+// kernel for the ring's first record.
+func TestGRERingModeration(t *testing.T) {
+	// Long enough that a loaded machine's scheduling delays stay well
+	// under half of it, which the upper bounds below allow.
+	const moderate = 200 * time.Millisecond
+	f := newFakeRing(t, moderate)
+	for i := range 3 {
+		f.put(0, seqGRE(i, 1)[0])
+	}
+	checkFakeSeq(t, "first batch", f.await(f.readAsync(2), "first batch").msgs, 0, 2)
+	start := time.Now()
+	r := f.await(f.readAsync(2), "after a full batch")
+	checkFakeSeq(t, "after a full batch", r.msgs, 2, 1)
+	if d := r.at.Sub(start); d >= moderate/2 {
+		t.Errorf("read after a full batch took %v, want no moderation delay (%v)", d, moderate)
+	}
+	f.put(0, seqGRE(3, 1)[0])
+	start = time.Now()
+	r = f.await(f.readAsync(2), "after a partial batch")
+	checkFakeSeq(t, "after a partial batch", r.msgs, 3, 1)
+	if d := r.at.Sub(start); d < moderate {
+		t.Errorf("read after a partial batch took %v, want at least the moderation delay (%v)", d, moderate)
+	}
+	// The ring is empty: the read waits in the kernel (moderation first,
+	// as the last batch was partial).
+	c := f.readAsync(2)
+	time.Sleep(moderate + 50*time.Millisecond)
+	f.put(0, seqGRE(4, 1)[0])
+	start = time.Now()
+	f.kick()
+	r = f.await(c, "woken")
+	checkFakeSeq(t, "woken", r.msgs, 4, 1)
+	if d := r.at.Sub(start); d >= moderate/2 {
+		t.Errorf("read woken for a record took %v after the wakeup, want no moderation delay (%v)", d, moderate)
+	}
+}
+
+// TestGRERingQueuesNothing: a ring's socket queues no packet, whether its
+// program puts it in the ring or refuses it (TEB, IPv4 in GRE), nor one
+// that came while the socket was set up, before the program was attached
+// (openGRERing drains them): the socket is never read, so what it queued
+// would hold its receive buffer until it closes. The program is attached
+// to rings opened in a row under a flood of ERSPAN, so that some packets
+// come before.
+func TestGRERingQueuesNothing(t *testing.T) {
+	queued := func(s *GRESocket) bool {
+		var b [1]byte
+		_, _, err := unix.Recvfrom(s.r.sock, b[:], unix.MSG_DONTWAIT|unix.MSG_PEEK)
+		return err != unix.EAGAIN
+	}
+	sender, collector := vethPair(t)
+	var snd *greSender
+	sender.do(t, func() { snd = newGRESender(t, net.IPv4(192, 0, 2, 2)) })
+	stop, flooded := make(chan struct{}), make(chan int)
+	go func() {
+		n, pkt := 0, seqGRE(0, 1)[0]
+		for {
+			select {
+			case <-stop:
+				flooded <- n
+				return
+			default:
+			}
+			if unix.Sendto(snd.fd, pkt, 0, snd.to) == nil {
+				n++
+			}
+		}
+	}()
+	var early int
+	collector.do(t, func() {
+		for range 20 {
+			s, err := listenGREGuarded(4, 4, 2048, 0, 0, true)
+			if err != nil {
+				close(stop)
+				<-flooded
+				t.Fatalf("listenGREGuarded: %v", err)
+			}
+			if queued(s) {
+				early++
+			}
+			s.Close()
+		}
+	})
+	close(stop)
+	if n := <-flooded; n == 0 || early > 0 {
+		t.Errorf("%d of 20 rings opened under a flood of %d packets have packets queued on their socket", early, n)
+	}
+
+	for _, family := range []int{4, 6} {
+		sender, collector := vethPair(t)
+		_, dst := socketTestAddrs(family)
+		s := listenRingIn(t, collector, family, 8, 0)
+		erspan2 := grePacket(erspan.ProtoERSPAN, true, 1, typeIIBody(1))
+		teb := grePacket(erspan.ProtoTEB, false, 0, fakeFrame(2))
+		ipv4 := grePacket(unix.ETH_P_IP, false, 0, []byte{0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0, 192, 0, 2, 9, 192, 0, 2, 10})
+		erspan3 := grePacket(erspan.ProtoERSPAN3, true, 2, typeIIIBody(4))
+		sender.do(t, func() { newGRESender(t, net.IP(dst.AsSlice())).send(erspan2, teb, ipv4, erspan3) })
+		readGRE(t, s, 2, 5*time.Second)
+		if queued(s) {
+			t.Errorf("IPv%d: the ring's socket has packets queued", family)
+		}
+	}
+}
+
+// TestGRERingCloseLeavesNoDescriptor: a ring's socket holds, once open,
+// only what Close closes (not the program's, nor its scratch map's).
+func TestGRERingCloseLeavesNoDescriptor(t *testing.T) {
+	openFDs := func() int {
+		des, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(des)
+	}
+	_, collector := vethPair(t)
+	for _, family := range []int{4, 6} {
+		collector.do(t, func() {
+			before := openFDs()
+			s, err := listenGREGuarded(family, 4, 2048, 0, 0, true)
+			if err != nil {
+				t.Fatalf("listenGREGuarded: %v", err)
+			}
+			s.Close()
+			if after := openFDs(); after != before {
+				t.Errorf("IPv%d: %d descriptors open after a ring's socket was opened and closed, %d before", family, after, before)
+			}
+		})
+	}
+}
+
+// TestGRERingDropsAtClose: Close keeps the drop count as it is then,
+// also the drops since KernelDrops last looked.
+func TestGRERingDropsAtClose(t *testing.T) {
+	sender, collector := vethPair(t)
+	s := listenRingIn(t, collector, 4, 64, 1)
+	if d := s.KernelDrops(); d != 0 {
+		t.Fatalf("KernelDrops = %d before any packet", d)
+	}
+	pad := 1000 - 20 - len(seqGRE(0, 1)[0])
+	sender.do(t, func() { newGRESender(t, net.IPv4(192, 0, 2, 2)).send(paddedSeqGRE(0, 2000, pad)...) })
+	s.Close()
+	if d := s.KernelDrops(); d < 900 {
+		t.Errorf("KernelDrops after Close = %d, want the some 1,000 of 2,000 packets of 1,000 bytes a ring of 1 MiB had no room for", d)
 	}
 }

@@ -31,3 +31,31 @@ func TestListenGREFailureReleasesGuard(t *testing.T) {
 		t.Errorf("%d shared send sockets still open after the failed ListenGRE, want 0", open)
 	}
 }
+
+// TestLinuxRing: Linux.Ring (erspand --rx-ring) is on in NewLinux's
+// defaults, and ListenGRE's sockets then read an eBPF ring; off, they read
+// with recvmmsg, and RingError has nothing to say.
+func TestLinuxRing(t *testing.T) {
+	ns := newTestNetns(t)
+	l, err := NewLinux()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ring := range []bool{true, false} {
+		if !ring {
+			l.Ring = false
+		} // else NewLinux's default
+		for _, family := range []int{4, 6} {
+			sock, err := l.ListenGRE(ns.name, family)
+			if err != nil {
+				t.Fatalf("ListenGRE (ring %v): %v", ring, err)
+			}
+			s := sock.(*GRESocket)
+			if (s.r != nil) != ring || (s.c != nil) == ring || s.RingError() != nil {
+				t.Errorf("Linux.Ring %v, IPv%d: ring %v, recvmmsg %v, RingError %v; want the ring on by default, recvmmsg when off",
+					ring, family, s.r != nil, s.c != nil, s.RingError())
+			}
+			s.Close()
+		}
+	}
+}
