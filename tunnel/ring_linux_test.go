@@ -174,12 +174,7 @@ func TestRetireTimeout(t *testing.T) {
 func TestRingLinkDown(t *testing.T) {
 	sender, collector := vethPair(t)
 	s := listenCaptureIn(t, collector, 64, 0, 0)
-	runIP(t, "-n", collector.name, "link", "set", "eth0", "down")
-	timer := time.AfterFunc(5*time.Second, func() { s.Close() })
-	defer timer.Stop()
-	if _, err := s.ReadBatch(); !errors.Is(err, unix.ENETDOWN) || !strings.Contains(err.Error(), "eth0") {
-		t.Fatalf("ReadBatch with the link down: %v, want ENETDOWN naming eth0", err)
-	}
+	readLinkDown(t, collector, s)
 	runIP(t, "-n", collector.name, "link", "set", "eth0", "up")
 	collector.waitReady(t, "eth0")
 	sender.waitReady(t, "eth0")
@@ -193,17 +188,25 @@ func TestRingLinkDown(t *testing.T) {
 func TestRingCloseAfterReadError(t *testing.T) {
 	_, collector := vethPair(t)
 	s := listenCaptureIn(t, collector, 64, 0, 0)
-	runIP(t, "-n", collector.name, "link", "set", "eth0", "down")
-	timer := time.AfterFunc(5*time.Second, func() { s.Close() })
-	defer timer.Stop()
-	if _, err := s.ReadBatch(); !errors.Is(err, unix.ENETDOWN) {
-		t.Fatalf("ReadBatch with the link down: %v, want ENETDOWN", err)
-	}
+	readLinkDown(t, collector, s)
 	if err := s.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
 	if s.r.mem != nil {
 		t.Error("the ring is still mapped after Close, with no batch out")
+	}
+}
+
+// readLinkDown takes eth0 of ns down under capture socket s and checks
+// that s's next ReadBatch fails with ENETDOWN naming it (s is closed if
+// none comes within 5 s).
+func readLinkDown(t *testing.T, ns *testNetns, s *CaptureSocket) {
+	t.Helper()
+	runIP(t, "-n", ns.name, "link", "set", "eth0", "down")
+	timer := time.AfterFunc(5*time.Second, func() { s.Close() })
+	defer timer.Stop()
+	if _, err := s.ReadBatch(); !errors.Is(err, unix.ENETDOWN) || !strings.Contains(err.Error(), "eth0") {
+		t.Fatalf("ReadBatch with the link down: %v, want ENETDOWN naming eth0", err)
 	}
 }
 
