@@ -528,7 +528,7 @@ defaults() {
 	local f help out=""
 	help=$("$bin/erspand" --help 2>&1 || true)
 	for f in rx-moderate rx-batch rx-buffer tx-buffer rx-ring; do
-		out="$out --$f $(printf '%s\n' "$help" | sed -n "s/.*--$f .*(default: \([^)]*\)).*/\1/p")"
+		out="$out --$f $(printf '%s\n' "$help" | sed -n "s/^ *--$f[ =].*(default: \([^)]*\)).*/\1/p")"
 	done
 	echo "${out# }"
 }
