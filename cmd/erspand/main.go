@@ -46,14 +46,15 @@ func newApp(action cli.ActionFunc) *cli.App {
 					"less CPU per frame for up to that much (plus the kernel's 50µs timer slack) more latency, as a NIC's rx-usecs; " +
 					"a tunneldev's ring hands a partly filled block over after DURATION rounded up to whole milliseconds, at least 1ms"},
 			&cli.IntFlag{Name: "rx-batch", Value: tunnel.DefaultBatch, EnvVars: []string{"ERSPAN_RX_BATCH"},
-				Usage: fmt.Sprintf("receive up to `N` packets per system call (recvmmsg; per batch from a tunneldev's ring), 1 to %d; each raw receive socket holds N buffers of %d bytes",
+				Usage: fmt.Sprintf("receive up to `N` packets per read (a batch from a GRE socket's eBPF ring or a tunneldev's ring; per recvmmsg with --rx-ring=false), 1 to %d; a socket read with recvmmsg holds N buffers of %d bytes",
 					tunnel.MaxBatch, tunnel.DefaultBufSize)},
 			&cli.IntFlag{Name: "rx-buffer", Value: tunnel.DefaultRcvBuf, EnvVars: []string{"ERSPAN_RX_BUFFER"},
-				Usage: "receive buffer of each receive socket (one per namespace and address family, one per tunneldev) in `BYTES`: " +
-					"what may queue while erspand is not scheduled before the kernel drops (kernel_drops); the kernel doubles it, " +
-					"and it may exceed net.core.rmem_max; 0: the kernel's default (net.core.rmem_default); " +
-					"a tunneldev's receive ring (TPACKET_V3) is this size in kernel memory mapped into erspand, 2 MiB for 0; " +
-					"so is a GRE socket's eBPF ring (--rx-ring), rounded up to a power of two, at least 1 MiB and twice --rx-batch full-size packets, 2 MiB for 0"},
+				Usage: fmt.Sprintf("receive buffer of each receive socket (one per namespace and address family, one per tunneldev) in `BYTES`: "+
+					"what may queue while erspand is not scheduled before the kernel drops (kernel_drops); the kernel doubles it, "+
+					"and it may exceed net.core.rmem_max; 0: the kernel's default (net.core.rmem_default); "+
+					"a tunneldev's receive ring (TPACKET_V3) is this size in kernel memory mapped into erspand, 2 MiB for 0; "+
+					"so is a GRE socket's eBPF ring (--rx-ring), rounded up to a power of two, at least 1 MiB and twice --rx-batch records of the largest packets (%d bytes), 2 MiB for 0",
+					tunnel.DefaultBufSize)},
 			&cli.IntFlag{Name: "tx-buffer", Value: tunnel.DefaultSndBuf, EnvVars: []string{"ERSPAN_TX_BUFFER"},
 				Usage: "send buffer of each send socket (one per namespace, address family and tunneldf, shared by those interfaces) in `BYTES`: " +
 					"what may wait for the links (qdisc, NIC ring) before sends fail (tx_errors); the kernel doubles it, " +
