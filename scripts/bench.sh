@@ -9,7 +9,8 @@
 # comparison, erspand's decap and encap with each of several values of
 # --rx-batch, --rx-buffer, --tx-buffer and --rx-moderate, and with
 # GOMAXPROCS=1 in its environment against without (how their defaults were
-# chosen).
+# chosen); SWEEP_BATCH, SWEEP_MOD, SWEEP_RCV, SWEEP_SND (values, empty for
+# none) and SWEEP_GMP=0 in its environment choose what it sweeps.
 #
 # Everything runs in network namespaces it makes (erspan-bench-*) and
 # removes on exit; the processes it starts are killed by PID. One run at a
@@ -598,8 +599,11 @@ report() {
 # and --rx-buffer (loss, at both sizes: a buffer holds fewer large
 # frames), encap for --tx-buffer.
 if [ $SWEEP -eq 1 ]; then
-	sweep_batch="1 16 64 256" sweep_rcv="0 2097152 33554432" sweep_snd="0 4194304"
-	sweep_mod="0 25us 100us 400us"
+	# The values swept; SWEEP_BATCH, SWEEP_MOD, SWEEP_RCV and SWEEP_SND in
+	# the environment replace them (empty: none), SWEEP_GMP=0 leaves out
+	# the GOMAXPROCS rows: to measure a few values without the rest.
+	sweep_batch=${SWEEP_BATCH-1 16 64 256} sweep_rcv=${SWEEP_RCV-0 2097152 33554432}
+	sweep_snd=${SWEEP_SND-0 4194304} sweep_mod=${SWEEP_MOD-0 25us 100us 400us}
 	# sweep_decap LABEL NAME GOMAXPROCS [ERSPAND FLAGS...]: a fresh
 	# erspand with FLAGS (and GOMAXPROCS, if not empty, in its
 	# environment), decap at 64 B.
@@ -620,12 +624,15 @@ if [ $SWEEP -eq 1 ]; then
 	# GOMAXPROCS: erspand raises it to at least 2 unless its environment
 	# sets it; what it ran with is read from a separate start (the
 	# trace would change the measurement).
-	probe_gomaxprocs g1 1
-	gmp1=$gmp
-	probe_gomaxprocs gd ""
-	gmpd=$gmp
-	sweep_decap "decap GOMAXPROCS=1" sweep-g1 1
-	sweep_decap "decap GOMAXPROCS default" sweep-gd ""
+	gmp1=- gmpd=-
+	if [ "${SWEEP_GMP:-1}" != 0 ]; then
+		probe_gomaxprocs g1 1
+		gmp1=$gmp
+		probe_gomaxprocs gd ""
+		gmpd=$gmp
+		sweep_decap "decap GOMAXPROCS=1" sweep-g1 1
+		sweep_decap "decap GOMAXPROCS default" sweep-gd ""
+	fi
 	for rb in $sweep_rcv; do
 		erspand_in $COL sweep-r$rb --rx-buffer "$rb"
 		ctl $COL "$esock" create erspan0 tunnel 192.0.2.2 192.0.2.1 vnetid 77 up
@@ -635,7 +642,7 @@ if [ $SWEEP -eq 1 ]; then
 		ctl $COL "$esock" destroy erspan0
 		stop $started
 	done
-	encap_on
+	[ -z "$sweep_snd" ] || encap_on
 	for tb in $sweep_snd; do
 		erspand_in $SND sweep-t$tb --tx-buffer "$tb"
 		ctl $SND "$esock" create erspan0 tunnel 192.0.2.1 192.0.2.2 vnetid 77 up
@@ -643,14 +650,16 @@ if [ $SWEEP -eq 1 ]; then
 		ctl $SND "$esock" destroy erspan0
 		stop $started
 	done
-	encap_off
+	[ -z "$sweep_snd" ] || encap_off
 	ceiling_end
 	report ", --sweep"
-	echo "erspand's defaults: $(defaults), and GOMAXPROCS $gmpd (erspand raises it to at least 2);"
+	echo "erspand's defaults: $(defaults)$( [ "$gmpd" = - ] || echo ", and GOMAXPROCS $gmpd (erspand raises it to at least 2)");"
 	echo "  a buffer of 0 is the kernel's default (rmem_default $(cat /proc/sys/net/core/rmem_default), wmem_default $(cat /proc/sys/net/core/wmem_default))"
-	echo "GOMAXPROCS rows: erspand ran with GOMAXPROCS $gmp1 with GOMAXPROCS=1 in its environment, $gmpd without$( [ "$gmp1" = "$gmpd" ] &&
-		echo ": this erspand does not honour the variable, so both rows measure the same")"
-	echo "  (read from the scheduler trace of a separate start)"
+	if [ "${SWEEP_GMP:-1}" != 0 ]; then
+		echo "GOMAXPROCS rows: erspand ran with GOMAXPROCS $gmp1 with GOMAXPROCS=1 in its environment, $gmpd without$( [ "$gmp1" = "$gmpd" ] &&
+			echo ": this erspand does not honour the variable, so both rows measure the same")"
+		echo "  (read from the scheduler trace of a separate start)"
+	fi
 	exit 0
 fi
 
