@@ -147,7 +147,7 @@ func (r *receiver) run() {
 			time.Sleep(backoff)
 			continue
 		}
-		if errs.last != nil {
+		if errs.owes() {
 			if more, ok := errs.fine(time.Now()); ok {
 				r.h.log.errorf("GRE receive works again%s", more)
 			}

@@ -116,7 +116,7 @@ func (h *Host) transmit(ifc *iface) {
 			time.Sleep(backoff)
 			continue
 		}
-		if readLog.last != nil {
+		if readLog.owes() {
 			if more, ok := readLog.fine(time.Now()); ok {
 				h.log.errorf("%s: reading from the TAP works again%s", ifc.name, more)
 			}
@@ -144,7 +144,7 @@ func (h *Host) transmit(ifc *iface) {
 				h.log.errorf("%s: sending ERSPAN from %s to %s: %v%s (frames counted in tx_errors)%s",
 					ifc.name, st.src, st.dst, err, sendHint(err, st), more)
 			}
-		} else if sendLog.last != nil {
+		} else if sendLog.owes() {
 			if more, ok := sendLog.fine(time.Now()); ok {
 				h.log.errorf("%s: sending ERSPAN to %s works again%s", ifc.name, st.dst, more)
 			}
@@ -194,6 +194,10 @@ type errLog struct {
 	last       error
 	at         time.Time
 	suppressed int
+	// said: fine has reported the failures suppressed since last's line
+	// (it does so once per line, or a link failing every other batch
+	// would have a line per batch).
+	said bool
 }
 
 const errLogEvery = 10 * time.Second
@@ -207,20 +211,26 @@ func (l *errLog) should(err error, now time.Time) (bool, string) {
 		return false, ""
 	}
 	more := l.notLogged(now)
-	l.last, l.at, l.suppressed = err, now, 0
+	l.last, l.at, l.suppressed, l.said = err, now, 0, false
 	return true, more
 }
 
+// owes reports whether fine has something to say: failures suppressed
+// since the last line, not reported yet. Cheap, for a loop to ask per
+// batch.
+func (l *errLog) owes() bool { return l.suppressed > 0 && !l.said }
+
 // fine is called after a batch that did not fail: if failures went
-// unlogged since the last line, it returns the text of a line about them
-// (once), and the next error is logged at once.
+// unlogged since the last line, it returns the text of a line about them,
+// once per line logged. The error is not forgotten: the same one within
+// errLogEvery of its line is still counted, not logged, so that one that
+// comes and goes costs a few lines per errLogEvery, not one per batch.
 func (l *errLog) fine(now time.Time) (string, bool) {
-	if l.suppressed == 0 {
-		l.last = nil
+	if !l.owes() {
 		return "", false
 	}
 	more := l.notLogged(now)
-	l.last, l.suppressed = nil, 0
+	l.suppressed, l.said = 0, true
 	return more, true
 }
 

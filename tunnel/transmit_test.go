@@ -270,7 +270,9 @@ func TestTransmitTAPRemoved(t *testing.T) {
 // TestErrLog: an error is logged when it differs from the last one logged,
 // or errLogEvery after that line, which then counts the failures between,
 // naming their error; the first success after unlogged failures reports
-// them once, and the next error is new again.
+// them once per line, and the same error stays counted, not logged, until
+// errLogEvery after its line (an error that comes and goes every other
+// batch must not log a line per batch).
 func TestErrLog(t *testing.T) {
 	var l errLog
 	t0 := time.Unix(1000, 0)
@@ -290,8 +292,17 @@ func TestErrLog(t *testing.T) {
 		{fmt.Errorf("wrapped: %w", unix.EINVAL), 14*time.Second + 300*time.Millisecond, false, ""},
 		{nil, 15 * time.Second, true, `; 1 more batches failed with "wrapped: invalid argument", not logged, in the 1s after its line`},
 		{nil, 16 * time.Second, false, ""},        // said once
-		{unix.EINVAL, 17 * time.Second, true, ""}, // after a success, logged at once
+		{unix.EINVAL, 17 * time.Second, true, ""}, // another error
 		{nil, 18 * time.Second, false, ""},        // nothing unlogged
+		// An error that comes and goes: counted, not logged, until
+		// errLogEvery after its line; the first success after failures
+		// says so, once.
+		{unix.EINVAL, 19 * time.Second, false, ""},
+		{nil, 20 * time.Second, true, `; 1 more batches failed with "invalid argument", not logged, in the 3s after its line`},
+		{unix.EINVAL, 21 * time.Second, false, ""},
+		{nil, 22 * time.Second, false, ""},
+		{unix.EINVAL, 23 * time.Second, false, ""},
+		{unix.EINVAL, 27 * time.Second, true, `; 2 more batches failed with "invalid argument", not logged, in the 10s after its line`},
 	}
 	for i, s := range steps {
 		var log bool
