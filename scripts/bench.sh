@@ -112,7 +112,7 @@ done
 # erspand as its defaults make it: its tuning flags' variables and the Go
 # runtime's would change what is measured (the sweep sets GOMAXPROCS for
 # its own rows).
-unset GOMAXPROCS GODEBUG GOGC GOMEMLIMIT ERSPAN_RX_MODERATE ERSPAN_RX_BATCH ERSPAN_RX_BUFFER ERSPAN_TX_BUFFER ERSPAN_IO_URING
+unset GOMAXPROCS GODEBUG GOGC GOMEMLIMIT ERSPAN_RX_MODERATE ERSPAN_RX_BATCH ERSPAN_RX_BUFFER ERSPAN_TX_BUFFER ERSPAN_RX_RING ERSPAN_IO_URING
 
 # One run at a time: two would share the CPUs and each other's namespace
 # names. The lock goes with this shell (fd 9 is closed in the processes
@@ -155,12 +155,8 @@ pids=""
 
 cleanup() {
 	trap - EXIT INT TERM
-	for p in $pids; do kill "$p" 2>/dev/null || true; done
-	# Five seconds to stop, then SIGKILL: a process ignoring TERM must
-	# not hold the cleanup (and the namespaces) for ever.
-	alive=""
-	await_exit 50 $pids
-	for p in $alive; do kill -KILL "$p" 2>/dev/null || true; done
+	# Five seconds to stop, then SIGKILL.
+	end_pids 50 TERM $pids
 	for p in $pids; do wait "$p" 2>/dev/null || true; done
 	for ns in $ALL_NS; do ip netns del "$ns" 2>/dev/null || true; done
 	rm -rf "$work"
@@ -529,7 +525,7 @@ defaults() {
 	local f help out=""
 	help=$("$bin/erspand" --help 2>&1 || true)
 	for f in rx-moderate rx-batch rx-buffer tx-buffer rx-ring; do
-		out="$out --$f $(printf '%s\n' "$help" | sed -n "s/^ *--$f[ =].*(default: \([^)]*\)).*/\1/p")"
+		out="$out --$f $(printf '%s\n' "$help" | sed -n "s/^ *--${f}[ =].*(default: \([^)]*\)).*/\1/p")"
 	done
 	echo "${out# }"
 }
@@ -564,6 +560,22 @@ encap_on() { nsx $COL "$bin/dropin" veth-col on; }
 encap_off() {
 	nsx $COL "$bin/dropin" veth-col off
 	[ ! -d /proc/sys/net/ipv6 ] || nsx $COL sysctl -qw net.ipv6.conf.veth-col.disable_ipv6=1
+}
+
+# decap_flag ARRAY FLAG: decap rows (64 and 1514 B) of a fresh erspand
+# started with FLAG (--name=value for a flag with a value), frames per
+# CPU-s into the associative array ARRAY.
+decap_flag() {
+	local -n into=$1
+	erspand_in $COL "flag${2//[^a-z0-9]/}" "$2"
+	local pid=$started
+	ctl $COL "$esock" create erspan0 tunnel 192.0.2.2 192.0.2.1 vnetid 77 up
+	for size in 64 1514; do
+		decap_row "erspand decap $2" $pid erspan0 $size 77 1
+		into[$size]=$eff
+	done
+	ctl $COL "$esock" destroy erspan0
+	stop $pid
 }
 
 # report TITLE: the head, the table and the ceiling's start, end and drift.
@@ -633,14 +645,10 @@ if [ $SWEEP -eq 1 ]; then
 		sweep_decap "decap GOMAXPROCS=1" sweep-g1 1
 		sweep_decap "decap GOMAXPROCS default" sweep-gd ""
 	fi
+	# shellcheck disable=SC2034 # the table's rows are the sweep's result
+	declare -A sweep_eff
 	for rb in $sweep_rcv; do
-		erspand_in $COL sweep-r$rb --rx-buffer "$rb"
-		ctl $COL "$esock" create erspan0 tunnel 192.0.2.2 192.0.2.1 vnetid 77 up
-		for size in 64 1514; do
-			decap_row "decap --rx-buffer $rb" $started erspan0 $size 77 1
-		done
-		ctl $COL "$esock" destroy erspan0
-		stop $started
+		decap_flag sweep_eff "--rx-buffer=$rb"
 	done
 	[ -z "$sweep_snd" ] || encap_on
 	for tb in $sweep_snd; do
@@ -693,21 +701,6 @@ encap_tx=$(ctl $SND "$snd_sock" -j erspan0 | pick 'tx_packets|tx_errors|tx_too_b
 encap_off
 ctl $SND "$snd_sock" destroy erspan0
 stop $snd
-
-# decap_flag ARRAY FLAG: decap rows (64 and 1514 B) of a fresh erspand
-# started with FLAG, frames per CPU-s into the associative array ARRAY.
-decap_flag() {
-	local -n into=$1
-	erspand_in $COL "flag${2//[^a-z]/}" "$2"
-	local pid=$started
-	ctl $COL "$esock" create erspan0 tunnel 192.0.2.2 192.0.2.1 vnetid 77 up
-	for size in 64 1514; do
-		decap_row "erspand decap $2" $pid erspan0 $size 77 1
-		into[$size]=$eff
-	done
-	ctl $COL "$esock" destroy erspan0
-	stop $pid
-}
 
 # ---- decap with io_uring writes into the TAP (erspand --io-uring) ----------
 # Measured beside the default (write(2) per frame) to keep checking that choice.

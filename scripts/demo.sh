@@ -21,9 +21,11 @@ if ! command -v ip >/dev/null || ! command -v tcpdump >/dev/null; then
 fi
 
 # One demo at a time: a second would kill the first's daemons when it
-# clears the namespaces (below). The daemons erspanctl starts inherit fd 9
-# and so the lock, which is right: they are the demo's, and its cleanup
-# ends them.
+# clears the namespaces (below). The lock goes with this shell: erspanctl
+# and tcpdump run with fd 9 closed (9>&-), as bench.sh starts its
+# processes, else the daemons erspanctl starts would inherit it, and those
+# of a demo that was killed would hold it for ever, refusing every later
+# demo before it could clear them.
 exec 9>/run/erspan-demo.lock
 flock -n 9 || { echo "demo.sh: another demo.sh is running (it holds /run/erspan-demo.lock)" >&2; exit 1; }
 
@@ -81,7 +83,7 @@ for h in $H1 $H2; do
 	i=$((i + 1))
 done
 
-ctl() { ns=$1; shift; printf '[%s] ' "$ns"; run ip netns exec "$ns" "$work/bin/erspanctl" --socket "$work/$ns/erspand.sock" "$@"; }
+ctl() { ns=$1; shift; printf '[%s] ' "$ns"; run ip netns exec "$ns" "$work/bin/erspanctl" --socket "$work/$ns/erspand.sock" "$@" 9>&-; }
 
 say "the collector: erspanctl starts erspand by itself"
 ctl $COL create erspan0 tunnel 192.0.2.2 192.0.2.1 vnetid 77 up
@@ -92,7 +94,7 @@ ctl $SW create erspan0 tunnel 192.0.2.1 192.0.2.2 vnetid 77 up
 ctl $SW br0 addspan erspan0
 
 say "tcpdump -ni erspan0 on the collector"
-ip netns exec $COL tcpdump -l -ni erspan0 -c 6 ip >"$work/tcpdump.txt" 2>"$work/tcpdump.err" &
+ip netns exec $COL tcpdump -l -ni erspan0 -c 6 ip >"$work/tcpdump.txt" 2>"$work/tcpdump.err" 9>&- &
 tcpdump_pid=$!
 for _ in $(seq 50); do grep -q listening "$work/tcpdump.err" 2>/dev/null && break; sleep 0.1; done
 

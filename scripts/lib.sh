@@ -13,6 +13,19 @@ await_exit() {
 	done
 }
 
+# end_pids TENTHS SIGNAL PID...: send SIGNAL to the processes, wait up to
+# TENTHS tenths of a second for them to end, then SIGKILL those that have
+# not (a process ignoring SIGNAL must not hold a cleanup for ever).
+end_pids() {
+	local n=$1 sig=$2; shift 2
+	alive=""
+	[ $# -gt 0 ] || return 0
+	kill -"$sig" "$@" 2>/dev/null || true
+	await_exit "$n" "$@"
+	# shellcheck disable=SC2086 # one PID per word
+	[ -z "$alive" ] || kill -KILL $alive 2>/dev/null || true
+}
+
 # remove_netns NS SIGNAL: send SIGNAL to every process in network namespace
 # NS (found by namespace, as a killed script's daemons have no PID on
 # record), wait up to 2 s for them to end, SIGKILL those that have not,
@@ -22,13 +35,7 @@ remove_netns() {
 	local ns=$1 sig=$2
 	killed=$(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ' || true)
 	killed=${killed% }
-	if [ -n "$killed" ]; then
-		# shellcheck disable=SC2086 # one PID per word
-		kill -"$sig" $killed 2>/dev/null || true
-		# shellcheck disable=SC2086
-		await_exit 20 $killed
-		# shellcheck disable=SC2086
-		[ -z "$alive" ] || kill -KILL $alive 2>/dev/null || true
-	fi
+	# shellcheck disable=SC2086 # one PID per word
+	end_pids 20 "$sig" $killed
 	ip netns del "$ns" 2>/dev/null || true
 }
