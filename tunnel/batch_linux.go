@@ -32,8 +32,7 @@ import (
 // namespace and address family, and per sensor NIC's ring) while it waits.
 type batchConn struct {
 	pollFD
-	moderate time.Duration // the moderation delay; 0: none
-	drained  bool          // the previous read emptied the socket
+	moderation
 
 	hdrs    []unix.Mmsghdr
 	iovs    []unix.Iovec
@@ -42,6 +41,23 @@ type batchConn struct {
 	bufSize int
 	oobSize int
 	nameLen uint32 // bytes of the sockaddr each message's Name points to
+}
+
+// moderation is the interrupt moderation of a reader that looks for
+// packets itself (batchConn, greRing): after a read that emptied the
+// queue, a sleep before the next, so that it finds a batch.
+type moderation struct {
+	moderate time.Duration // the moderation delay; 0: none
+	drained  bool          // the previous read emptied the queue
+}
+
+// pause sleeps the moderation delay if the previous read emptied the
+// queue.
+func (m *moderation) pause() {
+	if m.drained && m.moderate > 0 {
+		ts := unix.NsecToTimespec(int64(m.moderate))
+		_ = unix.Nanosleep(&ts, nil) // EINTR: read early, no harm
+	}
 }
 
 // pollFD is a receive socket read by one goroutine that waits for it in
@@ -162,12 +178,12 @@ func checkBatchArgs(batch, bufSize, rcvbuf int) error {
 // fd is left open.
 func newBatchConn(fd, batch, bufSize, oobSize int, names []unix.RawSockaddrInet6, moderate time.Duration) (*batchConn, error) {
 	c := &batchConn{
-		moderate: moderate,
-		hdrs:     make([]unix.Mmsghdr, batch),
-		iovs:     make([]unix.Iovec, batch),
-		bufs:     make([]byte, batch*bufSize),
-		oob:      make([]byte, batch*oobSize),
-		bufSize:  bufSize, oobSize: oobSize,
+		moderation: moderation{moderate: moderate},
+		hdrs:       make([]unix.Mmsghdr, batch),
+		iovs:       make([]unix.Iovec, batch),
+		bufs:       make([]byte, batch*bufSize),
+		oob:        make([]byte, batch*oobSize),
+		bufSize:    bufSize, oobSize: oobSize,
 	}
 	if names != nil {
 		c.nameLen = unix.SizeofSockaddrInet6
@@ -201,10 +217,7 @@ func (c *batchConn) read() (int, error) {
 		if c.closed.Load() {
 			return 0, net.ErrClosed
 		}
-		if c.drained && c.moderate > 0 {
-			ts := unix.NsecToTimespec(int64(c.moderate))
-			_ = unix.Nanosleep(&ts, nil) // EINTR: read early, no harm
-		}
+		c.pause()
 		for i := range c.hdrs {
 			// The kernel overwrites these with what it returned.
 			h := &c.hdrs[i]

@@ -281,11 +281,13 @@ func (s *CaptureSocket) addKernelDrops(fd int) {
 // does not release it), so Close first stops it capturing: a filter that
 // takes nothing, the membership dropped. Then its guards go.
 func (s *CaptureSocket) Close() error {
-	s.r.control(func(fd int) {
-		_ = attachDropAll(fd)
-		mreq := unix.PacketMreq{Ifindex: int32(s.ifindex), Type: unix.PACKET_MR_PROMISC}
-		_ = unix.SetsockoptPacketMreq(fd, unix.SOL_PACKET, unix.PACKET_DROP_MEMBERSHIP, &mreq)
-		s.addKernelDrops(fd)
+	return s.guards.closeWith(func() error {
+		return s.r.close(func() {
+			fd := s.r.fd
+			_ = attachDropAll(fd)
+			mreq := unix.PacketMreq{Ifindex: int32(s.ifindex), Type: unix.PACKET_MR_PROMISC}
+			_ = unix.SetsockoptPacketMreq(fd, unix.SOL_PACKET, unix.PACKET_DROP_MEMBERSHIP, &mreq)
+			s.addKernelDrops(fd)
+		})
 	})
-	return s.guards.closeWith(func() error { return s.r.close(nil) })
 }

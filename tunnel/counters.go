@@ -41,8 +41,9 @@ type DaemonCounters struct {
 	// Drops counts malformed packets by erspan.Error value.
 	Drops [erspan.NumErrors]uint64
 	// KernelDrops counts packets the kernel dropped on full receive
-	// buffers (SO_RXQ_OVFL) and full capture rings (PACKET_STATISTICS),
-	// over every socket the daemon ever opened.
+	// buffers (SO_RXQ_OVFL), full eBPF rings (their drops map) and full
+	// capture rings (PACKET_STATISTICS), over every socket the daemon
+	// ever opened.
 	KernelDrops uint64
 }
 

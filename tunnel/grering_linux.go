@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
-	"strings"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -54,8 +53,7 @@ type greRing struct {
 	sock     int // the raw GRE socket whose filter fills the ring
 	dropsMap int // an array of one uint64: packets the ring had no room for
 	family   int
-	moderate time.Duration // as batchConn's
-	drained  bool          // the previous read emptied the ring
+	moderation
 
 	page int
 	size uint64 // of the data area, a power of two
@@ -113,6 +111,9 @@ func openGRERing(family, batch, bufSize, rcvbuf int, moderate time.Duration) (r 
 		}
 	}()
 	ringFD, err := createMap(unix.BPF_MAP_TYPE_RINGBUF, 0, 0, uint32(size), 0, "erspan_ring")
+	if errors.Is(err, unix.EINVAL) {
+		return nil, fmt.Errorf("%w (BPF ring buffers need Linux 5.8 or later)", err)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -160,7 +161,7 @@ func openGRERing(family, batch, bufSize, rcvbuf int, moderate time.Duration) (r 
 	unix.Close(scratch)
 	unix.Close(prog)
 	r = &greRing{mapped: mapped{mem: mem}, sock: sock, dropsMap: dropsMap, family: family,
-		moderate: moderate, page: os.Getpagesize(), size: size, wrap: make([]byte, head+bufSize)}
+		moderation: moderation{moderate: moderate}, page: os.Getpagesize(), size: size, wrap: make([]byte, head+bufSize)}
 	if err := r.init(ringFD); err != nil {
 		unmapMem(mem)
 		fds = []int{ringFD, dropsMap, sock}
@@ -171,13 +172,11 @@ func openGRERing(family, batch, bufSize, rcvbuf int, moderate time.Duration) (r 
 }
 
 // ringHint adds to err, a failure to set up a ring of size bytes, what
-// the kernel's usual refusals mean.
+// a refusal for want of privilege means. (An older kernel's refusal of
+// the ring map itself is explained where it is created.)
 func ringHint(err error, size uint64) error {
-	switch {
-	case errors.Is(err, unix.EPERM):
+	if errors.Is(err, unix.EPERM) {
 		return fmt.Errorf("%w (eBPF maps and programs need CAP_BPF or root, and before Linux 5.11 an RLIMIT_MEMLOCK over the ring's %d bytes)", err, size)
-	case errors.Is(err, unix.EINVAL) && strings.Contains(err.Error(), "erspan_ring"):
-		return fmt.Errorf("%w (BPF ring buffers need Linux 5.8 or later)", err)
 	}
 	return err
 }
@@ -356,10 +355,7 @@ func (r *greRing) fill(msgs []Message) (int, error) {
 			atomic.StoreUint64(consumer, r.pos)
 			r.given = r.pos
 		}
-		if r.drained && r.moderate > 0 {
-			ts := unix.NsecToTimespec(int64(r.moderate))
-			_ = unix.Nanosleep(&ts, nil) // EINTR: read early, no harm
-		}
+		r.pause()
 		prod := atomic.LoadUint64(producer)
 		n := 0
 		for r.pos < prod && n < len(msgs) {
@@ -419,21 +415,22 @@ func (r *greRing) parse(m *Message, rec []byte) {
 // drops returns the number of packets the ring had no room for; once
 // closed, the number at close.
 func (r *greRing) drops() uint64 {
-	r.control(func(int) {
-		if v, err := lookupUint64(r.dropsMap, 0); err == nil {
-			r.lastDrops.Store(v)
-		}
-	})
+	r.control(r.readDrops)
 	return r.lastDrops.Load()
+}
+
+// readDrops keeps the drops map's count in lastDrops (fdmu held).
+func (r *greRing) readDrops(int) {
+	if v, err := lookupUint64(r.dropsMap, 0); err == nil {
+		r.lastDrops.Store(v)
+	}
 }
 
 // close stops the ring's filling (the socket goes, and with it the
 // program), keeps the drop count, and closes the ring (mapped.close).
 func (r *greRing) close() error {
 	return r.mapped.close(func() {
-		if v, err := lookupUint64(r.dropsMap, 0); err == nil {
-			r.lastDrops.Store(v)
-		}
+		r.readDrops(r.fd)
 		unix.Close(r.sock)
 		unix.Close(r.dropsMap)
 	})

@@ -149,28 +149,28 @@ func (l *Linux) OpenQueue(ns, name string) (q Queue, err error) {
 	return q, err
 }
 
-// ListenGRE opens a receive socket (listenGRE) whose guard is the shared
-// send socket of (ns, family, no DF), held open until the receive socket
-// closes (one with an eBPF ring lets it go at once: it needs none). A send socket is a raw GRE socket that accepts nothing already
+// ListenGRE opens a receive socket (listenGRE). One that reads with
+// recvmmsg, whose buffer can overflow, holds a guard: the shared send
+// socket of (ns, family, no DF), until it closes; one with an eBPF ring
+// needs none. A send socket is a raw GRE socket that accepts nothing already
 // (sender_linux.go): a guard of its own would cost the kernel one more
 // clone and filter run per GRE packet, and the shared one is there anyway
 // whenever an interface of the namespace sends without DF, as a collector
 // with a tunnel destination does.
 func (l *Linux) ListenGRE(ns string, family int) (Socket, error) {
-	g, err := l.takeGuards(ns, family)
-	if err != nil {
-		return nil, err
-	}
 	var s *GRESocket
-	err = inNamespace(ns, func() (err error) {
-		s, err = listenGRE(family, l.Batch, l.BufSize, l.RcvBuf, l.Moderate, l.Ring, g)
+	err := inNamespace(ns, func() (err error) {
+		s, err = listenGRE(family, l.Batch, l.BufSize, l.RcvBuf, l.Moderate, l.Ring)
 		return err
 	})
 	if err != nil {
-		// Whether listenGRE ran or entering the namespace failed first,
-		// the guards are still ours.
-		g.release()
 		return nil, err
+	}
+	if s.r == nil {
+		if s.guards, err = l.takeGuards(ns, family); err != nil {
+			s.Close()
+			return nil, err
+		}
 	}
 	return s, nil
 }

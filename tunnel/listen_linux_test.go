@@ -8,16 +8,16 @@ import (
 )
 
 // TestListenGREFailureReleasesGuard: a receive socket that fails to open
-// gives back its guard, the shared send socket it took a reference to:
-// otherwise that raw GRE socket would stay open for good, a clone per GRE
-// packet for the kernel and a namespace kept alive.
+// leaves no guard behind, no shared send socket referenced: otherwise that
+// raw GRE socket would stay open for good, a clone per GRE packet for the
+// kernel and a namespace kept alive.
 func TestListenGREFailureReleasesGuard(t *testing.T) {
 	ns := newTestNetns(t)
 	l, err := NewLinux()
 	if err != nil {
 		t.Fatal(err)
 	}
-	l.Batch = 0 // refused by listenGRE, after the guard was taken
+	l.Batch = 0 // refused by listenGRE
 	if s, err := l.ListenGRE(ns.name, 4); !errors.Is(err, unix.EINVAL) {
 		if s != nil {
 			s.Close()

@@ -1,13 +1,11 @@
 package tunnel
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -18,39 +16,8 @@ import (
 )
 
 // icmpInEchos reads Icmp InEchos (echo requests the stack received) of the
-// calling thread's namespace. /proc/net is /proc/self/net, the namespace
-// of the main thread: the locked test thread needs /proc/thread-self.
-func icmpInEchos(t *testing.T) uint64 {
-	t.Helper()
-	f, err := os.Open("/proc/thread-self/net/snmp")
-	if err != nil {
-		t.Fatalf("open snmp: %v", err)
-	}
-	defer f.Close()
-	var names []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) == 0 || fields[0] != "Icmp:" {
-			continue
-		}
-		if names == nil {
-			names = fields
-			continue
-		}
-		for i, n := range names {
-			if n == "InEchos" && i < len(fields) {
-				v, err := strconv.ParseUint(fields[i], 10, 64)
-				if err != nil {
-					t.Fatalf("InEchos %q: %v", fields[i], err)
-				}
-				return v
-			}
-		}
-	}
-	t.Fatalf("no Icmp InEchos in /proc/thread-self/net/snmp")
-	return 0
-}
+// calling thread's namespace.
+func icmpInEchos(t *testing.T) uint64 { t.Helper(); return snmpCounter(t, "Icmp", "InEchos") }
 
 func disableIPv6Value(t *testing.T, name string) string {
 	t.Helper()

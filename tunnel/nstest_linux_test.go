@@ -8,6 +8,8 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -348,4 +350,49 @@ func checkCloseUnblocks(t *testing.T, what string, read, closeFn func() error, w
 	case <-time.After(2 * time.Second):
 		t.Fatalf("Close did not unblock a pending %s", what)
 	}
+}
+
+// snmpCounter reads counter name of the calling thread's namespace from
+// /proc/thread-self/net/snmp, where a line of names after proto ("Ip",
+// "Icmp") is followed by one of values, or, for proto "", from snmp6, a
+// name and its value a line. (/proc/net is /proc/self/net, the namespace
+// of the main thread: the locked test thread needs thread-self.)
+func snmpCounter(t *testing.T, proto, name string) uint64 {
+	t.Helper()
+	file := "/proc/thread-self/net/snmp"
+	if proto == "" {
+		file += "6"
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		value := ""
+		switch {
+		case proto == "" && len(f) == 2 && f[0] == name:
+			value = f[1]
+		case proto == "" || len(f) == 0 || f[0] != proto+":":
+			continue
+		case names == nil:
+			names = f
+			continue
+		default:
+			if i := slices.Index(names, name); i > 0 && i < len(f) {
+				value = f[i]
+			}
+		}
+		if value == "" {
+			break
+		}
+		v, err := strconv.ParseUint(value, 10, 64)
+		if err != nil {
+			t.Fatalf("%s %s: %q: %v", file, name, value, err)
+		}
+		return v
+	}
+	t.Fatalf("no %s %s in %s", proto, name, file)
+	return 0
 }

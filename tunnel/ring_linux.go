@@ -94,14 +94,13 @@ func (m *mapped) read(fill func() (int, error)) (int, error) {
 	return n, err
 }
 
-// close closes the descriptor (pollFD.close, running locked first; the
-// mapping outlives it) and unmaps the memory unless a batch is out, which
-// the reader's next read then does. A second close returns net.ErrClosed.
+// close closes the descriptor (pollFD.close, running locked first: what
+// must stop before a lent mapping outlives it) and unmaps the memory
+// unless a batch is out, which the reader's next read then does. A second
+// close returns net.ErrClosed.
 func (m *mapped) close(locked func()) error {
 	return m.pollFD.close(func() {
-		if locked != nil {
-			locked()
-		}
+		locked()
 		if !m.busy {
 			m.unmap()
 		}

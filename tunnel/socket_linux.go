@@ -80,14 +80,14 @@ const MaxBatch = 1024
 // receive buffer is full: Linux 6.10 and later answer those with protocol
 // unreachable (seen on 6.18), hence a large rcvbuf, and a guard: a second
 // raw GRE socket of the family whose filter drops everything, which the
-// caller keeps open beside this one (design.md, Data path: ICMP). g gives
-// it back: the socket takes g on success and releases it at its first
-// Close; on an error it stays the caller's (nil: no guard).
+// caller keeps open beside this one (design.md, Data path: ICMP) and
+// hands to the socket's guards, which its first Close releases.
 //
 // With ring, the socket receives into an eBPF ring (greRing) if the
 // kernel allows it, with recvmmsg otherwise (RingError says why). A
-// socket with a ring gives g back at once: it needs no guard.
-func listenGRE(family int, batch int, bufSize int, rcvbuf int, moderate time.Duration, ring bool, g guards) (s *GRESocket, err error) {
+// socket with a ring needs no guard: its socket queues nothing, so its
+// buffer never overflows.
+func listenGRE(family int, batch int, bufSize int, rcvbuf int, moderate time.Duration, ring bool) (s *GRESocket, err error) {
 	var af, oobSize int
 	switch family {
 	case 4:
@@ -103,10 +103,6 @@ func listenGRE(family int, batch int, bufSize int, rcvbuf int, moderate time.Dur
 	s = &GRESocket{family: family, msgs: make([]Message, batch)}
 	if ring {
 		if s.r, err = openRing(family, batch, bufSize, rcvbuf, moderate); err == nil {
-			// The ring's socket queues nothing, so its buffer never
-			// overflows: the one case a guard is for. Without it the
-			// softirq clones each GRE packet once less.
-			g.release()
 			return s, nil
 		}
 		s.ringErr = err
@@ -131,7 +127,6 @@ func listenGRE(family int, batch int, bufSize int, rcvbuf int, moderate time.Dur
 		unix.Close(fd)
 		return nil, fmt.Errorf("raw GRE socket (IPv%d): %w", family, err)
 	}
-	s.guards = g
 	return s, nil
 }
 

@@ -18,30 +18,30 @@ import (
 	"github.com/erspan-linux/erspan/erspan"
 )
 
-// listenGREGuarded is listenGRE with a guard socket of its own (unless
-// guardSockets is off), for the tests that have no Linux host. A socket
-// asked for a ring that reads with recvmmsg is an error.
+// listenGREGuarded is listenGRE with a guard socket of its own when it
+// reads with recvmmsg (unless guardSockets is off), for the tests that
+// have no Linux host. A socket asked for a ring that reads with recvmmsg
+// is an error.
 func listenGREGuarded(family, batch, bufSize, rcvbuf int, moderate time.Duration, ring bool) (*GRESocket, error) {
-	var g guards
-	if guardSockets {
+	s, err := listenGRE(family, batch, bufSize, rcvbuf, moderate, ring)
+	if err != nil {
+		return nil, err
+	}
+	if ring && s.r == nil {
+		s.Close()
+		return nil, fmt.Errorf("no eBPF ring: %w", s.RingError())
+	}
+	if guardSockets && s.r == nil {
 		af := unix.AF_INET
 		if family == 6 {
 			af = unix.AF_INET6
 		}
 		fd, err := openGuard(af)
 		if err != nil {
+			s.Close()
 			return nil, err
 		}
-		g = guards{func() { unix.Close(fd) }}
-	}
-	s, err := listenGRE(family, batch, bufSize, rcvbuf, moderate, ring, g)
-	if err != nil {
-		g.release()
-		return nil, err
-	}
-	if ring && s.r == nil {
-		s.Close()
-		return nil, fmt.Errorf("no eBPF ring: %w", s.RingError())
+		s.guards = guards{func() { unix.Close(fd) }}
 	}
 	return s, nil
 }
