@@ -225,34 +225,29 @@ func TestTAPWriteErrors(t *testing.T) {
 // add to those of the socket that replaces it.
 func TestKernelDropsKept(t *testing.T) {
 	r := newRig(t)
-	cfg := Config{Name: "erspan0", Up: true, Monitor: true, Src: local, Dst: remote, VNetID: 77}
+	cfg := Config{Name: "erspan0", Monitor: true, Src: local, Dst: remote, VNetID: 77}
 	r.add(cfg)
-	r.sys.socket(4).drops = 7
-	if d := r.h.DaemonCounters().KernelDrops; d != 7 {
-		t.Fatalf("kernel drops %d with the socket open, want 7", d)
-	}
-	cfg.Up = false
-	if err := r.h.Update(cfg); err != nil {
-		t.Fatal(err)
-	}
-	if d := r.h.DaemonCounters().KernelDrops; d != 7 {
-		t.Errorf("kernel drops %d after the socket closed, want 7", d)
-	}
-	cfg.Up = true
-	if err := r.h.Update(cfg); err != nil {
-		t.Fatal(err)
-	}
-	r.sys.socket(4).drops = 2
-	if d := r.h.DaemonCounters().KernelDrops; d != 9 {
-		t.Errorf("kernel drops %d with a new socket that dropped 2, want 9", d)
-	}
-	// The second socket closes too: its drops add to the first's.
-	cfg.Up = false
-	if err := r.h.Update(cfg); err != nil {
-		t.Fatal(err)
-	}
-	if d := r.h.DaemonCounters().KernelDrops; d != 9 {
-		t.Errorf("kernel drops %d after the second socket closed, want 9", d)
+	// Up (a new socket, which then drops some), down (it closes), ...
+	for _, step := range []struct {
+		up          bool
+		drops, want uint64
+		what        string
+	}{
+		{true, 7, 7, "with the socket open"},
+		{false, 0, 7, "after the socket closed"},
+		{true, 2, 9, "with a new socket that dropped 2"},
+		{false, 0, 9, "after the second socket closed"}, // its drops add to the first's
+	} {
+		cfg.Up = step.up
+		if err := r.h.Update(cfg); err != nil {
+			t.Fatal(err)
+		}
+		if step.up {
+			r.sys.socket(4).drops = step.drops
+		}
+		if d := r.h.DaemonCounters().KernelDrops; d != step.want {
+			t.Errorf("kernel drops %d %s, want %d", d, step.what, step.want)
+		}
 	}
 }
 
