@@ -152,6 +152,22 @@ func (n *testNetns) waitReady(t *testing.T, name string) {
 	}
 }
 
+// openFDs counts the process's open descriptors.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	des, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(des)
+}
+
+// fdOpen reports whether descriptor fd is open.
+func fdOpen(fd int) bool {
+	_, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+	return err == nil
+}
+
 // packetSniffer is an AF_PACKET socket on one link, seeing every frame in
 // both directions before tc ingress runs.
 type packetSniffer struct{ fd int }

@@ -316,14 +316,13 @@ func TestRingCloseReleasesAll(t *testing.T) {
 		}
 		link := fmt.Sprintf("socket:[%d]", st.Ino)
 		mapped := func() bool { b, _ := os.ReadFile("/proc/self/maps"); return bytes.Contains(b, []byte(link)) }
-		open := func(fd int) bool { _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); return err == nil }
 		fd, wake := s.r.fd, s.r.wake
 		if !mapped() {
 			t.Fatalf("%s not in /proc/self/maps", link)
 		}
 		s.Close()
-		if open(fd) || open(wake) || mapped() {
-			t.Errorf("after Close: socket open %v, eventfd open %v, ring mapped %v", open(fd), open(wake), mapped())
+		if fdOpen(fd) || fdOpen(wake) || mapped() {
+			t.Errorf("after Close: socket open %v, eventfd open %v, ring mapped %v", fdOpen(fd), fdOpen(wake), mapped())
 		}
 	})
 }

@@ -46,6 +46,21 @@ func listenGREGuarded(family, batch, bufSize, rcvbuf int, moderate time.Duration
 	return s, nil
 }
 
+// listenGREIn is listenGREGuarded in ns, the socket closed when the test
+// ends.
+func listenGREIn(t *testing.T, ns *testNetns, family, batch, bufSize, rcvbuf int, moderate time.Duration, ring bool) *GRESocket {
+	t.Helper()
+	var s *GRESocket
+	ns.do(t, func() {
+		var err error
+		if s, err = listenGREGuarded(family, batch, bufSize, rcvbuf, moderate, ring); err != nil {
+			t.Fatalf("listenGREGuarded: %v", err)
+		}
+	})
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
 // openGuard opens a guard for a receive socket of the tests: a raw GRE
 // socket of address family af whose filter accepts nothing (see
 // listenGRE; erspand uses its shared send socket instead).
@@ -132,20 +147,11 @@ func bothReceivers(t *testing.T, test func(t *testing.T, ring bool)) {
 func testSocket(t *testing.T, family int, ipOptions, ring bool) {
 	sender, collector := vethPair(t)
 	src, dst := socketTestAddrs(family)
-	var s, small *GRESocket
+	s := listenGREIn(t, collector, family, 8, 2048, 1<<20, DefaultModerate, ring)
+	// A second socket whose buffer is too small for the packet sent last.
+	small := listenGREIn(t, collector, family, 4, 128, 0, DefaultModerate, ring)
 	var sniff *packetSniffer
 	collector.do(t, func() {
-		var err error
-		if s, err = listenGREGuarded(family, 8, 2048, 1<<20, DefaultModerate, ring); err != nil {
-			t.Fatalf("listenGREGuarded: %v", err)
-		}
-		t.Cleanup(func() { s.Close() })
-		// A second socket whose buffer is too small for the packet sent
-		// last.
-		if small, err = listenGREGuarded(family, 4, 128, 0, DefaultModerate, ring); err != nil {
-			t.Fatalf("listenGREGuarded (small): %v", err)
-		}
-		t.Cleanup(func() { small.Close() })
 		eth0, err := net.InterfaceByName("eth0")
 		if err != nil {
 			t.Fatalf("eth0: %v", err)
@@ -266,15 +272,8 @@ func TestCaptureSkipsOutgoing(t *testing.T) {
 func TestSocketKernelDrops(t *testing.T) {
 	sender, collector := vethPair(t)
 	const ring = false // TestGRERingOverflow
-	var s *GRESocket
-	collector.do(t, func() {
-		var err error
-		// The smallest buffer the kernel allows: a burst overflows it.
-		if s, err = listenGREGuarded(4, 16, 2048, 1, DefaultModerate, ring); err != nil {
-			t.Fatalf("listenGREGuarded: %v", err)
-		}
-		t.Cleanup(func() { s.Close() })
-	})
+	// The smallest buffer the kernel allows: a burst overflows it.
+	s := listenGREIn(t, collector, 4, 16, 2048, 1, DefaultModerate, ring)
 	var snd *greSender
 	sender.do(t, func() { snd = newGRESender(t, net.IPv4(192, 0, 2, 2)) })
 	pkt := grePacket(erspan.ProtoERSPAN, true, 1, typeIIBody(1))
@@ -305,15 +304,8 @@ func TestSocketAllocs(t *testing.T) {
 	for _, family := range []int{4, 6} {
 		sender, collector := vethPair(t)
 		_, dst := socketTestAddrs(family)
-		var s *GRESocket
-		collector.do(t, func() {
-			var err error
-			// The smallest buffer the kernel allows: a burst overflows it.
-			if s, err = listenGREGuarded(family, 4, 2048, 1, DefaultModerate, ring); err != nil {
-				t.Fatalf("listenGREGuarded: %v", err)
-			}
-			t.Cleanup(func() { s.Close() })
-		})
+		// The smallest buffer the kernel allows: a burst overflows it.
+		s := listenGREIn(t, collector, family, 4, 2048, 1, DefaultModerate, ring)
 		var snd *greSender
 		sender.do(t, func() { snd = newGRESender(t, net.IP(dst.AsSlice())) })
 		pkt := func(i int) []byte { return grePacket(erspan.ProtoERSPAN, true, uint32(i), typeIIBody(byte(i))) }
@@ -633,22 +625,20 @@ func TestSendCongested(t *testing.T) {
 	tx, pkts, tos := senderBatchIn(t, sender)
 	// sendmmsg calls, counted: a refused batch must cost one or two (the
 	// packets before the refusal, then the refusal), not one per packet.
-	rs := tx.(*rawSender)
-	calls, send := 0, rs.batchF
-	rs.batchF = func(fd uintptr) { calls++; send(fd) }
+	calls := countSendmmsg(tx)
 	// Twice the send buffer (DefaultSndBuf) holds about ten thousand such
 	// packets: bounded at 1000 batches, far more than it takes.
 	total, congested := 0, false
 	for range 1000 {
-		calls = 0
+		*calls = 0
 		sent, _, _, err := tx.SendBatch(pkts, tos)
 		total += sent
 		if err != nil {
 			if !errors.Is(err, unix.ENOBUFS) && !errors.Is(err, unix.EAGAIN) || sent == len(pkts) {
 				t.Fatalf("SendBatch after %d packets: sent %d of %d, %v; want ENOBUFS or EAGAIN with the rest dropped", total, sent, len(pkts), err)
 			}
-			if calls > 2 {
-				t.Errorf("the refused batch took %d sendmmsg calls, want at most 2: the rest of the batch must be dropped", calls)
+			if *calls > 2 {
+				t.Errorf("the refused batch took %d sendmmsg calls, want at most 2: the rest of the batch must be dropped", *calls)
 			}
 			congested = true
 			break
@@ -681,14 +671,7 @@ func TestSendRefusedByFirewall(t *testing.T) {
 		"add table inet erspan_test",
 		"add chain inet erspan_test out { type filter hook output priority 0; }",
 		"add rule inet erspan_test out meta l4proto gre ip dscp cs1 drop")
-	var rx *GRESocket
-	var err error
-	collector.do(t, func() {
-		if rx, err = listenGREGuarded(4, 16, 2048, 0, 0, false); err != nil {
-			t.Fatalf("listenGREGuarded: %v", err)
-		}
-		t.Cleanup(func() { rx.Close() })
-	})
+	rx := listenGREIn(t, collector, 4, 16, 2048, 0, 0, false)
 	tx, _, _ := senderBatchIn(t, sender)
 	const cs1 = 8 << 2 // DSCP 8 in the TOS byte
 	pkts, tos := seqGRE(0, 5), []uint8{0, cs1, 0, cs1, 0}
@@ -723,13 +706,11 @@ func TestSendFromForeignSource(t *testing.T) {
 		}
 		// A batch: refused whole in one sendmmsg, as the rest of a
 		// batch that shares the source would fail the same way.
-		rs := tx.(*rawSender)
-		calls, send := 0, rs.batchF
-		rs.batchF = func(fd uintptr) { calls++; send(fd) }
+		calls := countSendmmsg(tx)
 		pkt := grePacket(erspan.ProtoERSPAN, true, 1, typeIIBody(1))
 		pkts := [][]byte{pkt, pkt, pkt, pkt, pkt, pkt, pkt, pkt}
-		if sent, _, _, err := tx.SendBatch(pkts, make([]uint8, len(pkts))); sent != 0 || err == nil || calls != 1 {
-			t.Errorf("from %s, which the namespace lacks: sent %d, %v, %d sendmmsg calls; want refused, in one call", c.src, sent, err, calls)
+		if sent, _, _, err := tx.SendBatch(pkts, make([]uint8, len(pkts))); sent != 0 || err == nil || *calls != 1 {
+			t.Errorf("from %s, which the namespace lacks: sent %d, %v, %d sendmmsg calls; want refused, in one call", c.src, sent, err, *calls)
 		}
 		tx.Close()
 	}
@@ -799,36 +780,55 @@ func TestLinuxBatch(t *testing.T) {
 
 // TestCaptureAllocs: a sensor's capture socket (AF_PACKET, its frames
 // parsed down to the GRE payload with the IPv4 checksum verified) reads
-// batches without allocating.
+// batches without allocating, also a read that gives a block back to the
+// kernel and takes the next.
 func TestCaptureAllocs(t *testing.T) {
 	sender, collector := vethPair(t)
-	s := listenCaptureIn(t, collector, 4, 1<<20, DefaultModerate)
+	s := listenCaptureIn(t, collector, 4, 0, DefaultModerate) // 16 blocks
 	sender.do(t, func() {
 		snd := newGRESender(t, net.IPv4(192, 0, 2, 2))
-		for i := range 64 { // at most (runs+1)*4 = 44 are read
+		// Bursts of a batch, each given the time for the kernel's
+		// retire timer (1 ms) to hand its block over, so that most
+		// blocks hold one batch and the read after it moves on.
+		for i := range 32 { // at most 4*2*4 = 32 are read
 			snd.send(grePacket(erspan.ProtoERSPAN, true, uint32(i), typeIIBody(byte(i))))
+			if i%4 == 3 {
+				time.Sleep(5 * time.Millisecond)
+			}
 		}
 	})
 	timer := time.AfterFunc(5*time.Second, func() { s.Close() })
 	defer timer.Stop()
-	var errs, read, bad int
-	allocs := testing.AllocsPerRun(10, func() {
-		msgs, err := s.ReadBatch()
-		if err != nil {
-			errs++
-		}
-		for _, m := range msgs {
-			if m.Err != nil || len(m.GRE) == 0 {
-				bad++
+	var errs, read, bad, moved int
+	// AllocsPerRun counts no allocation of its first call and divides
+	// the rest by runs as integers: an allocation per block would be
+	// lost among 10 runs. So each read is measured alone, and whether
+	// it took the next block is seen.
+	for range 4 {
+		var from int
+		allocs := testing.AllocsPerRun(1, func() {
+			from = s.r.cur
+			msgs, err := s.ReadBatch()
+			if err != nil {
+				errs++
 			}
+			for _, m := range msgs {
+				if m.Err != nil || len(m.GRE) == 0 {
+					bad++
+				}
+			}
+			read += len(msgs)
+		})
+		if s.r.cur != from {
+			moved++
 		}
-		read += len(msgs)
-	})
-	if errs > 0 || read == 0 || bad > 0 {
-		t.Fatalf("%d ReadBatch errors (the socket is closed after 5 s), %d packets read, %d not parsed", errs, read, bad)
+		if allocs != 0 {
+			t.Errorf("ReadBatch: %v allocations (block %d to %d)", allocs, from, s.r.cur)
+		}
 	}
-	if allocs != 0 {
-		t.Errorf("ReadBatch: %v allocations per batch", allocs)
+	if errs > 0 || read == 0 || bad > 0 || moved == 0 {
+		t.Fatalf("%d ReadBatch errors (the socket is closed after 5 s), %d packets read, %d not parsed, %d of the reads measured took the next block",
+			errs, read, bad, moved)
 	}
 }
 
@@ -897,6 +897,15 @@ func TestTransmitAllocs(t *testing.T) {
 	if allocs != 0 {
 		t.Errorf("SendBatch: %v allocations per batch", allocs)
 	}
+}
+
+// countSendmmsg makes sender tx count its sendmmsg calls in the int it
+// returns, which the test may reset.
+func countSendmmsg(tx Sender) *int {
+	rs := tx.(*rawSender)
+	calls, send := new(int), rs.batchF
+	rs.batchF = func(fd uintptr) { *calls++; send(fd) }
+	return calls
 }
 
 // listenCaptureIn opens a capture socket on ns's eth0 (buffers of 2048
