@@ -114,13 +114,12 @@ done
 # its own rows).
 unset GOMAXPROCS GODEBUG GOGC GOMEMLIMIT ERSPAN_RX_MODERATE ERSPAN_RX_BATCH ERSPAN_RX_BUFFER ERSPAN_TX_BUFFER ERSPAN_RX_RING ERSPAN_IO_URING
 
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+
 # One run at a time: two would share the CPUs and each other's namespace
-# names. The lock goes with this shell (fd 9 is closed in the processes
-# it starts in the background, so that a daemon left by a killed run does
-# not hold it).
-LOCK=/run/erspan-bench.lock
-exec 9>"$LOCK"
-flock -n 9 || { echo "bench.sh: another bench.sh is running (it holds $LOCK)" >&2; exit 1; }
+# names (fd 9 is closed in the processes it starts in the background).
+one_at_a_time bench.sh /run/erspan-bench.lock
 
 # LIMIT: the watchdog's, leaving the cleanup (up to 5 s to stop the
 # processes, then the namespaces) within the bounds: --quick under
@@ -134,8 +133,6 @@ GEN_CPU=0 DUT_CPU=1
 SND=erspan-bench-snd COL=erspan-bench-col CEIL=erspan-bench-ceil
 ALL_NS="$SND $COL $CEIL"
 HZ=$(getconf CLK_TCK)
-# shellcheck source=scripts/lib.sh
-. scripts/lib.sh
 
 log() { printf '%s\n' "$*" >&2; }
 

@@ -15,19 +15,14 @@ cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 
 [ "$(id -u)" -eq 0 ] || { echo "demo.sh: run as root (it creates network namespaces)" >&2; exit 1; }
-if ! command -v ip >/dev/null || ! command -v tcpdump >/dev/null; then
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 tcpdump >/dev/null
-fi
+need_tools ip:iproute2 tcpdump:tcpdump
 
 # One demo at a time: a second would kill the first's daemons when it
-# clears the namespaces (below). The lock goes with this shell: erspanctl
-# and tcpdump run with fd 9 closed (9>&-), as bench.sh starts its
-# processes, else the daemons erspanctl starts would inherit it, and those
-# of a demo that was killed would hold it for ever, refusing every later
-# demo before it could clear them.
-exec 9>/run/erspan-demo.lock
-flock -n 9 || { echo "demo.sh: another demo.sh is running (it holds /run/erspan-demo.lock)" >&2; exit 1; }
+# clears the namespaces (below). erspanctl and tcpdump run with fd 9
+# closed (9>&-), else the daemons erspanctl starts would inherit the lock,
+# and those of a demo that was killed would refuse every later demo before
+# it could clear them.
+one_at_a_time demo.sh /run/erspan-demo.lock
 
 SW=erspan-demo-switch
 COL=erspan-demo-collector

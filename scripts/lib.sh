@@ -39,3 +39,25 @@ remove_netns() {
 	end_pids 20 "$sig" $killed
 	ip netns del "$ns" 2>/dev/null || true
 }
+
+# need_tools COMMAND:PACKAGE...: install with apt the Debian packages whose
+# commands are missing (one apt run for all of them), saying which.
+need_tools() {
+	local pair missing=()
+	for pair in "$@"; do
+		command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
+	done
+	[ ${#missing[@]} -gt 0 ] || return 0
+	echo "installing ${missing[*]}"
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# one_at_a_time NAME LOCKFILE: hold an flock on LOCKFILE on fd 9 for the
+# rest of this shell, or exit saying another NAME holds it. The lock goes
+# with the shell: start background processes with 9>&-, else a daemon left
+# by a killed run would inherit fd 9 and hold the lock for ever.
+one_at_a_time() {
+	exec 9>"$2"
+	flock -n 9 || { echo "$1: another $1 is running (it holds $2)" >&2; exit 1; }
+}

@@ -34,16 +34,10 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 step "tools"
-missing=()
-command -v ip >/dev/null || missing+=(iproute2)
-command -v tcpdump >/dev/null || missing+=(tcpdump)
-command -v tshark >/dev/null || missing+=(tshark) # the e2e tests cross-check the wire with Wireshark
-command -v nft >/dev/null || missing+=(nftables)  # a firewall refusing sends (TestSendRefusedByFirewall)
-if [ ${#missing[@]} -gt 0 ]; then
-	echo "installing ${missing[*]}"
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+# tshark: the e2e tests cross-check the wire with Wireshark; nft: a
+# firewall refusing sends (TestSendRefusedByFirewall) and the ring's
+# firewall test.
+need_tools ip:iproute2 tcpdump:tcpdump tshark:tshark nft:nftables
 command -v go >/dev/null || { echo "Go is not installed (expected /usr/local/go)" >&2; exit 1; }
 go version
 if ! command -v staticcheck >/dev/null || ! staticcheck -version | grep -q "${STATICCHECK_VERSION#v}"; then
