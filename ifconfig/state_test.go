@@ -10,18 +10,17 @@ import (
 	"time"
 )
 
-type zeroSeq struct{}
+// stateWrites records the states Persist writes, through writeState
+// (restored at the test's end), decoded from the JSON written to disk.
+type stateWrites struct {
+	mu     sync.Mutex
+	states []State
+}
 
-func (zeroSeq) Seq(string) uint32     { return 0 }
-func (zeroSeq) SetSeq(string, uint32) {}
-
-// TestPersistCoalesces: a burst of configuration changes is written in a
-// few writes, not one per change (each write holds every interface), and
-// nothing is lost: the file after the burst, and the last one at stop,
-// hold every interface.
-func TestPersistCoalesces(t *testing.T) {
-	var mu sync.Mutex
-	var writes []State
+// recordWrites starts a record; after, unless nil, is called after each
+// write with the count so far, from Persist's goroutine.
+func recordWrites(t *testing.T, after func(n int)) *stateWrites {
+	w := &stateWrites{}
 	orig := writeState
 	t.Cleanup(func() { writeState = orig })
 	writeState = func(path string, data []byte) error {
@@ -29,25 +28,51 @@ func TestPersistCoalesces(t *testing.T) {
 		if err := json.Unmarshal(data, &st); err != nil {
 			t.Errorf("state written is not JSON: %v", err)
 		}
-		mu.Lock()
-		writes = append(writes, st)
-		mu.Unlock()
+		w.mu.Lock()
+		w.states = append(w.states, st)
+		n := len(w.states)
+		w.mu.Unlock()
+		if after != nil {
+			after(n)
+		}
 		return orig(path, data)
 	}
-	count := func() (int, int) {
-		mu.Lock()
-		defer mu.Unlock()
-		if len(writes) == 0 {
-			return 0, -1
-		}
-		return len(writes), len(writes[len(writes)-1].Interfaces)
-	}
+	return w
+}
 
+// count is the number of writes and the number of interfaces in the
+// last (-1 with none).
+func (w *stateWrites) count() (int, int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.states) == 0 {
+		return 0, -1
+	}
+	return len(w.states), len(w.states[len(w.states)-1].Interfaces)
+}
+
+// last is the last state written (the zero State with none).
+func (w *stateWrites) last() State {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.states) == 0 {
+		return State{}
+	}
+	return w.states[len(w.states)-1]
+}
+
+// TestPersistCoalesces: a burst of configuration changes is written in a
+// few writes, not one per change (each write holds every interface), and
+// nothing is lost: the file after the burst, and the last one at stop,
+// hold every interface.
+func TestPersistCoalesces(t *testing.T) {
+	w := recordWrites(t, nil)
+	count := w.count
 	r := NewRegistry(newFake())
 	path := filepath.Join(t.TempDir(), "state")
 	stop, done := make(chan struct{}), make(chan struct{})
 	go func() {
-		r.Persist(path, zeroSeq{}, stop, t.Logf)
+		r.Persist(path, &setSeq{}, stop, t.Logf)
 		close(done)
 	}()
 	waitCount := func(what string, ok func(n, ifs int) bool) {
@@ -108,17 +133,7 @@ func (s *setSeq) SetSeq(string, uint32) {}
 // are then, though no configuration changed since the last write (a
 // restarted daemon resumes from them; TestRestart end to end).
 func TestPersistAtStop(t *testing.T) {
-	var mu sync.Mutex
-	var last State
-	writes := 0
-	orig := writeState
-	t.Cleanup(func() { writeState = orig })
-	writeState = func(path string, data []byte) error {
-		mu.Lock()
-		defer mu.Unlock()
-		writes++
-		return json.Unmarshal(data, &last)
-	}
+	w := recordWrites(t, nil)
 	r := NewRegistry(newFake())
 	if err := r.Create("erspan0"); err != nil {
 		t.Fatal(err)
@@ -132,13 +147,11 @@ func TestPersistAtStop(t *testing.T) {
 	// The write at start, and the create's (its token was waiting); then
 	// the create's quiet time passes: nothing else is due but the tick.
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		mu.Lock()
-		n := writes
-		mu.Unlock()
-		if n >= 2 {
+		if n, _ := w.count(); n >= 2 {
 			break
 		}
 		if time.Now().After(deadline) {
+			n, _ := w.count()
 			t.Fatalf("%d writes, want the one at start and the create's", n)
 		}
 	}
@@ -146,9 +159,7 @@ func TestPersistAtStop(t *testing.T) {
 	seq.n.Store(77)
 	close(stop)
 	<-done
-	mu.Lock()
-	defer mu.Unlock()
-	if len(last.Interfaces) != 1 || last.Interfaces[0].Seq != 77 {
+	if last := w.last(); len(last.Interfaces) != 1 || last.Interfaces[0].Seq != 77 {
 		t.Errorf("the last write holds %+v, want erspan0 with seq 77", last.Interfaces)
 	}
 }
@@ -157,23 +168,16 @@ func TestPersistAtStop(t *testing.T) {
 // after a change's write (persistCoalesce) still writes the state as it is
 // then: the sequence numbers moved since that write.
 func TestPersistStopWhileCoalescing(t *testing.T) {
-	var last State
-	writes := 0
 	seq := &setSeq{}
 	stop, done := make(chan struct{}), make(chan struct{})
-	orig := writeState
-	t.Cleanup(func() { writeState = orig })
-	writeState = func(path string, data []byte) error {
-		// Called by Persist's goroutine alone.
-		writes++
-		if writes == 2 {
+	w := recordWrites(t, func(n int) {
+		if n == 2 {
 			// The create's write: the quiet time follows it, and stop
 			// comes before it ends.
 			seq.n.Store(77)
 			close(stop)
 		}
-		return json.Unmarshal(data, &last)
-	}
+	})
 	r := NewRegistry(newFake())
 	if err := r.Create("erspan0"); err != nil { // its token waits for Persist
 		t.Fatal(err)
@@ -187,7 +191,7 @@ func TestPersistStopWhileCoalescing(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Persist did not return 5 s after the create's write")
 	}
-	if writes != 3 || len(last.Interfaces) != 1 || last.Interfaces[0].Seq != 77 {
-		t.Errorf("%d writes, the last holding %+v; want 3, the last with erspan0 at seq 77", writes, last.Interfaces)
+	if writes, _ := w.count(); writes != 3 || len(w.last().Interfaces) != 1 || w.last().Interfaces[0].Seq != 77 {
+		t.Errorf("%d writes, the last holding %+v; want 3, the last with erspan0 at seq 77", writes, w.last().Interfaces)
 	}
 }
