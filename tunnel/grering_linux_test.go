@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -157,29 +156,7 @@ func TestGRERingCloseWhileLent(t *testing.T) {
 	checkLentAfterClose(t, s, &s.r.mapped, msgs)
 
 	idle := listenRingIn(t, collector, 4, 64, 0)
-	// idle's own mappings, by address: earlier tests' rings, closed
-	// with a batch out, are unmapped by the garbage collector, at any
-	// time (a count of all bpf-map mappings moves with them).
-	lo := uintptr(unsafe.Pointer(&idle.r.mem[0]))
-	hi := lo + uintptr(len(idle.r.mem))
-	ringMapped := func() int {
-		b, err := os.ReadFile("/proc/self/maps")
-		if err != nil {
-			t.Fatal(err)
-		}
-		n := 0
-		for _, line := range strings.Split(string(b), "\n") {
-			f := strings.Fields(line)
-			if len(f) < 6 || f[5] != "anon_inode:bpf-map" {
-				continue
-			}
-			start, _, _ := strings.Cut(f[0], "-")
-			if a, err := strconv.ParseUint(start, 16, 64); err == nil && uintptr(a) >= lo && uintptr(a) < hi {
-				n++
-			}
-		}
-		return n
-	}
+	ringMapped := func() int { return mappingsAt(t, idle.r.mem, "anon_inode:bpf-map") }
 	if n := ringMapped(); n != 2 {
 		t.Fatalf("an open ring: %d bpf-map mappings at its address, want 2 (its consumer page, then producer page and data)", n)
 	}

@@ -7,11 +7,15 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -971,6 +975,99 @@ func lendBatch(t *testing.T, sender *testNetns, s Socket) []Message {
 		t.Fatalf("ReadBatch (the socket is closed after 5 s): %d messages, %v", len(msgs), err)
 	}
 	return msgs
+}
+
+// mappingsAt counts the mappings in /proc/self/maps that start within mem
+// and whose name begins with name: a ring's own, not those of earlier
+// tests' rings, which the garbage collector unmaps at any time (a count of
+// all mappings of a kind moves with them).
+func mappingsAt(t *testing.T, mem []byte, name string) int {
+	t.Helper()
+	if len(mem) == 0 {
+		return 0
+	}
+	return mappingsIn(t, uintptr(unsafe.Pointer(&mem[0])), uintptr(len(mem)), name)
+}
+
+// mappingsIn is mappingsAt for the size bytes at addr.
+func mappingsIn(t *testing.T, addr, size uintptr, name string) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 6 || !strings.HasPrefix(f[5], name) {
+			continue
+		}
+		start, _, _ := strings.Cut(f[0], "-")
+		if a, err := strconv.ParseUint(start, 16, 64); err == nil && uintptr(a) >= addr && uintptr(a) < addr+size {
+			n++
+		}
+	}
+	return n
+}
+
+// TestRingsUnmappedByGC: a ring closed with a batch out and never read
+// again (its reader gone) is unmapped once nothing refers to it: the
+// garbage collector's cleanup (runtime.AddCleanup in newRing and
+// newGRERing) is the backstop of mapped.close leaving a lent batch
+// mapped.
+func TestRingsUnmappedByGC(t *testing.T) {
+	sender, collector := vethPair(t)
+	for _, c := range []struct {
+		name, mapping string
+		open          func() (Socket, *mapped, error)
+	}{
+		{"GRE ring", "anon_inode:bpf-map", func() (Socket, *mapped, error) {
+			s, err := listenGREGuarded(4, 64, 2048, 0, 0, true)
+			if err != nil || s.r == nil {
+				return nil, nil, fmt.Errorf("listenGREGuarded: ring %v, %v", s != nil && s.r != nil, err)
+			}
+			return s, &s.r.mapped, nil
+		}},
+		{"capture ring", "socket:[", func() (Socket, *mapped, error) {
+			s, err := listenCapture("eth0", 64, 2048, 0, 0, nil)
+			if err != nil {
+				return nil, nil, err
+			}
+			return s, &s.r.mapped, nil
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			// In a function of its own, so that no variable of this
+			// one refers to the socket once it returns.
+			addr, size := func() (uintptr, uintptr) {
+				var s Socket
+				var m *mapped
+				collector.do(t, func() {
+					var err error
+					if s, m, err = c.open(); err != nil {
+						t.Fatal(err)
+					}
+				})
+				lendBatch(t, sender, s)
+				if err := s.Close(); err != nil {
+					t.Fatalf("Close: %v", err)
+				}
+				if m.mem == nil {
+					t.Fatal("Close unmapped the ring while a batch was out")
+				}
+				return uintptr(unsafe.Pointer(&m.mem[0])), uintptr(len(m.mem))
+			}()
+			if n := mappingsIn(t, addr, size, c.mapping); n == 0 {
+				t.Fatal("no mapping of the closed ring before the garbage collection")
+			}
+			for deadline := time.Now().Add(5 * time.Second); mappingsIn(t, addr, size, c.mapping) > 0; time.Sleep(10 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("%d mappings of the unreachable ring left after 5 s of garbage collections", mappingsIn(t, addr, size, c.mapping))
+				}
+				runtime.GC()
+			}
+		})
+	}
 }
 
 // checkLentAfterClose checks a ring closed while the batch msgs (of
