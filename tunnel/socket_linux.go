@@ -137,10 +137,11 @@ func setupGRE(fd, family int, filter []unix.SockFilter, rcvbuf int) error {
 	// The socket received every GRE packet from its creation until the
 	// filter was attached: drop what it queued meanwhile, so that
 	// ReadBatch only ever returns packets that passed the filter. (ERSPAN
-	// packets arriving during these few microseconds go too.) The queue
-	// is bounded by the default receive buffer, which is why this runs
-	// before the buffer is enlarged; the count bounds the loop anyway.
-	drainSocket(fd)
+	// packets arriving before the drain go too: the socket is new, no
+	// interface reads it yet.) The queue is bounded by the default
+	// receive buffer, which is why this runs before the buffer is
+	// enlarged; the count bounds the loop anyway.
+	drainAfterAttach(fd)
 	if err := setRcvBuf(fd, rcvbuf); err != nil {
 		return fmt.Errorf("GRE socket (IPv%d): %w", family, err)
 	}

@@ -977,6 +977,71 @@ func lendBatch(t *testing.T, sender *testNetns, s Socket) []Message {
 	return msgs
 }
 
+// sockQueued says whether socket fd has a packet queued.
+func sockQueued(fd int) bool {
+	var b [1]byte
+	_, _, err := unix.Recvfrom(fd, b[:], unix.MSG_DONTWAIT|unix.MSG_PEEK)
+	return err != unix.EAGAIN
+}
+
+// TestOpenUnderFlood: a receive socket opened while GRE packets its
+// filter refuses (TEB) pour in has none queued: those that came before
+// the filter was attached, also those the kernel was delivering as it was
+// attached, are dropped (drainAfterAttach). A ring's socket is never
+// read, so such a packet would hold its receive buffer until it closes;
+// recvmmsg would return it. Sockets are opened 20 in a row, so that
+// packets come at every step.
+func TestOpenUnderFlood(t *testing.T) { bothReceivers(t, testOpenUnderFlood) }
+
+func testOpenUnderFlood(t *testing.T, ring bool) {
+	sender, collector := vethPair(t)
+	var snd *greSender
+	sender.do(t, func() { snd = newGRESender(t, net.IPv4(192, 0, 2, 2)) })
+	stop, flooded := make(chan struct{}), make(chan int)
+	go func() {
+		n, pkt := 0, grePacket(erspan.ProtoTEB, false, 0, fakeFrame(1))
+		// Bounded: 30 s at most, if the test never stops it.
+		for end := time.Now().Add(30 * time.Second); time.Now().Before(end); {
+			select {
+			case <-stop:
+				flooded <- n
+				return
+			default:
+			}
+			if unix.Sendto(snd.fd, pkt, 0, snd.to) == nil {
+				n++
+			}
+		}
+		<-stop
+		flooded <- n
+	}()
+	var early int
+	collector.do(t, func() {
+		for range 20 {
+			s, err := listenGREGuarded(4, 4, 2048, 0, 0, ring)
+			if err != nil {
+				close(stop)
+				<-flooded
+				t.Fatalf("listenGREGuarded: %v", err)
+			}
+			var fd int
+			if ring {
+				fd = s.r.sock
+			} else {
+				fd = s.c.fd
+			}
+			if sockQueued(fd) {
+				early++
+			}
+			s.Close()
+		}
+	})
+	close(stop)
+	if n := <-flooded; n == 0 || early > 0 {
+		t.Errorf("%d of 20 sockets opened under a flood of %d TEB packets have packets queued", early, n)
+	}
+}
+
 // mappingsAt counts the mappings in /proc/self/maps that start within mem
 // and whose name begins with name: a ring's own, not those of earlier
 // tests' rings, which the garbage collector unmaps at any time (a count of
