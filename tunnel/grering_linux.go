@@ -209,8 +209,9 @@ func mapGRERing(fd int, size uint64) ([]byte, error) {
 // which golang.org/x/sys does not name.
 const membarrierCmdGlobal = 1
 
-// quiesceFallback stands in for quiesce's wait where the kernel refuses
-// membarrier: much longer than any delivery of a packet to a socket.
+// quiesceFallback stands in for drainAfterAttach's wait where the kernel
+// refuses membarrier: much longer than any delivery of a packet to a
+// socket.
 const quiesceFallback = 20 * time.Millisecond
 
 // drainAfterAttach drops what raw socket fd queued before the filter just
@@ -222,8 +223,8 @@ const quiesceFallback = 20 * time.Millisecond
 // and raw6_local_deliver hold rcu_read_lock; the receive softirq runs
 // with bottom halves off), so a packet that read no filter, before the
 // attach, can be queued just after it, and on a ring's socket it would
-// then stay queued for ever (TestGRERingQueuesNothing saw one in 20 rings
-// opened under a flood, in a loaded run of all tests).
+// then stay queued for ever (a loaded run of all tests saw it in one of
+// 20 rings opened under a flood: TestOpenUnderFlood).
 // membarrier(MEMBARRIER_CMD_GLOBAL) is synchronize_rcu(): when it
 // returns, every such section has ended. It takes a grace period, ~10 ms
 // here, once per socket opened. Where it is refused (EINVAL with
