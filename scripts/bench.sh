@@ -87,6 +87,10 @@
 #           inter-processor interrupt per packet instead, a quarter of its
 #           CPU, an MSR write and a VM exit each, which a real NIC's
 #           transmit does not).
+#  send     gen alone on the measured CPU sends ERSPAN II to the
+#           collector's veth (the same tc drop), with a raw GRE socket as
+#           erspand's, and with an AF_PACKET socket bypassing the IP
+#           output: what another send would save encap (see send_alone).
 #  zero-loss  the highest rate at which ZL_COUNT frames of 64 B all arrive:
 #           first as fast as gen can, then a bisection with gen's rate limit,
 #           where a step passes only if gen also sent at 95% or more of the
@@ -484,6 +488,29 @@ encap() {
 	figures "$r0" "$rend" "$r1" "$c0" "$c1" "$w0" "$w1" "$el"
 }
 
+# send_alone MODE SIZE: gen alone, pinned to the measured CPU in the
+# sender namespace, sends ERSPAN II packets of SIZE-byte frames to the
+# collector's veth (which drops them at tc ingress, as in encap) as fast
+# as it can: what erspand's send costs with a raw GRE socket (gre: the
+# kernel routes and builds the IPv4 header, as erspand does) against an
+# AF_PACKET socket with PACKET_QDISC_BYPASS and headers of its own (eth:
+# no route lookup, IP output, netfilter or neighbour lookup). The CPU is
+# gen's own (getrusage). Sets the same as decap.
+send_alone() {
+	local mode=$1 size=$2 r0 r1 rend out el
+	r0=$(counter $COL veth-col rx_packets)
+	out=$(nsx $SND taskset -c $DUT_CPU "$bin/gen" -mode "$mode" -dev veth-snd -dstmac "$col_mac" -size "$size" \
+		-session 77 -sessions 1 -count 100000000 -duration ${DUR}s)
+	rend=$(counter $COL veth-col rx_packets)
+	r1=$(settle $COL veth-col)
+	el=$(kv elapsed "$out") sent=$(kv sent "$out") offered=$(kv rate "$out") cpu=$(kv cpu "$out")
+	deliv=$((r1 - r0))
+	pps=$(calc %.0f "($rend - $r0) / $el")
+	eff=$(calc %.0f "$deliv / ($cpu + 1e-9)")
+	busy=$(calc %.0f "100 * $cpu / $el")
+	cpu=$(calc %.2f "$cpu")
+}
+
 # measured_row LABEL SIZE MEASURE ARGS...: REPS runs of MEASURE ARGS...
 # (decap or encap), each logged as it ends and followed by a ceiling
 # sample; adds the row of the run with the median frames per CPU-second,
@@ -695,6 +722,15 @@ for size in 64 1514; do
 	encap_pps[$size]=$pps encap_eff[$size]=$eff
 done
 encap_tx=$(ctl $SND "$snd_sock" -j erspan0 | pick 'tx_packets|tx_errors|tx_too_big')
+# The send alone, both ways (see send_alone), at 64 B; not with --quick,
+# which keeps its minute.
+send_raw_eff="" send_pkt_eff=""
+if [ $QUICK -eq 0 ]; then
+	measured_row "send alone: raw GRE socket" 64 send_alone gre 64
+	send_raw_eff=$eff
+	measured_row "send alone: AF_PACKET, qdisc bypass" 64 send_alone eth 64
+	send_pkt_eff=$eff
+fi
 encap_off
 ctl $SND "$snd_sock" destroy erspan0
 stop $snd
@@ -799,6 +835,10 @@ echo "raw GRE sockets in the collector namespace: $raw1 with 1 interface, $rawn 
 echo "decap with $NIFS interfaces relative to 1, frames per CPU-s: $(calc %.2f "$many_one_eff / ${decap_eff[64]}") (one session), $(calc %.2f "$many_all_eff / ${decap_eff[64]}") (spread over all $NIFS sessions);"
 echo "  frames per second: $(calc %.2f "$many_one / ${decap_pps[64]}"), $(calc %.2f "$many_all / ${decap_pps[64]}") (generator-bound while erspand is not busy)"
 echo "erspand (sender) counters after encap: $encap_tx"
+if [ -n "$send_raw_eff" ]; then
+	echo "the send alone, CPU per 64-byte packet (µs): raw GRE socket $(us "$send_raw_eff"), AF_PACKET with PACKET_QDISC_BYPASS $(us "$send_pkt_eff")"
+	echo "  (each with the veth's transmit and the collector's receive up to its tc drop; encap adds a TAP read to the first)"
+fi
 echo "erspand (collector) counters at the end: $col_counters"
 echo "busy: the measured process's CPU-s over the wall time they were counted in (from before the"
 echo "generator starts to the end of the drain). No loss and busy well under"
