@@ -41,13 +41,14 @@
 #  ceiling  a Go program writes prebuilt frames into a TAP, one write() each,
 #           the TAP made like erspanN (multi-queue, up, monitor filter):
 #           REPS runs at the start of the run, REPS at its end, and one
-#           of SAMPLE_DUR seconds after every run of erspand or the naive
-#           loop: it moves with the host's load, by up to 25% within a
+#           of SAMPLE_DUR seconds after every measured run (erspand, the
+#           naive loop, the send alone): it moves with the host's load, by up to 25% within a
 #           run and as much from one run to the next, and a run's
 #           neighbour is no better a denominator than any other (over 84
 #           runs, a run's frames per CPU-second and the ceiling run right
-#           after it correlated at 0.02). Every ratio (decap, encap,
-#           naive, io_uring, multi-queue, the sweep's rows) is frames per
+#           after it correlated at 0.02). Every ratio (decap in each mode,
+#           encap, the send alone, naive, io_uring, multi-queue, the
+#           sweep's rows) is frames per
 #           CPU-second over the median of all these ceiling runs of the
 #           same frame size, so comparisons between rows are the same
 #           with or without it; the report shows their number and range.
@@ -145,8 +146,7 @@ log() { printf '%s\n' "$*" >&2; }
 # owns them.
 for ns in $ALL_NS; do
 	[ -e "/run/netns/$ns" ] || continue
-	remove_netns "$ns" KILL
-	log "removed $ns, left by a killed run${killed:+, killed $killed}"
+	remove_left "$ns" "left by a killed run"
 done
 rm -rf /tmp/erspan-bench.*
 
@@ -497,22 +497,22 @@ encap() {
 # no route lookup, IP output, netfilter or neighbour lookup). The CPU is
 # gen's own (getrusage). Sets the same as decap.
 send_alone() {
-	local mode=$1 size=$2 r0 r1 rend out el
-	r0=$(counter $COL veth-col rx_packets)
+	local mode=$1 size=$2 r0 r1 rend out w0 w1
+	r0=$(counter $COL veth-col rx_packets) w0=$(date +%s.%N)
+	# A failed run (a kernel refusing PACKET_QDISC_BYPASS, say) is a row
+	# of zeros, not the end of the whole run.
 	out=$(nsx $SND taskset -c $DUT_CPU "$bin/gen" -mode "$mode" -dev veth-snd -dstmac "$col_mac" -size "$size" \
-		-session 77 -sessions 1 -count 100000000 -duration ${DUR}s)
+		-session 77 -sessions 1 -count 100000000 -duration ${DUR}s) ||
+		{ log "bench.sh: gen -mode $mode failed"; out="sent=0 elapsed=1 rate=0 cpu=0"; }
 	rend=$(counter $COL veth-col rx_packets)
-	r1=$(settle $COL veth-col)
-	el=$(kv elapsed "$out") sent=$(kv sent "$out") offered=$(kv rate "$out") cpu=$(kv cpu "$out")
-	deliv=$((r1 - r0))
-	pps=$(calc %.0f "($rend - $r0) / $el")
-	eff=$(calc %.0f "$deliv / ($cpu + 1e-9)")
-	busy=$(calc %.0f "100 * $cpu / $el")
-	cpu=$(calc %.2f "$cpu")
+	r1=$(settle $COL veth-col) w1=$(date +%s.%N)
+	sent=$(kv sent "$out") offered=$(kv rate "$out")
+	# gen's CPU seconds as clock ticks, figures' unit.
+	figures "$r0" "$rend" "$r1" 0 "$(calc %.6f "$(kv cpu "$out") * $HZ")" "$w0" "$w1" "$(kv elapsed "$out")"
 }
 
 # measured_row LABEL SIZE MEASURE ARGS...: REPS runs of MEASURE ARGS...
-# (decap or encap), each logged as it ends and followed by a ceiling
+# (decap, encap or send_alone), each logged as it ends and followed by a ceiling
 # sample; adds the row of the run with the median frames per CPU-second,
 # but with the worst loss of the REPS runs (the median run's alone would
 # hide the others'), and sets pps and eff from the median run.
@@ -586,17 +586,19 @@ encap_off() {
 	[ ! -d /proc/sys/net/ipv6 ] || nsx $COL sysctl -qw net.ipv6.conf.veth-col.disable_ipv6=1
 }
 
-# decap_flag ARRAY FLAG: decap rows (64 and 1514 B) of a fresh erspand
-# started with FLAG (--name=value for a flag with a value), frames per
-# CPU-s into the associative array ARRAY.
-decap_flag() {
-	local -n into=$1
-	erspand_in $COL "flag${2//[^a-z0-9]/}" "$2"
-	local pid=$started
+# decap_with LABEL GOMAXPROCS SIZES ARRAY [FLAGS...]: decap rows at each
+# of SIZES of a fresh erspand started with FLAGS (and GOMAXPROCS, if not
+# empty, in its environment); frames per CPU-s into the associative array
+# ARRAY, indexed by size (- for none).
+decap_with() {
+	local label=$1 n=$2 sizes=$3 arr=$4 size pid name; shift 4
+	name=$(printf '%s' "$label$n" | tr -cd 'a-z0-9')
+	erspand_gmp "$n" $COL "$name" "$@"
+	pid=$started
 	ctl $COL "$esock" create erspan0 tunnel 192.0.2.2 192.0.2.1 vnetid 77 up
-	for size in 64 1514; do
-		decap_row "erspand decap $2" $pid erspan0 $size 77 1
-		into[$size]=$eff
+	for size in $sizes; do
+		decap_row "$label" $pid erspan0 "$size" 77 1
+		[ "$arr" = - ] || printf -v "$arr[$size]" '%s' "$eff"
 	done
 	ctl $COL "$esock" destroy erspan0
 	stop $pid
@@ -611,15 +613,15 @@ report() {
 	echo "$REPS run(s) of ${DUR}s per row, each row from the run with the median frames per CPU-s, but lost: the worst run's (every run is in the log);"
 	echo "generator on CPU $GEN_CPU, the measured program on CPU $DUT_CPU"
 	echo
-	printf '%-26s %5s %10s %10s %9s %7s %6s %11s %6s\n' measurement bytes offered/s frames/s lost CPU-s busy frames/CPU-s ratio
+	printf '%-36s %5s %10s %10s %9s %7s %6s %11s %6s\n' measurement bytes offered/s frames/s lost CPU-s busy frames/CPU-s ratio
 	while IFS=$'\t' read -r l s o p lo c b e r; do
 		[ "$r" != ceil ] || r=$(calc %.2f "$e / ${ceil_eff[$s]}")
-		printf '%-26s %5s %10s %10s %9s %7s %6s %11s %6s\n' "$l" "$s" "$o" "$p" "$lo" "$c" "$b" "$e" "$r"
+		printf '%-36s %5s %10s %10s %9s %7s %6s %11s %6s\n' "$l" "$s" "$o" "$p" "$lo" "$c" "$b" "$e" "$r"
 	done <<<"${rows%$'\n'}"
 	echo
 	echo "ratio: frames per CPU-second over the one-queue ceiling's (one write() per frame into a TAP, same size):"
 	echo "the median of all its runs in this run (at the start, at the end, and one of ${SAMPLE_DUR}s after every"
-	echo "erspand or naive run), as it moves:"
+	echo "measured run), as it moves:"
 	for size in 64 1514; do
 		echo "  $size B: median ${ceil_eff[$size]} frames per CPU-s of $(printf '%s' "${ceil_samples[$size]}" | grep -c .) runs," \
 			"$(printf '%s' "${ceil_samples[$size]}" | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {printf "%d to %d", lo, hi}');" \
@@ -640,22 +642,11 @@ if [ $SWEEP -eq 1 ]; then
 	# the GOMAXPROCS rows: to measure a few values without the rest.
 	sweep_batch=${SWEEP_BATCH-1 16 64 256} sweep_rcv=${SWEEP_RCV-0 2097152 33554432}
 	sweep_snd=${SWEEP_SND-0 4194304} sweep_mod=${SWEEP_MOD-0 25us 100us 400us}
-	# sweep_decap LABEL NAME GOMAXPROCS [ERSPAND FLAGS...]: a fresh
-	# erspand with FLAGS (and GOMAXPROCS, if not empty, in its
-	# environment), decap at 64 B.
-	sweep_decap() {
-		local label=$1 name=$2 n=$3; shift 3
-		erspand_gmp "$n" $COL "$name" "$@"
-		ctl $COL "$esock" create erspan0 tunnel 192.0.2.2 192.0.2.1 vnetid 77 up
-		decap_row "$label" $started erspan0 64 77 1
-		ctl $COL "$esock" destroy erspan0
-		stop $started
-	}
 	for b in $sweep_batch; do
-		sweep_decap "decap --rx-batch $b" sweep-b$b "" --rx-batch "$b"
+		decap_with "decap --rx-batch $b" "" 64 - --rx-batch "$b"
 	done
 	for m in $sweep_mod; do
-		sweep_decap "decap --rx-moderate $m" sweep-m$m "" --rx-moderate "$m"
+		decap_with "decap --rx-moderate $m" "" 64 - --rx-moderate "$m"
 	done
 	# GOMAXPROCS: erspand raises it to at least 2 unless its environment
 	# sets it; what it ran with is read from a separate start (the
@@ -666,13 +657,11 @@ if [ $SWEEP -eq 1 ]; then
 		gmp1=$gmp
 		probe_gomaxprocs gd ""
 		gmpd=$gmp
-		sweep_decap "decap GOMAXPROCS=1" sweep-g1 1
-		sweep_decap "decap GOMAXPROCS default" sweep-gd ""
+		decap_with "decap GOMAXPROCS=1" 1 64 -
+		decap_with "decap GOMAXPROCS default" "" 64 -
 	fi
-	# shellcheck disable=SC2034 # the table's rows are the sweep's result
-	declare -A sweep_eff
 	for rb in $sweep_rcv; do
-		decap_flag sweep_eff "--rx-buffer=$rb"
+		decap_with "decap --rx-buffer=$rb" "" "64 1514" - "--rx-buffer=$rb"
 	done
 	[ -z "$sweep_snd" ] || encap_on
 	for tb in $sweep_snd; do
@@ -736,14 +725,15 @@ ctl $SND "$snd_sock" destroy erspan0
 stop $snd
 
 # ---- decap with io_uring writes into the TAP (erspand --io-uring) ----------
-# Measured beside the default (write(2) per frame) to keep checking that choice.
+# Measured beside the default (write(2) per frame) to keep checking that
+# choice; not with --quick, which keeps its minute.
 declare -A decap_uring_eff
-decap_flag decap_uring_eff --io-uring
+[ $QUICK -eq 1 ] || decap_with "erspand decap --io-uring" "" "64 1514" decap_uring_eff --io-uring
 
 # ---- decap with recvmmsg (erspand --rx-ring=false) ------------------------------
 # What the eBPF ring (the default) replaces, measured beside it.
 declare -A decap_recv_eff
-decap_flag decap_recv_eff --rx-ring=false
+decap_with "erspand decap --rx-ring=false" "" "64 1514" decap_recv_eff --rx-ring=false
 
 # ---- decap in sensor mode (tunneldev): the capture socket's ring ----------
 erspand_in $COL sensor
@@ -853,7 +843,8 @@ echo "  erspand writes each TAP from one thread, on one queue"
 echo "decap in sensor mode (tunneldev: the TPACKET_V3 ring), frames per CPU-s relative to the collector's (the eBPF ring):"
 echo "  $(calc %.2f "${sensor_eff[64]} / ${decap_eff[64]}") (64 B), $(calc %.2f "${sensor_eff[1514]} / ${decap_eff[1514]}") (1514 B); the kernel copies into either ring in the receive softirq (the generator's CPU here)"
 echo "decap with --rx-ring=false (recvmmsg), frames per CPU-s relative to the default (the eBPF ring): $(calc %.2f "${decap_recv_eff[64]} / ${decap_eff[64]}") (64 B), $(calc %.2f "${decap_recv_eff[1514]} / ${decap_eff[1514]}") (1514 B)"
-echo "decap with --io-uring, frames per CPU-s relative to the default: $(calc %.2f "${decap_uring_eff[64]} / ${decap_eff[64]}") (64 B), $(calc %.2f "${decap_uring_eff[1514]} / ${decap_eff[1514]}") (1514 B)"
+[ $QUICK -eq 1 ] ||
+	echo "decap with --io-uring, frames per CPU-s relative to the default: $(calc %.2f "${decap_uring_eff[64]} / ${decap_eff[64]}") (64 B), $(calc %.2f "${decap_uring_eff[1514]} / ${decap_eff[1514]}") (1514 B)"
 echo "naive_speedup_64: erspand's decap frames per CPU-s over the naive loop's at 64 B, fed by the same"
 echo "generator; frames per second: $(calc %.2f "${decap_pps[64]} / ${naive_pps[64]}") (equal when both keep up with the generator, so not a measure of either)"
 echo

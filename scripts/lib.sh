@@ -40,6 +40,13 @@ remove_netns() {
 	ip netns del "$ns" 2>/dev/null || true
 }
 
+# remove_left NS WHY: remove_netns NS KILL for a namespace that a run no
+# longer running left behind, saying so, and why (WHY), on stderr.
+remove_left() {
+	remove_netns "$1" KILL
+	echo "removed $1 ($2)${killed:+, killed $killed}" >&2
+}
+
 # need_tools COMMAND:PACKAGE...: install with apt the Debian packages whose
 # commands are missing (one apt run for all of them), saying which.
 need_tools() {

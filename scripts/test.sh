@@ -64,8 +64,7 @@ step "namespaces left by earlier test runs"
 for ns in $(ip netns list | awk '{print $1}' | grep -E '^erspt-(u|e2e)-[0-9]+-' || true); do
 	pid=$(echo "$ns" | cut -d- -f3)
 	kill -0 "$pid" 2>/dev/null && continue
-	remove_netns "$ns" KILL
-	echo "removed $ns (test process $pid is gone)${killed:+, killed $killed}"
+	remove_left "$ns" "test process $pid is gone"
 done
 
 step "go test -race (unit and network-namespace tests)"
