@@ -3,6 +3,7 @@ package tunnel
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -342,19 +343,30 @@ func (s *span) reconcile(remove bool) error {
 // of which link is the bridge (made again, renamed, another link taking
 // its name) or the bridge's removal calls for a whole reconcile: the
 // bridge's other changes (its MTU, address or carrier, which follow a
-// port joining) do not. The namespace is entered only when a change may
-// ask for a rule to be added or taken off: a link that is, or was, a
-// port.
+// port joining) do not. The namespace is entered only when a change adds
+// a rule or takes one off: a dry run of the burst through portChange, on
+// a copy of the ports, says so (most changes of a port, its carrier or
+// MTU, do neither).
 func (s *span) apply(burst []netlink.LinkUpdate) error {
 	need := false
+	dry := map[int]bool{}
+	maps.Copy(dry, s.ports)
 	for _, u := range burst {
 		a := u.Link.Attrs()
 		isBr, named := s.brIndex != 0 && a.Index == s.brIndex, a.Name == s.bridge
 		if isBr != named || (isBr && u.Header.Type == unix.RTM_DELLINK && u.Family != unix.AF_BRIDGE) {
 			return s.reconcile(false)
 		}
-		if !isBr && u.Header.Type != unix.RTM_DELLINK && (s.brIndex != 0 && a.MasterIndex == s.brIndex || s.ports[a.Index]) {
+		if isBr {
+			continue
+		}
+		if add, del := portChange(u, s.brIndex, dry); add || del {
 			need = true
+			if add {
+				dry[a.Index] = true
+			} else {
+				delete(dry, a.Index)
+			}
 		}
 	}
 	changes := func() error {
