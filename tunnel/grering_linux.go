@@ -140,19 +140,19 @@ func openGRERing(family, batch, bufSize, rcvbuf int, moderate time.Duration) (r 
 		return nil, err
 	}
 	fds = append(fds, prog)
-	sock, err := unix.Socket(af, unix.SOCK_RAW|unix.SOCK_CLOEXEC, erspan.IPProtoGRE)
+	// The program queues nothing: what the socket holds once it is
+	// attached came before and goes (openRawGRE). The ring fills
+	// meanwhile.
+	sock, err := openRawGRE(af, func(fd int) error {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ATTACH_BPF, prog); err != nil {
+			return fmt.Errorf("attach the eBPF ring program: %w", err)
+		}
+		return nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("raw GRE socket (IPv%d): %w", family, err)
+		return nil, fmt.Errorf("IPv%d: %w", family, err)
 	}
 	fds = append(fds, sock)
-	if err := unix.SetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_ATTACH_BPF, prog); err != nil {
-		return nil, fmt.Errorf("attach the eBPF ring program: %w", err)
-	}
-	// The socket held every GRE packet from its creation until the
-	// program took over; the program queues nothing, so what is queued
-	// once the packets that came before have all arrived goes (as in
-	// setupGRE). The ring fills meanwhile.
-	drainAfterAttach(sock)
 	mem, err := mapGRERing(ringFD, size)
 	if err != nil {
 		return nil, err
@@ -203,47 +203,6 @@ func mapGRERing(fd int, size uint64) ([]byte, error) {
 		return nil, fmt.Errorf("map the eBPF ring (%d bytes): %w", size, err)
 	}
 	return unsafe.Slice((*byte)(base), total), nil
-}
-
-// membarrierCmdGlobal is MEMBARRIER_CMD_GLOBAL (linux/membarrier.h),
-// which golang.org/x/sys does not name.
-const membarrierCmdGlobal = 1
-
-// quiesceFallback stands in for drainAfterAttach's wait where the kernel
-// refuses membarrier: much longer than any delivery of a packet to a
-// socket.
-const quiesceFallback = 20 * time.Millisecond
-
-// drainAfterAttach drops what raw socket fd queued before the filter just
-// attached to it took over, once the packets the kernel was then
-// delivering to it have all been queued or dropped.
-//
-// A drain at once is not enough: the kernel reads a socket's filter and
-// queues what it passes within one RCU read-side section (raw_v4_input
-// and raw6_local_deliver hold rcu_read_lock; the receive softirq runs
-// with bottom halves off), so a packet that read no filter, before the
-// attach, can be queued just after it, and on a ring's socket it would
-// then stay queued for ever (a loaded run of all tests saw it in one of
-// 20 rings opened under a flood: TestOpenUnderFlood).
-// membarrier(MEMBARRIER_CMD_GLOBAL) is synchronize_rcu(): when it
-// returns, every such section has ended. It takes a grace period, ~10 ms
-// here, once per socket opened. Where it is refused (EINVAL with
-// nohz_full, ENOSYS under a seccomp filter), a sleep stands in.
-func drainAfterAttach(fd int) {
-	if _, _, errno := unix.Syscall(unix.SYS_MEMBARRIER, membarrierCmdGlobal, 0, 0); errno != 0 {
-		time.Sleep(quiesceFallback)
-	}
-	drainSocket(fd)
-}
-
-// drainSocket drops what socket fd has queued. The count bounds the loop.
-func drainSocket(fd int) {
-	var scratch [1]byte
-	for range 1 << 16 {
-		if _, _, err := unix.Recvfrom(fd, scratch[:], unix.MSG_DONTWAIT|unix.MSG_TRUNC); err != nil {
-			break
-		}
-	}
 }
 
 // greRingProgram returns the socket filter of a family's ring: it passes

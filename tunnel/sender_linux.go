@@ -10,8 +10,6 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/erspan-linux/erspan/erspan"
 )
 
 // SocketMark is the SO_MARK of every packet erspand sends. Span rules on a
@@ -100,9 +98,11 @@ func openSendSocket(family int, df bool, sndbuf int) (*sendSocket, error) {
 	// another reason, sendTimeout bounds it. The descriptor is closed
 	// only once a send in progress has returned (os.File's reference
 	// count).
-	fd, err := unix.Socket(af, unix.SOCK_RAW|unix.SOCK_CLOEXEC, erspan.IPProtoGRE)
+	// It only sends (design.md, Data path): the kernel drops what it
+	// would queue to it at once.
+	fd, err := openRawGRE(af, attachDropAll)
 	if err != nil {
-		return nil, fmt.Errorf("raw GRE socket: %w", err)
+		return nil, err
 	}
 	if err := setupSendSocket(fd, family, df, sndbuf); err != nil {
 		unix.Close(fd)
@@ -117,11 +117,6 @@ func openSendSocket(family int, df bool, sndbuf int) (*sendSocket, error) {
 }
 
 func setupSendSocket(fd, family int, df bool, sndbuf int) error {
-	// It only sends (design.md, Data path): the kernel drops what it
-	// would queue to it at once.
-	if err := attachDropAll(fd); err != nil {
-		return err
-	}
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, SocketMark); err != nil {
 		return fmt.Errorf("SO_MARK: %w", err)
 	}

@@ -111,11 +111,22 @@ func listenGRE(family int, batch int, bufSize int, rcvbuf int, moderate time.Dur
 	if err != nil {
 		return nil, err
 	}
-	fd, err := unix.Socket(af, unix.SOCK_RAW|unix.SOCK_CLOEXEC, erspan.IPProtoGRE)
+	// What the socket queued before the filter took over goes
+	// (openRawGRE), so that ReadBatch only ever returns packets that
+	// passed the filter. (ERSPAN packets arriving before the drain go
+	// too: the socket is new, no interface reads it yet.) The queue is
+	// bounded by the default receive buffer, which is why this comes
+	// before the buffer is enlarged.
+	fd, err := openRawGRE(af, func(fd int) error {
+		if err := attachFilter(fd, filter); err != nil {
+			return fmt.Errorf("attach the ERSPAN filter: %w", err)
+		}
+		return nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("raw GRE socket (IPv%d): %w", family, err)
+		return nil, fmt.Errorf("IPv%d: %w", family, err)
 	}
-	if err := setupGRE(fd, family, filter, rcvbuf); err != nil {
+	if err := setupGRE(fd, family, rcvbuf); err != nil {
 		unix.Close(fd)
 		return nil, err
 	}
@@ -130,18 +141,7 @@ func listenGRE(family int, batch int, bufSize int, rcvbuf int, moderate time.Dur
 	return s, nil
 }
 
-func setupGRE(fd, family int, filter []unix.SockFilter, rcvbuf int) error {
-	if err := attachFilter(fd, filter); err != nil {
-		return fmt.Errorf("GRE socket (IPv%d): attach the ERSPAN filter: %w", family, err)
-	}
-	// The socket received every GRE packet from its creation until the
-	// filter was attached: drop what it queued meanwhile, so that
-	// ReadBatch only ever returns packets that passed the filter. (ERSPAN
-	// packets arriving before the drain go too: the socket is new, no
-	// interface reads it yet.) The queue is bounded by the default
-	// receive buffer, which is why this runs before the buffer is
-	// enlarged; the count bounds the loop anyway.
-	drainAfterAttach(fd)
+func setupGRE(fd, family, rcvbuf int) error {
 	if err := setRcvBuf(fd, rcvbuf); err != nil {
 		return fmt.Errorf("GRE socket (IPv%d): %w", family, err)
 	}
@@ -375,6 +375,66 @@ var guardSockets = true
 
 // dropAll is a classic BPF program that accepts nothing.
 var dropAll = []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}}
+
+// openRawGRE opens a raw IPPROTO_GRE socket of address family af, has
+// attach give it its filter, and drops what it queued before the filter
+// took over: a raw GRE socket receives every GRE packet of its namespace
+// from its creation on, and what it queued then would otherwise be read
+// (recvmmsg) or, on a socket never read (a ring's, a send socket), hold
+// its buffer until it closes.
+func openRawGRE(af int, attach func(fd int) error) (int, error) {
+	fd, err := unix.Socket(af, unix.SOCK_RAW|unix.SOCK_CLOEXEC, erspan.IPProtoGRE)
+	if err != nil {
+		return -1, fmt.Errorf("raw GRE socket: %w", err)
+	}
+	if err := attach(fd); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("raw GRE socket: %w", err)
+	}
+	drainAfterAttach(fd)
+	return fd, nil
+}
+
+// membarrierCmdGlobal is MEMBARRIER_CMD_GLOBAL (linux/membarrier.h),
+// which golang.org/x/sys does not name.
+const membarrierCmdGlobal = 1
+
+// quiesceFallback stands in for drainAfterAttach's wait where the kernel
+// refuses membarrier: much longer than any delivery of a packet to a
+// socket.
+const quiesceFallback = 20 * time.Millisecond
+
+// drainAfterAttach drops what raw socket fd queued before the filter just
+// attached to it took over, once the packets the kernel was then
+// delivering to it have all been queued or dropped.
+//
+// A drain at once is not enough: the kernel reads a socket's filter and
+// queues what it passes within one RCU read-side section (raw_v4_input
+// and raw6_local_deliver hold rcu_read_lock; the receive softirq runs
+// with bottom halves off), so a packet that read no filter, before the
+// attach, can be queued just after it, and on a ring's socket it would
+// then stay queued for ever (a loaded run of all tests saw it in one of
+// 20 rings opened under a flood: TestOpenUnderFlood).
+// membarrier(MEMBARRIER_CMD_GLOBAL) is synchronize_rcu(): when it
+// returns, every such section has ended. It takes a grace period, ~10 ms
+// here, once per socket opened. Where it is refused (EINVAL with
+// nohz_full, ENOSYS under a seccomp filter), a sleep stands in.
+func drainAfterAttach(fd int) {
+	if _, _, errno := unix.Syscall(unix.SYS_MEMBARRIER, membarrierCmdGlobal, 0, 0); errno != 0 {
+		time.Sleep(quiesceFallback)
+	}
+	drainSocket(fd)
+}
+
+// drainSocket drops what socket fd has queued. The count bounds the loop.
+func drainSocket(fd int) {
+	var scratch [1]byte
+	for range 1 << 16 {
+		if _, _, err := unix.Recvfrom(fd, scratch[:], unix.MSG_DONTWAIT|unix.MSG_TRUNC); err != nil {
+			break
+		}
+	}
+}
 
 // attachDropAll makes a raw socket receive nothing: the kernel drops what
 // would be queued to it at once.
