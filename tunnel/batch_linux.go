@@ -14,8 +14,8 @@ import (
 
 // batchConn is GRESocket's receive half: one socket read with recvmmsg(2)
 // into preallocated message arrays, by one goroutine at a time, with
-// interrupt moderation. (CaptureSocket reads a ring, which waits the same
-// way: pollFD.)
+// interrupt moderation. (CaptureSocket's and the eBPF ring's readers wait
+// the same way: pollFD.)
 //
 // It does not use Go's netpoller. A reader that parks in the netpoller
 // pays, per wake-up, an epoll_pwait, a goroutine switch and (with one P, as
@@ -61,8 +61,8 @@ func (m *moderation) pause() {
 }
 
 // pollFD is a receive socket read by one goroutine that waits for it in
-// ppoll(2), beside an eventfd that close makes readable: what batchConn
-// and ring share.
+// ppoll(2), beside an eventfd that close makes readable: what batchConn,
+// ring and greRing share.
 type pollFD struct {
 	fd   int
 	wake int // eventfd: close makes it readable to end a pending ppoll

@@ -70,12 +70,15 @@ func loadProgram(progType uint32, insns []bpfInsn, name string) (int, error) {
 		log := make([]byte, 1<<16)
 		attr.logLevel, attr.logSize = 1, uint32(len(log))
 		attr.logBuf = uint64(uintptr(unsafe.Pointer(&log[0])))
-		if _, again := bpfRetry(unix.BPF_PROG_LOAD, unsafe.Pointer(&attr), unsafe.Sizeof(attr)); again != 0 {
-			runtime.KeepAlive(log)
-			if last := verifierReason(log); last != "" {
-				runtime.KeepAlive(insns)
-				return -1, fmt.Errorf("load eBPF program %s (bpf BPF_PROG_LOAD): %w (verifier: %s)", name, errno, last)
-			}
+		fd2, again := bpfRetry(unix.BPF_PROG_LOAD, unsafe.Pointer(&attr), unsafe.Sizeof(attr))
+		runtime.KeepAlive(log)
+		runtime.KeepAlive(insns)
+		if again == 0 {
+			// Loaded this time (the refusal was passing): keep it.
+			return fd2, nil
+		}
+		if last := verifierReason(log); last != "" {
+			return -1, fmt.Errorf("load eBPF program %s (bpf BPF_PROG_LOAD): %w (verifier: %s)", name, errno, last)
 		}
 	}
 	// The kernel reads insns through an integer address the GC does not

@@ -376,8 +376,8 @@ func (r *greRing) fill(msgs []Message) (int, error) {
 			r.drained = n < len(msgs)
 			return n, nil
 		case r.pos < prod:
-			// Only discarded records, or the next is being written:
-			// look again shortly.
+			// The next record is still being written (discarded
+			// ones were skipped above): look again shortly.
 			r.drained = true
 		default:
 			r.drained = false
@@ -418,11 +418,12 @@ func (r *greRing) readDrops(int) {
 }
 
 // close stops the ring's filling (the socket goes, and with it the
-// program), keeps the drop count, and closes the ring (mapped.close).
+// program), then keeps the drop count, the drops up to the last packet
+// the program saw included, and closes the ring (mapped.close).
 func (r *greRing) close() error {
 	return r.mapped.close(func() {
-		r.readDrops(r.fd)
 		unix.Close(r.sock)
+		r.readDrops(r.fd)
 		unix.Close(r.dropsMap)
 	})
 }

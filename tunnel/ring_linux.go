@@ -117,7 +117,7 @@ func (m *mapped) unmap() {
 	}
 }
 
-// unmapMem unmaps what mmapPtr mapped.
+// unmapMem unmaps a ring's memory (mapped with unix.MmapPtr).
 func unmapMem(mem []byte) { _ = unix.MunmapPtr(unsafe.Pointer(&mem[0]), uintptr(len(mem))) }
 
 // ringFrame is one packet as the ring holds it.
