@@ -147,10 +147,8 @@ func (r *receiver) run() {
 			time.Sleep(backoff)
 			continue
 		}
-		if errs.owes() {
-			if more, ok := errs.fine(time.Now()); ok {
-				r.h.log.errorf("GRE receive works again%s", more)
-			}
+		if more, ok := errs.fine(time.Now); ok {
+			r.h.log.errorf("GRE receive works again%s", more)
 		}
 		backoff = 0
 		r.handle(r.table.Load(), msgs)

@@ -116,10 +116,8 @@ func (h *Host) transmit(ifc *iface) {
 			time.Sleep(backoff)
 			continue
 		}
-		if readLog.owes() {
-			if more, ok := readLog.fine(time.Now()); ok {
-				h.log.errorf("%s: reading from the TAP works again%s", ifc.name, more)
-			}
+		if more, ok := readLog.fine(time.Now); ok {
+			h.log.errorf("%s: reading from the TAP works again%s", ifc.name, more)
 		}
 		backoff = 0
 		if n == have && have < limit {
@@ -144,10 +142,8 @@ func (h *Host) transmit(ifc *iface) {
 				h.log.errorf("%s: sending ERSPAN from %s to %s: %v%s (frames counted in tx_errors)%s",
 					ifc.name, st.src, st.dst, err, sendHint(err, st), more)
 			}
-		} else if sendLog.owes() {
-			if more, ok := sendLog.fine(time.Now()); ok {
-				h.log.errorf("%s: sending ERSPAN to %s works again%s", ifc.name, st.dst, more)
-			}
+		} else if more, ok := sendLog.fine(time.Now); ok {
+			h.log.errorf("%s: sending ERSPAN to %s works again%s", ifc.name, st.dst, more)
 		}
 		s.txPackets.Add(uint64(sent))
 		s.txBytes.Add(bytes - uint64(sent)*txHeadroom) // frame bytes, as rx_bytes
@@ -215,21 +211,17 @@ func (l *errLog) should(err error, now time.Time) (bool, string) {
 	return true, more
 }
 
-// owes reports whether fine has something to say: failures suppressed
-// since the last line, not reported yet. Cheap, for a loop to ask per
-// batch.
-func (l *errLog) owes() bool { return l.suppressed > 0 && !l.said }
-
 // fine is called after a batch that did not fail: if failures went
 // unlogged since the last line, it returns the text of a line about them,
 // once per line logged. The error is not forgotten: the same one within
 // errLogEvery of its line is still counted, not logged, so that one that
 // comes and goes costs a few lines per errLogEvery, not one per batch.
-func (l *errLog) fine(now time.Time) (string, bool) {
-	if !l.owes() {
+// It asks clock for the time only then: a loop calls it per batch.
+func (l *errLog) fine(clock func() time.Time) (string, bool) {
+	if l.suppressed == 0 || l.said {
 		return "", false
 	}
-	more := l.notLogged(now)
+	more := l.notLogged(clock())
 	l.suppressed, l.said = 0, true
 	return more, true
 }

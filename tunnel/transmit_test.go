@@ -308,7 +308,7 @@ func TestErrLog(t *testing.T) {
 		var log bool
 		var more string
 		if s.err == nil {
-			more, log = l.fine(t0.Add(s.at))
+			more, log = l.fine(func() time.Time { return t0.Add(s.at) })
 		} else {
 			log, more = l.should(s.err, t0.Add(s.at))
 		}
