@@ -602,6 +602,79 @@ func TestGRERingModeration(t *testing.T) {
 	}
 }
 
+// TestBatchConnModeration: recvmmsg's reader moderates as the ring's
+// (TestGRERingModeration), through the same type: a read after one that
+// emptied the queue sleeps the delay first; one after a full batch does
+// not, nor one woken by the kernel. On a datagram socket pair.
+func TestBatchConnModeration(t *testing.T) {
+	const moderate = 200 * time.Millisecond
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fds[1])
+	c, err := newBatchConn(fds[0], 2, 64, 8, nil, moderate)
+	if err != nil {
+		unix.Close(fds[0])
+		t.Fatal(err)
+	}
+	defer c.close(nil)
+	put := func(n int) {
+		for i := range n {
+			if _, err := unix.Write(fds[1], []byte{byte(i)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	type result struct {
+		n  int
+		at time.Time
+	}
+	readAsync := func() chan result {
+		ch := make(chan result, 1)
+		go func() {
+			n, err := c.read()
+			if err != nil {
+				t.Errorf("read: %v", err)
+			}
+			ch <- result{n, time.Now()}
+		}()
+		return ch
+	}
+	await := func(ch chan result, what string, want int) result {
+		t.Helper()
+		select {
+		case r := <-ch:
+			if r.n != want {
+				t.Fatalf("%s: %d messages, want %d", what, r.n, want)
+			}
+			return r
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: no read within 5 s", what)
+			return result{}
+		}
+	}
+	put(3)
+	await(readAsync(), "first batch", 2)
+	start := time.Now()
+	if r := await(readAsync(), "after a full batch", 1); r.at.Sub(start) >= moderate/2 {
+		t.Errorf("read after a full batch took %v, want no moderation delay (%v)", r.at.Sub(start), moderate)
+	}
+	put(1)
+	start = time.Now()
+	if r := await(readAsync(), "after a partial batch", 1); r.at.Sub(start) < moderate {
+		t.Errorf("read after a partial batch took %v, want at least the moderation delay (%v)", r.at.Sub(start), moderate)
+	}
+	// Empty: the read waits in the kernel (after its moderation delay).
+	ch := readAsync()
+	time.Sleep(moderate + 50*time.Millisecond)
+	start = time.Now()
+	put(1)
+	if r := await(ch, "woken", 1); r.at.Sub(start) >= moderate/2 {
+		t.Errorf("read woken for a message took %v, want no moderation delay (%v)", r.at.Sub(start), moderate)
+	}
+}
+
 // TestGRERingQueuesNothing: a ring's socket queues no packet, whether its
 // program puts it in the ring or refuses it (TEB, IPv4 in GRE): the socket
 // is never read, so what it queued would hold its receive buffer until it

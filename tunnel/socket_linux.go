@@ -399,10 +399,18 @@ func openRawGRE(af int, attach func(fd int) error) (int, error) {
 // which golang.org/x/sys does not name.
 const membarrierCmdGlobal = 1
 
-// quiesceFallback stands in for drainAfterAttach's wait where the kernel
+// quiesceFallback stands in for gracePeriod's wait where the kernel
 // refuses membarrier: much longer than any delivery of a packet to a
 // socket.
 const quiesceFallback = 20 * time.Millisecond
+
+// gracePeriod returns once every RCU read-side section in progress when it
+// was called has ended (see drainAfterAttach). A variable for the tests.
+var gracePeriod = func() {
+	if _, _, errno := unix.Syscall(unix.SYS_MEMBARRIER, membarrierCmdGlobal, 0, 0); errno != 0 {
+		time.Sleep(quiesceFallback)
+	}
+}
 
 // drainAfterAttach drops what raw socket fd queued before the filter just
 // attached to it took over, once the packets the kernel was then
@@ -414,15 +422,13 @@ const quiesceFallback = 20 * time.Millisecond
 // with bottom halves off), so a packet that read no filter, before the
 // attach, can be queued just after it, and on a ring's socket it would
 // then stay queued for ever (a loaded run of all tests saw it in one of
-// 20 rings opened under a flood: TestOpenUnderFlood).
-// membarrier(MEMBARRIER_CMD_GLOBAL) is synchronize_rcu(): when it
-// returns, every such section has ended. It takes a grace period, ~10 ms
-// here, once per socket opened. Where it is refused (EINVAL with
-// nohz_full, ENOSYS under a seccomp filter), a sleep stands in.
+// 20 rings opened under a flood). membarrier(MEMBARRIER_CMD_GLOBAL) is
+// synchronize_rcu(): when it returns, every such section has ended. It
+// takes a grace period, ~10 ms here, once per socket opened. Where it is
+// refused (EINVAL with nohz_full, ENOSYS under a seccomp filter), a sleep
+// stands in.
 func drainAfterAttach(fd int) {
-	if _, _, errno := unix.Syscall(unix.SYS_MEMBARRIER, membarrierCmdGlobal, 0, 0); errno != 0 {
-		time.Sleep(quiesceFallback)
-	}
+	gracePeriod()
 	drainSocket(fd)
 }
 
