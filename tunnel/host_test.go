@@ -830,6 +830,28 @@ func TestRingRefusedLogged(t *testing.T) {
 	}
 }
 
+// TestReceiveErrorsLogged: a receive socket that fails batch after batch
+// with one error costs one log line, then one when it works again that
+// counts the failures not logged.
+func TestReceiveErrorsLogged(t *testing.T) {
+	sys := newMemSystem()
+	h, logged := newLoggedHost(sys)
+	defer h.Close()
+	if _, err := h.Create(Config{Name: "erspan0", Up: true, Src: netip.MustParseAddr("192.0.2.2"), VNetID: 7, MTU: 1500}); err != nil {
+		t.Fatal(err)
+	}
+	s := sys.socket(4)
+	for range 3 {
+		s.errs <- unix.ENOBUFS
+	}
+	s.inject() // a batch read without error, then its barrier
+	logs := logged()
+	if len(logs) != 2 || !strings.Contains(logs[0], "GRE receive: "+unix.ENOBUFS.Error()) ||
+		!strings.Contains(logs[1], "GRE receive works again") || !strings.Contains(logs[1], "2 more batches failed") {
+		t.Errorf("logged %q, want the first failure, then the recovery with the 2 failures not logged", logs)
+	}
+}
+
 // newLoggedHost returns a Host on sys whose error lines are kept, and a
 // function returning those logged so far.
 func newLoggedHost(sys System) (*Host, func() []string) {

@@ -128,7 +128,7 @@ func (m *memSystem) MoveTAP(name, from, to string) (Link, error) {
 func (m *memSystem) ListenGRE(ns string, family int) (Socket, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	s := &memSocket{in: make(chan []Message), closed: make(chan struct{}), ringErr: m.ringErr}
+	s := &memSocket{in: make(chan []Message), errs: make(chan error), closed: make(chan struct{}), ringErr: m.ringErr}
 	m.socks[recvKey{ns: ns, family: family}] = s
 	return s, nil
 }
@@ -136,7 +136,7 @@ func (m *memSystem) ListenGRE(ns string, family int) (Socket, error) {
 func (m *memSystem) ListenCapture(ns, dev string) (Socket, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	s := &memSocket{in: make(chan []Message), closed: make(chan struct{})}
+	s := &memSocket{in: make(chan []Message), errs: make(chan error), closed: make(chan struct{})}
 	m.socks[recvKey{ns: ns, dev: dev}] = s
 	return s, nil
 }
@@ -300,6 +300,7 @@ func (q *memQueue) take() [][]byte {
 // i.e. once the batch has been processed.
 type memSocket struct {
 	in     chan []Message
+	errs   chan error // what ReadBatch fails with, one read each
 	closed chan struct{}
 	once   sync.Once
 	drops  uint64
@@ -314,6 +315,8 @@ func (s *memSocket) ReadBatch() ([]Message, error) {
 	select {
 	case b := <-s.in:
 		return b, nil
+	case err := <-s.errs:
+		return nil, err
 	case <-s.closed:
 		return nil, net.ErrClosed
 	}
