@@ -42,8 +42,9 @@
 #           the TAP made like erspanN (multi-queue, up, monitor filter):
 #           REPS runs at the start of the run, REPS at its end, and one
 #           of SAMPLE_DUR seconds after every measured run (erspand, the
-#           naive loop, the send alone): it moves with the host's load, by up to 25% within a
-#           run and as much from one run to the next, and a run's
+#           naive loop, the send alone): it moves with the host's load,
+#           by up to half within a run and as much from one run to the
+#           next, and a run's
 #           neighbour is no better a denominator than any other (over 84
 #           runs, a run's frames per CPU-second and the ceiling run right
 #           after it correlated at 0.02). Every ratio (decap in each mode,
