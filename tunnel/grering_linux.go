@@ -17,10 +17,12 @@ import (
 	"github.com/erspan-linux/erspan/erspan"
 )
 
-// greRing is GRESocket's receive half where the kernel allows it: the raw
-// GRE socket's filter is an eBPF program that copies each ERSPAN packet
-// into a BPF ring buffer (BPF_MAP_TYPE_RINGBUF, Linux 5.8) mapped into
-// erspand, and queues nothing to the socket.
+// greRing is the receive socket (a Socket) where the kernel allows it
+// (listenGRE; GRESocket, with recvmmsg, where not): the raw GRE socket's
+// filter is an eBPF program that copies each ERSPAN packet into a BPF ring
+// buffer (BPF_MAP_TYPE_RINGBUF, Linux 5.8) mapped into erspand, and queues
+// nothing to the socket. ReadBatch must not be called concurrently with
+// itself; KernelDrops and Close may be called from any goroutine.
 //
 // Why: read with recvmmsg, each packet cost erspand a dequeue under the
 // queue's irq-safe lock, a copy, control messages and the free of its skb
@@ -64,6 +66,7 @@ type greRing struct {
 	wrap  []byte // a record that crosses the data area's end, made whole
 	// lastDrops is the drop count read at close.
 	lastDrops atomic.Uint64
+	msgs      []Message // what ReadBatch returns
 }
 
 const (
@@ -107,7 +110,6 @@ func openGRERing(family, batch, bufSize, rcvbuf int, moderate time.Duration) (r 
 			for _, fd := range fds {
 				unix.Close(fd)
 			}
-			err = ringHint(err, size)
 		}
 	}()
 	ringFD, err := createMap(unix.BPF_MAP_TYPE_RINGBUF, 0, 0, uint32(size), 0, "erspan_ring")
@@ -115,7 +117,7 @@ func openGRERing(family, batch, bufSize, rcvbuf int, moderate time.Duration) (r 
 		return nil, fmt.Errorf("%w (BPF ring buffers need Linux 5.8 or later)", err)
 	}
 	if err != nil {
-		return nil, err
+		return nil, ringHint(err, size)
 	}
 	fds = append(fds, ringFD)
 	// One scratch record per CPU: the program copies the packet there
@@ -126,18 +128,18 @@ func openGRERing(family, batch, bufSize, rcvbuf int, moderate time.Duration) (r 
 	// (E2BIG), and the socket reads with recvmmsg.
 	scratch, err := createMap(unix.BPF_MAP_TYPE_PERCPU_ARRAY, 4, uint32(head+bufSize+7)&^7, 1, 0, "erspan_scratch")
 	if err != nil {
-		return nil, err
+		return nil, ringHint(err, size)
 	}
 	fds = append(fds, scratch)
 	dropsMap, err := createMap(unix.BPF_MAP_TYPE_ARRAY, 4, 8, 1, 0, "erspan_drops")
 	if err != nil {
-		return nil, err
+		return nil, ringHint(err, size)
 	}
 	fds = append(fds, dropsMap)
 	prog, err := loadProgram(unix.BPF_PROG_TYPE_SOCKET_FILTER,
 		greRingProgram(family, bufSize, scratch, ringFD, dropsMap), fmt.Sprintf("erspan_ring%d", family))
 	if err != nil {
-		return nil, err
+		return nil, ringHint(err, size)
 	}
 	fds = append(fds, prog)
 	// The program queues nothing: what the socket holds once it is
@@ -162,7 +164,8 @@ func openGRERing(family, batch, bufSize, rcvbuf int, moderate time.Duration) (r 
 	unix.Close(scratch)
 	unix.Close(prog)
 	r = &greRing{mapped: mapped{mem: mem}, sock: sock, dropsMap: dropsMap, family: family,
-		moderation: moderation{moderate: moderate}, page: os.Getpagesize(), size: size, wrap: make([]byte, head+bufSize)}
+		moderation: moderation{moderate: moderate}, page: os.Getpagesize(), size: size,
+		wrap: make([]byte, head+bufSize), msgs: make([]Message, batch)}
 	if err := r.init(ringFD); err != nil {
 		unmapMem(mem)
 		fds = []int{ringFD, dropsMap, sock}
@@ -172,9 +175,11 @@ func openGRERing(family, batch, bufSize, rcvbuf int, moderate time.Duration) (r 
 	return r, nil
 }
 
-// ringHint adds to err, a failure to set up a ring of size bytes, what
-// a refusal for want of privilege means. (An older kernel's refusal of
-// the ring map itself is explained where it is created.)
+// ringHint adds to err, bpf(2)'s refusal of one of the ring's maps or of
+// its program (size: the ring's bytes), what an EPERM there means. Only
+// there: an EPERM of the socket is CAP_NET_RAW's (openRawGRE says so).
+// (An older kernel's refusal of the ring map itself is explained where it
+// is created.)
 func ringHint(err error, size uint64) error {
 	if errors.Is(err, unix.EPERM) {
 		return fmt.Errorf("%w (eBPF maps and programs need CAP_BPF or root, and before Linux 5.11 an RLIMIT_MEMLOCK over the ring's %d bytes)", err, size)
@@ -321,6 +326,27 @@ func greRingProgram(family, bufSize, scratch, ring, drops int) []bpfInsn {
 	}
 	return p
 }
+
+// ReadBatch waits until the ring holds a record, then returns up to the
+// batch size of packets, in arrival order, read in place (read). The
+// slice and every Message.GRE alias the ring, which the next ReadBatch
+// gives back to the kernel. It allocates nothing. After Close it returns
+// net.ErrClosed; other errors wrap the errno.
+func (r *greRing) ReadBatch() ([]Message, error) {
+	n, err := r.read(r.msgs)
+	if err != nil {
+		return nil, greReadError(r.family, err)
+	}
+	return r.msgs[:n], nil
+}
+
+// KernelDrops returns the number of packets the ring had no room for,
+// cumulative since it opened, as of now (or of Close).
+func (r *greRing) KernelDrops() uint64 { return r.drops() }
+
+// Close stops the ring's filling and closes it (close), making a pending
+// ReadBatch return net.ErrClosed. Closing twice returns net.ErrClosed.
+func (r *greRing) Close() error { return r.close() }
 
 // read waits until the ring holds a record and returns up to len(msgs)
 // packets, in arrival order, in msgs; their GRE slices point into the

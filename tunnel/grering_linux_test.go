@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -19,9 +21,9 @@ import (
 
 // listenRingIn opens a GRE socket with an eBPF ring in ns (batch packets
 // of up to 2048 bytes, receive buffer rcvbuf), closed when the test ends.
-func listenRingIn(t *testing.T, ns *testNetns, family, batch, rcvbuf int) *GRESocket {
+func listenRingIn(t *testing.T, ns *testNetns, family, batch, rcvbuf int) *greRing {
 	t.Helper()
-	return listenGREIn(t, ns, family, batch, 2048, rcvbuf, 0, true)
+	return listenGREIn(t, ns, family, batch, 2048, rcvbuf, 0, true).(*greRing)
 }
 
 // paddedSeqGRE is seqGRE with pad bytes more in each packet.
@@ -58,8 +60,8 @@ func TestGRERingSize(t *testing.T) {
 func TestGRERingWraps(t *testing.T) {
 	sender, collector := vethPair(t)
 	s := listenRingIn(t, collector, 4, 64, 1)
-	if s.r.size != 1<<20 {
-		t.Fatalf("ring of %d bytes, want 1 MiB", s.r.size)
+	if s.size != 1<<20 {
+		t.Fatalf("ring of %d bytes, want 1 MiB", s.size)
 	}
 	var snd *greSender
 	sender.do(t, func() { snd = newGRESender(t, net.IPv4(192, 0, 2, 2)) })
@@ -75,8 +77,8 @@ func TestGRERingWraps(t *testing.T) {
 			}
 		}
 	}
-	if s.r.pos < 2*s.r.size {
-		t.Errorf("the ring went %d bytes round, less than twice its size", s.r.pos)
+	if s.pos < 2*s.size {
+		t.Errorf("the ring went %d bytes round, less than twice its size", s.pos)
 	}
 	if d := s.KernelDrops(); d != 0 {
 		t.Errorf("KernelDrops = %d after %d packets read in rounds of %d", d, rounds*per, per)
@@ -139,7 +141,7 @@ func TestGRERingCloseWhileLent(t *testing.T) {
 	sender, collector := vethPair(t)
 	s := listenRingIn(t, collector, 4, 64, 0)
 	msgs := lendBatch(t, sender, s)
-	fds := []int{s.r.fd, s.r.wake, s.r.sock, s.r.dropsMap}
+	fds := []int{s.fd, s.wake, s.sock, s.dropsMap}
 	if err := s.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
@@ -148,16 +150,16 @@ func TestGRERingCloseWhileLent(t *testing.T) {
 			t.Errorf("descriptor %d of %v still open after Close", fd, fds)
 		}
 	}
-	checkLentAfterClose(t, s, &s.r.mapped, msgs)
+	checkLentAfterClose(t, s, &s.mapped, msgs)
 
 	idle := listenRingIn(t, collector, 4, 64, 0)
-	ringMapped := func() int { return mappingsAt(t, idle.r.mem, "anon_inode:bpf-map") }
+	ringMapped := func() int { return mappingsAt(t, idle.mem, "anon_inode:bpf-map") }
 	if n := ringMapped(); n != 2 {
 		t.Fatalf("an open ring: %d bpf-map mappings at its address, want 2 (its consumer page, then producer page and data)", n)
 	}
 	idle.Close()
-	if n := ringMapped(); idle.r.mem != nil || n != 0 {
-		t.Errorf("Close of a ring with no batch out: mem %v, %d bpf-map mappings left at its address", idle.r.mem != nil, n)
+	if n := ringMapped(); idle.mem != nil || n != 0 {
+		t.Errorf("Close of a ring with no batch out: mem %v, %d bpf-map mappings left at its address", idle.mem != nil, n)
 	}
 }
 
@@ -178,7 +180,7 @@ func TestGRERingAllocs(t *testing.T) {
 		if family == 6 {
 			rec = 1032
 		}
-		n := int(s.r.size)/rec - 4
+		n := int(s.size)/rec - 4
 		for first := 0; first < n; first += 100 {
 			snd.send(paddedSeqGRE(first, min(100, n-first), pad)...)
 			readGRE(t, s, min(100, n-first), 5*time.Second)
@@ -200,11 +202,11 @@ func TestGRERingAllocs(t *testing.T) {
 		// would read 0. So the crossing batch is measured alone.
 		var before uint64 // where the measured read begins
 		crossing := testing.AllocsPerRun(1, func() {
-			before = s.r.pos
+			before = s.pos
 			readBatch()
 		})
-		if before/s.r.size == s.r.pos/s.r.size {
-			t.Fatalf("IPv%d: the read measured did not cross the ring's end (%d to %d)", family, before, s.r.pos)
+		if before/s.size == s.pos/s.size {
+			t.Fatalf("IPv%d: the read measured did not cross the ring's end (%d to %d)", family, before, s.pos)
 		}
 		allocs := testing.AllocsPerRun(runs, readBatch)
 		timer.Stop()
@@ -226,16 +228,17 @@ func TestGRERingFallback(t *testing.T) {
 	openRing = func(int, int, int, int, time.Duration) (*greRing, error) { return nil, refused }
 	defer func() { openRing = openGRERing }()
 	sender, collector := vethPair(t)
-	var s *GRESocket
+	var sock Socket
 	collector.do(t, func() {
 		var err error
-		if s, err = listenGRE(4, 16, 2048, 0, 0, true); err != nil {
+		if sock, err = listenGRE(4, 16, 2048, 0, 0, true); err != nil {
 			t.Fatalf("listenGRE with the ring refused: %v", err)
 		}
-		t.Cleanup(func() { s.Close() })
+		t.Cleanup(func() { sock.Close() })
 	})
-	if s.r != nil || s.c == nil || !errors.Is(s.RingError(), unix.EPERM) {
-		t.Fatalf("ring refused: ring %v, recvmmsg %v, RingError %v; want recvmmsg and the refusal", s.r != nil, s.c != nil, s.RingError())
+	s, ok := sock.(*GRESocket)
+	if !ok || !errors.Is(s.RingError(), unix.EPERM) {
+		t.Fatalf("ring refused: a %T; want a GRESocket (recvmmsg) whose RingError is the refusal", sock)
 	}
 	sender.do(t, func() { newGRESender(t, net.IPv4(192, 0, 2, 2)).send(seqGRE(0, 3)...) })
 	checkSeq(t, readGRE(t, s, 3, 5*time.Second), 0)
@@ -669,7 +672,7 @@ func TestBatchConnModeration(t *testing.T) {
 // is never read, so what it queued would hold its receive buffer until it
 // closes. (Nor one that came while it was set up: TestOpenUnderFlood.)
 func TestGRERingQueuesNothing(t *testing.T) {
-	queued := func(s *GRESocket) bool { return sockQueued(s.r.sock) }
+	queued := func(s *greRing) bool { return sockQueued(s.sock) }
 	for _, family := range []int{4, 6} {
 		sender, collector := vethPair(t)
 		_, dst := socketTestAddrs(family)
@@ -719,4 +722,61 @@ func TestGRERingDropsAtClose(t *testing.T) {
 	if d := s.KernelDrops(); d < 900 {
 		t.Errorf("KernelDrops after Close = %d, want the some 1,000 of 2,000 packets of 1,000 bytes a ring of 1 MiB had no room for", d)
 	}
+}
+
+// withoutCaps runs fn on an OS thread of its own whose effective
+// capabilities lack caps (capabilities are per thread), in the test
+// process's network namespace. The thread is never unlocked, so the
+// runtime ends it with fn's goroutine rather than reuse it.
+func withoutCaps(t *testing.T, caps []uint, fn func()) {
+	t.Helper()
+	failed := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+		var data [2]unix.CapUserData
+		err := unix.Capget(&hdr, &data[0])
+		if err == nil {
+			for _, c := range caps {
+				data[c/32].Effective &^= 1 << (c % 32)
+			}
+			err = unix.Capset(&hdr, &data[0])
+		}
+		if err == nil {
+			fn()
+		}
+		failed <- err
+	}()
+	if err := <-failed; err != nil {
+		t.Fatalf("drop capabilities %v: %v", caps, err)
+	}
+}
+
+// TestGRERingErrorHints: a refusal for want of privilege names the
+// capability it wants: CAP_NET_RAW for the raw socket, which the ring's
+// CAP_BPF and memlock hint must not blame; CAP_BPF for the ring's maps
+// and program, where the kernel refuses unprivileged BPF.
+func TestGRERingErrorHints(t *testing.T) {
+	open := func(caps ...uint) (err error) {
+		withoutCaps(t, caps, func() {
+			var r *greRing
+			if r, err = openGRERing(4, 4, 2048, 0, 0); err == nil {
+				r.Close()
+			}
+		})
+		return err
+	}
+	err := open(unix.CAP_NET_RAW)
+	if !errors.Is(err, unix.EPERM) || !strings.Contains(err.Error(), "CAP_NET_RAW") || strings.Contains(err.Error(), "CAP_BPF") {
+		t.Errorf("without CAP_NET_RAW: %v; want EPERM naming CAP_NET_RAW, not CAP_BPF", err)
+	}
+	t.Run("bpf", func(t *testing.T) {
+		if b, _ := os.ReadFile("/proc/sys/kernel/unprivileged_bpf_disabled"); strings.TrimSpace(string(b)) == "0" {
+			t.Skip("kernel.unprivileged_bpf_disabled is 0: the ring needs no capability here")
+		}
+		err := open(unix.CAP_BPF, unix.CAP_SYS_ADMIN)
+		if !errors.Is(err, unix.EPERM) || !strings.Contains(err.Error(), "CAP_BPF") {
+			t.Errorf("without CAP_BPF and CAP_SYS_ADMIN: %v; want EPERM naming CAP_BPF", err)
+		}
+	})
 }

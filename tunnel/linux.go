@@ -158,7 +158,7 @@ func (l *Linux) OpenQueue(ns, name string) (q Queue, err error) {
 // whenever an interface of the namespace sends without DF, as a collector
 // with a tunnel destination does.
 func (l *Linux) ListenGRE(ns string, family int) (Socket, error) {
-	var s *GRESocket
+	var s Socket
 	err := inNamespace(ns, func() (err error) {
 		s, err = listenGRE(family, l.Batch, l.BufSize, l.RcvBuf, l.Moderate, l.Ring)
 		return err
@@ -166,8 +166,8 @@ func (l *Linux) ListenGRE(ns string, family int) (Socket, error) {
 	if err != nil {
 		return nil, err
 	}
-	if s.r == nil {
-		if s.guards, err = l.takeGuards(ns, family); err != nil {
+	if g, ok := s.(*GRESocket); ok {
+		if g.guards, err = l.takeGuards(ns, family); err != nil {
 			s.Close()
 			return nil, err
 		}

@@ -33,16 +33,17 @@ type Message struct {
 }
 
 // GRESocket receives the ERSPAN packets (GRE protocol 0x88BE and 0x22EB)
-// that reach its network namespace over one address family, in batches.
-// It never sends: transmit uses sockets of its own (design.md, Data path).
+// that reach its network namespace over one address family, in batches
+// read with recvmmsg: the receive socket where the kernel refuses an eBPF
+// ring (greRing), or where none is asked for (listenGRE). It never sends:
+// transmit uses sockets of its own (design.md, Data path).
 //
 // ReadBatch must not be called concurrently with itself; KernelDrops and
 // Close may be called from any goroutine.
 type GRESocket struct {
-	c *batchConn // nil when r is set
-	r *greRing   // the ring this socket's filter fills (see greRing)
+	c *batchConn
 	// ringErr says why the socket reads with recvmmsg rather than a ring
-	// asked for (nil: it was not, or the ring is there).
+	// asked for (nil: none was).
 	ringErr error
 	family  int
 	guards  guards // the guard socket (see listenGRE)
@@ -83,29 +84,38 @@ const MaxBatch = 1024
 // caller keeps open beside this one (design.md, Data path: ICMP) and
 // hands to the socket's guards, which its first Close releases.
 //
-// With ring, the socket receives into an eBPF ring (greRing) if the
-// kernel allows it, with recvmmsg otherwise (RingError says why). A
-// socket with a ring needs no guard: its socket queues nothing, so its
-// buffer never overflows.
-func listenGRE(family int, batch int, bufSize int, rcvbuf int, moderate time.Duration, ring bool) (s *GRESocket, err error) {
-	var af, oobSize int
-	switch family {
-	case 4:
-		af, oobSize = unix.AF_INET, oobSize4
-	case 6:
-		af, oobSize = unix.AF_INET6, oobSize6
-	default:
+// With ring, the socket is a greRing, receiving into an eBPF ring, if the
+// kernel allows it; otherwise, and without ring, a GRESocket reading with
+// recvmmsg (whose RingError says why the ring was refused). A ring needs
+// no guard: its socket queues nothing, so its buffer never overflows.
+func listenGRE(family int, batch int, bufSize int, rcvbuf int, moderate time.Duration, ring bool) (Socket, error) {
+	if family != 4 && family != 6 {
 		return nil, fmt.Errorf("GRE socket: address family %d: %w", family, unix.EAFNOSUPPORT)
 	}
 	if err := checkBatchArgs(batch, bufSize, rcvbuf); err != nil {
 		return nil, fmt.Errorf("GRE socket: %w", err)
 	}
-	s = &GRESocket{family: family, msgs: make([]Message, batch)}
+	var ringErr error
 	if ring {
-		if s.r, err = openRing(family, batch, bufSize, rcvbuf, moderate); err == nil {
-			return s, nil
+		r, err := openRing(family, batch, bufSize, rcvbuf, moderate)
+		if err == nil {
+			return r, nil
 		}
-		s.ringErr = err
+		ringErr = err
+	}
+	s, err := listenRecvmmsg(family, batch, bufSize, rcvbuf, moderate)
+	if err != nil {
+		return nil, err
+	}
+	s.ringErr = ringErr
+	return s, nil
+}
+
+// listenRecvmmsg opens the GRESocket of listenGRE.
+func listenRecvmmsg(family int, batch int, bufSize int, rcvbuf int, moderate time.Duration) (*GRESocket, error) {
+	af, oobSize := unix.AF_INET, oobSize4
+	if family == 6 {
+		af, oobSize = unix.AF_INET6, oobSize6
 	}
 	filter, err := ersFilter(family)
 	if err != nil {
@@ -131,6 +141,7 @@ func listenGRE(family int, batch int, bufSize int, rcvbuf int, moderate time.Dur
 		return nil, err
 	}
 
+	s := &GRESocket{family: family, msgs: make([]Message, batch)}
 	if family == 6 {
 		s.names = make([]unix.RawSockaddrInet6, batch)
 	}
@@ -198,11 +209,10 @@ func ersFilter(family int) ([]unix.SockFilter, error) {
 }
 
 // ReadBatch waits until at least one packet is there, then reads as many
-// as are queued, up to the batch size: from the socket's eBPF ring, in
-// place (greRing), or with one recvmmsg(2) (batchConn); either blocks in
-// the kernel, with interrupt moderation. It returns them in arrival
-// order. The slice and every Message.GRE alias buffers of the socket (or
-// its ring) that the next ReadBatch overwrites (or gives back).
+// as are queued, up to the batch size, with one recvmmsg(2) (batchConn),
+// blocking in the kernel, with interrupt moderation. It returns them in
+// arrival order. The slice and every Message.GRE alias buffers of the
+// socket that the next ReadBatch overwrites.
 //
 // ReadBatch allocates nothing (per call or per packet) once the socket is
 // open. golang.org/x/net's ipv4/ipv6 PacketConn.ReadBatch was measured
@@ -212,21 +222,9 @@ func ersFilter(family int) ([]unix.SockFilter, error) {
 //
 // After Close it returns net.ErrClosed. Other errors wrap the errno.
 func (s *GRESocket) ReadBatch() ([]Message, error) {
-	var n int
-	var err error
-	if s.r != nil {
-		n, err = s.r.read(s.msgs)
-	} else {
-		n, err = s.c.read()
-	}
+	n, err := s.c.read()
 	if err != nil {
-		if err == net.ErrClosed {
-			return nil, err
-		}
-		return nil, fmt.Errorf("GRE socket (IPv%d): %w", s.family, err)
-	}
-	if s.r != nil {
-		return s.msgs[:n], nil
+		return nil, greReadError(s.family, err)
 	}
 	drops := s.lastDrops
 	for i := 0; i < n; i++ {
@@ -236,6 +234,15 @@ func (s *GRESocket) ReadBatch() ([]Message, error) {
 		s.drops.Store(s.lastDrops) // once per batch, for KernelDrops
 	}
 	return s.msgs[:n], nil
+}
+
+// greReadError is a receive socket's read error as ReadBatch returns it:
+// net.ErrClosed as it is, any other naming the socket.
+func greReadError(family int, err error) error {
+	if err == net.ErrClosed {
+		return err
+	}
+	return fmt.Errorf("GRE socket (IPv%d): %w", family, err)
 }
 
 // parse fills s.msgs[i] from the i-th received message.
@@ -322,25 +329,16 @@ func parseIPv6Payload(m *Message, b []byte, truncated bool) {
 
 // KernelDrops returns the number of packets the kernel dropped because the
 // socket's receive buffer was full, cumulative since the socket opened, as
-// of the latest batch read (SO_RXQ_OVFL, published once per batch); with
-// a ring, those it had no room for, as of now (or of Close).
-func (s *GRESocket) KernelDrops() uint64 {
-	if s.r != nil {
-		return s.r.drops()
-	}
-	return s.drops.Load()
-}
+// of the latest batch read (SO_RXQ_OVFL, published once per batch).
+func (s *GRESocket) KernelDrops() uint64 { return s.drops.Load() }
 
 // RingError says why a socket asked to receive into an eBPF ring reads
-// with recvmmsg instead; nil if it was not asked or has the ring.
+// with recvmmsg instead; nil if it was not asked.
 func (s *GRESocket) RingError() error { return s.ringErr }
 
 // Close closes the socket and makes a pending ReadBatch return
 // net.ErrClosed. Closing twice returns net.ErrClosed.
 func (s *GRESocket) Close() error {
-	if s.r != nil {
-		return s.guards.closeWith(s.r.close)
-	}
 	return s.guards.closeWith(func() error { return s.c.close(nil) })
 }
 
@@ -384,6 +382,9 @@ var dropAll = []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}}
 // its buffer until it closes.
 func openRawGRE(af int, attach func(fd int) error) (int, error) {
 	fd, err := unix.Socket(af, unix.SOCK_RAW|unix.SOCK_CLOEXEC, erspan.IPProtoGRE)
+	if errors.Is(err, unix.EPERM) {
+		return -1, fmt.Errorf("raw GRE socket: %w (raw sockets need CAP_NET_RAW)", err)
+	}
 	if err != nil {
 		return -1, fmt.Errorf("raw GRE socket: %w", err)
 	}

@@ -27,16 +27,17 @@ import (
 // reads with recvmmsg (unless guardSockets is off), for the tests that
 // have no Linux host. A socket asked for a ring that reads with recvmmsg
 // is an error.
-func listenGREGuarded(family, batch, bufSize, rcvbuf int, moderate time.Duration, ring bool) (*GRESocket, error) {
+func listenGREGuarded(family, batch, bufSize, rcvbuf int, moderate time.Duration, ring bool) (Socket, error) {
 	s, err := listenGRE(family, batch, bufSize, rcvbuf, moderate, ring)
 	if err != nil {
 		return nil, err
 	}
-	if ring && s.r == nil {
+	g, ok := s.(*GRESocket)
+	if ring && ok {
 		s.Close()
-		return nil, fmt.Errorf("no eBPF ring: %w", s.RingError())
+		return nil, fmt.Errorf("no eBPF ring: %w", g.RingError())
 	}
-	if guardSockets && s.r == nil {
+	if guardSockets && ok {
 		af := unix.AF_INET
 		if family == 6 {
 			af = unix.AF_INET6
@@ -46,16 +47,16 @@ func listenGREGuarded(family, batch, bufSize, rcvbuf int, moderate time.Duration
 			s.Close()
 			return nil, err
 		}
-		s.guards = guards{func() { unix.Close(fd) }}
+		g.guards = guards{func() { unix.Close(fd) }}
 	}
 	return s, nil
 }
 
 // listenGREIn is listenGREGuarded in ns, the socket closed when the test
 // ends.
-func listenGREIn(t *testing.T, ns *testNetns, family, batch, bufSize, rcvbuf int, moderate time.Duration, ring bool) *GRESocket {
+func listenGREIn(t *testing.T, ns *testNetns, family, batch, bufSize, rcvbuf int, moderate time.Duration, ring bool) Socket {
 	t.Helper()
-	var s *GRESocket
+	var s Socket
 	ns.do(t, func() {
 		var err error
 		if s, err = listenGREGuarded(family, batch, bufSize, rcvbuf, moderate, ring); err != nil {
@@ -300,7 +301,7 @@ func TestSocketAllocs(t *testing.T) {
 		sender, collector := vethPair(t)
 		_, dst := socketTestAddrs(family)
 		// The smallest buffer the kernel allows: a burst overflows it.
-		s := listenGREIn(t, collector, family, 4, 2048, 1, DefaultModerate, ring)
+		s := listenGREIn(t, collector, family, 4, 2048, 1, DefaultModerate, ring).(*GRESocket)
 		var snd *greSender
 		sender.do(t, func() { snd = newGRESender(t, net.IP(dst.AsSlice())) })
 		pkt := func(i int) []byte { return grePacket(erspan.ProtoERSPAN, true, uint32(i), typeIIBody(byte(i))) }
@@ -416,7 +417,7 @@ func testICMPUnreachable(t *testing.T, ring bool) {
 		teb := grePacket(erspan.ProtoTEB, false, 0, fakeFrame(2))
 
 		// Listening first, so that ICMP rate limits cannot hide anything.
-		var s *GRESocket
+		var s Socket
 		collector.do(t, func() {
 			var err error
 			if s, err = listenGREGuarded(family, 8, 2048, 0, DefaultModerate, ring); err != nil {
@@ -473,7 +474,7 @@ func TestNoICMPOnOverflow(t *testing.T) {
 		guardSockets = mode != noGuard
 		defer func() { guardSockets = true }()
 		sender, collector := vethPair(t)
-		var s *GRESocket
+		var s Socket
 		collector.do(t, func() {
 			sh := "sysctl -qw net.ipv4.icmp_ratelimit=0"
 			if out, err := exec.Command("sh", "-c", sh).CombinedOutput(); err != nil {
@@ -497,7 +498,7 @@ func TestNoICMPOnOverflow(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Linux.ListenGRE: %v", err)
 			}
-			s = sock.(*GRESocket)
+			s = sock
 			tx, err := l.OpenSender(collector.name, netip.MustParseAddr("192.0.2.2"), netip.MustParseAddr("192.0.2.1"), 64, false)
 			if err != nil {
 				t.Fatalf("OpenSender: %v", err)
@@ -1039,10 +1040,10 @@ func TestOpenUnderFlood(t *testing.T) {
 			if err != nil {
 				return -1, nil, err
 			}
-			if ring {
-				return s.r.sock, func() { s.Close() }, nil
+			if r, ok := s.(*greRing); ok {
+				return r.sock, func() { s.Close() }, nil
 			}
-			return s.c.fd, func() { s.Close() }, nil
+			return s.(*GRESocket).c.fd, func() { s.Close() }, nil
 		}
 	}
 	for _, c := range []struct {
@@ -1197,10 +1198,10 @@ func TestRingsUnmappedByGC(t *testing.T) {
 	}{
 		{"GRE ring", "anon_inode:bpf-map", func() (Socket, *mapped, error) {
 			s, err := listenGREGuarded(4, 64, 2048, 0, 0, true)
-			if err != nil || s.r == nil {
-				return nil, nil, fmt.Errorf("listenGREGuarded: ring %v, %v", s != nil && s.r != nil, err)
+			if err != nil {
+				return nil, nil, fmt.Errorf("listenGREGuarded: %v", err)
 			}
-			return s, &s.r.mapped, nil
+			return s, &s.(*greRing).mapped, nil
 		}},
 		{"capture ring", "socket:[", func() (Socket, *mapped, error) {
 			s, err := listenCapture("eth0", 64, 2048, 0, 0, nil)
