@@ -8,7 +8,10 @@ await_exit() {
 	for _ in $(seq "$n"); do
 		alive=""
 		for p in "$@"; do kill -0 "$p" 2>/dev/null && alive="$alive $p"; done
-		[ -z "$alive" ] && return
+		# return 0, not a bare return: in an EXIT trap a bare return gives
+		# the status the script exited with, which set -e then takes for
+		# a failure and ends the cleanup.
+		[ -n "$alive" ] || return 0
 		sleep 0.1
 	done
 }
