@@ -153,13 +153,13 @@ rm -rf /tmp/erspan-bench.*
 
 work=$(mktemp -d /tmp/erspan-bench.XXXXXX)
 bin=$work/bin
-pids=""
+pids=()
 
 cleanup() {
 	trap - EXIT INT TERM
 	# Five seconds to stop, then SIGKILL.
-	end_pids 50 TERM $pids
-	for p in $pids; do wait "$p" 2>/dev/null || true; done
+	end_pids 50 TERM "${pids[@]}"
+	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
 	for ns in $ALL_NS; do ip netns del "$ns" 2>/dev/null || true; done
 	rm -rf "$work"
 }
@@ -194,10 +194,14 @@ descendants() { local c; for c in $(pgrep -P "$1"); do descendants "$c"; echo "$
 	if wait $s; then
 		echo "bench.sh: over ${LIMIT}s, stopping" >&2
 		kill -TERM $$
-		kill -TERM $(descendants $$ | grep -vx "$BASHPID") 2>/dev/null
+		# The watchdog's own PID, taken here: expanded in the pipeline,
+		# $BASHPID would be that of grep's subshell.
+		self=$BASHPID
+		mapfile -t ds < <(descendants $$ | grep -vx "$self")
+		kill -TERM "${ds[@]}" 2>/dev/null
 	fi
 ) &
-pids="$pids $!"
+pids+=("$!")
 
 nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 kv() { printf '%s\n' "$2" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
@@ -223,7 +227,7 @@ start() {
 	name=$(basename "$1")
 	ip netns exec "$ns" taskset -c $DUT_CPU "$@" >>"$work/$name.log" 2>&1 9>&- &
 	started=$!
-	pids="$pids $started"
+	pids+=("$started")
 	for _ in $(seq 40); do
 		[ "$(cat /proc/$started/comm 2>/dev/null)" = "${name:0:15}" ] && return 0
 		kill -0 "$started" 2>/dev/null || break
@@ -238,7 +242,9 @@ start() {
 stop() {
 	kill "$1" 2>/dev/null || true
 	wait "$1" 2>/dev/null || true
-	pids=$(printf '%s\n' $pids | grep -vx "$1" | tr '\n' ' ')
+	local p kept=()
+	for p in "${pids[@]}"; do [ "$p" = "$1" ] || kept+=("$p"); done
+	pids=("${kept[@]}")
 }
 # wait_for SOCKET LOG: wait until a daemon listens on SOCKET; if it does
 # not, show its LOG (which cleanup removes with the rest).
@@ -599,7 +605,7 @@ decap_with() {
 	ctl $COL "$esock" create erspan0 tunnel 192.0.2.2 192.0.2.1 vnetid 77 up
 	for size in $sizes; do
 		decap_row "$label" $pid erspan0 "$size" 77 1
-		[ "$arr" = - ] || printf -v "$arr[$size]" '%s' "$eff"
+		[ "$arr" = - ] || printf -v "${arr}[$size]" '%s' "$eff"
 	done
 	ctl $COL "$esock" destroy erspan0
 	stop $pid
@@ -666,7 +672,7 @@ if [ $SWEEP -eq 1 ]; then
 	done
 	[ -z "$sweep_snd" ] || encap_on
 	for tb in $sweep_snd; do
-		erspand_in $SND sweep-t$tb --tx-buffer "$tb"
+		erspand_in $SND "sweep-t$tb" --tx-buffer "$tb"
 		ctl $SND "$esock" create erspan0 tunnel 192.0.2.1 192.0.2.2 vnetid 77 up
 		measured_row "encap --tx-buffer $tb" 64 encap $started 64
 		ctl $SND "$esock" destroy erspan0

@@ -36,7 +36,7 @@ export ERSPAN_CONFIG_DIR=$work/etc
 tcpdump_pid=
 
 cleanup() {
-	[ -n "$tcpdump_pid" ] && kill "$tcpdump_pid" 2>/dev/null || true
+	if [ -n "$tcpdump_pid" ]; then kill "$tcpdump_pid" 2>/dev/null || true; fi
 	# The daemons erspanctl started (and gen, in the switch), found by
 	# namespace: every process in them is this script's.
 	for ns in $ALL; do remove_netns "$ns" TERM; done

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test of the project: formatting, go vet, staticcheck, the unit
-# and network-namespace tests under the race detector, and a short fuzz run.
+# Runs every test of the project: formatting, go vet, staticcheck, the
+# scripts' shellcheck, the unit and network-namespace tests under the race
+# detector, and a short fuzz run.
 # Run as root on Debian (the namespace tests create namespaces, veths, TAPs);
 # it installs what is missing. Usage: scripts/test.sh [--fuzztime N]
 #
@@ -23,7 +24,8 @@ while [ $# -gt 0 ]; do
 	esac
 done
 
-export PATH="$PATH:/usr/local/go/bin:$(go env GOPATH 2>/dev/null || echo "$HOME/go")/bin"
+gopath=$(go env GOPATH 2>/dev/null || echo "$HOME/go")
+export PATH="$PATH:/usr/local/go/bin:$gopath/bin"
 STATICCHECK_VERSION=v0.8.2
 
 step() { printf '\n== %s\n' "$*"; }
@@ -36,8 +38,8 @@ fi
 step "tools"
 # tshark: the e2e tests cross-check the wire with Wireshark; nft: a
 # firewall refusing sends (TestSendRefusedByFirewall) and the ring's
-# firewall test.
-need_tools ip:iproute2 tcpdump:tcpdump tshark:tshark nft:nftables
+# firewall test; shellcheck: the scripts' own check.
+need_tools ip:iproute2 tcpdump:tcpdump tshark:tshark nft:nftables shellcheck:shellcheck
 command -v go >/dev/null || { echo "Go is not installed (expected /usr/local/go)" >&2; exit 1; }
 go version
 if ! command -v staticcheck >/dev/null || ! staticcheck -version | grep -q "${STATICCHECK_VERSION#v}"; then
@@ -45,7 +47,8 @@ if ! command -v staticcheck >/dev/null || ! staticcheck -version | grep -q "${ST
 fi
 
 step "gofmt"
-unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+mapfile -t gofiles < <(git ls-files '*.go' 2>/dev/null || find . -name '*.go')
+unformatted=$(gofmt -l "${gofiles[@]}")
 if [ -n "$unformatted" ]; then
 	echo "not gofmt-formatted:"; echo "$unformatted"; exit 1
 fi
@@ -55,6 +58,9 @@ go vet ./...
 
 step "staticcheck"
 staticcheck ./...
+
+step "shellcheck"
+shellcheck -x scripts/test.sh scripts/bench.sh scripts/demo.sh scripts/install.sh scripts/lib.sh .ci/run
 
 # A test run that panicked or was killed leaves its namespaces (named
 # erspt-u-PID-N and erspt-e2e-PID-N-ROLE after the go test process) and the
