@@ -549,6 +549,10 @@ erspand_in() {
 	esock=$work/$name/erspand.sock
 	start "$ns" "$bin/erspand" --socket "$esock" --config-dir "$work/etc" --state "$work/$name/state" "$@"
 	wait_for "$esock" "$work/erspand.log"
+	# The GOMAXPROCS it runs with, from the line saying it listens (the
+	# last in the log: the erspands of a run take turns).
+	gmp=$(sed -n 's/.*listening on .* (GOMAXPROCS \([0-9]*\)).*/\1/p' "$work/erspand.log" | tail -n 1)
+	[ -n "$gmp" ] || gmp="?"
 }
 
 # defaults: erspand's tuning flags with their defaults, from its --help.
@@ -566,21 +570,6 @@ defaults() {
 erspand_gmp() {
 	local n=$1; shift
 	if [ -n "$n" ]; then GOMAXPROCS=$n erspand_in "$@"; else erspand_in "$@"; fi
-}
-
-# probe_gomaxprocs NAME N: the GOMAXPROCS that erspand_gmp N starts an
-# erspand with, once it listens (when it has set its own), in gmp: read
-# from the runtime's scheduler trace (GODEBUG=schedtrace) of an erspand
-# started for that alone, as the trace keeps the runtime's sysmon from
-# sleeping and so would change what is measured.
-probe_gomaxprocs() {
-	local n=0
-	[ ! -f "$work/erspand.log" ] || n=$(wc -l <"$work/erspand.log")
-	GODEBUG=schedtrace=10 erspand_gmp "$2" $COL "probe-$1"
-	sleep 0.1
-	stop $started
-	gmp=$(tail -n +$((n + 1)) "$work/erspand.log" | sed -n 's/.*gomaxprocs=\([0-9]*\).*/\1/p' | tail -n 1)
-	[ -n "$gmp" ] || gmp="?"
 }
 
 # encap_on / encap_off: the collector's veth drops what it receives at tc
@@ -656,16 +645,13 @@ if [ $SWEEP -eq 1 ]; then
 		decap_with "decap --rx-moderate $m" "" 64 - --rx-moderate "$m"
 	done
 	# GOMAXPROCS: erspand raises it to at least 2 unless its environment
-	# sets it; what it ran with is read from a separate start (the
-	# trace would change the measurement).
+	# sets it; what it ran with is in its log (erspand_in).
 	gmp1=- gmpd=-
 	if [ "${SWEEP_GMP:-1}" != 0 ]; then
-		probe_gomaxprocs g1 1
-		gmp1=$gmp
-		probe_gomaxprocs gd ""
-		gmpd=$gmp
 		decap_with "decap GOMAXPROCS=1" 1 64 -
+		gmp1=$gmp
 		decap_with "decap GOMAXPROCS default" "" 64 -
+		gmpd=$gmp
 	fi
 	for rb in $sweep_rcv; do
 		decap_with "decap --rx-buffer=$rb" "" "64 1514" - "--rx-buffer=$rb"
@@ -686,7 +672,7 @@ if [ $SWEEP -eq 1 ]; then
 	if [ "${SWEEP_GMP:-1}" != 0 ]; then
 		echo "GOMAXPROCS rows: erspand ran with GOMAXPROCS $gmp1 with GOMAXPROCS=1 in its environment, $gmpd without$( [ "$gmp1" = "$gmpd" ] &&
 			echo ": this erspand does not honour the variable, so both rows measure the same")"
-		echo "  (read from the scheduler trace of a separate start)"
+		echo "  (as each said when it started)"
 	fi
 	exit 0
 fi
@@ -703,12 +689,9 @@ for size in 64 1514; do
 done
 stop $naive
 
-# The GOMAXPROCS erspand runs with here (for the report).
-probe_gomaxprocs gd ""
-gmpd=$gmp
-
 # ---- encap: erspand in the sender namespace, source mode ------------------------
 erspand_in $SND snd
+gmpd=$gmp # the GOMAXPROCS erspand runs with here (for the report)
 snd=$started snd_sock=$esock
 ctl $SND "$snd_sock" create erspan0 tunnel 192.0.2.1 192.0.2.2 vnetid 77 up
 encap_on

@@ -6,6 +6,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -199,4 +201,56 @@ func mappings(t *testing.T, pid int, want func(name string) bool) map[string]int
 		out[f[5]] += int(end - start)
 	}
 	return out
+}
+
+// TestGOMAXPROCS: erspand says at start the GOMAXPROCS it runs with
+// (scripts/bench.sh reads it there): at least 2 without GOMAXPROCS in its
+// environment, also on one CPU, where the runtime's default is 1
+// (cmd/erspand's procs), and an explicit one as it is.
+func TestGOMAXPROCS(t *testing.T) {
+	requireRoot(t)
+	ns := newNetNS(t, "gmp")
+	re := regexp.MustCompile(`listening on \S+ \(GOMAXPROCS (\d+)\)`)
+	said := func(env []string, oneCPU bool) string {
+		t.Helper()
+		var d *daemon
+		if oneCPU {
+			// A child inherits the CPU mask of the thread that
+			// starts it: this one, pinned for the start.
+			runtime.LockOSThread()
+			var all, one unix.CPUSet
+			if err := unix.SchedGetaffinity(0, &all); err != nil {
+				t.Fatal(err)
+			}
+			one.Set(0)
+			if err := unix.SchedSetaffinity(0, &one); err != nil {
+				t.Fatal(err)
+			}
+			d = startDaemonEnv(t, ns, tempDir(t), env)
+			if err := unix.SchedSetaffinity(0, &all); err != nil {
+				t.Fatal(err) // the thread stays locked, and ends with the test
+			}
+			runtime.UnlockOSThread()
+		} else {
+			d = startDaemonEnv(t, ns, tempDir(t), env)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			if m := re.FindStringSubmatch(d.log()); m != nil {
+				return m[1]
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("erspand (environment %q) never said its GOMAXPROCS:\n%s", env, d.log())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	for _, oneCPU := range []bool{false, true} {
+		if n, _ := strconv.Atoi(said([]string{"GOMAXPROCS="}, oneCPU)); n < 2 {
+			t.Errorf("erspand without GOMAXPROCS (on one CPU: %v) runs with GOMAXPROCS %d, want at least 2", oneCPU, n)
+		}
+	}
+	if got := said([]string{"GOMAXPROCS=1"}, false); got != "1" {
+		t.Errorf("erspand with GOMAXPROCS=1 in its environment runs with GOMAXPROCS %s, want 1", got)
+	}
 }

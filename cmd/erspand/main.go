@@ -212,7 +212,9 @@ func run(c *cli.Context) error {
 		logger.Printf("%v: stopping; the erspanN interfaces stay for the next erspand", s)
 		l.Close()
 	}()
-	logger.Printf("listening on %s", path)
+	// With the GOMAXPROCS erspand runs with (procs): scripts/bench.sh
+	// reads it here.
+	logger.Printf("listening on %s (GOMAXPROCS %d)", path, runtime.GOMAXPROCS(0))
 	err = reg.ServeListener(l, logger.Printf)
 	close(stop)
 	<-persisted
