@@ -52,9 +52,14 @@ import (
 type greRing struct {
 	mapped // fd: the ring's map; mem: consumer page, producer page, data
 
-	sock     int // the raw GRE socket whose filter fills the ring
-	dropsMap int // an array of one uint64: packets the ring had no room for
-	family   int
+	sock int // the raw GRE socket whose filter fills the ring
+	// dropsMap is a per-CPU array of one uint64: the packets the ring had
+	// no room for, each CPU's own, so that the receive softirqs of
+	// several CPUs, which count every packet while the ring is full, do
+	// not share a cache line; summed when read, into dropsVals.
+	dropsMap  int
+	dropsVals []uint64
+	family    int
 	moderation
 
 	page int
@@ -131,7 +136,11 @@ func openGRERing(family, batch, bufSize, rcvbuf int, moderate time.Duration) (r 
 		return nil, ringHint(err, size)
 	}
 	fds = append(fds, scratch)
-	dropsMap, err := createMap(unix.BPF_MAP_TYPE_ARRAY, 4, 8, 1, 0, "erspan_drops")
+	cpus, err := possibleCPUs()
+	if err != nil {
+		return nil, err
+	}
+	dropsMap, err := createMap(unix.BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1, 0, "erspan_drops")
 	if err != nil {
 		return nil, ringHint(err, size)
 	}
@@ -163,7 +172,7 @@ func openGRERing(family, batch, bufSize, rcvbuf int, moderate time.Duration) (r 
 	// map's fd and the program's are no longer needed.
 	unix.Close(scratch)
 	unix.Close(prog)
-	r = &greRing{mapped: mapped{mem: mem}, sock: sock, dropsMap: dropsMap, family: family,
+	r = &greRing{mapped: mapped{mem: mem}, sock: sock, dropsMap: dropsMap, dropsVals: make([]uint64, cpus), family: family,
 		moderation: moderation{moderate: moderate}, page: os.Getpagesize(), size: size,
 		wrap: make([]byte, head+bufSize), msgs: make([]Message, batch)}
 	if err := r.init(ringFD); err != nil {
@@ -313,7 +322,8 @@ func greRingProgram(family, bufSize, scratch, ring, drops int) []bpfInsn {
 		insn(movK, 4, 0, 0, 0), // flags 0: the kernel wakes a reader that has caught up
 		insn(call, 0, 0, 0, fnRingOutput))
 	jumpOut(jeqK, 0, 0)
-	// No room: count it.
+	// No room: count it, in this CPU's slot (an atomic add all the same:
+	// the program can be interrupted on its CPU by a softirq running it).
 	p = append(p, insn(stW, 10, 0, -4, 0))
 	p = append(p, mapFD(1, drops)...)
 	p = append(p, insn(mov, 2, 10, 0, 0), insn(addK, 2, 0, 0, -4), insn(call, 0, 0, 0, fnLookup))
@@ -438,7 +448,7 @@ func (r *greRing) drops() uint64 {
 
 // readDrops keeps the drops map's count in lastDrops (fdmu held).
 func (r *greRing) readDrops(int) {
-	if v, err := lookupUint64(r.dropsMap, 0); err == nil {
+	if v, err := sumPerCPU(r.dropsMap, 0, r.dropsVals); err == nil {
 		r.lastDrops.Store(v)
 	}
 }

@@ -445,7 +445,7 @@ func newFakeRing(t *testing.T, moderate time.Duration) *fakeRing {
 		unmapMem(mem)
 		t.Fatal(err)
 	}
-	r := &greRing{mapped: mapped{mem: mem}, sock: -1, dropsMap: -1, family: 6, moderation: moderation{moderate: moderate},
+	r := &greRing{mapped: mapped{mem: mem}, sock: -1, dropsMap: -1, dropsVals: make([]uint64, 1), family: 6, moderation: moderation{moderate: moderate},
 		page: page, size: size, wrap: make([]byte, size)}
 	if err := r.init(fd); err != nil {
 		unmapMem(mem)
@@ -779,4 +779,67 @@ func TestGRERingErrorHints(t *testing.T) {
 			t.Errorf("without CAP_BPF and CAP_SYS_ADMIN: %v; want EPERM naming CAP_BPF", err)
 		}
 	})
+}
+
+// TestGRERingDropsPerCPU: each CPU counts the drops of the packets it
+// received in a slot of its own, and KernelDrops sums them: packets sent
+// from each CPU in turn (veth runs the receive on the sending CPU) into a
+// full ring are all counted.
+func TestGRERingDropsPerCPU(t *testing.T) {
+	cpus, err := possibleCPUs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var online unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &online); err != nil {
+		t.Fatal(err)
+	}
+	if online.Count() < 2 || !online.IsSet(0) || !online.IsSet(1) {
+		t.Skipf("needs CPUs 0 and 1 to send from; this process may run on %d CPUs", online.Count())
+	}
+	sender, collector := vethPair(t)
+	s := listenRingIn(t, collector, 4, 64, 1)
+	if len(s.dropsVals) != cpus {
+		t.Fatalf("%d per-CPU drop counts read, want one per possible CPU (%d)", len(s.dropsVals), cpus)
+	}
+	pad := 1000 - 20 - len(seqGRE(0, 1)[0])
+	const each = 2000 // from each CPU: the 1 MiB ring holds about 1,000
+	sender.do(t, func() {
+		snd := newGRESender(t, net.IPv4(192, 0, 2, 2))
+		for cpu := range 2 {
+			var one unix.CPUSet
+			one.Set(cpu)
+			if err := unix.SchedSetaffinity(0, &one); err != nil {
+				t.Fatal(err)
+			}
+			snd.send(paddedSeqGRE(cpu*each, each, pad)...)
+		}
+		if err := unix.SchedSetaffinity(0, &online); err != nil {
+			t.Fatal(err)
+		}
+	})
+	drops := settledDrops(s)
+	if s.dropsVals[0] == 0 || s.dropsVals[1] == 0 {
+		t.Errorf("drops per CPU %v, want some on CPUs 0 and 1, each of which sent into a full ring", s.dropsVals)
+	}
+	held := len(readGRE(t, s, 2*each-drops, 5*time.Second))
+	if held+drops != 2*each {
+		t.Errorf("%d packets read and %d counted dropped of %d sent", held, drops, 2*each)
+	}
+}
+
+func TestCountCPUList(t *testing.T) {
+	for _, c := range []struct {
+		list string
+		want int
+	}{{"0", 1}, {"0-1", 2}, {"0-3,8-11", 8}, {"0,2,4-5", 4}, {"0-127", 128}} {
+		if got, err := countCPUList(c.list); got != c.want || err != nil {
+			t.Errorf("countCPUList(%q) = %d, %v; want %d", c.list, got, err, c.want)
+		}
+	}
+	for _, bad := range []string{"", "a", "3-1", "0-", "-1", "0,,1"} {
+		if got, err := countCPUList(bad); !errors.Is(err, unix.EINVAL) {
+			t.Errorf("countCPUList(%q) = %d, %v; want EINVAL", bad, got, err)
+		}
+	}
 }
