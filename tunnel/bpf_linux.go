@@ -3,7 +3,6 @@ package tunnel
 import (
 	"fmt"
 	"os"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,17 +34,25 @@ func insn(code, dst, src uint8, off int16, imm int32) bpfInsn {
 	return bpfInsn{code: code, regs: src<<4 | dst, off: off, imm: imm}
 }
 
+// The pointer members of union bpf_attr (__aligned_u64 in the kernel)
+// are unsafe.Pointer here, not integers: what they point to may be on the
+// caller's stack (a map key, the verifier's log), which Go moves when the
+// stack grows, as it may on the call into bpfRetry, after the attr was
+// made; the stack copier updates pointers, not integers, and the garbage
+// collector keeps what they point to alive. (As 8 bytes, they assume a
+// 64-bit platform, as the rest of this package's kernel structures do.)
+
 // bpfProgLoadAttr is the BPF_PROG_LOAD member of union bpf_attr, up to
 // expected_attach_type. The kernel takes a shorter attr than its own and
 // zero-fills the rest, so fields added since need not be here.
 type bpfProgLoadAttr struct {
 	progType           uint32
 	insnCnt            uint32
-	insns              uint64 // pointer
-	license            uint64 // pointer
+	insns              unsafe.Pointer
+	license            unsafe.Pointer
 	logLevel           uint32
 	logSize            uint32
-	logBuf             uint64 // pointer
+	logBuf             unsafe.Pointer
 	kernVersion        uint32
 	progFlags          uint32
 	progName           [unix.BPF_OBJ_NAME_LEN]byte
@@ -63,8 +70,8 @@ func loadProgram(progType uint32, insns []bpfInsn, name string) (int, error) {
 	attr := bpfProgLoadAttr{
 		progType: progType,
 		insnCnt:  uint32(len(insns)),
-		insns:    uint64(uintptr(unsafe.Pointer(&insns[0]))),
-		license:  uint64(uintptr(unsafe.Pointer(&bpfLicense[0]))),
+		insns:    unsafe.Pointer(&insns[0]),
+		license:  unsafe.Pointer(&bpfLicense[0]),
 	}
 	copy(attr.progName[:15], name)
 	fd, errno := bpfRetry(unix.BPF_PROG_LOAD, unsafe.Pointer(&attr), unsafe.Sizeof(attr))
@@ -72,10 +79,8 @@ func loadProgram(progType uint32, insns []bpfInsn, name string) (int, error) {
 		// Load again for the verifier's reason: the log costs only here.
 		log := make([]byte, 1<<16)
 		attr.logLevel, attr.logSize = 1, uint32(len(log))
-		attr.logBuf = uint64(uintptr(unsafe.Pointer(&log[0])))
+		attr.logBuf = unsafe.Pointer(&log[0])
 		fd2, again := bpfRetry(unix.BPF_PROG_LOAD, unsafe.Pointer(&attr), unsafe.Sizeof(attr))
-		runtime.KeepAlive(log)
-		runtime.KeepAlive(insns)
 		if again == 0 {
 			// Loaded this time (the refusal was passing): keep it.
 			return fd2, nil
@@ -84,9 +89,6 @@ func loadProgram(progType uint32, insns []bpfInsn, name string) (int, error) {
 			return -1, fmt.Errorf("load eBPF program %s (bpf BPF_PROG_LOAD): %w (verifier: %s)", name, errno, last)
 		}
 	}
-	// The kernel reads insns through an integer address the GC does not
-	// see: keep the slice alive until bpf(2) returned.
-	runtime.KeepAlive(insns)
 	if errno != 0 {
 		return -1, fmt.Errorf("load eBPF program %s (bpf BPF_PROG_LOAD): %w", name, errno)
 	}
@@ -162,28 +164,25 @@ func createMap(mapType, keySize, valueSize, maxEntries, flags uint32, name strin
 type bpfMapElemAttr struct {
 	mapFD uint32
 	_     uint32
-	key   uint64 // pointer
-	value uint64 // pointer
+	key   unsafe.Pointer
+	value unsafe.Pointer
 	flags uint64
 }
 
-// sumPerCPU returns the sum of the per-CPU uint64 values at index key of
-// per-CPU array map fd, read into vals, which has one element per
-// possible CPU (possibleCPUs): the kernel copies out that many.
-func sumPerCPU(fd int, key uint32, vals []uint64) (uint64, error) {
-	attr := bpfMapElemAttr{mapFD: uint32(fd), key: uint64(uintptr(unsafe.Pointer(&key))),
-		value: uint64(uintptr(unsafe.Pointer(&vals[0])))}
-	_, errno := bpfRetry(unix.BPF_MAP_LOOKUP_ELEM, unsafe.Pointer(&attr), unsafe.Sizeof(attr))
-	runtime.KeepAlive(&key)
-	runtime.KeepAlive(vals)
-	if errno != 0 {
-		return 0, fmt.Errorf("read eBPF map (bpf BPF_MAP_LOOKUP_ELEM): %w", errno)
+// perCPU returns the per-CPU uint64 values at index key of per-CPU array
+// map fd, one per possible CPU (possibleCPUs: the kernel copies out that
+// many). It allocates them: it is for counters read on request.
+func perCPU(fd int, key uint32) ([]uint64, error) {
+	n, err := possibleCPUs()
+	if err != nil {
+		return nil, err
 	}
-	var sum uint64
-	for _, v := range vals {
-		sum += v
+	vals := make([]uint64, n)
+	attr := bpfMapElemAttr{mapFD: uint32(fd), key: unsafe.Pointer(&key), value: unsafe.Pointer(&vals[0])}
+	if _, errno := bpfRetry(unix.BPF_MAP_LOOKUP_ELEM, unsafe.Pointer(&attr), unsafe.Sizeof(attr)); errno != 0 {
+		return nil, fmt.Errorf("read eBPF map (bpf BPF_MAP_LOOKUP_ELEM): %w", errno)
 	}
-	return sum, nil
+	return vals, nil
 }
 
 // possibleCPUs is the number of CPUs the kernel may ever bring up

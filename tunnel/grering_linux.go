@@ -56,9 +56,8 @@ type greRing struct {
 	// dropsMap is a per-CPU array of one uint64: the packets the ring had
 	// no room for, each CPU's own, so that the receive softirqs of
 	// several CPUs, which count every packet while the ring is full, do
-	// not share a cache line; summed when read, into dropsVals.
-	dropsMap  int
-	dropsVals []uint64
+	// not share a cache line; summed when read.
+	dropsMap int
 	family    int
 	moderation
 
@@ -136,8 +135,10 @@ func openGRERing(family, batch, bufSize, rcvbuf int, moderate time.Duration) (r 
 		return nil, ringHint(err, size)
 	}
 	fds = append(fds, scratch)
-	cpus, err := possibleCPUs()
-	if err != nil {
+	// The drops map is read per possible CPU: a kernel that does not say
+	// how many there are gets no ring, rather than one whose drops go
+	// uncounted.
+	if _, err := possibleCPUs(); err != nil {
 		return nil, err
 	}
 	dropsMap, err := createMap(unix.BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1, 0, "erspan_drops")
@@ -172,7 +173,7 @@ func openGRERing(family, batch, bufSize, rcvbuf int, moderate time.Duration) (r 
 	// map's fd and the program's are no longer needed.
 	unix.Close(scratch)
 	unix.Close(prog)
-	r = &greRing{mapped: mapped{mem: mem}, sock: sock, dropsMap: dropsMap, dropsVals: make([]uint64, cpus), family: family,
+	r = &greRing{mapped: mapped{mem: mem}, sock: sock, dropsMap: dropsMap, family: family,
 		moderation: moderation{moderate: moderate}, page: os.Getpagesize(), size: size,
 		wrap: make([]byte, head+bufSize), msgs: make([]Message, batch)}
 	if err := r.init(ringFD); err != nil {
@@ -446,19 +447,35 @@ func (r *greRing) drops() uint64 {
 	return r.lastDrops.Load()
 }
 
-// readDrops keeps the drops map's count in lastDrops (fdmu held).
+// readDrops keeps the drops map's count, the sum of every CPU's, in
+// lastDrops (fdmu held, shared by concurrent callers: the count only
+// grows, and a read that finishes late must not store an older one).
 func (r *greRing) readDrops(int) {
-	if v, err := sumPerCPU(r.dropsMap, 0, r.dropsVals); err == nil {
-		r.lastDrops.Store(v)
+	vals, err := perCPU(r.dropsMap, 0)
+	if err != nil {
+		return
+	}
+	var v uint64
+	for _, n := range vals {
+		v += n
+	}
+	for {
+		old := r.lastDrops.Load()
+		if v <= old || r.lastDrops.CompareAndSwap(old, v) {
+			return
+		}
 	}
 }
 
 // close stops the ring's filling (the socket goes, and with it the
-// program), then keeps the drop count, the drops up to the last packet
-// the program saw included, and closes the ring (mapped.close).
+// program; a receive softirq that found the socket before may still be
+// running it, hence the grace period), then keeps the drop count, the
+// drops up to the last packet the program saw included, and closes the
+// ring (mapped.close).
 func (r *greRing) close() error {
 	return r.mapped.close(func() {
 		unix.Close(r.sock)
+		gracePeriod()
 		r.readDrops(r.fd)
 		unix.Close(r.dropsMap)
 	})
