@@ -58,7 +58,7 @@ type greRing struct {
 	// several CPUs, which count every packet while the ring is full, do
 	// not share a cache line; summed when read.
 	dropsMap int
-	family    int
+	family   int
 	moderation
 
 	page int
@@ -108,50 +108,60 @@ func openGRERing(family, batch, bufSize, rcvbuf int, moderate time.Duration) (r 
 		af, head = unix.AF_INET6, recHeadIPv6
 	}
 	size := greRingSize(rcvbuf, batch, bufSize)
-	var fds []int // closed on error
+	// The fds of the ring's maps and program, as they are made: kept
+	// ones are closed if the ring fails; temporary ones in any case, as
+	// the socket holds the program, and the program its maps.
+	var kept, temp []int
 	defer func() {
+		closeFDs(temp)
 		if err != nil {
-			for _, fd := range fds {
-				unix.Close(fd)
-			}
+			closeFDs(kept)
 		}
 	}()
-	ringFD, err := createMap(unix.BPF_MAP_TYPE_RINGBUF, 0, 0, uint32(size), 0, "erspan_ring")
+	// made takes what bpf(2) made (into kept or temp); its refusal gets
+	// ringHint's reason.
+	made := func(into *[]int) func(int, error) (int, error) {
+		return func(fd int, err error) (int, error) {
+			if err != nil {
+				return -1, ringHint(err, size)
+			}
+			*into = append(*into, fd)
+			return fd, nil
+		}
+	}
+	keep, temporary := made(&kept), made(&temp)
+	ringFD, err := keep(createMap(unix.BPF_MAP_TYPE_RINGBUF, 0, 0, uint32(size), 0, "erspan_ring"))
 	if errors.Is(err, unix.EINVAL) {
 		return nil, fmt.Errorf("%w (BPF ring buffers need Linux 5.8 or later)", err)
 	}
 	if err != nil {
-		return nil, ringHint(err, size)
+		return nil, err
 	}
-	fds = append(fds, ringFD)
 	// One scratch record per CPU: the program copies the packet there
 	// first, as bpf_ringbuf_output wants the record's bytes in memory (a
 	// reserved record has a constant size, that of the largest packet).
 	// The kernel takes per-CPU values of up to 32 KiB: bufSize
 	// (DefaultBufSize, 9344) is well under; a larger one is refused
 	// (E2BIG), and the socket reads with recvmmsg.
-	scratch, err := createMap(unix.BPF_MAP_TYPE_PERCPU_ARRAY, 4, uint32(head+bufSize+7)&^7, 1, 0, "erspan_scratch")
+	scratch, err := temporary(createMap(unix.BPF_MAP_TYPE_PERCPU_ARRAY, 4, uint32(head+bufSize+7)&^7, 1, 0, "erspan_scratch"))
 	if err != nil {
-		return nil, ringHint(err, size)
+		return nil, err
 	}
-	fds = append(fds, scratch)
 	// The drops map is read per possible CPU: a kernel that does not say
 	// how many there are gets no ring, rather than one whose drops go
 	// uncounted.
 	if _, err := possibleCPUs(); err != nil {
 		return nil, err
 	}
-	dropsMap, err := createMap(unix.BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1, 0, "erspan_drops")
+	dropsMap, err := keep(createMap(unix.BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1, 0, "erspan_drops"))
 	if err != nil {
-		return nil, ringHint(err, size)
+		return nil, err
 	}
-	fds = append(fds, dropsMap)
-	prog, err := loadProgram(unix.BPF_PROG_TYPE_SOCKET_FILTER,
-		greRingProgram(family, bufSize, scratch, ringFD, dropsMap), fmt.Sprintf("erspan_ring%d", family))
+	prog, err := temporary(loadProgram(unix.BPF_PROG_TYPE_SOCKET_FILTER,
+		greRingProgram(family, bufSize, scratch, ringFD, dropsMap), fmt.Sprintf("erspan_ring%d", family)))
 	if err != nil {
-		return nil, ringHint(err, size)
+		return nil, err
 	}
-	fds = append(fds, prog)
 	// The program queues nothing: what the socket holds once it is
 	// attached came before and goes (openRawGRE). The ring fills
 	// meanwhile.
@@ -164,21 +174,16 @@ func openGRERing(family, batch, bufSize, rcvbuf int, moderate time.Duration) (r 
 	if err != nil {
 		return nil, fmt.Errorf("IPv%d: %w", family, err)
 	}
-	fds = append(fds, sock)
+	kept = append(kept, sock)
 	mem, err := mapGRERing(ringFD, size)
 	if err != nil {
 		return nil, err
 	}
-	// The socket holds the program, the program its maps: the scratch
-	// map's fd and the program's are no longer needed.
-	unix.Close(scratch)
-	unix.Close(prog)
 	r = &greRing{mapped: mapped{mem: mem}, sock: sock, dropsMap: dropsMap, family: family,
 		moderation: moderation{moderate: moderate}, page: os.Getpagesize(), size: size,
 		wrap: make([]byte, head+bufSize), msgs: make([]Message, batch)}
 	if err := r.init(ringFD); err != nil {
 		unmapMem(mem)
-		fds = []int{ringFD, dropsMap, sock}
 		return nil, err
 	}
 	r.cleanup = runtime.AddCleanup(r, unmapMem, mem)
@@ -479,4 +484,10 @@ func (r *greRing) close() error {
 		r.readDrops(r.fd)
 		unix.Close(r.dropsMap)
 	})
+}
+
+func closeFDs(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
 }

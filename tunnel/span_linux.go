@@ -360,13 +360,12 @@ func (s *span) apply(burst []netlink.LinkUpdate) error {
 		if isBr {
 			continue
 		}
-		if add, del := portChange(u, s.brIndex, dry); add || del {
-			need = true
-			if add {
-				dry[a.Index] = true
-			} else {
-				delete(dry, a.Index)
-			}
+		// Once one change needs the namespace, the rest of the dry run
+		// can tell nothing more; the loop goes on for the bridge's
+		// changes alone.
+		if !need {
+			add, del := portChange(u, s.brIndex, dry)
+			need = add || del
 		}
 	}
 	changes := func() error {
