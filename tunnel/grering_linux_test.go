@@ -429,6 +429,7 @@ type fakeRing struct {
 	t    *testing.T
 	r    *greRing
 	prod uint64
+	tid  int // the thread of the latest readAsync
 }
 
 func newFakeRing(t *testing.T, moderate time.Duration) *fakeRing {
@@ -490,13 +491,13 @@ func (f *fakeRing) kick() {
 func (f *fakeRing) readAsync(n int) <-chan fakeRead {
 	c := make(chan fakeRead, 1)
 	msgs := make([]Message, n)
-	go func() {
+	f.tid = goLocked(func() {
 		n, err := f.r.read(msgs)
 		if err != nil {
 			msgs = nil
 		}
 		c <- fakeRead{msgs[:n], time.Now()}
-	}()
+	})
 	return c
 }
 
@@ -583,7 +584,7 @@ func TestGRERingModeration(t *testing.T) {
 	// The ring is empty: the read waits in the kernel (moderation first,
 	// as the last batch was partial).
 	c := f.readAsync(2)
-	time.Sleep(moderate + 50*time.Millisecond)
+	awaitSyscall(t, f.tid, unix.SYS_PPOLL)
 	f.put(0, seqGRE(4, 1)[0])
 	start = time.Now()
 	f.kick()
@@ -622,15 +623,16 @@ func TestBatchConnModeration(t *testing.T) {
 		n  int
 		at time.Time
 	}
+	var tid int // the thread of the latest readAsync
 	readAsync := func() chan result {
 		ch := make(chan result, 1)
-		go func() {
+		tid = goLocked(func() {
 			n, err := c.read()
 			if err != nil {
 				t.Errorf("read: %v", err)
 			}
 			ch <- result{n, time.Now()}
-		}()
+		})
 		return ch
 	}
 	await := func(ch chan result, what string, want int) result {
@@ -659,7 +661,7 @@ func TestBatchConnModeration(t *testing.T) {
 	}
 	// Empty: the read waits in the kernel (after its moderation delay).
 	ch := readAsync()
-	time.Sleep(moderate + 50*time.Millisecond)
+	awaitSyscall(t, tid, unix.SYS_PPOLL)
 	start = time.Now()
 	put(1)
 	if r := await(ch, "woken", 1); r.at.Sub(start) >= moderate/2 {
@@ -841,6 +843,35 @@ func TestCountCPUList(t *testing.T) {
 	for _, bad := range []string{"", "a", "3-1", "0-", "-1", "0,,1"} {
 		if got, err := countCPUList(bad); !errors.Is(err, unix.EINVAL) {
 			t.Errorf("countCPUList(%q) = %d, %v; want EINVAL", bad, got, err)
+		}
+	}
+}
+
+// TestGRERingWakesReader: a reader waiting in the kernel for an empty
+// ring (ppoll) is woken by the program's output of the next packet (the
+// kernel wakes it as it has caught up; with BPF_RB_NO_WAKEUP it would
+// sleep until something else came).
+func TestGRERingWakesReader(t *testing.T) {
+	for _, family := range []int{4, 6} {
+		sender, collector := vethPair(t)
+		_, dst := socketTestAddrs(family)
+		s := listenRingIn(t, collector, family, 8, 0)
+		done := make(chan error, 1)
+		tid := goLocked(func() {
+			_, err := s.ReadBatch()
+			done <- err
+		})
+		awaitSyscall(t, tid, unix.SYS_PPOLL)
+		sender.do(t, func() { newGRESender(t, net.IP(dst.AsSlice())).send(seqGRE(0, 1)...) })
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("IPv%d: ReadBatch: %v", family, err)
+			}
+		case <-time.After(2 * time.Second):
+			s.Close()
+			<-done
+			t.Errorf("IPv%d: a reader waiting on the empty ring not woken within 2 s of a packet", family)
 		}
 	}
 }

@@ -841,10 +841,14 @@ func TestReceiveErrorsLogged(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := sys.socket(4)
+	s.inject() // a batch read without error, then its barrier
+	if logs := logged(); len(logs) != 0 {
+		t.Fatalf("logged %q for a receiver that has not failed, want nothing", logs)
+	}
 	for range 3 {
 		s.errs <- unix.ENOBUFS
 	}
-	s.inject() // a batch read without error, then its barrier
+	s.inject()
 	logs := logged()
 	if len(logs) != 2 || !strings.Contains(logs[0], "GRE receive: "+unix.ENOBUFS.Error()) ||
 		!strings.Contains(logs[1], "GRE receive works again") || !strings.Contains(logs[1], "2 more batches failed") {

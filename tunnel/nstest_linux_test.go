@@ -412,3 +412,37 @@ func snmpCounter(t *testing.T, proto, name string) uint64 {
 	t.Fatalf("no %s %s in %s", proto, name, file)
 	return 0
 }
+
+// goLocked runs fn in a goroutine on an OS thread of its own, and returns
+// that thread's ID once it runs (for awaitSyscall).
+func goLocked(fn func()) (tid int) {
+	c := make(chan int, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		c <- unix.Gettid()
+		fn()
+	}()
+	return <-c
+}
+
+// awaitSyscall waits, 5 s at most, until thread tid of this process is
+// blocked in system call nr (/proc/self/task/TID/syscall): a reader that
+// waits in the kernel, not one about to, or still in its moderation's
+// nanosleep.
+func awaitSyscall(t *testing.T, tid int, nr uintptr) {
+	t.Helper()
+	path := fmt.Sprintf("/proc/self/task/%d/syscall", tid)
+	want := strconv.Itoa(int(nr)) + " "
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		b, err := os.ReadFile(path)
+		if err == nil && strings.HasPrefix(string(b), want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("thread %d not in system call %d within 5 s: %q %v", tid, nr, b, err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

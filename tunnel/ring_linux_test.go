@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -368,17 +367,12 @@ func TestRingFillLayout(t *testing.T) {
 func TestRingWaitInterrupted(t *testing.T) {
 	sender, collector := vethPair(t)
 	s := listenCaptureIn(t, collector, 4, 0, 0)
-	tid := make(chan int, 1)
 	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		tid <- unix.Gettid()
+	id := goLocked(func() {
 		_, err := s.ReadBatch()
 		done <- err
-	}()
-	id := <-tid
-	time.Sleep(50 * time.Millisecond) // in ppoll by now
+	})
+	awaitSyscall(t, id, unix.SYS_PPOLL)
 	for range 3 {
 		if err := unix.Tgkill(os.Getpid(), id, unix.SIGURG); err != nil {
 			t.Fatal(err)

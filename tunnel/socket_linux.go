@@ -408,9 +408,17 @@ const quiesceFallback = 20 * time.Millisecond
 // gracePeriod returns once every RCU read-side section in progress when it
 // was called has ended (see drainAfterAttach). A variable for the tests.
 var gracePeriod = func() {
-	if _, _, errno := unix.Syscall(unix.SYS_MEMBARRIER, membarrierCmdGlobal, 0, 0); errno != 0 {
+	if membarrierGlobal() != nil {
 		time.Sleep(quiesceFallback)
 	}
+}
+
+// membarrierGlobal is membarrier(MEMBARRIER_CMD_GLOBAL): synchronize_rcu().
+func membarrierGlobal() error {
+	if _, _, errno := unix.Syscall(unix.SYS_MEMBARRIER, membarrierCmdGlobal, 0, 0); errno != 0 {
+		return errno
+	}
+	return nil
 }
 
 // drainAfterAttach drops what raw socket fd queued before the filter just

@@ -1053,8 +1053,13 @@ func TestOpenUnderFlood(t *testing.T) {
 		{"recvmmsg", listen(false)},
 		{"ring", listen(true)},
 		{"send", func() (int, func(), error) {
-			fd, err := openRawGRE(unix.AF_INET, attachDropAll)
-			return fd, func() { unix.Close(fd) }, err
+			s, err := openSendSocket(4, false, 0)
+			if err != nil {
+				return -1, nil, err
+			}
+			fd := -1
+			s.rc.Control(func(f uintptr) { fd = int(f) })
+			return fd, func() { s.f.Close() }, nil
 		}},
 	} {
 		t.Run(c.name, func(t *testing.T) { testOpenUnderFlood(t, c.open) })
@@ -1261,5 +1266,13 @@ func checkLentAfterClose(t *testing.T, s Socket, m *mapped, msgs []Message) {
 	}
 	if m.mem != nil {
 		t.Error("the ring is still mapped after ReadBatch returned net.ErrClosed")
+	}
+}
+
+// TestMembarrier: gracePeriod's membarrier works on this kernel (where it
+// did not, every socket opened would sleep quiesceFallback instead).
+func TestMembarrier(t *testing.T) {
+	if err := membarrierGlobal(); err != nil {
+		t.Errorf("membarrier(MEMBARRIER_CMD_GLOBAL): %v", err)
 	}
 }
