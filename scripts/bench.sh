@@ -132,9 +132,14 @@ one_at_a_time bench.sh /run/erspan-bench.lock
 # 60 s, the full run under 10 minutes.
 if [ $QUICK -eq 1 ]; then
 	DUR=1 SAMPLE_DUR=1 REPS=1 ZL_COUNT=100000 ZL_STEPS=4 NIFS=64 LIMIT=52 BENCHTIME=200000x
+	TAIL=15
 else
 	DUR=4 SAMPLE_DUR=2 REPS=3 ZL_COUNT=1000000 ZL_STEPS=6 NIFS=1024 LIMIT=585 BENCHTIME=1s
+	TAIL=100
 fi
+# TAIL: seconds kept for what follows the zero-loss search (the many
+# interfaces' rows, the ceiling at the end, the report), which a search
+# whose every step fails (each up to 60 s) must not push past LIMIT.
 GEN_CPU=0 DUT_CPU=1
 SND=erspan-bench-snd COL=erspan-bench-col CEIL=erspan-bench-ceil
 ALL_NS="$SND $COL $CEIL"
@@ -237,21 +242,16 @@ start() {
 	tail -n 20 "$work/$name.log" >&2 2>/dev/null
 	exit 1
 }
-# stop PID: end a process start started, and forget it (cleanup must not
-# signal the PID again, which by then may be another process's).
+# stop PID: end a process start started (SIGTERM, SIGKILL after 5 s: a
+# daemon stuck in its shutdown must not hold the run until the watchdog),
+# and forget it (cleanup must not signal the PID again, which by then may
+# be another process's).
 stop() {
-	kill "$1" 2>/dev/null || true
+	end_pids 50 TERM "$1"
 	wait "$1" 2>/dev/null || true
 	local p kept=()
 	for p in "${pids[@]}"; do [ "$p" = "$1" ] || kept+=("$p"); done
 	pids=("${kept[@]}")
-}
-# wait_for SOCKET LOG: wait until a daemon listens on SOCKET; if it does
-# not, show its LOG (which cleanup removes with the rest).
-wait_for() {
-	for _ in $(seq 50); do [ -S "$1" ] && return 0; sleep 0.1; done
-	log "no socket $1; $2:"; cat "$2" >&2 2>/dev/null
-	return 1
 }
 ctl() { local ns=$1 sock=$2; shift 2; nsx "$ns" "$bin/erspanctl" --no-autostart --socket "$sock" "$@"; }
 # pick REGEX: the "name": number pairs of erspanctl -j output whose names
@@ -548,10 +548,12 @@ erspand_in() {
 	local ns=$1 name=$2; shift 2
 	esock=$work/$name/erspand.sock
 	start "$ns" "$bin/erspand" --socket "$esock" --config-dir "$work/etc" --state "$work/$name/state" "$@"
-	wait_for "$esock" "$work/erspand.log"
-	# The GOMAXPROCS it runs with, from the line saying it listens (the
-	# last in the log: the erspands of a run take turns).
-	gmp=$(sed -n 's/.*listening on .* (GOMAXPROCS \([0-9]*\)).*/\1/p' "$work/erspand.log" | tail -n 1)
+	# Ready once it says it listens, with the GOMAXPROCS it runs with:
+	# its own line, by its socket's path (the erspands of a run share
+	# the log, and the socket exists before the line is written).
+	local line="listening on $esock (GOMAXPROCS"
+	wait_until "erspand $name" "$work/erspand.log" grep -qF "$line" "$work/erspand.log"
+	gmp=$(grep -F "$line" "$work/erspand.log" | tail -n 1 | sed -n 's/.*(GOMAXPROCS \([0-9]*\)).*/\1/p')
 	[ -n "$gmp" ] || gmp="?"
 }
 
@@ -681,8 +683,7 @@ fi
 declare -A naive_pps naive_eff
 start $COL "$bin/naive" -name naive0 -local 192.0.2.2 -session 77 -duration 300s
 naive=$started
-for _ in $(seq 50); do grep -q ready "$work/naive.log" 2>/dev/null && break; sleep 0.1; done
-grep -q ready "$work/naive.log" 2>/dev/null || { log "bench.sh: the naive loop did not get ready in 5 s:"; cat "$work/naive.log" >&2; exit 1; }
+wait_until "the naive loop ready" "$work/naive.log" grep -q ready "$work/naive.log"
 for size in 64 1514; do
 	decap_row "naive decap" $naive naive0 $size 77 1
 	naive_pps[$size]=$pps naive_eff[$size]=$eff
@@ -766,8 +767,19 @@ if zl_pass 0; then
 else
 	hi=$offered lo=0
 	log "zero-loss: full speed ($offered pps) lost $((sent - deliv)) of $sent; bisecting"
+	steps=0
 	for _ in $(seq $ZL_STEPS); do
 		ask=$(((lo + hi) / 2))
+		[ "$ask" -gt 0 ] || break # rate 0 would be gen's full speed
+		# A step lasts up to what decap allows it (ZL_COUNT at the rate
+		# asked, 60 s at most); none that would leave TAIL short.
+		step=$(calc %.0f "$ZL_COUNT / $ask * 1.3 + 2")
+		[ "$step" -le 60 ] || step=60
+		if [ $(($(date +%s) - t0 + step + TAIL)) -gt $LIMIT ]; then
+			log "zero-loss: no time for another step (${step}s) within the run's bound"
+			break
+		fi
+		steps=$((steps + 1))
 		decap $col erspan0 64 $ask $ZL_COUNT 77 1
 		log "zero-loss: $ask pps asked, $offered achieved, $sent of $ZL_COUNT sent, $((sent - deliv)) lost"
 		if zl_pass $ask; then
@@ -776,7 +788,9 @@ else
 			hi=$ask
 		fi
 	done
-	zl_note="bisection, $ZL_STEPS steps, each passing only at 95% or more of the rate asked: passes asked $lo, fails asked $hi"
+	cut=""
+	[ "$steps" -eq "$ZL_STEPS" ] || cut=" (cut short: the time bound, or nothing left to halve)"
+	zl_note="bisection, $steps of $ZL_STEPS steps$cut, each passing only at 95% or more of the rate asked: passes asked $lo, fails asked $hi"
 fi
 row "zero-loss rate" 64 "$zero_loss" "$zl_pps" "$zl_lost" - - - -
 

@@ -91,7 +91,7 @@ ctl $SW br0 addspan erspan0
 say "tcpdump -ni erspan0 on the collector"
 ip netns exec $COL tcpdump -l -ni erspan0 -c 6 ip >"$work/tcpdump.txt" 2>"$work/tcpdump.err" 9>&- &
 tcpdump_pid=$!
-for _ in $(seq 50); do grep -q listening "$work/tcpdump.err" 2>/dev/null && break; sleep 0.1; done
+wait_until "tcpdump listening" "$work/tcpdump.err" grep -q listening "$work/tcpdump.err" || true
 
 say "traffic on the bridge: $H1 to $H2, $H1 to the switch, the switch to $H2 (UDP, 2 datagrams each)"
 udp() { ip netns exec "$1" bash -c "for i in 1 2; do echo hello >/dev/udp/$2/9999; done" 2>/dev/null || true; }

@@ -1,6 +1,17 @@
 # shellcheck shell=bash
 # Shell functions the scripts share; sourced, not run.
 
+# wait_until WHAT LOG CMD...: run CMD every 0.1 s until it succeeds, 5 s
+# at most; if it never does, say that WHAT did not happen, show LOG and
+# return 1.
+wait_until() {
+	local what=$1 logf=$2; shift 2
+	for _ in $(seq 50); do "$@" 2>/dev/null && return 0; sleep 0.1; done
+	echo "$what: not within 5 s; $logf:" >&2
+	cat "$logf" >&2 2>/dev/null || true
+	return 1
+}
+
 # await_exit TENTHS PID...: wait up to TENTHS tenths of a second for the
 # processes to end; sets alive to those that have not.
 await_exit() {
