@@ -19,7 +19,8 @@ import (
 const monitorFilterName = "erspan-monitor"
 
 // monitorProgName is the kernel's name of the eBPF program (bpftool shows
-// it). The kernel allows only [A-Za-z0-9_.] there, hence no '-'.
+// it). The kernel allows only [A-Za-z0-9_.] there, hence no '-'. It is how
+// a tcx attachment is recognised as ours, also one a previous daemon made.
 const monitorProgName = "erspan_monitor"
 
 // tcActShot is TC_ACT_SHOT from linux/pkt_cls.h: a direct-action tc program
@@ -41,21 +42,27 @@ var monitorInsns = [2]bpfInsn{
 // SetMonitor turns monitor mode (design.md, Interfaces) on or off on the
 // link name in the calling thread's network namespace.
 //
-// On: a clsact qdisc (reused if there is one) with an eBPF program of type
-// BPF_PROG_TYPE_SCHED_CLS at ingress in direct-action mode that drops
-// every frame (TC_ACT_SHOT). Packet sockets (tcpdump, Zeek, Suricata)
-// still see every frame, because the kernel hands frames to them before tc
-// ingress; the IP stack and a bridge never do. IPv6 is disabled on the
-// link (disable_ipv6 = 1), so that it sends no SLAAC, DAD or MLD of its own
-// into the capture.
+// On: an eBPF program of type BPF_PROG_TYPE_SCHED_CLS that drops every
+// frame (TC_ACT_SHOT) at the link's tc ingress: attached with tcx
+// (Linux 6.6+) ahead of any program there, or, on a kernel without tcx, in
+// a clsact qdisc (reused if there is one) as a cls_bpf filter in
+// direct-action mode. tcx costs less per frame: it runs the program
+// straight from the device's hook, where a filter is reached through the
+// qdisc and two lists, structures of each device's own that are cold in
+// the cache when frames go to many interfaces (README, Performance).
+// Packet sockets (tcpdump, Zeek, Suricata) still see every frame, because
+// the kernel hands frames to them before tc ingress; the IP stack and a
+// bridge never do. IPv6 is disabled on the link (disable_ipv6 = 1), so
+// that it sends no SLAAC, DAD or MLD of its own into the capture.
 //
-// Off: our filter is removed, and the clsact qdisc with it when no other
-// filter is left on it (the qdisc carries no owner, so "nothing else uses
-// it" stands for "we added it"); disable_ipv6 = 0.
+// Off: our program is removed, from tcx and from a clsact qdisc (where an
+// older erspand, or a kernel without tcx, put it), and the clsact qdisc
+// with it when no other filter is left on it (the qdisc carries no owner,
+// so "nothing else uses it" stands for "we added it"); disable_ipv6 = 0.
 //
-// SetMonitor is idempotent: turning it on twice leaves one filter. The
-// error wraps unix.ENXIO when there is no such link, otherwise the errno of
-// the step that failed.
+// SetMonitor is idempotent: turning it on twice leaves one program
+// attached. The error wraps unix.ENXIO when there is no such link,
+// otherwise the errno of the step that failed.
 func SetMonitor(name string, on bool) error {
 	link, err := linkByName(name)
 	if err != nil {
@@ -80,12 +87,28 @@ func SetMonitor(name string, on bool) error {
 	return nil
 }
 
-// MonitorEnabled reports whether our monitor filter is attached to the
-// link name in the calling thread's network namespace.
+// MonitorEnabled reports whether our monitor program is attached to the
+// link name in the calling thread's network namespace, with tcx or as a
+// clsact filter.
 func MonitorEnabled(name string) (bool, error) {
 	link, err := linkByName(name)
 	if err != nil {
 		return false, err
+	}
+	return monitorAttached(link)
+}
+
+// monitorTCX is whether attachMonitor uses tcx where the kernel has it;
+// tests turn it off to run the clsact path.
+var monitorTCX = true
+
+// monitorAttached reports whether our monitor program is at the link's
+// ingress, either way.
+func monitorAttached(link netlink.Link) (bool, error) {
+	fds, err := tcxMonitors(link)
+	closeFDs(fds)
+	if err != nil || len(fds) > 0 {
+		return len(fds) > 0, err
 	}
 	q, err := findClsact(link)
 	if err != nil || q == nil {
@@ -95,33 +118,34 @@ func MonitorEnabled(name string) (bool, error) {
 	return len(fs) > 0, err
 }
 
-// attachMonitor attaches the filter unless it is there already, and
+// attachMonitor attaches the program unless it is there already, and
 // reports whether it did.
 func attachMonitor(link netlink.Link) (bool, error) {
-	name := link.Attrs().Name
-	q, addedQdisc, err := ensureClsact(link)
-	if err != nil {
+	if on, err := monitorAttached(link); err != nil || on {
 		return false, err
 	}
-	if !addedQdisc {
-		fs, err := monitorFilters(link)
-		if err != nil {
-			return false, err
-		}
-		if len(fs) > 0 {
-			return false, nil
-		}
-	}
-	undoQdisc := func() {
-		if addedQdisc {
-			_ = netlink.QdiscDel(q)
-		}
-	}
-
 	fd, err := monitorProgFD()
 	if err != nil {
-		undoQdisc()
 		return false, err
+	}
+	if monitorTCX {
+		err := tcxAttachFirst(link.Attrs().Index, fd, unix.BPF_TCX_INGRESS)
+		if err == nil {
+			return true, nil
+		}
+		if !errors.Is(err, errNoTCX) {
+			return false, fmt.Errorf("attach the monitor program to %s ingress: %w", link.Attrs().Name, err)
+		}
+	}
+	return true, attachMonitorFilter(link, fd)
+}
+
+// attachMonitorFilter attaches program fd as our cls_bpf filter at the
+// ingress of the link's clsact qdisc, adding the qdisc if it has none.
+func attachMonitorFilter(link netlink.Link, fd int) error {
+	q, addedQdisc, err := ensureClsact(link)
+	if err != nil {
+		return err
 	}
 	filter := &netlink.BpfFilter{
 		FilterAttrs: netlink.FilterAttrs{
@@ -137,16 +161,59 @@ func attachMonitor(link netlink.Link) (bool, error) {
 		DirectAction: true,
 	}
 	if err := netlink.FilterAdd(filter); err != nil {
-		undoQdisc()
-		return false, fmt.Errorf("attach the monitor filter to %s ingress: %w", name, err)
+		if addedQdisc {
+			_ = netlink.QdiscDel(q)
+		}
+		return fmt.Errorf("attach the monitor filter to %s ingress: %w", link.Attrs().Name, err)
 	}
-	return true, nil
+	return nil
 }
 
-// detachMonitor removes our filter(s) and then the clsact qdisc if nothing
-// else is attached to it.
+// tcxMonitors returns fds of our monitor programs (by name) at the link's
+// tcx ingress, for the caller to close: one, unless something went wrong
+// before; none, without an error, on a kernel without tcx.
+func tcxMonitors(link netlink.Link) ([]int, error) {
+	ids, err := tcxProgIDs(link.Attrs().Index, unix.BPF_TCX_INGRESS)
+	if errors.Is(err, errNoTCX) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list the tcx programs of %s: %w", link.Attrs().Name, err)
+	}
+	var fds []int
+	for _, id := range ids {
+		fd, name, err := progByID(id)
+		if errors.Is(err, unix.ENOENT) {
+			continue // detached and freed since the query
+		}
+		if err != nil {
+			closeFDs(fds)
+			return nil, fmt.Errorf("the tcx programs of %s: %w", link.Attrs().Name, err)
+		}
+		if name != monitorProgName {
+			unix.Close(fd)
+			continue
+		}
+		fds = append(fds, fd)
+	}
+	return fds, nil
+}
+
+// detachMonitor removes our program(s) from tcx and our filter(s) from the
+// clsact qdisc, and then the clsact qdisc if nothing else is attached to
+// it.
 func detachMonitor(link netlink.Link) error {
 	name := link.Attrs().Name
+	fds, err := tcxMonitors(link)
+	defer closeFDs(fds)
+	if err != nil {
+		return err
+	}
+	for _, fd := range fds {
+		if err := tcxDetach(link.Attrs().Index, fd, unix.BPF_TCX_INGRESS); err != nil {
+			return fmt.Errorf("remove the monitor program from %s ingress: %w", name, err)
+		}
+	}
 	q, err := findClsact(link)
 	if err != nil || q == nil {
 		return err
@@ -159,6 +226,9 @@ func detachMonitor(link netlink.Link) error {
 		if err := netlink.FilterDel(f); err != nil {
 			return fmt.Errorf("remove the monitor filter from %s: %w", name, err)
 		}
+	}
+	if len(fs) == 0 {
+		return nil // not ours to remove
 	}
 	return removeClsactIfEmpty(link, q)
 }
@@ -299,11 +369,11 @@ func filterList(link netlink.Link, parent uint32) ([]netlink.Filter, error) {
 }
 
 // monitorProg is the drop-everything program, loaded once per process:
-// every monitor filter this process attaches runs it (one program and JIT
-// image in the kernel, not one per interface; a create runs no verifier).
-// Filters a previous erspand attached keep its program until they go. The
-// fd stays open for the process's life; each filter holds a reference of
-// its own.
+// every monitor program or filter this process attaches runs it (one
+// program and JIT image in the kernel, not one per interface; a create
+// runs no verifier). What a previous erspand attached keeps its program
+// until it goes. The fd stays open for the process's life; each attachment
+// holds a reference of its own.
 var monitorProg struct {
 	mu     sync.Mutex
 	fd     int

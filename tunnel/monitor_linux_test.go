@@ -58,7 +58,44 @@ func readFrames(t *testing.T, q Queue, d time.Duration, match func([]byte) bool)
 	return nil, others
 }
 
+// monitorCount counts our monitor programs at the link's ingress, tcx
+// and clsact together.
+func monitorCount(t *testing.T, link netlink.Link) int {
+	t.Helper()
+	fds, err := tcxMonitors(link)
+	closeFDs(fds)
+	if err != nil {
+		t.Fatalf("tcx programs of %s: %v", link.Attrs().Name, err)
+	}
+	fs, err := monitorFilters(link)
+	if err != nil {
+		t.Fatalf("filters of %s: %v", link.Attrs().Name, err)
+	}
+	return len(fds) + len(fs)
+}
+
+// withMonitorTCX runs fn with attachMonitor using tcx (on) or the clsact
+// filter.
+func withMonitorTCX(on bool, fn func()) {
+	defer func(was bool) { monitorTCX = was }(monitorTCX)
+	monitorTCX = on
+	fn()
+}
+
+// TestMonitorDropsAtIngress: monitor mode both ways it is attached, tcx
+// and, as on a kernel without it, a clsact filter: a packet socket sees
+// what is written into the TAP and the stack does not; off, the stack
+// answers, nothing of ours is left, and somebody else's program or filter
+// at the same hook stays.
 func TestMonitorDropsAtIngress(t *testing.T) {
+	for _, tcx := range []bool{true, false} {
+		t.Run(map[bool]string{true: "tcx", false: "clsact"}[tcx], func(t *testing.T) {
+			withMonitorTCX(tcx, func() { testMonitorDropsAtIngress(t, tcx) })
+		})
+	}
+}
+
+func testMonitorDropsAtIngress(t *testing.T, tcx bool) {
 	ns := newTestNetns(t)
 	const name = "erspan5"
 	peerMAC := net.HardwareAddr{0x02, 0, 0x5e, 0, 0, 1}
@@ -79,9 +116,14 @@ func TestMonitorDropsAtIngress(t *testing.T) {
 				t.Fatalf("SetMonitor on: %v", err)
 			}
 		}
-		link, _ := netlink.LinkByName(name)
-		if fs, err := monitorFilters(link); err != nil || len(fs) != 1 {
-			t.Fatalf("after SetMonitor on twice: %d filters (%v), want 1", len(fs), err)
+		link := mustLinkByName(t, name)
+		if n := monitorCount(t, link); n != 1 {
+			t.Fatalf("after SetMonitor on twice: %d monitor programs attached, want 1", n)
+		}
+		fds, err := tcxMonitors(link)
+		closeFDs(fds)
+		if err != nil || (len(fds) == 1) != tcx {
+			t.Fatalf("%d monitor programs at tcx (%v), want tcx %v", len(fds), err, tcx)
 		}
 		if on, err := MonitorEnabled(name); err != nil || !on {
 			t.Fatalf("MonitorEnabled = %v, %v; want true", on, err)
@@ -150,7 +192,8 @@ func TestMonitorDropsAtIngress(t *testing.T) {
 			t.Errorf("InEchos went from %d to %d, want +1", before, after)
 		}
 
-		// Off keeps a clsact qdisc that holds somebody else's filter.
+		// Off keeps somebody else's filter, and the clsact qdisc that
+		// holds it, and somebody else's tcx program.
 		if err := SetMonitor(name, true); err != nil {
 			t.Fatalf("SetMonitor on again: %v", err)
 		}
@@ -159,23 +202,36 @@ func TestMonitorDropsAtIngress(t *testing.T) {
 		if err != nil {
 			t.Fatalf("load a program: %v", err)
 		}
+		defer unix.Close(fd)
 		other := &netlink.BpfFilter{
 			FilterAttrs: netlink.FilterAttrs{LinkIndex: l.Index, Parent: netlink.HANDLE_MIN_EGRESS, Protocol: unix.ETH_P_ALL},
 			Fd:          fd, Name: "someone-else", DirectAction: true,
 		}
-		err = netlink.FilterAdd(other)
-		unix.Close(fd)
-		if err != nil {
+		if _, _, err := ensureClsact(link); err != nil {
+			t.Fatalf("clsact: %v", err)
+		}
+		if err := netlink.FilterAdd(other); err != nil {
 			t.Fatalf("add another filter: %v", err)
+		}
+		if tcx {
+			if err := tcxAttachFirst(l.Index, fd, unix.BPF_TCX_INGRESS); err != nil {
+				t.Fatalf("attach another tcx program: %v", err)
+			}
 		}
 		if err := SetMonitor(name, false); err != nil {
 			t.Fatalf("SetMonitor off: %v", err)
+		}
+		if n := monitorCount(t, link); n != 0 {
+			t.Errorf("after SetMonitor off: %d monitor programs attached, want 0", n)
 		}
 		if q, err := findClsact(link); err != nil || q == nil {
 			t.Errorf("clsact qdisc removed although another filter is on it (%v)", err)
 		}
 		if fs, err := filterList(link, netlink.HANDLE_MIN_EGRESS); err != nil || len(fs) != 1 {
 			t.Errorf("the other filter: %d (%v), want it kept", len(fs), err)
+		}
+		if ids, err := tcxProgIDs(l.Index, unix.BPF_TCX_INGRESS); err != nil || len(ids) != map[bool]int{true: 1}[tcx] {
+			t.Errorf("tcx programs left: %v (%v), want the other one's alone", ids, err)
 		}
 		if err := SetMonitor("erspan77", true); !errors.Is(err, unix.ENXIO) {
 			t.Errorf("SetMonitor on a missing link: %v, want ENXIO", err)
@@ -276,36 +332,141 @@ func TestFindClsact(t *testing.T) {
 	})
 }
 
-// TestMonitorProgramShared: every monitor filter runs the one program the
-// process loaded (monitorProg), not a program of its own per interface,
-// also after monitor mode went off and on again (the program outlives the
-// filters).
+// TestMonitorProgramShared: every monitor program attached, with tcx or
+// as a clsact filter, is the one program the process loaded
+// (monitorProg), not a program of its own per interface, also after
+// monitor mode went off and on again (the program outlives the
+// attachments).
 func TestMonitorProgramShared(t *testing.T) {
 	ns := newTestNetns(t)
 	runIP(t, "-n", ns.name, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
 	ns.do(t, func() {
-		ids := map[int]bool{}
-		for i, name := range []string{"v0", "v1", "v0"} {
-			if err := SetMonitor(name, true); err != nil {
-				t.Fatalf("SetMonitor %s: %v", name, err)
-			}
-			fs, err := monitorFilters(mustLinkByName(t, name))
-			if err != nil || len(fs) != 1 {
-				t.Fatalf("%s: %d monitor filters (%v), want 1", name, len(fs), err)
-			}
-			f, ok := fs[0].(*netlink.BpfFilter)
-			if !ok || f.Id == 0 {
-				t.Fatalf("%s: filter %+v has no eBPF program id", name, fs[0])
-			}
-			ids[f.Id] = true
-			if i == 0 {
-				if err := SetMonitor(name, false); err != nil {
-					t.Fatalf("SetMonitor %s off: %v", name, err)
+		ids := map[uint32]bool{}
+		for i, tc := range []struct {
+			name string
+			tcx  bool
+		}{{"v0", true}, {"v1", false}, {"v0", true}, {"v0", false}} {
+			withMonitorTCX(tc.tcx, func() {
+				if err := SetMonitor(tc.name, true); err != nil {
+					t.Fatalf("SetMonitor %s: %v", tc.name, err)
+				}
+			})
+			id := monitorProgID(t, mustLinkByName(t, tc.name))
+			ids[id] = true
+			if i != 1 {
+				if err := SetMonitor(tc.name, false); err != nil {
+					t.Fatalf("SetMonitor %s off: %v", tc.name, err)
 				}
 			}
 		}
 		if len(ids) != 1 {
 			t.Errorf("the monitor filters run programs %v, want one program", ids)
+		}
+	})
+}
+
+// monitorProgID is the ID of the one monitor program attached to link,
+// with tcx or as a filter.
+func monitorProgID(t *testing.T, link netlink.Link) uint32 {
+	t.Helper()
+	name := link.Attrs().Name
+	var found []uint32
+	ids, err := tcxProgIDs(link.Attrs().Index, unix.BPF_TCX_INGRESS)
+	if err != nil {
+		t.Fatalf("%s: tcx programs: %v", name, err)
+	}
+	for _, id := range ids {
+		fd, prog, err := progByID(id)
+		if err != nil {
+			t.Fatalf("%s: program %d: %v", name, id, err)
+		}
+		unix.Close(fd)
+		if prog == monitorProgName {
+			found = append(found, id)
+		}
+	}
+	fs, err := monitorFilters(link)
+	if err != nil {
+		t.Fatalf("%s: filters: %v", name, err)
+	}
+	for _, f := range fs {
+		bf := f.(*netlink.BpfFilter)
+		if bf.Id == 0 {
+			t.Fatalf("%s: filter %+v has no eBPF program id", name, f)
+		}
+		found = append(found, uint32(bf.Id))
+	}
+	if len(found) != 1 {
+		t.Fatalf("%s: monitor programs %v, want one", name, found)
+	}
+	return found[0]
+}
+
+// TestMonitorAttachedBefore: a monitor filter on clsact, as an erspand
+// before tcx left it (or a kernel without tcx), counts as monitor mode on
+// with tcx at hand: on adds no second program, off removes it and its
+// qdisc. A tcx attachment goes with the device into another namespace
+// (rdomain).
+func TestMonitorAttachedBefore(t *testing.T) {
+	ns := newTestNetns(t)
+	other := newTestNetns(t)
+	runIP(t, "-n", ns.name, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+	ns.do(t, func() {
+		withMonitorTCX(false, func() {
+			if err := SetMonitor("v0", true); err != nil {
+				t.Fatalf("SetMonitor on (clsact): %v", err)
+			}
+		})
+		if err := SetMonitor("v0", true); err != nil {
+			t.Fatalf("SetMonitor on: %v", err)
+		}
+		link := mustLinkByName(t, "v0")
+		if n := monitorCount(t, link); n != 1 {
+			t.Fatalf("%d monitor programs, want the clsact one alone", n)
+		}
+		if fs, err := monitorFilters(link); err != nil || len(fs) != 1 {
+			t.Fatalf("%d monitor filters (%v), want the clsact one", len(fs), err)
+		}
+		if err := SetMonitor("v0", false); err != nil {
+			t.Fatalf("SetMonitor off: %v", err)
+		}
+		if on, err := MonitorEnabled("v0"); err != nil || on {
+			t.Errorf("MonitorEnabled after off = %v, %v; want false", on, err)
+		}
+		if q, err := findClsact(link); err != nil || q != nil {
+			t.Errorf("clsact qdisc left behind (%v, %v)", q, err)
+		}
+
+		if err := SetMonitor("v0", true); err != nil {
+			t.Fatalf("SetMonitor on: %v", err)
+		}
+	})
+	runIP(t, "-n", ns.name, "link", "set", "v0", "netns", other.name)
+	other.do(t, func() {
+		if on, err := MonitorEnabled("v0"); err != nil || !on {
+			t.Errorf("MonitorEnabled in the namespace moved to = %v, %v; want true", on, err)
+		}
+	})
+}
+
+// TestNoTCX: the kernel's answer to an attach type it does not know,
+// which is how one before 6.6 answers tcx's, is errNoTCX, on which
+// attachMonitor falls back to the clsact filter and tcxMonitors finds
+// none (here an attach type no kernel has stands in for tcx's).
+func TestNoTCX(t *testing.T) {
+	ns := newTestNetns(t)
+	ns.do(t, func() {
+		const unknown = 0x7fff
+		lo := mustLinkByName(t, "lo").Attrs().Index
+		if _, err := tcxProgIDs(lo, unknown); !errors.Is(err, errNoTCX) || !errors.Is(err, unix.EINVAL) {
+			t.Errorf("query: %v, want errNoTCX wrapping EINVAL", err)
+		}
+		fd, err := monitorProgFD()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tcxAttachFirst(lo, fd, unknown); !errors.Is(err, errNoTCX) || !errors.Is(err, unix.EINVAL) {
+			t.Errorf("attach: %v, want errNoTCX wrapping EINVAL", err)
 		}
 	})
 }

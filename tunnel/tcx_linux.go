@@ -1,0 +1,144 @@
+package tunnel
+
+import (
+	"errors"
+	"fmt"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// tcx (Linux 6.6+) attaches eBPF programs to a device's tc ingress or
+// egress without a qdisc: the kernel runs them straight from the device's
+// hook, ahead of any clsact qdisc's filters, where a cls_bpf filter is
+// reached through the clsact qdisc, its filter list and cls_bpf's own
+// list, each a structure of the device's own. With a thousand devices
+// those are cold in the cache for every frame (README, Performance).
+// Attachments are made with BPF_PROG_ATTACH (not a bpf link), so they
+// stay, like a tc filter, until removed or the device goes.
+
+// bpfProgAttachAttr is the BPF_PROG_ATTACH / BPF_PROG_DETACH member of
+// union bpf_attr.
+type bpfProgAttachAttr struct {
+	targetIfindex    uint32
+	attachBPFFD      uint32
+	attachType       uint32
+	attachFlags      uint32
+	replaceBPFFD     uint32
+	relativeFD       uint32
+	expectedRevision uint64
+}
+
+// bpfProgQueryAttr is the BPF_PROG_QUERY member of union bpf_attr.
+type bpfProgQueryAttr struct {
+	targetIfindex   uint32
+	attachType      uint32
+	queryFlags      uint32
+	attachFlags     uint32
+	progIDs         unsafe.Pointer
+	count           uint32
+	_               uint32
+	progAttachFlags unsafe.Pointer
+	linkIDs         unsafe.Pointer
+	linkAttachFlags unsafe.Pointer
+	revision        uint64
+}
+
+// bpfGetIDAttr is the BPF_PROG_GET_FD_BY_ID member of union bpf_attr.
+type bpfGetIDAttr struct {
+	id        uint32
+	nextID    uint32
+	openFlags uint32
+}
+
+// bpfInfoAttr is the BPF_OBJ_GET_INFO_BY_FD member of union bpf_attr.
+type bpfInfoAttr struct {
+	fd      uint32
+	infoLen uint32
+	info    unsafe.Pointer
+}
+
+// bpfProgInfo is struct bpf_prog_info up to its name; the kernel fills
+// what fits in the length it is given.
+type bpfProgInfo struct {
+	progType     uint32
+	id           uint32
+	tag          [unix.BPF_TAG_SIZE]byte
+	jitedLen     uint32
+	xlatedLen    uint32
+	jitedInsns   uint64
+	xlatedInsns  uint64
+	loadTime     uint64
+	createdByUID uint32
+	nrMapIDs     uint32
+	mapIDs       uint64
+	name         [unix.BPF_OBJ_NAME_LEN]byte
+}
+
+// errNoTCX is returned by the tcx calls on a kernel without tcx (before
+// 6.6), which refuses the attach type with EINVAL.
+var errNoTCX = errors.New("the kernel has no tcx (Linux 6.6+)")
+
+// tcxAttachFirst attaches program fd to the tcx hook attachType
+// (unix.BPF_TCX_INGRESS or _EGRESS) of device ifindex in the calling
+// thread's namespace, ahead of every program already there.
+func tcxAttachFirst(ifindex, fd int, attachType uint32) error {
+	attr := bpfProgAttachAttr{targetIfindex: uint32(ifindex), attachBPFFD: uint32(fd),
+		attachType: attachType, attachFlags: unix.BPF_F_BEFORE}
+	if _, errno := bpfRetry(unix.BPF_PROG_ATTACH, unsafe.Pointer(&attr), unsafe.Sizeof(attr)); errno != 0 {
+		if errno == unix.EINVAL {
+			return fmt.Errorf("%w: %w", errNoTCX, errno)
+		}
+		return fmt.Errorf("bpf BPF_PROG_ATTACH: %w", errno)
+	}
+	return nil
+}
+
+// tcxDetach detaches program fd from the tcx hook attachType of device
+// ifindex.
+func tcxDetach(ifindex, fd int, attachType uint32) error {
+	attr := bpfProgAttachAttr{targetIfindex: uint32(ifindex), attachBPFFD: uint32(fd), attachType: attachType}
+	if _, errno := bpfRetry(unix.BPF_PROG_DETACH, unsafe.Pointer(&attr), unsafe.Sizeof(attr)); errno != 0 {
+		return fmt.Errorf("bpf BPF_PROG_DETACH: %w", errno)
+	}
+	return nil
+}
+
+// tcxProgIDs returns the IDs of the programs at the tcx hook attachType of
+// device ifindex, in the order they run.
+func tcxProgIDs(ifindex int, attachType uint32) ([]uint32, error) {
+	ids := make([]uint32, 8)
+	for {
+		attr := bpfProgQueryAttr{targetIfindex: uint32(ifindex), attachType: attachType,
+			progIDs: unsafe.Pointer(&ids[0]), count: uint32(len(ids))}
+		_, errno := bpfRetry(unix.BPF_PROG_QUERY, unsafe.Pointer(&attr), unsafe.Sizeof(attr))
+		switch {
+		case errno == unix.ENOSPC && int(attr.count) > len(ids):
+			// More than there was room for; the kernel said how many.
+			ids = make([]uint32, attr.count)
+			continue
+		case errno == unix.EINVAL:
+			return nil, fmt.Errorf("%w: bpf BPF_PROG_QUERY: %w", errNoTCX, errno)
+		case errno != 0:
+			return nil, fmt.Errorf("bpf BPF_PROG_QUERY: %w", errno)
+		}
+		return ids[:attr.count], nil
+	}
+}
+
+// progByID opens the program with the given ID (an fd the caller closes)
+// and returns its kernel name.
+func progByID(id uint32) (fd int, name string, err error) {
+	attr := bpfGetIDAttr{id: id}
+	fd, errno := bpfRetry(unix.BPF_PROG_GET_FD_BY_ID, unsafe.Pointer(&attr), unsafe.Sizeof(attr))
+	if errno != 0 {
+		return -1, "", fmt.Errorf("eBPF program %d (bpf BPF_PROG_GET_FD_BY_ID): %w", id, errno)
+	}
+	var info bpfProgInfo
+	iattr := bpfInfoAttr{fd: uint32(fd), infoLen: uint32(unsafe.Sizeof(info)), info: unsafe.Pointer(&info)}
+	if _, errno := bpfRetry(unix.BPF_OBJ_GET_INFO_BY_FD, unsafe.Pointer(&iattr), unsafe.Sizeof(iattr)); errno != 0 {
+		unix.Close(fd)
+		return -1, "", fmt.Errorf("eBPF program %d (bpf BPF_OBJ_GET_INFO_BY_FD): %w", id, errno)
+	}
+	return fd, unix.ByteSliceToString(info.name[:]), nil
+}
