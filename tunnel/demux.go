@@ -2,19 +2,22 @@ package tunnel
 
 import (
 	"net/netip"
+	"sync/atomic"
 )
 
 // NoSession is Config.VNetID when no session ID is set ("vnetid none").
 const NoSession = -1
 
-// demuxKey identifies a tunnel as OpenBSD's erspan tree does: local address
-// (outer destination), remote address (outer source, invalid for a
-// collector) and session ID (NoSession for none). The routing domain is the
-// network namespace the receiving socket lives in, so it is implied by the
-// table the key is looked up in.
+// demuxKey identifies a session-only tunnel (a collector's): local address
+// (outer destination) and session ID. OpenBSD's erspan tree keys every
+// tunnel so, with the remote address (outer source) too, invalid for a
+// collector; demuxTable keeps the exact tunnels, which have one, by
+// address pair (addrPair). The routing domain is the network namespace
+// the receiving socket lives in, so it is implied by the table the key is
+// looked up in.
 type demuxKey struct {
-	local, remote netip.Addr
-	session       int32
+	local   netip.Addr
+	session int32
 }
 
 // route is what a lookup yields: the interface, and what it may do with the
@@ -26,12 +29,42 @@ type route struct {
 	// hands those to bpf (spec/erspan.md §2 Receive, steps 2 and 3).
 	captureOnly bool
 	monitor     bool
+	// flow is a cache, not a setting: the flow of the last run this route
+	// took (flowFor).
+	flow atomic.Pointer[flow]
 }
+
+// flowFor returns the interface's flow k (nil beyond maxFlows), from the
+// route's cache when the route's last run was of the same flow. An exact
+// route's runs are always of one flow, so when frames of many sessions
+// interleave (a run per packet) no flow table lookup is made, a map whose
+// memory is cold by then.
+func (r *route) flowFor(k flowKey) *flow {
+	if f := r.flow.Load(); f != nil && f.key == k {
+		return f
+	}
+	f := r.ifc.flows.get(k)
+	if f != nil {
+		r.flow.Store(f)
+	}
+	return f
+}
+
+// addrPair is a packet's outer addresses: local (destination) and remote
+// (source).
+type addrPair struct{ local, remote netip.Addr }
+
+// sessionRoutes are the exact tunnels of one address pair, by session.
+type sessionRoutes map[int32]*route
 
 // demuxTable is immutable once built; the host swaps in a new one when
 // settings change, so the receive path reads it without a lock.
 type demuxTable struct {
-	exact    map[demuxKey]*route // local, remote, session
+	// exact is by address pair, then session: the receiver looks the
+	// pair up once for a batch's packets from one switch, and per packet
+	// only the session, a 4-byte key (one interface per session of a
+	// switch, their packets interleaved, is the case that counts).
+	exact    map[addrPair]sessionRoutes
 	session  map[demuxKey]*route // local, session; remote invalid
 	catchAll map[netip.Addr]*route
 	families [2]bool // [0] IPv4 needed, [1] IPv6 needed
@@ -48,7 +81,7 @@ type demuxTable struct {
 // keys with EADDRINUSE; if one slips through, the first interface wins.
 func buildTable(ifs []*iface, ns, dev string) *demuxTable {
 	t := &demuxTable{
-		exact:    make(map[demuxKey]*route),
+		exact:    make(map[addrPair]sessionRoutes),
 		session:  make(map[demuxKey]*route),
 		catchAll: make(map[netip.Addr]*route),
 	}
@@ -61,7 +94,7 @@ func buildTable(ifs []*iface, ns, dev string) *demuxTable {
 			t.wildcard = true
 		}
 		r := &route{ifc: ifc, monitor: c.Monitor}
-		k := demuxKey{local: c.Src, remote: c.Dst, session: int32(c.VNetID)}
+		session := int32(c.VNetID)
 		switch {
 		case c.Dst.IsValid():
 			// ifconfig refuses up with a destination and no session
@@ -69,15 +102,17 @@ func buildTable(ifs []*iface, ns, dev string) *demuxTable {
 			if c.VNetID == NoSession {
 				continue
 			}
-			putRoute(t.exact, k, r)
+			pair := addrPair{c.Src, c.Dst}
+			if t.exact[pair] == nil {
+				t.exact[pair] = make(sessionRoutes)
+			}
+			putFirst(t.exact[pair], session, r)
 		case c.VNetID != NoSession:
 			r.captureOnly = true
-			putRoute(t.session, k, r)
+			putFirst(t.session, demuxKey{local: c.Src, session: session}, r)
 		default:
 			r.captureOnly = true
-			if _, dup := t.catchAll[c.Src]; !dup {
-				t.catchAll[c.Src] = r
-			}
+			putFirst(t.catchAll, c.Src, r)
 		}
 		if c.Src.Is4() {
 			t.families[0] = true
@@ -88,7 +123,9 @@ func buildTable(ifs []*iface, ns, dev string) *demuxTable {
 	return t
 }
 
-func putRoute(m map[demuxKey]*route, k demuxKey, r *route) {
+// putFirst puts r at k unless k has a route already: the first interface
+// wins.
+func putFirst[K comparable](m map[K]*route, k K, r *route) {
 	if _, dup := m[k]; !dup {
 		m[k] = r
 	}
@@ -100,8 +137,14 @@ func putRoute(m map[demuxKey]*route, k demuxKey, r *route) {
 // destination, then a catch-all with neither. Type I carries no session, so
 // only a catch-all can take it. It returns nil when nothing matches.
 func (t *demuxTable) lookup(local, remote netip.Addr, session int32) *route {
+	return t.lookupIn(t.exact[addrPair{local, remote}], local, session)
+}
+
+// lookupIn is lookup with the exact tunnels of the packet's address pair
+// (t.exact's entry, nil for none) given.
+func (t *demuxTable) lookupIn(exact sessionRoutes, local netip.Addr, session int32) *route {
 	if session != NoSession {
-		if r := t.exact[demuxKey{local: local, remote: remote, session: session}]; r != nil {
+		if r := exact[session]; r != nil {
 			return r
 		}
 		if r := t.session[demuxKey{local: local, session: session}]; r != nil {

@@ -35,6 +35,7 @@ type flowKey struct {
 // source's address family and namespace, and published to lastSeq and
 // tracking (for readers) once per run of packets, not per packet.
 type flow struct {
+	key                              flowKey // set once, at creation
 	packets, bytes                   atomic.Uint64
 	gaps, lost, reordered, dups, res atomic.Uint64
 	lastSeq                          atomic.Uint32 // published last
@@ -113,7 +114,7 @@ func (t *flowTable) get(k flowKey) *flow {
 			m[k] = v
 		}
 	}
-	f := &flow{}
+	f := &flow{key: k}
 	m[k] = f
 	t.m.Store(&m)
 	return f

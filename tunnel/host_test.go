@@ -269,6 +269,32 @@ func (w *flushProbe) Flush() []error {
 // is written in two flushes, and before each the run's packets are
 // counted on the interface (whoever sees a frame on the TAP finds it
 // counted), the mid-batch flush included.
+// TestPairForgottenAfterBatch: the receiver keeps the exact tunnels of
+// the last packet's address pair (receiver.pair) within a batch only: the
+// next batch, looked up in a table where the session moved to another
+// interface, goes to that one.
+func TestPairForgottenAfterBatch(t *testing.T) {
+	r := newRig(t)
+	q0 := r.add(Config{Name: "erspan0", Up: true, Monitor: true, Src: local, Dst: remote, VNetID: 77})
+	q1 := r.add(Config{Name: "erspan1", Up: true, Monitor: true, Src: local, Dst: remote, VNetID: 78})
+	table := func() *demuxTable { return r.h.recv[recvKey{family: 4}].table.Load() }
+	rc := newReceiver(r.h, nil)
+	batch := []Message{{Src: remote, Dst: local, GRE: gre(t, typeII(77), frame(1, 64))}}
+	rc.handle(table(), batch)
+	for _, c := range []Config{
+		{Name: "erspan0", Up: true, Monitor: true, Src: local, Dst: remote, VNetID: 79},
+		{Name: "erspan1", Up: true, Monitor: true, Src: local, Dst: remote, VNetID: 77},
+	} {
+		if err := r.h.Update(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rc.handle(table(), batch)
+	if n0, n1 := len(q0.take()), len(q1.take()); n0 != 1 || n1 != 1 {
+		t.Errorf("erspan0 got %d frames, erspan1 %d; want one each (session 77 moved between the batches)", n0, n1)
+	}
+}
+
 func TestRunCountedBeforeWrite(t *testing.T) {
 	r := newRig(t)
 	r.add(Config{Name: "erspan0", Up: true, Monitor: true, Src: local, Dst: remote, VNetID: 77}).keep = false

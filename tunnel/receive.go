@@ -23,6 +23,15 @@ type receiver struct {
 	done  chan struct{}
 	pkt   erspan.Packet // scratch, reused per packet
 	cur   run
+	// pair is the exact tunnels of the last packet's address pair, looked
+	// up in the batch's table: runs change with the session, the pair
+	// mostly not. Forgotten at the end of every batch, as the next may
+	// come with another table.
+	pair struct {
+		valid  bool
+		addrs  addrPair
+		routes sessionRoutes
+	}
 	// stats are this receiver's share of the daemon-wide counters: one
 	// writer, no cache line shared with the other receivers; summed when
 	// read (Host.DaemonCounters).
@@ -67,9 +76,13 @@ func (r *receiver) lookup(t *demuxTable, m *Message, session int32) *route {
 	}
 	r.endRun()
 	c.valid, c.local, c.remote, c.session = true, m.Dst, m.Src, session
-	c.route = t.lookup(m.Dst, m.Src, session)
+	p := &r.pair
+	if a := (addrPair{m.Dst, m.Src}); !p.valid || p.addrs != a {
+		p.valid, p.addrs, p.routes = true, a, t.exact[a]
+	}
+	c.route = t.lookupIn(p.routes, m.Dst, session)
 	if c.route != nil {
-		c.flow = c.route.ifc.flows.get(flowKey{src: m.Src, session: session})
+		c.flow = c.route.flowFor(flowKey{src: m.Src, session: session})
 	}
 	return c.route
 }
@@ -180,6 +193,7 @@ func (r *receiver) handle(t *demuxTable, msgs []Message) {
 		r.outIf = append(r.outIf, queued{ifc, len(r.pkt.Frame)})
 	}
 	r.flush()
+	r.pair.valid, r.pair.routes = false, nil
 }
 
 // flush ends the current run, then writes the queued frames and counts
