@@ -39,7 +39,7 @@
 # generator starts to the end of the drain, as the generator's own seconds
 # leave the drain out and would put a process on one CPU over 100%):
 #  ceiling  a Go program writes prebuilt frames into a TAP, one write() each,
-#           the TAP made like erspanN (multi-queue, up, monitor filter):
+#           the TAP made like erspanN (multi-queue, up, monitor program):
 #           REPS runs at the start of the run, REPS at its end, and one
 #           of SAMPLE_DUR seconds after every measured run (erspand, the
 #           naive loop, the send alone): it moves with the host's load,

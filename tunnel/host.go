@@ -306,8 +306,9 @@ func (h *Host) apply(ifc *iface, cfg Config, fresh bool) (err error) {
 		})
 	}
 	ns := cfg.Rdomain
-	// A move resets the link: it arrives down, without our qdisc, with
-	// fresh IPv6 settings. Everything is applied again.
+	// A move resets the link: it arrives down, without a clsact qdisc
+	// (a tcx program stays with it), with fresh IPv6 settings. Everything
+	// is applied again (SetMonitor finds what stayed).
 	if fresh || moved || cfg.MTU != old.MTU || !bytes.Equal(cfg.LLAddr, old.LLAddr) {
 		if err := h.sys.SetLinkAttrs(ns, name, cfg.MTU, cfg.LLAddr); err != nil {
 			return fmt.Errorf("set mtu %d lladdr %s on %s: %w", cfg.MTU, cfg.LLAddr, name, err)

@@ -234,8 +234,9 @@ func detachMonitor(link netlink.Link) error {
 }
 
 // ensureClsact returns the link's clsact qdisc, adding one (added true)
-// when it has none. Monitor mode and span rules share it; an existing one
-// may carry somebody else's filters and is used as it is.
+// when it has none. Span rules and monitor mode (on a kernel without tcx)
+// share it; an existing one may carry somebody else's filters and is used
+// as it is.
 func ensureClsact(link netlink.Link) (q netlink.Qdisc, added bool, err error) {
 	if q, err = findClsact(link); err != nil || q != nil {
 		return q, false, err
