@@ -14,6 +14,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/erspan-linux/erspan/erspan"
@@ -728,16 +729,24 @@ func TestGRERingDropsAtClose(t *testing.T) {
 
 // withoutCaps runs fn on an OS thread of its own whose effective
 // capabilities lack caps (capabilities are per thread), in the test
-// process's network namespace. The thread is never unlocked, so the
-// runtime ends it with fn's goroutine rather than reuse it.
-func withoutCaps(t *testing.T, caps []uint, fn func()) {
+// process's network namespace, or in ns unless it is nil. The thread is
+// never unlocked, so the runtime ends it with fn's goroutine rather than
+// reuse it.
+func withoutCaps(t *testing.T, ns *testNetns, caps []uint, fn func()) {
 	t.Helper()
 	failed := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
+		var err error
+		if ns != nil {
+			// Before the capabilities go: setns wants CAP_SYS_ADMIN.
+			err = netns.Set(ns.h)
+		}
 		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 		var data [2]unix.CapUserData
-		err := unix.Capget(&hdr, &data[0])
+		if err == nil {
+			err = unix.Capget(&hdr, &data[0])
+		}
 		if err == nil {
 			for _, c := range caps {
 				data[c/32].Effective &^= 1 << (c % 32)
@@ -760,7 +769,7 @@ func withoutCaps(t *testing.T, caps []uint, fn func()) {
 // and program, where the kernel refuses unprivileged BPF.
 func TestGRERingErrorHints(t *testing.T) {
 	open := func(caps ...uint) (err error) {
-		withoutCaps(t, caps, func() {
+		withoutCaps(t, nil, caps, func() {
 			var r *greRing
 			if r, err = openGRERing(4, 4, 2048, 0, 0); err == nil {
 				r.Close()

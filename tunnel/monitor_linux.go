@@ -105,10 +105,9 @@ var monitorTCX = true
 // monitorAttached reports whether our monitor program is at the link's
 // ingress, either way.
 func monitorAttached(link netlink.Link) (bool, error) {
-	fds, err := tcxMonitors(link)
-	closeFDs(fds)
-	if err != nil || len(fds) > 0 {
-		return len(fds) > 0, err
+	ids, err := tcxMonitors(link)
+	if err != nil || len(ids) > 0 {
+		return len(ids) > 0, err
 	}
 	q, err := findClsact(link)
 	if err != nil || q == nil {
@@ -121,11 +120,12 @@ func monitorAttached(link netlink.Link) (bool, error) {
 // attachMonitor attaches the program unless it is there already, and
 // reports whether it did.
 func attachMonitor(link netlink.Link) (bool, error) {
-	if on, err := monitorAttached(link); err != nil || on {
-		return false, err
-	}
+	// Loaded first, so that tcxMonitors knows our program by its ID.
 	fd, err := monitorProgFD()
 	if err != nil {
+		return false, err
+	}
+	if on, err := monitorAttached(link); err != nil || on {
 		return false, err
 	}
 	if monitorTCX {
@@ -169,10 +169,13 @@ func attachMonitorFilter(link netlink.Link, fd int) error {
 	return nil
 }
 
-// tcxMonitors returns fds of our monitor programs (by name) at the link's
-// tcx ingress, for the caller to close: one, unless something went wrong
-// before; none, without an error, on a kernel without tcx.
-func tcxMonitors(link netlink.Link) ([]int, error) {
+// tcxMonitors returns the IDs of our monitor programs at the link's tcx
+// ingress: one, unless something went wrong before; none, without an
+// error, on a kernel without tcx. This process's program is known by its
+// ID; another is ours by its name (one a previous erspand attached),
+// which the kernel shows only with CAP_SYS_ADMIN: without it, such a
+// program is left alone as somebody else's.
+func tcxMonitors(link netlink.Link) ([]uint32, error) {
 	ids, err := tcxProgIDs(link.Attrs().Index, unix.BPF_TCX_INGRESS)
 	if errors.Is(err, errNoTCX) {
 		return nil, nil
@@ -180,23 +183,25 @@ func tcxMonitors(link netlink.Link) ([]int, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list the tcx programs of %s: %w", link.Attrs().Name, err)
 	}
-	var fds []int
+	own, _ := ownMonitorProg()
+	var ours []uint32
 	for _, id := range ids {
-		fd, name, err := progByID(id)
-		if errors.Is(err, unix.ENOENT) {
-			continue // detached and freed since the query
-		}
-		if err != nil {
-			closeFDs(fds)
-			return nil, fmt.Errorf("the tcx programs of %s: %w", link.Attrs().Name, err)
-		}
-		if name != monitorProgName {
-			unix.Close(fd)
+		if id == own {
+			ours = append(ours, id)
 			continue
 		}
-		fds = append(fds, fd)
+		name, err := progNameByID(id)
+		switch {
+		case errors.Is(err, unix.ENOENT), errors.Is(err, unix.EPERM):
+			// Detached and freed since the query; or not ours to know.
+			continue
+		case err != nil:
+			return nil, fmt.Errorf("the tcx programs of %s: %w", link.Attrs().Name, err)
+		case name == monitorProgName:
+			ours = append(ours, id)
+		}
 	}
-	return fds, nil
+	return ours, nil
 }
 
 // detachMonitor removes our program(s) from tcx and our filter(s) from the
@@ -204,13 +209,23 @@ func tcxMonitors(link netlink.Link) ([]int, error) {
 // it.
 func detachMonitor(link netlink.Link) error {
 	name := link.Attrs().Name
-	fds, err := tcxMonitors(link)
-	defer closeFDs(fds)
+	ids, err := tcxMonitors(link)
 	if err != nil {
 		return err
 	}
-	for _, fd := range fds {
-		if err := tcxDetach(link.Attrs().Index, fd, unix.BPF_TCX_INGRESS); err != nil {
+	own, ownFD := ownMonitorProg()
+	for _, id := range ids {
+		fd := ownFD
+		if id != own {
+			if fd, err = progByID(id); err != nil {
+				return fmt.Errorf("remove the monitor program from %s ingress: %w", name, err)
+			}
+		}
+		err := tcxDetach(link.Attrs().Index, fd, unix.BPF_TCX_INGRESS)
+		if id != own {
+			unix.Close(fd)
+		}
+		if err != nil {
 			return fmt.Errorf("remove the monitor program from %s ingress: %w", name, err)
 		}
 	}
@@ -378,6 +393,7 @@ func filterList(link netlink.Link, parent uint32) ([]netlink.Filter, error) {
 var monitorProg struct {
 	mu     sync.Mutex
 	fd     int
+	id     uint32 // the kernel's ID of it
 	loaded bool
 }
 
@@ -391,9 +407,25 @@ func monitorProgFD() (int, error) {
 		if err != nil {
 			return -1, err
 		}
-		monitorProg.fd, monitorProg.loaded = fd, true
+		id, _, err := progInfo(fd)
+		if err != nil {
+			unix.Close(fd)
+			return -1, err
+		}
+		monitorProg.fd, monitorProg.id, monitorProg.loaded = fd, id, true
 	}
 	return monitorProg.fd, nil
+}
+
+// ownMonitorProg returns the ID and fd of monitorProg, 0 and -1 until it
+// is loaded.
+func ownMonitorProg() (id uint32, fd int) {
+	monitorProg.mu.Lock()
+	defer monitorProg.mu.Unlock()
+	if !monitorProg.loaded {
+		return 0, -1
+	}
+	return monitorProg.id, monitorProg.fd
 }
 
 // setDisableIPv6 writes net.ipv6.conf.NAME.disable_ipv6. /proc/sys/net

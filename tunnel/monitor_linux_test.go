@@ -62,8 +62,7 @@ func readFrames(t *testing.T, q Queue, d time.Duration, match func([]byte) bool)
 // and clsact together.
 func monitorCount(t *testing.T, link netlink.Link) int {
 	t.Helper()
-	fds, err := tcxMonitors(link)
-	closeFDs(fds)
+	ids, err := tcxMonitors(link)
 	if err != nil {
 		t.Fatalf("tcx programs of %s: %v", link.Attrs().Name, err)
 	}
@@ -71,7 +70,7 @@ func monitorCount(t *testing.T, link netlink.Link) int {
 	if err != nil {
 		t.Fatalf("filters of %s: %v", link.Attrs().Name, err)
 	}
-	return len(fds) + len(fs)
+	return len(ids) + len(fs)
 }
 
 // withMonitorTCX runs fn with attachMonitor using tcx (on) or the clsact
@@ -120,10 +119,9 @@ func testMonitorDropsAtIngress(t *testing.T, tcx bool) {
 		if n := monitorCount(t, link); n != 1 {
 			t.Fatalf("after SetMonitor on twice: %d monitor programs attached, want 1", n)
 		}
-		fds, err := tcxMonitors(link)
-		closeFDs(fds)
-		if err != nil || (len(fds) == 1) != tcx {
-			t.Fatalf("%d monitor programs at tcx (%v), want tcx %v", len(fds), err, tcx)
+		ids, err := tcxMonitors(link)
+		if err != nil || (len(ids) == 1) != tcx {
+			t.Fatalf("%d monitor programs at tcx (%v), want tcx %v", len(ids), err, tcx)
 		}
 		if on, err := MonitorEnabled(name); err != nil || !on {
 			t.Fatalf("MonitorEnabled = %v, %v; want true", on, err)
@@ -376,11 +374,10 @@ func monitorProgID(t *testing.T, link netlink.Link) uint32 {
 		t.Fatalf("%s: tcx programs: %v", name, err)
 	}
 	for _, id := range ids {
-		fd, prog, err := progByID(id)
+		prog, err := progNameByID(id)
 		if err != nil {
 			t.Fatalf("%s: program %d: %v", name, id, err)
 		}
-		unix.Close(fd)
 		if prog == monitorProgName {
 			found = append(found, id)
 		}
@@ -467,6 +464,46 @@ func TestNoTCX(t *testing.T) {
 		}
 		if err := tcxAttachFirst(lo, fd, unknown); !errors.Is(err, errNoTCX) || !errors.Is(err, unix.EINVAL) {
 			t.Errorf("attach: %v, want errNoTCX wrapping EINVAL", err)
+		}
+	})
+}
+
+// TestMonitorWithoutSysAdmin: without CAP_SYS_ADMIN the kernel shows no
+// other program's name (BPF_PROG_GET_FD_BY_ID), so monitor mode knows its
+// own program by its ID: on, on again and off work, with somebody else's
+// tcx program at the same hook, which stays.
+func TestMonitorWithoutSysAdmin(t *testing.T) {
+	ns := newTestNetns(t)
+	runIP(t, "-n", ns.name, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+	var index int
+	ns.do(t, func() {
+		index = mustLinkByName(t, "v0").Attrs().Index
+		fd, err := loadProgram(unix.BPF_PROG_TYPE_SCHED_CLS, monitorInsns[:], "someone_else")
+		if err != nil {
+			t.Fatalf("load a program: %v", err)
+		}
+		defer unix.Close(fd)
+		if err := tcxAttachFirst(index, fd, unix.BPF_TCX_INGRESS); err != nil {
+			t.Fatalf("attach another tcx program: %v", err)
+		}
+	})
+	withoutCaps(t, ns, []uint{unix.CAP_SYS_ADMIN}, func() {
+		if _, err := progNameByID(1); !errors.Is(err, unix.EPERM) {
+			t.Errorf("reading a program by ID without CAP_SYS_ADMIN: %v, want EPERM (else this test tests nothing)", err)
+		}
+		for i, on := range []bool{true, true, false, false} {
+			if err := SetMonitor("v0", on); err != nil {
+				t.Errorf("step %d: SetMonitor %v: %v", i, on, err)
+			}
+			// (t.Errorf only on this thread: setns and t.Fatal would
+			// not do here.)
+			want := 1 // the other's
+			if on {
+				want = 2
+			}
+			if ids, err := tcxProgIDs(index, unix.BPF_TCX_INGRESS); err != nil || len(ids) != want {
+				t.Errorf("step %d: tcx programs %v (%v), want %d", i, ids, err, want)
+			}
 		}
 	})
 }

@@ -126,19 +126,34 @@ func tcxProgIDs(ifindex int, attachType uint32) ([]uint32, error) {
 	}
 }
 
-// progByID opens the program with the given ID (an fd the caller closes)
-// and returns its kernel name.
-func progByID(id uint32) (fd int, name string, err error) {
+// progByID opens the program with the given ID (an fd the caller closes).
+// The kernel allows it only with CAP_SYS_ADMIN (EPERM otherwise).
+func progByID(id uint32) (int, error) {
 	attr := bpfGetIDAttr{id: id}
 	fd, errno := bpfRetry(unix.BPF_PROG_GET_FD_BY_ID, unsafe.Pointer(&attr), unsafe.Sizeof(attr))
 	if errno != 0 {
-		return -1, "", fmt.Errorf("eBPF program %d (bpf BPF_PROG_GET_FD_BY_ID): %w", id, errno)
+		return -1, fmt.Errorf("eBPF program %d (bpf BPF_PROG_GET_FD_BY_ID): %w", id, errno)
 	}
+	return fd, nil
+}
+
+// progInfo returns the ID and the kernel name of program fd.
+func progInfo(fd int) (id uint32, name string, err error) {
 	var info bpfProgInfo
-	iattr := bpfInfoAttr{fd: uint32(fd), infoLen: uint32(unsafe.Sizeof(info)), info: unsafe.Pointer(&info)}
-	if _, errno := bpfRetry(unix.BPF_OBJ_GET_INFO_BY_FD, unsafe.Pointer(&iattr), unsafe.Sizeof(iattr)); errno != 0 {
-		unix.Close(fd)
-		return -1, "", fmt.Errorf("eBPF program %d (bpf BPF_OBJ_GET_INFO_BY_FD): %w", id, errno)
+	attr := bpfInfoAttr{fd: uint32(fd), infoLen: uint32(unsafe.Sizeof(info)), info: unsafe.Pointer(&info)}
+	if _, errno := bpfRetry(unix.BPF_OBJ_GET_INFO_BY_FD, unsafe.Pointer(&attr), unsafe.Sizeof(attr)); errno != 0 {
+		return 0, "", fmt.Errorf("eBPF program info (bpf BPF_OBJ_GET_INFO_BY_FD): %w", errno)
 	}
-	return fd, unix.ByteSliceToString(info.name[:]), nil
+	return info.id, unix.ByteSliceToString(info.name[:]), nil
+}
+
+// progNameByID returns the kernel name of the program with the given ID.
+func progNameByID(id uint32) (string, error) {
+	fd, err := progByID(id)
+	if err != nil {
+		return "", err
+	}
+	defer unix.Close(fd)
+	_, name, err := progInfo(fd)
+	return name, err
 }
