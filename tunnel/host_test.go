@@ -265,14 +265,10 @@ func (w *flushProbe) Flush() []error {
 	return w.discardWriter.Flush()
 }
 
-// TestRunCountedBeforeWrite: a socket batch longer than the writer takes
-// is written in two flushes, and before each the run's packets are
-// counted on the interface (whoever sees a frame on the TAP finds it
-// counted), the mid-batch flush included.
 // TestPairForgottenAfterBatch: the receiver keeps the exact tunnels of
-// the last packet's address pair (receiver.pair) within a batch only: the
-// next batch, looked up in a table where the session moved to another
-// interface, goes to that one.
+// the last packet's address pair (receiver.pair) for the table they came
+// from only: the next batch, looked up in a table where the session moved
+// to another interface, goes to that one.
 func TestPairForgottenAfterBatch(t *testing.T) {
 	r := newRig(t)
 	q0 := r.add(Config{Name: "erspan0", Up: true, Monitor: true, Src: local, Dst: remote, VNetID: 77})
@@ -295,6 +291,10 @@ func TestPairForgottenAfterBatch(t *testing.T) {
 	}
 }
 
+// TestRunCountedBeforeWrite: a socket batch longer than the writer takes
+// is written in two flushes, and before each the run's packets are
+// counted on the interface (whoever sees a frame on the TAP finds it
+// counted), the mid-batch flush included.
 func TestRunCountedBeforeWrite(t *testing.T) {
 	r := newRig(t)
 	r.add(Config{Name: "erspan0", Up: true, Monitor: true, Src: local, Dst: remote, VNetID: 77}).keep = false

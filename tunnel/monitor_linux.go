@@ -44,9 +44,9 @@ var monitorInsns = [2]bpfInsn{
 //
 // On: an eBPF program of type BPF_PROG_TYPE_SCHED_CLS that drops every
 // frame (TC_ACT_SHOT) at the link's tc ingress: attached with tcx
-// (Linux 6.6+) ahead of any program there, or, on a kernel without tcx, in
-// a clsact qdisc (reused if there is one) as a cls_bpf filter in
-// direct-action mode. tcx costs less per frame: it runs the program
+// (Linux 6.6+) ahead of any program there, or, on a kernel without tcx or
+// without CAP_SYS_ADMIN (see tcxMonitors), in a clsact qdisc (reused if
+// there is one) as a cls_bpf filter in direct-action mode. tcx costs less per frame: it runs the program
 // straight from the device's hook, where a filter is reached through the
 // qdisc and two lists, structures of each device's own that are cold in
 // the cache when frames go to many interfaces (README, Performance).
@@ -110,6 +110,10 @@ func monitorAttached(link netlink.Link) (bool, error) {
 		return len(ids) > 0, err
 	}
 	q, err := findClsact(link)
+	if errors.Is(err, unix.EBUSY) {
+		// An ingress qdisc, which cannot hold our filter: none there.
+		return false, nil
+	}
 	if err != nil || q == nil {
 		return false, err
 	}
@@ -128,16 +132,19 @@ func attachMonitor(link netlink.Link) (bool, error) {
 	if on, err := monitorAttached(link); err != nil || on {
 		return false, err
 	}
-	if monitorTCX {
-		err := tcxAttachFirst(link.Attrs().Index, fd, unix.BPF_TCX_INGRESS)
-		if err == nil {
-			return true, nil
-		}
-		if !errors.Is(err, errNoTCX) {
+	// tcx only where erspand can tell its programs from others' there
+	// (tcxMonitors): a monitor program it could not find again would
+	// stay when monitor mode goes off.
+	if monitorTCX && tcxSupported() && effectiveCap(unix.CAP_SYS_ADMIN) {
+		if err := tcxAttachFirst(link.Attrs().Index, fd, unix.BPF_TCX_INGRESS); err != nil {
 			return false, fmt.Errorf("attach the monitor program to %s ingress: %w", link.Attrs().Name, err)
 		}
+		return true, nil
 	}
-	return true, attachMonitorFilter(link, fd)
+	if err := attachMonitorFilter(link, fd); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // attachMonitorFilter attaches program fd as our cls_bpf filter at the
@@ -174,7 +181,9 @@ func attachMonitorFilter(link netlink.Link, fd int) error {
 // error, on a kernel without tcx. This process's program is known by its
 // ID; another is ours by its name (one a previous erspand attached),
 // which the kernel shows only with CAP_SYS_ADMIN: without it, such a
-// program is left alone as somebody else's.
+// program is left alone as somebody else's (attachMonitor uses tcx only
+// with CAP_SYS_ADMIN, so only an erspand that had it, restarted without
+// it, meets that case).
 func tcxMonitors(link netlink.Link) ([]uint32, error) {
 	ids, err := tcxProgIDs(link.Attrs().Index, unix.BPF_TCX_INGRESS)
 	if errors.Is(err, errNoTCX) {
@@ -218,6 +227,9 @@ func detachMonitor(link netlink.Link) error {
 		fd := ownFD
 		if id != own {
 			if fd, err = progByID(id); err != nil {
+				if errors.Is(err, unix.ENOENT) {
+					continue // gone since tcxMonitors
+				}
 				return fmt.Errorf("remove the monitor program from %s ingress: %w", name, err)
 			}
 		}
@@ -225,11 +237,14 @@ func detachMonitor(link netlink.Link) error {
 		if id != own {
 			unix.Close(fd)
 		}
-		if err != nil {
+		if err != nil && !errors.Is(err, unix.ENOENT) {
 			return fmt.Errorf("remove the monitor program from %s ingress: %w", name, err)
 		}
 	}
 	q, err := findClsact(link)
+	if errors.Is(err, unix.EBUSY) {
+		return nil // an ingress qdisc: no filter of ours on it
+	}
 	if err != nil || q == nil {
 		return err
 	}

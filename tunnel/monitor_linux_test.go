@@ -58,19 +58,34 @@ func readFrames(t *testing.T, q Queue, d time.Duration, match func([]byte) bool)
 	return nil, others
 }
 
+// monitorIDs returns the program IDs of our monitor attachments at the
+// link's ingress, tcx and clsact together.
+func monitorIDs(t *testing.T, link netlink.Link) []uint32 {
+	t.Helper()
+	name := link.Attrs().Name
+	ids, err := tcxMonitors(link)
+	if err != nil {
+		t.Fatalf("%s: tcx programs: %v", name, err)
+	}
+	fs, err := monitorFilters(link)
+	if err != nil {
+		t.Fatalf("%s: filters: %v", name, err)
+	}
+	for _, f := range fs {
+		bf := f.(*netlink.BpfFilter)
+		if bf.Id == 0 {
+			t.Fatalf("%s: filter %+v has no eBPF program id", name, f)
+		}
+		ids = append(ids, uint32(bf.Id))
+	}
+	return ids
+}
+
 // monitorCount counts our monitor programs at the link's ingress, tcx
 // and clsact together.
 func monitorCount(t *testing.T, link netlink.Link) int {
 	t.Helper()
-	ids, err := tcxMonitors(link)
-	if err != nil {
-		t.Fatalf("tcx programs of %s: %v", link.Attrs().Name, err)
-	}
-	fs, err := monitorFilters(link)
-	if err != nil {
-		t.Fatalf("filters of %s: %v", link.Attrs().Name, err)
-	}
-	return len(ids) + len(fs)
+	return len(monitorIDs(t, link))
 }
 
 // withMonitorTCX runs fn with attachMonitor using tcx (on) or the clsact
@@ -109,7 +124,7 @@ func testMonitorDropsAtIngress(t *testing.T, tcx bool) {
 		if on, err := MonitorEnabled(name); err != nil || on {
 			t.Fatalf("MonitorEnabled on a new TAP = %v, %v; want false", on, err)
 		}
-		// On twice: one filter.
+		// On twice: one program attached.
 		for range 2 {
 			if err := SetMonitor(name, true); err != nil {
 				t.Fatalf("SetMonitor on: %v", err)
@@ -367,36 +382,11 @@ func TestMonitorProgramShared(t *testing.T) {
 // with tcx or as a filter.
 func monitorProgID(t *testing.T, link netlink.Link) uint32 {
 	t.Helper()
-	name := link.Attrs().Name
-	var found []uint32
-	ids, err := tcxProgIDs(link.Attrs().Index, unix.BPF_TCX_INGRESS)
-	if err != nil {
-		t.Fatalf("%s: tcx programs: %v", name, err)
+	ids := monitorIDs(t, link)
+	if len(ids) != 1 {
+		t.Fatalf("%s: monitor programs %v, want one", link.Attrs().Name, ids)
 	}
-	for _, id := range ids {
-		prog, err := progNameByID(id)
-		if err != nil {
-			t.Fatalf("%s: program %d: %v", name, id, err)
-		}
-		if prog == monitorProgName {
-			found = append(found, id)
-		}
-	}
-	fs, err := monitorFilters(link)
-	if err != nil {
-		t.Fatalf("%s: filters: %v", name, err)
-	}
-	for _, f := range fs {
-		bf := f.(*netlink.BpfFilter)
-		if bf.Id == 0 {
-			t.Fatalf("%s: filter %+v has no eBPF program id", name, f)
-		}
-		found = append(found, uint32(bf.Id))
-	}
-	if len(found) != 1 {
-		t.Fatalf("%s: monitor programs %v, want one", name, found)
-	}
-	return found[0]
+	return ids[0]
 }
 
 // TestMonitorAttachedBefore: a monitor filter on clsact, as an erspand
@@ -447,9 +437,9 @@ func TestMonitorAttachedBefore(t *testing.T) {
 }
 
 // TestNoTCX: the kernel's answer to an attach type it does not know,
-// which is how one before 6.6 answers tcx's, is errNoTCX, on which
-// attachMonitor falls back to the clsact filter and tcxMonitors finds
-// none (here an attach type no kernel has stands in for tcx's).
+// which is how one before 6.6 answers tcx's query, is errNoTCX (here an
+// attach type no kernel has stands in for tcx's); tcxSupported, which
+// asks so, says yes here (this kernel, 6.18, has tcx).
 func TestNoTCX(t *testing.T) {
 	ns := newTestNetns(t)
 	ns.do(t, func() {
@@ -458,20 +448,18 @@ func TestNoTCX(t *testing.T) {
 		if _, err := tcxProgIDs(lo, unknown); !errors.Is(err, errNoTCX) || !errors.Is(err, unix.EINVAL) {
 			t.Errorf("query: %v, want errNoTCX wrapping EINVAL", err)
 		}
-		fd, err := monitorProgFD()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := tcxAttachFirst(lo, fd, unknown); !errors.Is(err, errNoTCX) || !errors.Is(err, unix.EINVAL) {
-			t.Errorf("attach: %v, want errNoTCX wrapping EINVAL", err)
+		if !tcxSupported() {
+			t.Errorf("tcxSupported() = false on a kernel with tcx")
 		}
 	})
 }
 
 // TestMonitorWithoutSysAdmin: without CAP_SYS_ADMIN the kernel shows no
-// other program's name (BPF_PROG_GET_FD_BY_ID), so monitor mode knows its
-// own program by its ID: on, on again and off work, with somebody else's
-// tcx program at the same hook, which stays.
+// other program's name (BPF_PROG_GET_FD_BY_ID), so that tcx programs
+// cannot be told apart: monitor mode attaches the clsact filter instead.
+// One it attached with tcx before (with the capability) it knows by its
+// ID: on again adds nothing, off removes it. Somebody else's tcx program
+// stays throughout.
 func TestMonitorWithoutSysAdmin(t *testing.T) {
 	ns := newTestNetns(t)
 	runIP(t, "-n", ns.name, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
@@ -486,24 +474,127 @@ func TestMonitorWithoutSysAdmin(t *testing.T) {
 		if err := tcxAttachFirst(index, fd, unix.BPF_TCX_INGRESS); err != nil {
 			t.Fatalf("attach another tcx program: %v", err)
 		}
+		if err := SetMonitor("v1", true); err != nil { // with tcx
+			t.Fatalf("SetMonitor v1 on: %v", err)
+		}
 	})
+	// (Only t.Errorf on the capability-less thread: t.Fatal and setns
+	// would not do there.)
 	withoutCaps(t, ns, []uint{unix.CAP_SYS_ADMIN}, func() {
 		if _, err := progNameByID(1); !errors.Is(err, unix.EPERM) {
 			t.Errorf("reading a program by ID without CAP_SYS_ADMIN: %v, want EPERM (else this test tests nothing)", err)
+		}
+		v0, err := netlink.LinkByName("v0")
+		if err != nil {
+			t.Errorf("v0: %v", err)
+			return
 		}
 		for i, on := range []bool{true, true, false, false} {
 			if err := SetMonitor("v0", on); err != nil {
 				t.Errorf("step %d: SetMonitor %v: %v", i, on, err)
 			}
-			// (t.Errorf only on this thread: setns and t.Fatal would
-			// not do here.)
-			want := 1 // the other's
-			if on {
-				want = 2
+			fs, err := monitorFilters(v0)
+			if want := map[bool]int{true: 1}[on]; err != nil || len(fs) != want {
+				t.Errorf("step %d: %d monitor filters (%v), want %d", i, len(fs), err, want)
 			}
-			if ids, err := tcxProgIDs(index, unix.BPF_TCX_INGRESS); err != nil || len(ids) != want {
-				t.Errorf("step %d: tcx programs %v (%v), want %d", i, ids, err, want)
+			if ids, err := tcxProgIDs(index, unix.BPF_TCX_INGRESS); err != nil || len(ids) != 1 {
+				t.Errorf("step %d: tcx programs %v (%v), want the other one alone", i, ids, err)
 			}
 		}
+		v1, err := netlink.LinkByName("v1")
+		if err != nil {
+			t.Errorf("v1: %v", err)
+			return
+		}
+		for i, on := range []bool{true, false} {
+			if err := SetMonitor("v1", on); err != nil {
+				t.Errorf("v1 step %d: SetMonitor %v: %v", i, on, err)
+			}
+			ids, err := tcxProgIDs(v1.Attrs().Index, unix.BPF_TCX_INGRESS)
+			if want := map[bool]int{true: 1}[on]; err != nil || len(ids) != want {
+				t.Errorf("v1 step %d: tcx programs %v (%v), want %d", i, ids, err, want)
+			}
+			if fs, err := monitorFilters(v1); err != nil || len(fs) != 0 {
+				t.Errorf("v1 step %d: %d monitor filters (%v), want none", i, len(fs), err)
+			}
+		}
+	})
+}
+
+// TestMonitorTCXDetails: with tcx, the monitor program runs ahead of a
+// program attached before it; one an earlier erspand attached (another
+// program of our name) counts as on, and goes at off; an ingress qdisc,
+// which only the clsact filter cannot live with, is no obstacle; and the
+// program list is read whole however long it is.
+func TestMonitorTCXDetails(t *testing.T) {
+	ns := newTestNetns(t)
+	runIP(t, "-n", ns.name, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+	ns.do(t, func() {
+		link := mustLinkByName(t, "v0")
+		index := link.Attrs().Index
+		attach := func(name string) {
+			t.Helper()
+			fd, err := loadProgram(unix.BPF_PROG_TYPE_SCHED_CLS, monitorInsns[:], name)
+			if err != nil {
+				t.Fatalf("load %s: %v", name, err)
+			}
+			defer unix.Close(fd)
+			if err := tcxAttachFirst(index, fd, unix.BPF_TCX_INGRESS); err != nil {
+				t.Fatalf("attach %s: %v", name, err)
+			}
+		}
+		ids := func() []uint32 {
+			t.Helper()
+			ids, err := tcxProgIDs(index, unix.BPF_TCX_INGRESS)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return ids
+		}
+		ingress := &netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{
+			LinkIndex: index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_INGRESS}}
+		if err := netlink.QdiscAdd(ingress); err != nil {
+			t.Fatal(err)
+		}
+
+		attach("someone_else")
+		if err := SetMonitor("v0", true); err != nil {
+			t.Fatalf("SetMonitor on beside an ingress qdisc: %v", err)
+		}
+		own, _ := ownMonitorProg()
+		if got := ids(); len(got) != 2 || got[0] != own {
+			t.Errorf("tcx programs %v, want ours (%d) first of two", got, own)
+		}
+		if err := SetMonitor("v0", false); err != nil {
+			t.Fatalf("SetMonitor off beside an ingress qdisc: %v", err)
+		}
+
+		attach(monitorProgName) // an earlier erspand's
+		if err := SetMonitor("v0", true); err != nil {
+			t.Fatalf("SetMonitor on: %v", err)
+		}
+		if got := ids(); len(got) != 2 {
+			t.Errorf("after on with an earlier erspand's program: %v, want it and the other one", got)
+		}
+		if err := SetMonitor("v0", false); err != nil {
+			t.Fatalf("SetMonitor off: %v", err)
+		}
+		if got := ids(); len(got) != 1 {
+			t.Errorf("after off: %v, want the other one alone", got)
+		}
+
+		// More than tcxProgIDs first has room for (8).
+		for i := range 10 {
+			attach(fmt.Sprintf("other_%d", i))
+		}
+		if got := ids(); len(got) != 11 {
+			t.Errorf("%d tcx programs listed, want 11", len(got))
+		}
+
+		withMonitorTCX(false, func() {
+			if err := SetMonitor("v0", true); !errors.Is(err, unix.EBUSY) {
+				t.Errorf("SetMonitor with the clsact filter beside an ingress qdisc: %v, want EBUSY", err)
+			}
+		})
 	})
 }

@@ -3,6 +3,7 @@ package tunnel
 import (
 	"errors"
 	"fmt"
+	"sync"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -15,7 +16,8 @@ import (
 // list, each a structure of the device's own. With a thousand devices
 // those are cold in the cache for every frame (README, Performance).
 // Attachments are made with BPF_PROG_ATTACH (not a bpf link), so they
-// stay, like a tc filter, until removed or the device goes.
+// stay until removed or the device goes; unlike a clsact qdisc, which a
+// move to another namespace removes, they go with the device.
 
 // bpfProgAttachAttr is the BPF_PROG_ATTACH / BPF_PROG_DETACH member of
 // union bpf_attr.
@@ -66,18 +68,26 @@ type bpfProgInfo struct {
 	tag          [unix.BPF_TAG_SIZE]byte
 	jitedLen     uint32
 	xlatedLen    uint32
-	jitedInsns   uint64
-	xlatedInsns  uint64
+	jitedInsns   uint64 // a buffer's address, 0: none given (else unsafe.Pointer)
+	xlatedInsns  uint64 // the same
 	loadTime     uint64
 	createdByUID uint32
 	nrMapIDs     uint32
-	mapIDs       uint64
+	mapIDs       uint64 // the same
 	name         [unix.BPF_OBJ_NAME_LEN]byte
 }
 
-// errNoTCX is returned by the tcx calls on a kernel without tcx (before
+// errNoTCX is returned by tcxProgIDs on a kernel without tcx (before
 // 6.6), which refuses the attach type with EINVAL.
 var errNoTCX = errors.New("the kernel has no tcx (Linux 6.6+)")
+
+// tcxSupported reports whether the kernel has tcx, asked once, of the
+// loopback device (ifindex 1 in every namespace). The answer decides;
+// an EINVAL from a later attach is an error of its own, not a missing tcx.
+var tcxSupported = sync.OnceValue(func() bool {
+	_, err := tcxProgIDs(1, unix.BPF_TCX_INGRESS)
+	return !errors.Is(err, errNoTCX)
+})
 
 // tcxAttachFirst attaches program fd to the tcx hook attachType
 // (unix.BPF_TCX_INGRESS or _EGRESS) of device ifindex in the calling
@@ -86,9 +96,6 @@ func tcxAttachFirst(ifindex, fd int, attachType uint32) error {
 	attr := bpfProgAttachAttr{targetIfindex: uint32(ifindex), attachBPFFD: uint32(fd),
 		attachType: attachType, attachFlags: unix.BPF_F_BEFORE}
 	if _, errno := bpfRetry(unix.BPF_PROG_ATTACH, unsafe.Pointer(&attr), unsafe.Sizeof(attr)); errno != 0 {
-		if errno == unix.EINVAL {
-			return fmt.Errorf("%w: %w", errNoTCX, errno)
-		}
 		return fmt.Errorf("bpf BPF_PROG_ATTACH: %w", errno)
 	}
 	return nil
@@ -97,11 +104,32 @@ func tcxAttachFirst(ifindex, fd int, attachType uint32) error {
 // tcxDetach detaches program fd from the tcx hook attachType of device
 // ifindex.
 func tcxDetach(ifindex, fd int, attachType uint32) error {
+	if fd == 0 {
+		// The kernel reads attach_bpf_fd 0 as "no program given" and
+		// would detach the last one, whosever it is.
+		d, err := unix.FcntlInt(0, unix.F_DUPFD_CLOEXEC, 1)
+		if err != nil {
+			return fmt.Errorf("duplicate the program's descriptor 0: %w", err)
+		}
+		defer unix.Close(d)
+		fd = d
+	}
 	attr := bpfProgAttachAttr{targetIfindex: uint32(ifindex), attachBPFFD: uint32(fd), attachType: attachType}
 	if _, errno := bpfRetry(unix.BPF_PROG_DETACH, unsafe.Pointer(&attr), unsafe.Sizeof(attr)); errno != 0 {
 		return fmt.Errorf("bpf BPF_PROG_DETACH: %w", errno)
 	}
 	return nil
+}
+
+// effectiveCap reports whether the calling thread has capability c in
+// its effective set (capabilities are per thread).
+func effectiveCap(c uint) bool {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return false
+	}
+	return data[c/32].Effective&(1<<(c%32)) != 0
 }
 
 // tcxProgIDs returns the IDs of the programs at the tcx hook attachType of
