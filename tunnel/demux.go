@@ -131,18 +131,15 @@ func putFirst[K comparable](m map[K]*route, k K, r *route) {
 	}
 }
 
-// lookup finds the interface for a packet from remote to local carrying
-// session (NoSession for Type I), in OpenBSD's order (spec/erspan.md §2
-// Receive): exact tunnel, then an interface with the session and no
-// destination, then a catch-all with neither. Type I carries no session, so
-// only a catch-all can take it. It returns nil when nothing matches.
-func (t *demuxTable) lookup(local, remote netip.Addr, session int32) *route {
-	return t.lookupIn(t.exact[addrPair{local, remote}], local, session)
-}
-
-// lookupIn is lookup with the exact tunnels of the packet's address pair
-// (t.exact's entry, nil for none) given.
-func (t *demuxTable) lookupIn(exact sessionRoutes, local netip.Addr, session int32) *route {
+// lookup finds the interface for a packet to local carrying session
+// (NoSession for Type I), given exact, the exact tunnels of the packet's
+// address pair (t.exact's entry for it, nil for none), in OpenBSD's order
+// (spec/erspan.md §2 Receive): exact tunnel, then an interface with the
+// session and no destination, then a catch-all with neither. Type I
+// carries no session, so only a catch-all can take it. It returns nil when
+// nothing matches. The pair is the caller's to look up, as the receiver
+// does once for the packets of one switch in a row.
+func (t *demuxTable) lookup(exact sessionRoutes, local netip.Addr, session int32) *route {
 	if session != NoSession {
 		if r := exact[session]; r != nil {
 			return r

@@ -266,9 +266,9 @@ func (w *flushProbe) Flush() []error {
 }
 
 // TestPairForgottenAfterBatch: the receiver keeps the exact tunnels of
-// the last packet's address pair (receiver.pair) for the table they came
-// from only: the next batch, looked up in a table where the session moved
-// to another interface, goes to that one.
+// the last packet's address pair (receiver.pair) within a batch only: the
+// next batch, looked up in a table where the session moved to another
+// interface, goes to that one.
 func TestPairForgottenAfterBatch(t *testing.T) {
 	r := newRig(t)
 	q0 := r.add(Config{Name: "erspan0", Up: true, Monitor: true, Src: local, Dst: remote, VNetID: 77})

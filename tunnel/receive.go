@@ -23,11 +23,13 @@ type receiver struct {
 	done  chan struct{}
 	pkt   erspan.Packet // scratch, reused per packet
 	cur   run
-	// pair is the exact tunnels of the last packet's address pair, as
-	// table has them: runs change with the session, the pair mostly not.
-	// A batch looked up in another table looks the pair up again.
+	// pair is the exact tunnels of the last packet's address pair in the
+	// batch's table: runs change with the session, the pair mostly not.
+	// Forgotten with the batch, as the run is (handle), so that the next
+	// batch, which may come with another table, looks it up there, and no
+	// table outlives its batch here.
 	pair struct {
-		table  *demuxTable
+		valid  bool
 		addrs  addrPair
 		routes sessionRoutes
 	}
@@ -76,10 +78,10 @@ func (r *receiver) lookup(t *demuxTable, m *Message, session int32) *route {
 	r.endRun()
 	c.valid, c.local, c.remote, c.session = true, m.Dst, m.Src, session
 	p := &r.pair
-	if a := (addrPair{m.Dst, m.Src}); p.table != t || p.addrs != a {
-		p.table, p.addrs, p.routes = t, a, t.exact[a]
+	if a := (addrPair{m.Dst, m.Src}); !p.valid || p.addrs != a {
+		p.valid, p.addrs, p.routes = true, a, t.exact[a]
 	}
-	c.route = t.lookupIn(p.routes, m.Dst, session)
+	c.route = t.lookup(p.routes, m.Dst, session)
 	if c.route != nil {
 		c.flow = c.route.flowFor(flowKey{src: m.Src, session: session})
 	}
@@ -192,6 +194,7 @@ func (r *receiver) handle(t *demuxTable, msgs []Message) {
 		r.outIf = append(r.outIf, queued{ifc, len(r.pkt.Frame)})
 	}
 	r.flush()
+	r.pair.valid, r.pair.routes = false, nil
 }
 
 // flush ends the current run, then writes the queued frames and counts

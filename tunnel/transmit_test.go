@@ -227,7 +227,7 @@ func BenchmarkDemux(b *testing.B) {
 		b.Run(c.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				if t.lookup(local, c.src, c.session) == nil {
+				if t.lookup(t.exact[addrPair{local, c.src}], local, c.session) == nil {
 					b.Fatal("no match")
 				}
 			}
