@@ -29,22 +29,26 @@ type route struct {
 	// hands those to bpf (spec/erspan.md §2 Receive, steps 2 and 3).
 	captureOnly bool
 	monitor     bool
-	// flow is a cache, not a setting: the flow of the last run this route
-	// took (flowFor).
+	// flow is a cache, not a setting: the flow of the first run this
+	// route took (flowFor).
 	flow atomic.Pointer[flow]
 }
 
 // flowFor returns the interface's flow k (nil beyond maxFlows), from the
-// route's cache when the route's last run was of the same flow. An exact
-// route's runs are always of one flow, so when frames of many sessions
-// interleave (a run per packet) no flow table lookup is made, a map whose
-// memory is cold by then.
+// route's cache when it is the flow of the route's first run. An exact
+// route's runs are always of that one flow, so when frames of many
+// sessions interleave (a run per packet) no flow table lookup is made, a
+// map whose memory is cold by then. Only the first run stores: a
+// collector's route, whose sources and sessions may interleave, would
+// otherwise write the cache (an atomic exchange, on a line the receivers
+// of both families read) per packet, for no hit.
 func (r *route) flowFor(k flowKey) *flow {
-	if f := r.flow.Load(); f != nil && f.key == k {
-		return f
+	c := r.flow.Load()
+	if c != nil && c.key == k {
+		return c
 	}
 	f := r.ifc.flows.get(k)
-	if f != nil {
+	if c == nil && f != nil {
 		r.flow.Store(f)
 	}
 	return f
