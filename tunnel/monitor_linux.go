@@ -109,16 +109,23 @@ func monitorAttached(link netlink.Link) (bool, error) {
 	if err != nil || len(ids) > 0 {
 		return len(ids) > 0, err
 	}
+	_, fs, err := ourFilters(link)
+	return len(fs) > 0, err
+}
+
+// ourFilters returns the link's clsact qdisc (nil when it has none) and
+// our monitor filters on it. An ingress qdisc, which cannot hold our
+// filter, counts as none.
+func ourFilters(link netlink.Link) (netlink.Qdisc, []netlink.Filter, error) {
 	q, err := findClsact(link)
 	if errors.Is(err, unix.EBUSY) {
-		// An ingress qdisc, which cannot hold our filter: none there.
-		return false, nil
+		return nil, nil, nil
 	}
 	if err != nil || q == nil {
-		return false, err
+		return nil, nil, err
 	}
 	fs, err := monitorFilters(link)
-	return len(fs) > 0, err
+	return q, fs, err
 }
 
 // attachMonitor attaches the program unless it is there already, and
@@ -148,7 +155,8 @@ func attachMonitor(link netlink.Link) (bool, error) {
 }
 
 // attachMonitorFilter attaches program fd as our cls_bpf filter at the
-// ingress of the link's clsact qdisc, adding the qdisc if it has none.
+// ingress of the link's clsact qdisc, adding the qdisc if it has none (an
+// ingress qdisc in its place is refused there, with EBUSY).
 func attachMonitorFilter(link netlink.Link, fd int) error {
 	q, addedQdisc, err := ensureClsact(link)
 	if err != nil {
@@ -185,10 +193,10 @@ func attachMonitorFilter(link netlink.Link, fd int) error {
 // with CAP_SYS_ADMIN, so only an erspand that had it, restarted without
 // it, meets that case).
 func tcxMonitors(link netlink.Link) ([]uint32, error) {
-	ids, err := tcxProgIDs(link.Attrs().Index, unix.BPF_TCX_INGRESS)
-	if errors.Is(err, errNoTCX) {
+	if !tcxSupported() {
 		return nil, nil
 	}
+	ids, err := tcxProgIDs(link.Attrs().Index, unix.BPF_TCX_INGRESS)
 	if err != nil {
 		return nil, fmt.Errorf("list the tcx programs of %s: %w", link.Attrs().Name, err)
 	}
@@ -241,14 +249,7 @@ func detachMonitor(link netlink.Link) error {
 			return fmt.Errorf("remove the monitor program from %s ingress: %w", name, err)
 		}
 	}
-	q, err := findClsact(link)
-	if errors.Is(err, unix.EBUSY) {
-		return nil // an ingress qdisc: no filter of ours on it
-	}
-	if err != nil || q == nil {
-		return err
-	}
-	fs, err := monitorFilters(link)
+	q, fs, err := ourFilters(link)
 	if err != nil {
 		return err
 	}
