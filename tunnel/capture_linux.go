@@ -90,8 +90,9 @@ var captureFilter = []unix.SockFilter{
 // rcvbuf bytes (0: defaultRingBytes) and packets of at least bufSize
 // bytes; moderate, rounded up to whole milliseconds, is the period of the
 // kernel's timer that hands a partly filled block to the reader (ring).
-// g are its guard sockets, as for listenGRE (Linux.ListenCapture says
-// why a capture needs them).
+// g are its guard sockets, which it holds until it closes
+// (Linux.ListenCapture says why a capture needs them, and takes them
+// before the capture opens).
 func listenCapture(dev string, batch, bufSize, rcvbuf int, moderate time.Duration, g guards) (*CaptureSocket, error) {
 	if err := checkBatchArgs(batch, bufSize, rcvbuf); err != nil {
 		return nil, fmt.Errorf("capture on %s: %w", dev, err)

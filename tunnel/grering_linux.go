@@ -68,7 +68,8 @@ type greRing struct {
 	pos   uint64
 	given uint64 // the consumer position the kernel has
 	wrap  []byte // a record that crosses the data area's end, made whole
-	// lastDrops is the drop count read at close.
+	// lastDrops is the highest drop count read so far (readDrops), by
+	// KernelDrops or at close.
 	lastDrops atomic.Uint64
 	msgs      []Message // what ReadBatch returns
 }
@@ -358,7 +359,10 @@ func (r *greRing) ReadBatch() ([]Message, error) {
 
 // KernelDrops returns the number of packets the ring had no room for,
 // cumulative since it opened, as of now (or of Close).
-func (r *greRing) KernelDrops() uint64 { return r.drops() }
+func (r *greRing) KernelDrops() uint64 {
+	r.control(r.readDrops)
+	return r.lastDrops.Load()
+}
 
 // Close stops the ring's filling and closes it (close), making a pending
 // ReadBatch return net.ErrClosed. Closing twice returns net.ErrClosed.
@@ -443,13 +447,6 @@ func (r *greRing) parse(m *Message, rec []byte) {
 	m.Dst = netip.AddrFrom16([16]byte(rec[recHead+16 : recHead+32]))
 	b := rec[recHeadIPv6:]
 	parseIPv6Payload(m, b, int(length) > len(b))
-}
-
-// drops returns the number of packets the ring had no room for; once
-// closed, the number at close.
-func (r *greRing) drops() uint64 {
-	r.control(r.readDrops)
-	return r.lastDrops.Load()
 }
 
 // readDrops keeps the drops map's count, the sum of every CPU's, in

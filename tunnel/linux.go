@@ -202,6 +202,9 @@ func (l *Linux) takeGuards(ns string, families ...int) (guards, error) {
 // guards: a sensor NIC usually has no address, but one that has, and
 // receives ERSPAN for it, would otherwise have the kernel answer every
 // packet with ICMP protocol unreachable, as no raw GRE socket takes it.
+// They are taken first (unlike ListenGRE's, which guard a socket that is
+// itself a raw GRE socket), so that no packet finds the namespace without
+// one while the capture opens.
 func (l *Linux) ListenCapture(ns, dev string) (Socket, error) {
 	g, err := l.takeGuards(ns, 4, 6)
 	if err != nil {

@@ -349,8 +349,7 @@ func (s *span) reconcile(remove bool) error {
 // MTU, do neither).
 func (s *span) apply(burst []netlink.LinkUpdate) error {
 	need := false
-	dry := map[int]bool{}
-	maps.Copy(dry, s.ports)
+	dry := maps.Clone(s.ports)
 	for _, u := range burst {
 		a := u.Link.Attrs()
 		isBr, named := s.brIndex != 0 && a.Index == s.brIndex, a.Name == s.bridge
