@@ -154,6 +154,9 @@ for ns in $ALL_NS; do
 	[ -e "/run/netns/$ns" ] || continue
 	remove_left "$ns" "left by a killed run"
 done
+# And those of the allocation tests (alloc_check), should a killed run
+# have left them.
+remove_test_leftovers
 rm -rf /tmp/erspan-bench.*
 
 work=$(mktemp -d /tmp/erspan-bench.XXXXXX)
@@ -451,18 +454,23 @@ figures() {
 # GEN_DST (the collector's address unless a sensor row sets another); sets
 # sent, deliv, pps, cpu, eff, busy, offered.
 GEN_DST=192.0.2.2
-decap() {
-	local pid=$1 ifs=$2 size=$3 rate=$4 count=$5 session=$6 sessions=$7 r0 r1 rend c0 c1 w0 w1 out
-	# Bounded by time as well as count: DUR at full speed, or long enough
-	# for count at the rate asked (or at 50k pps when count is set at full
-	# speed), at most 60 s.
-	local dur=$DUR
+# gen_secs RATE COUNT: how long decap lets gen run, bounded by time as
+# well as count: DUR at full speed (RATE 0), or long enough for COUNT at
+# the rate asked (or at 50k pps when COUNT is set at full speed), at most
+# 60 s.
+gen_secs() {
+	local rate=$1 count=$2 dur=$DUR
 	if [ "$rate" != 0 ]; then
 		dur=$(calc %.0f "$count / $rate * 1.3 + 2")
 	elif [ "$count" -lt 100000000 ]; then
 		dur=$(calc %.0f "$count / 50000 + 2")
 	fi
 	[ "$dur" -le 60 ] || dur=60
+	echo "$dur"
+}
+decap() {
+	local pid=$1 ifs=$2 size=$3 rate=$4 count=$5 session=$6 sessions=$7 r0 r1 rend c0 c1 w0 w1 out dur
+	dur=$(gen_secs "$rate" "$count")
 	r0=$(counter $COL "$ifs" rx_packets)
 	w0=$(date +%s.%N) c0=$(ticks "$pid")
 	out=$(nsx $SND taskset -c $GEN_CPU "$bin/gen" -mode eth -dev veth-snd -dstmac "$col_mac" -dst "$GEN_DST" \
@@ -771,10 +779,9 @@ else
 	for _ in $(seq $ZL_STEPS); do
 		ask=$(((lo + hi) / 2))
 		[ "$ask" -gt 0 ] || break # rate 0 would be gen's full speed
-		# A step lasts up to what decap allows it (ZL_COUNT at the rate
-		# asked, 60 s at most); none that would leave TAIL short.
-		step=$(calc %.0f "$ZL_COUNT / $ask * 1.3 + 2")
-		[ "$step" -le 60 ] || step=60
+		# A step lasts up to what decap allows it (gen_secs); none that
+		# would leave TAIL short.
+		step=$(gen_secs $ask $ZL_COUNT)
 		if [ $(($(date +%s) - t0 + step + TAIL)) -gt $LIMIT ]; then
 			log "zero-loss: no time for another step (${step}s) within the run's bound"
 			break

@@ -36,7 +36,7 @@ export ERSPAN_CONFIG_DIR=$work/etc
 tcpdump_pid=
 
 cleanup() {
-	if [ -n "$tcpdump_pid" ]; then kill "$tcpdump_pid" 2>/dev/null || true; fi
+	if [ -n "$tcpdump_pid" ]; then end_pids 20 TERM "$tcpdump_pid"; fi
 	# The daemons erspanctl started (and gen, in the switch), found by
 	# namespace: every process in them is this script's.
 	for ns in $ALL; do remove_netns "$ns" TERM; done
@@ -102,7 +102,7 @@ udp $SW 198.51.100.12
 say "another switch, session 12, Type III: it lands on the collector's catch-all erspan1"
 run ip netns exec $SW "$work/bin/gen" --mode gre --dst 192.0.2.2 --type 3 --session 12 --count 3 --interval 10ms
 
-for _ in $(seq 50); do kill -0 "$tcpdump_pid" 2>/dev/null || break; sleep 0.1; done
+await_exit 50 "$tcpdump_pid"
 say "what tcpdump saw on the collector's erspan0"
 cat "$work/tcpdump.txt"
 grep captured "$work/tcpdump.err" || true

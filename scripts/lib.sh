@@ -61,6 +61,20 @@ remove_left() {
 	echo "removed $1 ($2)${killed:+, killed $killed}" >&2
 }
 
+# remove_test_leftovers: a test run that panicked or was killed leaves its
+# namespaces (named erspt-u-PID-N and erspt-e2e-PID-N-ROLE after the go
+# test process) and the daemons in them: those of test processes that no
+# longer exist go, by name and by the PIDs in them; a run in progress
+# keeps its own.
+remove_test_leftovers() {
+	local ns pid
+	for ns in $(ip netns list | awk '{print $1}' | grep -E '^erspt-(u|e2e)-[0-9]+-' || true); do
+		pid=$(echo "$ns" | cut -d- -f3)
+		kill -0 "$pid" 2>/dev/null && continue
+		remove_left "$ns" "test process $pid is gone"
+	done
+}
+
 # need_tools COMMAND:PACKAGE...: install with apt the Debian packages whose
 # commands are missing (one apt run for all of them), saying which.
 need_tools() {

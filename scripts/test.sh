@@ -62,16 +62,8 @@ staticcheck ./...
 step "shellcheck"
 shellcheck -x scripts/test.sh scripts/bench.sh scripts/demo.sh scripts/install.sh scripts/lib.sh .ci/run
 
-# A test run that panicked or was killed leaves its namespaces (named
-# erspt-u-PID-N and erspt-e2e-PID-N-ROLE after the go test process) and the
-# daemons in them: those of test processes that no longer exist go now,
-# by name and by the PIDs in them; a run in progress keeps its own.
 step "namespaces left by earlier test runs"
-for ns in $(ip netns list | awk '{print $1}' | grep -E '^erspt-(u|e2e)-[0-9]+-' || true); do
-	pid=$(echo "$ns" | cut -d- -f3)
-	kill -0 "$pid" 2>/dev/null && continue
-	remove_left "$ns" "test process $pid is gone"
-done
+remove_test_leftovers
 
 step "go test -race (unit and network-namespace tests)"
 go test -race -count=1 -timeout 15m ./...
