@@ -55,8 +55,12 @@ type moderation struct {
 // queue.
 func (m *moderation) pause() {
 	if m.drained && m.moderate > 0 {
+		// A signal (Go's runtime sends its threads some) ends nanosleep
+		// early with what was left in ts: sleep that too, or the read
+		// would come before its batch had time to gather.
 		ts := unix.NsecToTimespec(int64(m.moderate))
-		_ = unix.Nanosleep(&ts, nil) // EINTR: read early, no harm
+		for unix.Nanosleep(&ts, &ts) == unix.EINTR {
+		}
 	}
 }
 

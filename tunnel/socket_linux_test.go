@@ -220,7 +220,7 @@ func testSocket(t *testing.T, family int, ipOptions, ring bool) {
 	}
 
 	// Close unblocks a pending ReadBatch, which returns net.ErrClosed.
-	checkCloseUnblocks(t, "ReadBatch", func() error { _, err := s.ReadBatch(); return err }, s.Close, net.ErrClosed)
+	checkCloseUnblocks(t, "ReadBatch", unix.SYS_PPOLL, func() error { _, err := s.ReadBatch(); return err }, s.Close, net.ErrClosed)
 	if _, err := s.ReadBatch(); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("ReadBatch on a closed socket: %v, want net.ErrClosed", err)
 	}
@@ -1270,9 +1270,35 @@ func checkLentAfterClose(t *testing.T, s Socket, m *mapped, msgs []Message) {
 }
 
 // TestMembarrier: gracePeriod's membarrier works on this kernel (where it
-// did not, every socket opened would sleep quiesceFallback instead).
+// did not, every socket opened would sleep quiesceFallback instead). It
+// checks the kernel, not that gracePeriod uses it: one that always slept
+// the fallback would pass every test, slower.
 func TestMembarrier(t *testing.T) {
 	if err := membarrierGlobal(); err != nil {
 		t.Errorf("membarrier(MEMBARRIER_CMD_GLOBAL): %v", err)
+	}
+}
+
+// TestModerationSignalled: a signal to the sleeping reader's thread (Go's
+// runtime sends its threads SIGURG to preempt) does not cut the
+// moderation delay short; nanosleep is never restarted by the kernel.
+func TestModerationSignalled(t *testing.T) {
+	const delay = 100 * time.Millisecond
+	m := moderation{moderate: delay, drained: true}
+	took := make(chan time.Duration, 1)
+	tid := goLocked(func() {
+		start := time.Now()
+		m.pause()
+		took <- time.Since(start)
+	})
+	awaitSyscall(t, tid, unix.SYS_NANOSLEEP)
+	for range 5 {
+		if err := unix.Tgkill(unix.Getpid(), tid, unix.SIGURG); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if d := <-took; d < delay {
+		t.Errorf("the pause took %v with signals, want at least %v", d, delay)
 	}
 }
