@@ -88,6 +88,22 @@ func monitorCount(t *testing.T, link netlink.Link) int {
 	return len(monitorIDs(t, link))
 }
 
+// attachOtherTCX loads a drop-everything program named name and attaches
+// it with tcx ahead of every other at the ingress of device index in the
+// calling thread's namespace: somebody else's program, or one an earlier
+// erspand left when name is monitorProgName.
+func attachOtherTCX(t *testing.T, index int, name string) {
+	t.Helper()
+	fd, err := loadProgram(unix.BPF_PROG_TYPE_SCHED_CLS, monitorInsns[:], name)
+	if err != nil {
+		t.Fatalf("load %s: %v", name, err)
+	}
+	defer unix.Close(fd)
+	if err := tcxAttachFirst(index, fd, unix.BPF_TCX_INGRESS); err != nil {
+		t.Fatalf("attach %s: %v", name, err)
+	}
+}
+
 // withMonitorTCX runs fn with attachMonitor using tcx (on) or the clsact
 // filter.
 func withMonitorTCX(on bool, fn func()) {
@@ -437,9 +453,9 @@ func TestMonitorAttachedBefore(t *testing.T) {
 }
 
 // TestNoTCX: the kernel's answer to an attach type it does not know,
-// which is how one before 6.6 answers tcx's query, is errNoTCX (here an
-// attach type no kernel has stands in for tcx's); tcxSupported, which
-// asks so, says yes here (this kernel, 6.18, has tcx).
+// which is how one before 6.6 answers tcx's query, is errNoTCX, and
+// tcxHas says no (here an attach type no kernel has stands in for tcx's);
+// for tcx's own it says yes here (this kernel, 6.18, has tcx).
 func TestNoTCX(t *testing.T) {
 	ns := newTestNetns(t)
 	ns.do(t, func() {
@@ -447,6 +463,9 @@ func TestNoTCX(t *testing.T) {
 		lo := mustLinkByName(t, "lo").Attrs().Index
 		if _, err := tcxProgIDs(lo, unknown); !errors.Is(err, errNoTCX) || !errors.Is(err, unix.EINVAL) {
 			t.Errorf("query: %v, want errNoTCX wrapping EINVAL", err)
+		}
+		if tcxHas(unknown) {
+			t.Errorf("tcxHas(%#x) = true", unknown)
 		}
 		if !tcxSupported() {
 			t.Errorf("tcxSupported() = false on a kernel with tcx")
@@ -466,14 +485,7 @@ func TestMonitorWithoutSysAdmin(t *testing.T) {
 	var index int
 	ns.do(t, func() {
 		index = mustLinkByName(t, "v0").Attrs().Index
-		fd, err := loadProgram(unix.BPF_PROG_TYPE_SCHED_CLS, monitorInsns[:], "someone_else")
-		if err != nil {
-			t.Fatalf("load a program: %v", err)
-		}
-		defer unix.Close(fd)
-		if err := tcxAttachFirst(index, fd, unix.BPF_TCX_INGRESS); err != nil {
-			t.Fatalf("attach another tcx program: %v", err)
-		}
+		attachOtherTCX(t, index, "someone_else")
 		if err := SetMonitor("v1", true); err != nil { // with tcx
 			t.Fatalf("SetMonitor v1 on: %v", err)
 		}
@@ -532,17 +544,7 @@ func TestMonitorTCXDetails(t *testing.T) {
 	ns.do(t, func() {
 		link := mustLinkByName(t, "v0")
 		index := link.Attrs().Index
-		attach := func(name string) {
-			t.Helper()
-			fd, err := loadProgram(unix.BPF_PROG_TYPE_SCHED_CLS, monitorInsns[:], name)
-			if err != nil {
-				t.Fatalf("load %s: %v", name, err)
-			}
-			defer unix.Close(fd)
-			if err := tcxAttachFirst(index, fd, unix.BPF_TCX_INGRESS); err != nil {
-				t.Fatalf("attach %s: %v", name, err)
-			}
-		}
+		attach := func(name string) { t.Helper(); attachOtherTCX(t, index, name) }
 		ids := func() []uint32 {
 			t.Helper()
 			ids, err := tcxProgIDs(index, unix.BPF_TCX_INGRESS)
@@ -569,18 +571,36 @@ func TestMonitorTCXDetails(t *testing.T) {
 			t.Fatalf("SetMonitor off beside an ingress qdisc: %v", err)
 		}
 
-		attach(monitorProgName) // an earlier erspand's
+		// An earlier erspand's program, and (as from a kernel or a run
+		// without tcx) its filter too: on adds nothing, off takes both,
+		// and the programs it opened by ID are closed again.
+		attach(monitorProgName)
+		if err := netlink.QdiscDel(ingress); err != nil {
+			t.Fatal(err)
+		}
+		withMonitorTCX(false, func() {
+			if err := attachMonitorFilter(link, ownFD(t)); err != nil {
+				t.Fatal(err)
+			}
+		})
+		fds := openFDs(t)
 		if err := SetMonitor("v0", true); err != nil {
 			t.Fatalf("SetMonitor on: %v", err)
 		}
-		if got := ids(); len(got) != 2 {
-			t.Errorf("after on with an earlier erspand's program: %v, want it and the other one", got)
+		if got := ids(); len(got) != 2 || monitorCount(t, link) != 2 {
+			t.Errorf("after on with an earlier erspand's program and filter: tcx %v, %d of ours; want no more", got, monitorCount(t, link))
 		}
 		if err := SetMonitor("v0", false); err != nil {
 			t.Fatalf("SetMonitor off: %v", err)
 		}
-		if got := ids(); len(got) != 1 {
-			t.Errorf("after off: %v, want the other one alone", got)
+		if got := ids(); len(got) != 1 || monitorCount(t, link) != 0 {
+			t.Errorf("after off: tcx %v, %d of ours; want the other one alone", got, monitorCount(t, link))
+		}
+		if n := openFDs(t); n != fds {
+			t.Errorf("%d descriptors open after on and off, %d before", n, fds)
+		}
+		if err := netlink.QdiscAdd(ingress); err != nil {
+			t.Fatal(err)
 		}
 
 		// More than tcxProgIDs first has room for (8).
@@ -596,5 +616,82 @@ func TestMonitorTCXDetails(t *testing.T) {
 				t.Errorf("SetMonitor with the clsact filter beside an ingress qdisc: %v, want EBUSY", err)
 			}
 		})
+	})
+}
+
+// ownFD is the fd of this process's monitor program, loading it.
+func ownFD(t *testing.T) int {
+	t.Helper()
+	fd, err := monitorProgFD()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fd
+}
+
+// TestMonitorRollback: when monitor mode cannot silence IPv6 on the link
+// (here a link whose MTU under 1280 took its IPv6 settings away), the
+// program attached a moment before is detached again: monitor mode is
+// either on whole or not at all.
+func TestMonitorRollback(t *testing.T) {
+	ns := newTestNetns(t)
+	runIP(t, "-n", ns.name, "link", "add", "v0", "mtu", "1200", "type", "veth", "peer", "name", "v1")
+	ns.do(t, func() {
+		if _, err := os.Stat("/proc/sys/net/ipv6/conf/v0"); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("v0 with MTU 1200 still has IPv6 settings (%v): this test would test nothing", err)
+		}
+		if err := SetMonitor("v0", true); err == nil {
+			t.Fatal("SetMonitor on succeeded without disable_ipv6")
+		}
+		if n := monitorCount(t, mustLinkByName(t, "v0")); n != 0 {
+			t.Errorf("%d monitor programs left after the failed on, want 0", n)
+		}
+	})
+}
+
+// TestTCXDetachFD0: a program whose descriptor is 0 (a daemon started
+// with stdin closed gets it) is detached as itself: the kernel reads
+// attach_bpf_fd 0 as no program given, and would detach the last one,
+// here somebody else's.
+func TestTCXDetachFD0(t *testing.T) {
+	ns := newTestNetns(t)
+	runIP(t, "-n", ns.name, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+	// Stdin is put back afterwards (closed again if it was).
+	saved, err := unix.FcntlInt(0, unix.F_DUPFD_CLOEXEC, 3)
+	defer func() {
+		if err != nil {
+			unix.Close(0)
+			return
+		}
+		if err := unix.Dup3(saved, 0, 0); err != nil {
+			t.Errorf("restore stdin: %v", err)
+		}
+		unix.Close(saved)
+	}()
+	ns.do(t, func() {
+		index := mustLinkByName(t, "v0").Attrs().Index
+		attachOtherTCX(t, index, "someone_else")
+		fd, err := loadProgram(unix.BPF_PROG_TYPE_SCHED_CLS, monitorInsns[:], "at_fd_0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Dup3(fd, 0, 0); err != nil {
+			t.Fatal(err)
+		}
+		unix.Close(fd)
+		if err := tcxAttachFirst(index, 0, unix.BPF_TCX_INGRESS); err != nil {
+			t.Fatal(err)
+		}
+		mine, _, err := progInfo(0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tcxDetach(index, 0, unix.BPF_TCX_INGRESS); err != nil {
+			t.Fatal(err)
+		}
+		ids, err := tcxProgIDs(index, unix.BPF_TCX_INGRESS)
+		if err != nil || len(ids) != 1 || ids[0] == mine {
+			t.Errorf("after detaching program %d at fd 0: %v (%v), want somebody else's alone", mine, ids, err)
+		}
 	})
 }

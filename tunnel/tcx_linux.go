@@ -84,10 +84,13 @@ var errNoTCX = errors.New("the kernel has no tcx (Linux 6.6+)")
 // tcxSupported reports whether the kernel has tcx, asked once, of the
 // loopback device (ifindex 1 in every namespace). The answer decides;
 // an EINVAL from a later attach is an error of its own, not a missing tcx.
-var tcxSupported = sync.OnceValue(func() bool {
-	_, err := tcxProgIDs(1, unix.BPF_TCX_INGRESS)
+var tcxSupported = sync.OnceValue(func() bool { return tcxHas(unix.BPF_TCX_INGRESS) })
+
+// tcxHas reports whether the kernel knows attachType, asking of lo.
+func tcxHas(attachType uint32) bool {
+	_, err := tcxProgIDs(1, attachType)
 	return !errors.Is(err, errNoTCX)
-})
+}
 
 // tcxAttachFirst attaches program fd to the tcx hook attachType
 // (unix.BPF_TCX_INGRESS or _EGRESS) of device ifindex in the calling
