@@ -412,7 +412,7 @@ func TestGRERingConcurrentDrops(t *testing.T) {
 		snd.send(seqGRE(r*50, 50)...)
 		checkSeq(t, readGRE(t, s, 50, 5*time.Second), r*50)
 	}
-	checkCloseUnblocks(t, "ReadBatch", func() error { _, err := s.ReadBatch(); return err }, s.Close, net.ErrClosed)
+	checkCloseUnblocks(t, "ReadBatch", unix.SYS_PPOLL, func() error { _, err := s.ReadBatch(); return err }, s.Close, net.ErrClosed)
 	close(stop)
 	<-done
 	if d := s.KernelDrops(); d != 0 {

@@ -7,28 +7,38 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// TestListenGREFailureReleasesGuard: a receive socket that fails to open
+// TestListenFailureReleasesGuard: a receive socket that fails to open
 // leaves no guard behind, no shared send socket referenced: otherwise that
 // raw GRE socket would stay open for good, a clone per GRE packet for the
-// kernel and a namespace kept alive.
-func TestListenGREFailureReleasesGuard(t *testing.T) {
+// kernel and a namespace kept alive. A capture takes its guards before it
+// opens (a missing device fails after that); ListenGRE takes one only for
+// a socket that opened (batch 0 fails before).
+func TestListenFailureReleasesGuard(t *testing.T) {
 	ns := newTestNetns(t)
-	l, err := NewLinux()
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.Batch = 0 // refused by listenGRE
-	if s, err := l.ListenGRE(ns.name, 4); !errors.Is(err, unix.EINVAL) {
-		if s != nil {
-			s.Close()
+	for _, c := range []struct {
+		name   string
+		listen func(l *Linux) (Socket, error)
+		want   error
+	}{
+		{"capture on a missing device", func(l *Linux) (Socket, error) { return l.ListenCapture(ns.name, "nosuch0") }, unix.ENODEV},
+		{"GRE with batch 0", func(l *Linux) (Socket, error) { l.Batch = 0; return l.ListenGRE(ns.name, 4) }, unix.EINVAL},
+	} {
+		l, err := NewLinux()
+		if err != nil {
+			t.Fatal(err)
 		}
-		t.Fatalf("ListenGRE with batch 0: %v, want EINVAL", err)
-	}
-	l.senders.mu.Lock()
-	open := len(l.senders.m)
-	l.senders.mu.Unlock()
-	if open != 0 {
-		t.Errorf("%d shared send sockets still open after the failed ListenGRE, want 0", open)
+		if s, err := c.listen(l); !errors.Is(err, c.want) {
+			if s != nil {
+				s.Close()
+			}
+			t.Fatalf("%s: %v, want %v", c.name, err, c.want)
+		}
+		l.senders.mu.Lock()
+		open := len(l.senders.m)
+		l.senders.mu.Unlock()
+		if open != 0 {
+			t.Errorf("%s: %d shared send sockets still open after the failure, want 0", c.name, open)
+		}
 	}
 }
 

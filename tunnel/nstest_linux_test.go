@@ -336,14 +336,20 @@ func fakeFrame(tag byte) []byte {
 
 // checkCloseUnblocks runs read, which blocks until there is something to
 // read or the reader is closed, then calls closeFn, and fails t unless
-// read returns an error wrapping want within 2 s. read gets 50 ms to block
-// first; should it not have, it runs after the close and must fail with
-// want all the same.
-func checkCloseUnblocks(t *testing.T, what string, read, closeFn func() error, want error) {
+// read returns an error wrapping want within 2 s. With nr, the number of
+// the system call read blocks in, closeFn waits until read's thread is in
+// it; with 0 (a reader that waits on a channel, which shows nowhere),
+// read gets 50 ms to block, and should it not have, it runs after the
+// close and must fail with want all the same.
+func checkCloseUnblocks(t *testing.T, what string, nr uintptr, read, closeFn func() error, want error) {
 	t.Helper()
 	done := make(chan error, 1)
-	go func() { done <- read() }()
-	time.Sleep(50 * time.Millisecond)
+	if nr != 0 {
+		awaitSyscall(t, goLocked(func() { done <- read() }), nr)
+	} else {
+		go func() { done <- read() }()
+		time.Sleep(50 * time.Millisecond)
+	}
 	// Close in a goroutine of its own: one that cannot wake the reader
 	// may wait for it, and must fail the test, not hang it.
 	closed := make(chan error, 1)

@@ -121,7 +121,7 @@ func TestRingCloseWhileLent(t *testing.T) {
 	}
 	// And Close unblocks a ReadBatch waiting for a block.
 	waiting := listenCaptureIn(t, collector, 64, 0, 0)
-	checkCloseUnblocks(t, "ReadBatch", func() error { _, err := waiting.ReadBatch(); return err }, waiting.Close, net.ErrClosed)
+	checkCloseUnblocks(t, "ReadBatch", unix.SYS_PPOLL, func() error { _, err := waiting.ReadBatch(); return err }, waiting.Close, net.ErrClosed)
 	if waiting.r.mem != nil {
 		t.Error("the ring is still mapped after its waiting ReadBatch returned net.ErrClosed")
 	}

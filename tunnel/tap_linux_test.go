@@ -213,7 +213,7 @@ func TestTAPQueue(t *testing.T) {
 		}
 		buf := make([]byte, 2048)
 		var size [1]int
-		checkCloseUnblocks(t, "ReadBatch", func() error {
+		checkCloseUnblocks(t, "ReadBatch", 0, func() error {
 			_, err := q3.ReadBatch([][]byte{buf}, size[:], 0)
 			return err
 		}, q3.Close, os.ErrClosed)
