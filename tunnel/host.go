@@ -154,7 +154,7 @@ type iface struct {
 	cfg   Config
 	link  Link
 	queue Queue
-	stats ifStats
+	stats *ifStats // newIfStats
 	flows flowTable
 
 	// tx is what the transmit loop needs, nil when the interface may not
@@ -176,9 +176,9 @@ type recvKey struct {
 // Host owns every erspanN of the daemon: their TAPs, the receive sockets and
 // the demux tables. Its methods are safe for concurrent use; control
 // operations are serialised. The data path takes no lock per packet: the
-// demux table is read without one; a TAP queue's read lock is taken once
-// per batch (and per transmit read), a flow table's lock once per new
-// source.
+// demux table is read without one; a receiver's frame writer takes its
+// own lock once per batch, a transmit loop its TAP queue's read lock once
+// per batch of reads, a flow table's lock is taken once per new source.
 type Host struct {
 	sys System
 	log *Logger
@@ -241,7 +241,7 @@ func (h *Host) Create(cfg Config) (Link, error) {
 		h.undoCreate(cfg.Rdomain, cfg.Name, adopted)
 		return Link{}, fmt.Errorf("attach a queue to %s: %w", cfg.Name, err)
 	}
-	ifc := &iface{name: cfg.Name, link: link, queue: q, txDone: make(chan struct{})}
+	ifc := &iface{name: cfg.Name, link: link, queue: q, stats: newIfStats(), txDone: make(chan struct{})}
 	// Start from the state a new link is in and move it to cfg, so that
 	// Create and Update share one path.
 	ifc.cfg = Config{Name: cfg.Name, VNetID: NoSession, MTU: link.MTU, LLAddr: link.MAC, Rdomain: cfg.Rdomain}

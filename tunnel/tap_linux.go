@@ -255,10 +255,10 @@ type tapQueue struct {
 	ready  chan struct{} // tapWaits' wake-up, one token at most
 	armed  bool          // registered with tapWaits (by the reader)
 	ev     unix.EpollEvent
-	// mu is held shared across every syscall on fd (reads, writes; a
-	// tapWriter from the Add of a frame to the end of its Flush) and
-	// exclusively by Close, so the number is never used after it was
-	// closed (and perhaps reused).
+	// mu is held shared across every read of fd and exclusively by
+	// Close, so the number is never used after it was closed (and
+	// perhaps reused). Writes are covered by their tapWriter's batch
+	// lock, which Close also waits for (waitWriters).
 	mu sync.RWMutex
 }
 
@@ -412,13 +412,16 @@ func shortWrite(n, size int) error {
 }
 
 // Close detaches the queue: it wakes a pending ReadBatch, waits for every
-// syscall on the descriptor to end, and closes it. A second Close returns
-// os.ErrClosed.
+// syscall on the descriptor to end (reads, and the batch of every
+// FrameWriter), and closes it. A second Close returns os.ErrClosed. The
+// goroutine of a FrameWriter holding a batch must not call it before its
+// Flush: it would wait for itself.
 func (q *tapQueue) Close() error {
 	if q.closed.Swap(true) {
 		return os.ErrClosed
 	}
 	close(q.done)
+	waitWriters()
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	tapWaits.forget(q)
