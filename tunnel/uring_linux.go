@@ -228,14 +228,20 @@ var tapWriters = struct {
 	all map[*tapWriter]struct{}
 }{all: make(map[*tapWriter]struct{})}
 
-// wait returns once no batch that began before the call is being
+// waitWriters returns once no batch that began before the call is being
 // written: each writer's batch lock is taken and released in turn. A
 // queue marked closed before it is no longer in any batch after it, as
-// Add looks at closed after taking its batch lock.
+// Add looks at closed after taking its batch lock; a writer made
+// meanwhile does too, so the set is read first and not held while
+// waiting (a writer made or closed then does not wait behind a batch).
 func waitWriters() {
 	tapWriters.mu.Lock()
-	defer tapWriters.mu.Unlock()
+	ws := make([]*tapWriter, 0, len(tapWriters.all))
 	for w := range tapWriters.all {
+		ws = append(ws, w)
+	}
+	tapWriters.mu.Unlock()
+	for _, w := range ws {
 		w.batch.Lock()
 		//lint:ignore SA2001 an empty critical section: waiting is the point
 		w.batch.Unlock()

@@ -230,5 +230,24 @@ func TestFrameWriterCloseDuringBatch(t *testing.T) {
 		case <-time.After(2 * time.Second):
 			t.Fatal("Close still waiting 2 s after the batch was written")
 		}
+		// A batch of one frame, written: the writer, idle now, holds
+		// nothing a Close waits for.
+		c, err := OpenQueue("erspan5")
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Add(c, f)
+		if err := w.Flush()[0]; err != nil {
+			t.Fatalf("a batch of one frame: %v", err)
+		}
+		go func() { closed <- c.Close() }()
+		select {
+		case err := <-closed:
+			if err != nil {
+				t.Errorf("Close after a batch of one: %v", err)
+			}
+		case <-time.After(2 * time.Second):
+			t.Fatal("Close of a queue still waiting 2 s after the writer's last batch (of one frame) was written")
+		}
 	})
 }
