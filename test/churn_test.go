@@ -24,28 +24,44 @@ func TestChurnUnderTraffic(t *testing.T) {
 	e.d.mustCtl("create", "erspan1", "tunnel", L, R, "vnetid", "1", "up")
 	e.d.mustCtl("create", "erspan2", "tunnel", L, R, "vnetid", "2", "up")
 
-	// The flood: sessions 1 and 2 in turn from one socket, bounded in
-	// count and time whatever happens to the churn below. A send the
-	// kernel refuses (a full backlog) is counted, not fatal: only what
-	// erspand does with what arrives is under test.
+	// The flood: sessions 1 and 2 in turn from one socket, paced to at
+	// most ~50k packets a second (the other tests run beside this one),
+	// bounded in count and time whatever happens to the churn below, and
+	// ending well past it. A send the sender's kernel refuses with
+	// ENOBUFS (a full backlog) is counted, not fatal: only what erspand
+	// does with what arrives is under test; any other error is.
+	const (
+		floodMax  = 3_000_000
+		floodTime = 60 * time.Second
+		burst     = 256
+		pause     = 5 * time.Millisecond
+	)
 	pkts := [][]byte{encap(t, typeII(1), labeledFrame("flood s1", 64)), encap(t, typeII(2), labeledFrame("flood s2", 64))}
 	fd := e.sender.fds[switch4]
 	to := &unix.SockaddrInet4{Addr: collect4.As4()}
 	var stop atomic.Bool
 	var sent, refused atomic.Uint64
+	var sendErr error // the first error other than ENOBUFS, read after flooded
 	flooded := make(chan struct{})
 	go func() {
 		defer close(flooded)
-		deadline := time.Now().Add(60 * time.Second)
-		for i := 0; i < 4_000_000 && !stop.Load(); i++ {
-			if i%1024 == 0 && time.Now().After(deadline) {
+		deadline := time.Now().Add(floodTime)
+		for i := 0; i < floodMax && !stop.Load(); i++ {
+			if i%burst == 0 {
+				if time.Now().After(deadline) {
+					return
+				}
+				time.Sleep(pause)
+			}
+			switch err := unix.Sendto(fd, pkts[i%2], 0, to); {
+			case err == nil:
+				sent.Add(1)
+			case errors.Is(err, unix.ENOBUFS):
+				refused.Add(1)
+			default:
+				sendErr = err
 				return
 			}
-			if err := unix.Sendto(fd, pkts[i%2], 0, to); err != nil && !errors.Is(err, unix.ENOBUFS) {
-				refused.Add(1)
-				continue
-			}
-			sent.Add(1)
 		}
 	}()
 	endFlood := func() {
@@ -63,13 +79,21 @@ func TestChurnUnderTraffic(t *testing.T) {
 		e.d.mustCtl("create", "erspan2", "tunnel", L, R, "vnetid", "2", "up")
 		e.d.mustCtl("erspan2", "down")
 		e.d.mustCtl("erspan2", "up")
+		select {
+		case <-flooded:
+			t.Fatalf("round %d of %d: the flood ended before the churn (sent %d, error %v)", i+1, rounds, sent.Load(), sendErr)
+		default:
+		}
 		waitFor(t, "erspan1 receiving while erspan2 changes", func() bool { return rx1() > before })
 		if !e.d.alive() {
 			t.Fatalf("round %d of %d: erspand is gone; its log:\n%s", i+1, rounds, e.d.log())
 		}
 	}
 	endFlood()
-	t.Logf("flood: %d packets sent, %d refused by the sender's kernel", sent.Load(), refused.Load())
+	t.Logf("flood: %d packets sent, %d refused by the sender's kernel (ENOBUFS)", sent.Load(), refused.Load())
+	if sendErr != nil {
+		t.Fatalf("the flood: %v", sendErr)
+	}
 	if sent.Load() == 0 {
 		t.Fatal("the flood sent nothing")
 	}

@@ -58,19 +58,20 @@ type DaemonCounters struct {
 // counters are a cold line, and a locked add to a cold line stalls the
 // core for the whole miss (perf: a quarter of erspand's own CPU with
 // 1024 interfaces, when these were on two lines). The tx counters, which
-// another goroutine writes, start on the next line.
+// the transmit loop writes, are on the next line, with the receive
+// path's rare ones.
 type ifStats struct {
 	rxPackets, rxBytes, rxErrors, rxTruncated, rxCaptureOnly atomic.Uint64
 	typeI, typeII, typeIII                                   atomic.Uint64
 	// The end of the first line (TestIfStatsLayout).
 	rxFrameType, rxInnerShort                          atomic.Uint64
 	txPackets, txBytes, txNoTunnel, txTooBig, txErrors atomic.Uint64
-	_                                                  [1]uint64 // 128 bytes
 }
 
 // newIfStats returns zeroed counters whose first field starts a cache
-// line: the allocator gives a 128-byte object an address that is a
-// multiple of 128 (the size class's spans are page-aligned).
+// line: the allocator puts a 120-byte object in its 128-byte size class,
+// at an address that is a multiple of 128 (the class's spans are
+// page-aligned).
 func newIfStats() *ifStats { return new(ifStats) }
 
 func (s *ifStats) snapshot() IfCounters {

@@ -82,14 +82,23 @@ type Sender interface {
 // FrameWriter writes frames into TAP queues in batches: Add queues them,
 // Flush writes them all, in order, with as few system calls as the
 // platform allows. One goroutine uses a FrameWriter at a time.
+//
+// A batch (from its first Add to its Flush) may keep every queue's Close
+// waiting, in the whole process (Linux: a queue's descriptor must not be
+// closed while a batch holds its number): the goroutine must Flush
+// without first blocking on anything a closing goroutine may hold, nor
+// close a queue itself in between.
 type FrameWriter interface {
 	// Add queues frame for q. The frame must stay unchanged until Flush
 	// returns. It reports false, queuing nothing, when the batch is full.
+	// A frame for a queue closed before it was added fails at Flush with
+	// an error wrapping os.ErrClosed.
 	Add(q Queue, frame []byte) bool
 	// Flush writes every frame queued since the last Flush and returns
 	// the result of each, in the order added: nil when written whole. The
 	// slice is reused by the next Flush.
 	Flush() []error
+	// Close drops the frames added since the last Flush, unwritten.
 	Close() error
 }
 
@@ -179,6 +188,8 @@ type recvKey struct {
 // demux table is read without one; a receiver's frame writer takes its
 // own lock once per batch, a transmit loop its TAP queue's read lock once
 // per batch of reads, a flow table's lock is taken once per new source.
+// Closing a TAP queue (destroy, a failed create) waits for the batches
+// the receivers are writing.
 type Host struct {
 	sys System
 	log *Logger

@@ -240,7 +240,7 @@ type Queue interface {
 	// Close detaches the queue and unblocks a pending ReadBatch; after
 	// it, ReadBatch (and a FrameWriter's write into it) returns an error
 	// wrapping os.ErrClosed. Frames go into a queue through a
-	// FrameWriter.
+	// FrameWriter; Close waits for the batches FrameWriters are writing.
 	Close() error
 }
 

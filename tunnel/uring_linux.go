@@ -205,7 +205,7 @@ func (r *uring) close() {
 // collected, then written by one io_uring_enter, or one write(2) each
 // without io_uring. From its first Add to the end of its Flush a batch
 // holds the writer's own lock, and a queue's Close waits for every
-// writer's (tapWriters.wait): the descriptor numbers taken at Add stay
+// writer's (waitWriters): the descriptor numbers taken at Add stay
 // the TAPs' until they are written, with no lock taken per queue. A
 // read lock per queue and batch was a locked add on a line of that queue:
 // with the sessions of 1024 interfaces interleaved, one per frame, on a
@@ -218,8 +218,9 @@ type tapWriter struct {
 	res    []int32
 	idx    []int32
 	errs   []error
-	batch  sync.Mutex // held from the first Add to the end of Flush
-	held   bool       // batch is held (only the writer's goroutine looks)
+	// batch is held while frames are queued: from the first Add to the
+	// end of Flush (or Close).
+	batch sync.Mutex
 }
 
 // tapWriters are the live tapWriters, which a closing queue waits for.
@@ -294,10 +295,12 @@ func (w *tapWriter) Add(q Queue, frame []byte) bool {
 	if len(w.frames) == cap(w.frames) {
 		return false
 	}
-	if !w.held {
+	if len(w.frames) == 0 {
 		w.batch.Lock()
-		w.held = true
 	}
+	// closed is read with the batch lock held, never before it: a queue
+	// closing in between would find the lock free, close its descriptor,
+	// and this batch would write to the number, perhaps reused by then.
 	// Every Queue of a Linux host is a *tapQueue; anything else gets -1,
 	// as a closed queue does, and its frame fails with os.ErrClosed.
 	fd := int32(-1)
@@ -319,13 +322,17 @@ func (w *tapWriter) Flush() []error {
 			errs[i] = w.write(i)
 		}
 	}
-	if w.held {
-		w.held = false
+	w.release()
+	return errs
+}
+
+// release forgets the queued frames and lets queues close again.
+func (w *tapWriter) release() {
+	if len(w.frames) > 0 {
 		w.batch.Unlock()
 	}
 	clear(w.frames)
 	w.frames, w.fds = w.frames[:0], w.fds[:0]
-	return errs
 }
 
 // write writes frame i with one write(2) on its descriptor
@@ -381,7 +388,10 @@ func (w *tapWriter) flushRing(errs []error) {
 	}
 }
 
+// Close drops the frames added since the last Flush, unwritten, and
+// releases the writer: a queue's Close must not wait for its batch.
 func (w *tapWriter) Close() error {
+	w.release()
 	tapWriters.mu.Lock()
 	delete(tapWriters.all, w)
 	tapWriters.mu.Unlock()

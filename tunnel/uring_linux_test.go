@@ -192,8 +192,10 @@ func TestFrameWriterCloseDuringBatch(t *testing.T) {
 		// Close marks the queue closed, then waits for the batch; give
 		// it the moment to reach that wait (shorter only weakens the
 		// check, it cannot fail it).
-		for !a.(*tapQueue).closed.Load() {
-			time.Sleep(time.Millisecond)
+		for deadline := time.Now().Add(2 * time.Second); !a.(*tapQueue).closed.Load(); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("Close has not marked the queue closed after 2 s")
+			}
 		}
 		time.Sleep(20 * time.Millisecond)
 		added := make(chan bool, 1)
@@ -248,5 +250,16 @@ func TestFrameWriterCloseDuringBatch(t *testing.T) {
 		}
 		go func() { closed <- c.Close() }()
 		awaitClosed("after the writer's last batch, of one frame, was written")
+		// A writer closed with a batch gathered drops it, unwritten,
+		// and holds nothing a Close waits for either.
+		d, err := OpenQueue("erspan5")
+		if err != nil {
+			t.Fatal(err)
+		}
+		w2 := (&Linux{}).NewFrameWriter(8)
+		w2.Add(d, f)
+		w2.Close()
+		go func() { closed <- d.Close() }()
+		awaitClosed("after a writer with a batch gathered was closed")
 	})
 }
