@@ -98,10 +98,6 @@ func MonitorEnabled(name string) (bool, error) {
 	return monitorAttached(link)
 }
 
-// monitorTCX is whether attachMonitor uses tcx where the kernel has it;
-// tests turn it off to run the clsact path.
-var monitorTCX = true
-
 // monitorAttached reports whether our monitor program is at the link's
 // ingress, either way.
 func monitorAttached(link netlink.Link) (bool, error) {
@@ -142,7 +138,7 @@ func attachMonitor(link netlink.Link) (bool, error) {
 	// tcx only where erspand can tell its programs from others' there
 	// (tcxMonitors): a monitor program it could not find again would
 	// stay when monitor mode goes off.
-	if monitorTCX && tcxSupported() && effectiveCap(unix.CAP_SYS_ADMIN) {
+	if tcxSupported() && effectiveCap(unix.CAP_SYS_ADMIN) {
 		if err := tcxAttachFirst(link.Attrs().Index, fd, unix.BPF_TCX_INGRESS); err != nil {
 			return false, fmt.Errorf("attach the monitor program to %s ingress: %w", link.Attrs().Name, err)
 		}
@@ -314,7 +310,7 @@ func findClsact(link netlink.Link) (netlink.Qdisc, error) {
 		return &netlink.Clsact{QdiscAttrs: netlink.QdiscAttrs{
 			LinkIndex: link.Attrs().Index, Handle: handle, Parent: netlink.HANDLE_CLSACT}}, nil
 	case kind != "":
-		return nil, fmt.Errorf("%s has a %s qdisc where erspan's monitor mode and span rules need clsact (remove it: tc qdisc del dev %s %s): %w", name, kind, name, kind, unix.EBUSY)
+		return nil, fmt.Errorf("%s has a %s qdisc where erspan's span rules (and monitor mode without tcx) need clsact (remove it: tc qdisc del dev %s %s): %w", name, kind, name, kind, unix.EBUSY)
 	}
 	return nil, nil
 }

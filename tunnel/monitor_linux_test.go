@@ -104,11 +104,14 @@ func attachOtherTCX(t *testing.T, index int, name string) {
 	}
 }
 
-// withMonitorTCX runs fn with attachMonitor using tcx (on) or the clsact
-// filter.
+// withMonitorTCX runs fn with tcx (on) or as on a kernel without it
+// (tcxSupported false: monitor mode is a clsact filter, and tcx is never
+// asked what is attached). The package's tests run one at a time.
 func withMonitorTCX(on bool, fn func()) {
-	defer func(was bool) { monitorTCX = was }(monitorTCX)
-	monitorTCX = on
+	defer func(was func() bool) { tcxSupported = was }(tcxSupported)
+	if !on {
+		tcxSupported = func() bool { return false }
+	}
 	fn()
 }
 
@@ -219,6 +222,22 @@ func testMonitorDropsAtIngress(t *testing.T, tcx bool) {
 		}
 		if after := icmpInEchos(t); after != before+1 {
 			t.Errorf("InEchos went from %d to %d, want +1", before, after)
+		}
+
+		// With tcx, monitor mode adds no qdisc, so an empty clsact one
+		// is somebody else's, and off leaves it.
+		if tcx {
+			if _, added, err := ensureClsact(mustLinkByName(t, name)); err != nil || !added {
+				t.Fatalf("add an empty clsact qdisc: added %v, %v", added, err)
+			}
+			for _, on := range []bool{true, false} {
+				if err := SetMonitor(name, on); err != nil {
+					t.Fatalf("SetMonitor %v beside an empty clsact qdisc: %v", on, err)
+				}
+			}
+			if q, err := findClsact(mustLinkByName(t, name)); err != nil || q == nil {
+				t.Errorf("monitor mode at tcx removed an empty clsact qdisc it did not add (%v)", err)
+			}
 		}
 
 		// Off keeps somebody else's filter, and the clsact qdisc that
@@ -453,16 +472,16 @@ func TestMonitorAttachedBefore(t *testing.T) {
 }
 
 // TestNoTCX: the kernel's answer to an attach type it does not know,
-// which is how one before 6.6 answers tcx's query, is errNoTCX, and
-// tcxHas says no (here an attach type no kernel has stands in for tcx's);
-// for tcx's own it says yes here (this kernel, 6.18, has tcx).
+// which is how one before 6.6 answers tcx's query, is EINVAL, and tcxHas
+// says no (here an attach type no kernel has stands in for tcx's); for
+// tcx's own it says yes here (this kernel, 6.18, has tcx).
 func TestNoTCX(t *testing.T) {
 	ns := newTestNetns(t)
 	ns.do(t, func() {
 		const unknown = 0x7fff
 		lo := mustLinkByName(t, "lo").Attrs().Index
-		if _, err := tcxProgIDs(lo, unknown); !errors.Is(err, errNoTCX) || !errors.Is(err, unix.EINVAL) {
-			t.Errorf("query: %v, want errNoTCX wrapping EINVAL", err)
+		if _, err := tcxProgIDs(lo, unknown); !errors.Is(err, unix.EINVAL) {
+			t.Errorf("query: %v, want EINVAL", err)
 		}
 		if tcxHas(unknown) {
 			t.Errorf("tcxHas(%#x) = true", unknown)
@@ -578,11 +597,9 @@ func TestMonitorTCXDetails(t *testing.T) {
 		if err := netlink.QdiscDel(ingress); err != nil {
 			t.Fatal(err)
 		}
-		withMonitorTCX(false, func() {
-			if err := attachMonitorFilter(link, ownFD(t)); err != nil {
-				t.Fatal(err)
-			}
-		})
+		if err := attachMonitorFilter(link, ownFD(t)); err != nil {
+			t.Fatal(err)
+		}
 		fds := openFDs(t)
 		if err := SetMonitor("v0", true); err != nil {
 			t.Fatalf("SetMonitor on: %v", err)

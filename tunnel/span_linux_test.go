@@ -1,7 +1,6 @@
 package tunnel
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"maps"
@@ -11,7 +10,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -191,18 +189,16 @@ func TestSpanWatchOutlivesItsSubscription(t *testing.T) {
 // program id (filters drop their reference after an RCU grace period).
 func awaitProgGone(t *testing.T, id int) {
 	t.Helper()
-	attr := [16]byte{}
-	binary.NativeEndian.PutUint32(attr[:], uint32(id))
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		fd, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_PROG_GET_FD_BY_ID, uintptr(unsafe.Pointer(&attr[0])), uintptr(len(attr)))
-		if errno == unix.ENOENT {
+		fd, err := progByID(uint32(id))
+		if errors.Is(err, unix.ENOENT) {
 			return
 		}
-		if errno == 0 {
-			unix.Close(int(fd))
+		if err == nil {
+			unix.Close(fd)
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("eBPF program %d still loaded 5 s after the span stopped (errno %v)", id, errno)
+			t.Fatalf("eBPF program %d still loaded 5 s after the span stopped (%v)", id, err)
 		}
 	}
 }

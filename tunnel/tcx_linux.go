@@ -77,19 +77,17 @@ type bpfProgInfo struct {
 	name         [unix.BPF_OBJ_NAME_LEN]byte
 }
 
-// errNoTCX is returned by tcxProgIDs on a kernel without tcx (before
-// 6.6), which refuses the attach type with EINVAL.
-var errNoTCX = errors.New("the kernel has no tcx (Linux 6.6+)")
-
 // tcxSupported reports whether the kernel has tcx, asked once, of the
 // loopback device (ifindex 1 in every namespace). The answer decides;
-// an EINVAL from a later attach is an error of its own, not a missing tcx.
+// an EINVAL from a later query or attach is an error of its own, not a
+// missing tcx. A variable: tests stand in a kernel without it.
 var tcxSupported = sync.OnceValue(func() bool { return tcxHas(unix.BPF_TCX_INGRESS) })
 
-// tcxHas reports whether the kernel knows attachType, asking of lo.
+// tcxHas reports whether the kernel knows attachType, asking of lo: a
+// kernel without tcx (before 6.6) refuses the attach type with EINVAL.
 func tcxHas(attachType uint32) bool {
 	_, err := tcxProgIDs(1, attachType)
-	return !errors.Is(err, errNoTCX)
+	return !errors.Is(err, unix.EINVAL)
 }
 
 // tcxAttachFirst attaches program fd to the tcx hook attachType
@@ -148,8 +146,6 @@ func tcxProgIDs(ifindex int, attachType uint32) ([]uint32, error) {
 			// More than there was room for; the kernel said how many.
 			ids = make([]uint32, attr.count)
 			continue
-		case errno == unix.EINVAL:
-			return nil, fmt.Errorf("%w: bpf BPF_PROG_QUERY: %w", errNoTCX, errno)
 		case errno != 0:
 			return nil, fmt.Errorf("bpf BPF_PROG_QUERY: %w", errno)
 		}
