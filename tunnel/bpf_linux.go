@@ -2,10 +2,7 @@ package tunnel
 
 import (
 	"fmt"
-	"os"
-	"strconv"
 	"strings"
-	"sync"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -169,51 +166,12 @@ type bpfMapElemAttr struct {
 	flags uint64
 }
 
-// perCPU returns the per-CPU uint64 values at index key of per-CPU array
-// map fd, one per possible CPU (possibleCPUs: the kernel copies out that
-// many). It allocates them: it is for counters read on request.
-func perCPU(fd int, key uint32) ([]uint64, error) {
-	n, err := possibleCPUs()
-	if err != nil {
-		return nil, err
-	}
-	vals := make([]uint64, n)
-	attr := bpfMapElemAttr{mapFD: uint32(fd), key: unsafe.Pointer(&key), value: unsafe.Pointer(&vals[0])}
+// lookupUint64 returns the uint64 at index key of array map fd.
+func lookupUint64(fd int, key uint32) (uint64, error) {
+	var v uint64
+	attr := bpfMapElemAttr{mapFD: uint32(fd), key: unsafe.Pointer(&key), value: unsafe.Pointer(&v)}
 	if _, errno := bpfRetry(unix.BPF_MAP_LOOKUP_ELEM, unsafe.Pointer(&attr), unsafe.Sizeof(attr)); errno != 0 {
-		return nil, fmt.Errorf("read eBPF map (bpf BPF_MAP_LOOKUP_ELEM): %w", errno)
+		return 0, fmt.Errorf("read eBPF map (bpf BPF_MAP_LOOKUP_ELEM): %w", errno)
 	}
-	return vals, nil
-}
-
-// possibleCPUs is the number of CPUs the kernel may ever bring up
-// (num_possible_cpus), which sizes what it copies out of a per-CPU map,
-// from /sys/devices/system/cpu/possible.
-var possibleCPUs = sync.OnceValues(func() (int, error) {
-	b, err := os.ReadFile("/sys/devices/system/cpu/possible")
-	if err != nil {
-		return 0, fmt.Errorf("the possible CPUs: %w", err)
-	}
-	n, err := countCPUList(strings.TrimSpace(string(b)))
-	if err != nil {
-		return 0, fmt.Errorf("the possible CPUs (/sys/devices/system/cpu/possible): %w", err)
-	}
-	return n, nil
-})
-
-// countCPUList counts the CPUs of a kernel CPU list such as "0-3,8,10-11".
-func countCPUList(list string) (int, error) {
-	n := 0
-	for _, r := range strings.Split(list, ",") {
-		lo, hi, isRange := strings.Cut(r, "-")
-		a, err := strconv.Atoi(lo)
-		b := a
-		if err == nil && isRange {
-			b, err = strconv.Atoi(hi)
-		}
-		if err != nil || a < 0 || b < a {
-			return 0, fmt.Errorf("bad CPU list %q: %w", list, unix.EINVAL)
-		}
-		n += b - a + 1
-	}
-	return n, nil
+	return v, nil
 }

@@ -53,10 +53,10 @@ type greRing struct {
 	mapped // fd: the ring's map; mem: consumer page, producer page, data
 
 	sock int // the raw GRE socket whose filter fills the ring
-	// dropsMap is a per-CPU array of one uint64: the packets the ring had
-	// no room for, each CPU's own, so that the receive softirqs of
-	// several CPUs, which count every packet while the ring is full, do
-	// not share a cache line; summed when read.
+	// dropsMap is an array of one uint64: the packets the ring had no
+	// room for. One slot for every CPU: while the ring is full each
+	// packet takes the ring's own lock anyway (bpf_ringbuf_output), a
+	// line all CPUs share, so a slot per CPU would save little.
 	dropsMap int
 	family   int
 	moderation
@@ -68,8 +68,7 @@ type greRing struct {
 	pos   uint64
 	given uint64 // the consumer position the kernel has
 	wrap  []byte // a record that crosses the data area's end, made whole
-	// lastDrops is the highest drop count read so far (readDrops), by
-	// KernelDrops or at close.
+	// lastDrops is the drop count read at close, for KernelDrops after.
 	lastDrops atomic.Uint64
 	msgs      []Message // what ReadBatch returns
 }
@@ -148,13 +147,7 @@ func openGRERing(family, batch, bufSize, rcvbuf int, moderate time.Duration) (r 
 	if err != nil {
 		return nil, err
 	}
-	// The drops map is read per possible CPU: a kernel that does not say
-	// how many there are gets no ring, rather than one whose drops go
-	// uncounted.
-	if _, err := possibleCPUs(); err != nil {
-		return nil, err
-	}
-	dropsMap, err := keep(createMap(unix.BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1, 0, "erspan_drops"))
+	dropsMap, err := keep(createMap(unix.BPF_MAP_TYPE_ARRAY, 4, 8, 1, 0, "erspan_drops"))
 	if err != nil {
 		return nil, err
 	}
@@ -329,8 +322,8 @@ func greRingProgram(family, bufSize, scratch, ring, drops int) []bpfInsn {
 		insn(movK, 4, 0, 0, 0), // flags 0: the kernel wakes a reader that has caught up
 		insn(call, 0, 0, 0, fnRingOutput))
 	jumpOut(jeqK, 0, 0)
-	// No room: count it, in this CPU's slot (an atomic add all the same:
-	// the program can be interrupted on its CPU by a softirq running it).
+	// No room: count it (an atomic add: the softirqs of every CPU run
+	// the program).
 	p = append(p, insn(stW, 10, 0, -4, 0))
 	p = append(p, mapFD(1, drops)...)
 	p = append(p, insn(mov, 2, 10, 0, 0), insn(addK, 2, 0, 0, -4), insn(call, 0, 0, 0, fnLookup))
@@ -360,8 +353,13 @@ func (r *greRing) ReadBatch() ([]Message, error) {
 // KernelDrops returns the number of packets the ring had no room for,
 // cumulative since it opened, as of now (or of Close).
 func (r *greRing) KernelDrops() uint64 {
-	r.control(r.readDrops)
-	return r.lastDrops.Load()
+	n := r.lastDrops.Load()
+	r.control(func(int) {
+		if v, err := lookupUint64(r.dropsMap, 0); err == nil {
+			n = v
+		}
+	})
+	return n
 }
 
 // Close stops the ring's filling and closes it (close), making a pending
@@ -449,26 +447,6 @@ func (r *greRing) parse(m *Message, rec []byte) {
 	parseIPv6Payload(m, b, int(length) > len(b))
 }
 
-// readDrops keeps the drops map's count, the sum of every CPU's, in
-// lastDrops (fdmu held, shared by concurrent callers: the count only
-// grows, and a read that finishes late must not store an older one).
-func (r *greRing) readDrops(int) {
-	vals, err := perCPU(r.dropsMap, 0)
-	if err != nil {
-		return
-	}
-	var v uint64
-	for _, n := range vals {
-		v += n
-	}
-	for {
-		old := r.lastDrops.Load()
-		if v <= old || r.lastDrops.CompareAndSwap(old, v) {
-			return
-		}
-	}
-}
-
 // close stops the ring's filling (the socket goes, and with it the
 // program; a receive softirq that found the socket before may still be
 // running it, hence the grace period), then keeps the drop count, the
@@ -478,7 +456,9 @@ func (r *greRing) close() error {
 	return r.mapped.close(func() {
 		unix.Close(r.sock)
 		gracePeriod()
-		r.readDrops(r.fd)
+		if v, err := lookupUint64(r.dropsMap, 0); err == nil {
+			r.lastDrops.Store(v)
+		}
 		unix.Close(r.dropsMap)
 	})
 }

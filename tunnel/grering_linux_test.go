@@ -792,15 +792,10 @@ func TestGRERingErrorHints(t *testing.T) {
 	})
 }
 
-// TestGRERingDropsPerCPU: each CPU counts the drops of the packets it
-// received in a slot of its own, and KernelDrops sums them: packets sent
-// from each CPU in turn (veth runs the receive on the sending CPU) into a
-// full ring are all counted.
-func TestGRERingDropsPerCPU(t *testing.T) {
-	cpus, err := possibleCPUs()
-	if err != nil {
-		t.Fatal(err)
-	}
+// TestGRERingDropsFromCPUs: packets sent from each CPU in turn (veth
+// runs the receive on the sending CPU) into a full ring are all counted,
+// whichever CPU's softirq dropped them.
+func TestGRERingDropsFromCPUs(t *testing.T) {
 	var online unix.CPUSet
 	if err := unix.SchedGetaffinity(0, &online); err != nil {
 		t.Fatal(err)
@@ -827,32 +822,12 @@ func TestGRERingDropsPerCPU(t *testing.T) {
 		}
 	})
 	drops := settledDrops(s)
-	vals, err := perCPU(s.dropsMap, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(vals) != cpus || vals[0] == 0 || vals[1] == 0 {
-		t.Errorf("drops per CPU %v, want one count per possible CPU (%d), some on CPUs 0 and 1, each of which sent into a full ring", vals, cpus)
+	if drops <= each {
+		t.Errorf("%d drops of %d packets sent from each of two CPUs into a ring that holds about 1,000: want those of both", drops, each)
 	}
 	held := len(readGRE(t, s, 2*each-drops, 5*time.Second))
 	if held+drops != 2*each {
 		t.Errorf("%d packets read and %d counted dropped of %d sent", held, drops, 2*each)
-	}
-}
-
-func TestCountCPUList(t *testing.T) {
-	for _, c := range []struct {
-		list string
-		want int
-	}{{"0", 1}, {"0-1", 2}, {"0-3,8-11", 8}, {"0,2,4-5", 4}, {"0-127", 128}} {
-		if got, err := countCPUList(c.list); got != c.want || err != nil {
-			t.Errorf("countCPUList(%q) = %d, %v; want %d", c.list, got, err, c.want)
-		}
-	}
-	for _, bad := range []string{"", "a", "3-1", "0-", "-1", "0,,1"} {
-		if got, err := countCPUList(bad); !errors.Is(err, unix.EINVAL) {
-			t.Errorf("countCPUList(%q) = %d, %v; want EINVAL", bad, got, err)
-		}
 	}
 }
 
