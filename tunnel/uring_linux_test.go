@@ -258,8 +258,14 @@ func TestFrameWriterCloseDuringBatch(t *testing.T) {
 		}
 		w2 := (&Linux{}).NewFrameWriter(8)
 		w2.Add(d, f)
-		w2.Close()
 		go func() { closed <- d.Close() }()
+		for deadline := time.Now().Add(2 * time.Second); !d.(*tapQueue).closed.Load(); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("Close has not marked the queue closed after 2 s")
+			}
+		}
+		time.Sleep(20 * time.Millisecond) // Close now waits for w2's batch
+		w2.Close()
 		awaitClosed("after a writer with a batch gathered was closed")
 	})
 }
