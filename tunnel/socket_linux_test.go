@@ -1108,7 +1108,7 @@ func testOpenUnderFlood(t *testing.T, open func() (int, func(), error)) {
 			// Packets the kernel was delivering as the socket was set
 			// up are queued (or not) once a grace period has passed:
 			// look after one.
-			_, _, _ = unix.Syscall(unix.SYS_MEMBARRIER, membarrierCmdGlobal, 0, 0)
+			_ = membarrierGlobal()
 			if sockQueued(fd) {
 				early++
 			}
