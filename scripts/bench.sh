@@ -29,7 +29,7 @@
 # (getrusage for the ceiling), which includes the kernel work done in its
 # own syscalls (the TAP write, the tc ingress drop behind it).
 #
-# Measurements (REPS runs of DUR seconds each, each erspand or naive run
+# Measurements (REPS runs of DUR seconds each, every measured run
 # followed by a ceiling run of SAMPLE_DUR seconds; a row shows the run with
 # the median frames per CPU-second, except for lost: the worst of the REPS runs,
 # as the median run's alone would hide loss in the others (every run's
@@ -230,10 +230,12 @@ mid() { grep . | sort -g -k1,1 | awk '{v[NR] = $0} END {print v[int((NR + 1) / 2
 # its PID (ip netns exec and taskset exec, so $! is the program itself
 # once they have; not through nsx, which as a function would run in a
 # subshell). Those execs take a while on a loaded machine: up to ~2 s.
+# Its output goes to $LOG, by default $work/PROGRAM.log.
 start() {
-	local ns=$1 name; shift
+	local ns=$1 name out; shift
 	name=$(basename "$1")
-	ip netns exec "$ns" taskset -c $DUT_CPU "$@" >>"$work/$name.log" 2>&1 9>&- &
+	out=${LOG:-$work/$name.log}
+	ip netns exec "$ns" taskset -c $DUT_CPU "$@" >>"$out" 2>&1 9>&- &
 	started=$!
 	pids+=("$started")
 	for _ in $(seq 40); do
@@ -241,8 +243,8 @@ start() {
 		kill -0 "$started" 2>/dev/null || break
 		sleep 0.05
 	done
-	log "bench.sh: PID $started is not $name (or no longer runs); $work/$name.log:"
-	tail -n 20 "$work/$name.log" >&2 2>/dev/null
+	log "bench.sh: PID $started is not $name (or no longer runs); $out:"
+	tail -n 20 "$out" >&2 2>/dev/null
 	exit 1
 }
 # stop PID: end a process start started (SIGTERM, SIGKILL after 5 s: a
@@ -550,18 +552,18 @@ measured_row() {
 # at full speed.
 decap_row() { measured_row "$1" "$4" decap "$2" "$3" "$4" 0 100000000 "$5" "$6"; }
 
-# erspand_in NS NAME ARGS...: start erspand in NS with its control socket
-# and state under $work/NAME and flags ARGS; sets started and esock.
+# erspand_in NS NAME ARGS...: start erspand in NS with its control socket,
+# state and log under $work/NAME and flags ARGS; sets started and esock.
 erspand_in() {
-	local ns=$1 name=$2; shift 2
+	local ns=$1 name=$2 elog=$work/$2/erspand.log; shift 2
 	esock=$work/$name/erspand.sock
-	start "$ns" "$bin/erspand" --socket "$esock" --config-dir "$work/etc" --state "$work/$name/state" "$@"
-	# Ready once it says it listens, with the GOMAXPROCS it runs with:
-	# its own line, by its socket's path (the erspands of a run share
-	# the log, and the socket exists before the line is written).
-	local line="listening on $esock (GOMAXPROCS"
-	wait_until "erspand $name" "$work/erspand.log" grep -qF "$line" "$work/erspand.log"
-	gmp=$(grep -F "$line" "$work/erspand.log" | tail -n 1 | sed -n 's/.*(GOMAXPROCS \([0-9]*\)).*/\1/p')
+	mkdir -p "$work/$name"
+	: >"$elog" # an earlier erspand of this NAME's lines are not this one's
+	LOG=$elog start "$ns" "$bin/erspand" --socket "$esock" --config-dir "$work/etc" --state "$work/$name/state" "$@"
+	# Ready once it says it listens (the socket exists before), with the
+	# GOMAXPROCS it runs with.
+	wait_until "erspand $name" "$elog" grep -qF "listening on" "$elog"
+	gmp=$(sed -n 's/.*listening on .*(GOMAXPROCS \([0-9]*\)).*/\1/p' "$elog" | tail -n 1)
 	[ -n "$gmp" ] || gmp="?"
 }
 
