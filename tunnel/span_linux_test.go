@@ -438,3 +438,58 @@ func TestSpanWatchBridgeRenamed(t *testing.T) {
 	runIP(t, "-n", ns.name, "link", "set", "br9", "name", "br0")
 	awaitSpanRule(t, ns, "br9 renamed br0 again, its port p0", "p0", netlink.HANDLE_MIN_INGRESS, true)
 }
+
+// TestSpanApplyEntersOnlyWhenNeeded: apply's dry run enters the bridge's
+// namespace only for a burst that adds a rule or takes one off. The
+// span's namespace here does not exist, so entering it fails: a burst
+// that needs nothing must succeed and leave the ports as they should be,
+// every other must fail. Nothing else sees this: the end-to-end tests
+// pass whether the namespace is entered for every burst or not.
+func TestSpanApplyEntersOnlyWhenNeeded(t *testing.T) {
+	const br, port, other = 3, 5, 7
+	update := func(typ uint16, family uint8, index, master int, name string) netlink.LinkUpdate {
+		var u netlink.LinkUpdate
+		u.Header.Type = typ
+		u.Family = family
+		u.Index = int32(index)
+		u.Link = &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: index, MasterIndex: master, Name: name}}
+		return u
+	}
+	newLink := func(index, master int) netlink.LinkUpdate {
+		return update(unix.RTM_NEWLINK, unix.AF_UNSPEC, index, master, fmt.Sprintf("l%d", index))
+	}
+	delLink := func(index int, family uint8) netlink.LinkUpdate {
+		return update(unix.RTM_DELLINK, family, index, 0, fmt.Sprintf("l%d", index))
+	}
+	for _, c := range []struct {
+		name   string
+		burst  []netlink.LinkUpdate
+		enters bool
+		ports  map[int]bool // after a burst that does not enter
+	}{
+		{"a port's carrier, a link outside the bridge, the bridge's MTU",
+			[]netlink.LinkUpdate{newLink(port, br), newLink(other, 0),
+				update(unix.RTM_NEWLINK, unix.AF_UNSPEC, br, 0, "br0")},
+			false, map[int]bool{port: true}},
+		{"the bridge's own report of a port leaving it",
+			[]netlink.LinkUpdate{delLink(port, unix.AF_BRIDGE)}, false, map[int]bool{port: true}},
+		{"a port removed", []netlink.LinkUpdate{delLink(port, unix.AF_UNSPEC)}, false, map[int]bool{}},
+		{"a link joining", []netlink.LinkUpdate{newLink(other, br)}, true, nil},
+		{"a port leaving", []netlink.LinkUpdate{newLink(port, 0)}, true, nil},
+		{"a port removed, then made again as a port",
+			[]netlink.LinkUpdate{newLink(port, br), delLink(port, unix.AF_UNSPEC), newLink(port, br)}, true, nil},
+		{"the bridge renamed (a whole reconcile)",
+			[]netlink.LinkUpdate{update(unix.RTM_NEWLINK, unix.AF_UNSPEC, br, 0, "br1")}, true, nil},
+	} {
+		s := &span{ns: "erspan-test-no-such-namespace", bridge: "br0", brIndex: br, ports: map[int]bool{port: true}}
+		err := s.apply(c.burst)
+		switch {
+		case c.enters && err == nil:
+			t.Errorf("%s: applied without entering the bridge's namespace", c.name)
+		case !c.enters && err != nil:
+			t.Errorf("%s: entered the bridge's namespace, or failed: %v", c.name, err)
+		case !c.enters && !maps.Equal(s.ports, c.ports):
+			t.Errorf("%s: ports %v, want %v", c.name, s.ports, c.ports)
+		}
+	}
+}
