@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/erspan-linux/erspan/scripts/bench/internal/cputime"
 	"github.com/erspan-linux/erspan/scripts/bench/internal/frame"
 	"github.com/erspan-linux/erspan/tunnel"
 )
@@ -105,7 +106,7 @@ func run(name string, size int, dur time.Duration, uring, queues int) error {
 			frames[qi][i] = frame.Build(size, qi<<12|i)
 		}
 	}
-	before := cpu()
+	before := cputime.Self()
 	start := time.Now()
 	deadline := start.Add(dur)
 	var n, errs int64
@@ -132,7 +133,7 @@ func run(name string, size int, dur time.Duration, uring, queues int) error {
 		wg.Wait()
 	}
 	elapsed := time.Since(start).Seconds()
-	used := cpu() - before
+	used := (cputime.Self() - before).Seconds()
 	fmt.Printf("frames=%d elapsed=%.6f cpu=%.6f pps=%.0f per_cpu_s=%.0f errors=%d queues=%d\n",
 		n, elapsed, used, float64(n)/elapsed, float64(n)/used, errs, queues)
 	return nil
@@ -194,11 +195,4 @@ func uringLoop(w tunnel.FrameWriter, q tunnel.Queue, batch int, frames [][]byte,
 			}
 		}
 	}
-}
-
-// cpu returns the process's user + system CPU seconds so far.
-func cpu() float64 {
-	var ru unix.Rusage
-	_ = unix.Getrusage(unix.RUSAGE_SELF, &ru)
-	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
 }

@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/erspan-linux/erspan/erspan"
+	"github.com/erspan-linux/erspan/scripts/bench/internal/cputime"
 	"github.com/erspan-linux/erspan/scripts/bench/internal/frame"
 )
 
@@ -196,8 +197,7 @@ func run(o *opts) error {
 	// every packet of a spread run a gap of -sessions in erspand's loss
 	// tracking. Slot j carries session o.session + j%o.sessions.
 	seqs := make([]uint32, o.sessions)
-	var ru0 unix.Rusage
-	_ = unix.Getrusage(unix.RUSAGE_SELF, &ru0)
+	cpu0 := cputime.Self()
 	start := time.Now()
 	deadline := start.Add(o.dur)
 	for i := 0; sent < o.count; {
@@ -251,12 +251,10 @@ func run(o *opts) error {
 		i = (i + int(r)) % ringLen
 	}
 	elapsed := time.Since(start).Seconds()
-	var ru1 unix.Rusage
-	_ = unix.Getrusage(unix.RUSAGE_SELF, &ru1)
 	// cpu: the process's user and system time while it sent, which
 	// includes what the kernel did in its sendmmsg calls (bench.sh's
 	// send-alone rows).
-	cpu := time.Duration(ru1.Utime.Nano() + ru1.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano())
+	cpu := cputime.Self() - cpu0
 	fmt.Printf("sent=%d elapsed=%.6f rate=%.0f send_errors=%d cpu=%.6f\n", sent, elapsed, float64(sent)/elapsed, errs, cpu.Seconds())
 	return nil
 }
