@@ -10,9 +10,10 @@ import (
 )
 
 // Self returns the process's user plus system time so far, which includes
-// what the kernel did in its system calls and the softirq work it ran on
-// their way out. It returns 0 if getrusage fails, which it does only for
-// a bad argument.
+// what the kernel did in its system calls and, on a kernel without
+// CONFIG_IRQ_TIME_ACCOUNTING (as the bench's VM), the softirq work it ran
+// on their way out. It returns 0 if getrusage fails, which it does only
+// for a bad argument.
 func Self() time.Duration {
 	var ru unix.Rusage
 	_ = unix.Getrusage(unix.RUSAGE_SELF, &ru)
