@@ -240,7 +240,7 @@ func testMonitorDropsAtIngress(t *testing.T, tcx bool) {
 			}
 		}
 
-		// Off keeps somebody else's filter, and the clsact qdisc that
+		// Off keeps somebody else's ingress filter, and the clsact qdisc that
 		// holds it, and somebody else's tcx program.
 		if err := SetMonitor(name, true); err != nil {
 			t.Fatalf("SetMonitor on again: %v", err)
@@ -252,7 +252,9 @@ func testMonitorDropsAtIngress(t *testing.T, tcx bool) {
 		}
 		defer unix.Close(fd)
 		other := &netlink.BpfFilter{
-			FilterAttrs: netlink.FilterAttrs{LinkIndex: l.Index, Parent: netlink.HANDLE_MIN_EGRESS, Protocol: unix.ETH_P_ALL},
+			// At ingress, where the monitor filter would be: off must
+			// tell it from ours by name.
+			FilterAttrs: netlink.FilterAttrs{LinkIndex: l.Index, Parent: netlink.HANDLE_MIN_INGRESS, Protocol: unix.ETH_P_ALL},
 			Fd:          fd, Name: "someone-else", DirectAction: true,
 		}
 		if _, _, err := ensureClsact(link); err != nil {
@@ -275,7 +277,7 @@ func testMonitorDropsAtIngress(t *testing.T, tcx bool) {
 		if q, err := findClsact(link); err != nil || q == nil {
 			t.Errorf("clsact qdisc removed although another filter is on it (%v)", err)
 		}
-		if fs, err := filterList(link, netlink.HANDLE_MIN_EGRESS); err != nil || len(fs) != 1 {
+		if fs, err := filterList(link, netlink.HANDLE_MIN_INGRESS); err != nil || len(fs) != 1 {
 			t.Errorf("the other filter: %d (%v), want it kept", len(fs), err)
 		}
 		if ids, err := tcxProgIDs(l.Index, unix.BPF_TCX_INGRESS); err != nil || len(ids) != map[bool]int{true: 1}[tcx] {
