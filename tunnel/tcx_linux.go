@@ -103,18 +103,11 @@ func tcxAttachFirst(ifindex, fd int, attachType uint32) error {
 }
 
 // tcxDetach detaches program fd from the tcx hook attachType of device
-// ifindex.
+// ifindex. The kernel reads attach_bpf_fd 0 as "no program given" and
+// would detach the last one, whosever it is; fd is never 0 here, as the
+// Go runtime opens /dev/null on any of descriptors 0 to 2 that a process
+// starts without (runtime.checkfds), and nothing here closes stdin.
 func tcxDetach(ifindex, fd int, attachType uint32) error {
-	if fd == 0 {
-		// The kernel reads attach_bpf_fd 0 as "no program given" and
-		// would detach the last one, whosever it is.
-		d, err := unix.FcntlInt(0, unix.F_DUPFD_CLOEXEC, 1)
-		if err != nil {
-			return fmt.Errorf("duplicate the program's descriptor 0: %w", err)
-		}
-		defer unix.Close(d)
-		fd = d
-	}
 	attr := bpfProgAttachAttr{targetIfindex: uint32(ifindex), attachBPFFD: uint32(fd), attachType: attachType}
 	if _, errno := bpfRetry(unix.BPF_PROG_DETACH, unsafe.Pointer(&attr), unsafe.Sizeof(attr)); errno != 0 {
 		return fmt.Errorf("bpf BPF_PROG_DETACH: %w", errno)
