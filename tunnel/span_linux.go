@@ -3,7 +3,6 @@ package tunnel
 import (
 	"errors"
 	"fmt"
-	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -343,47 +342,42 @@ func (s *span) reconcile(remove bool) error {
 // of which link is the bridge (made again, renamed, another link taking
 // its name) or the bridge's removal calls for a whole reconcile: the
 // bridge's other changes (its MTU, address or carrier, which follow a
-// port joining) do not. The namespace is entered only when a change adds
-// a rule or takes one off: a dry run of the burst through portChange, on
-// a copy of the ports, says so (most changes of a port, its carrier or
-// MTU, do neither).
+// port joining) do not. The namespace is entered only from the first
+// change that adds a rule or takes one off: most changes of a port, its
+// carrier or MTU, do neither, and those before it at most forget a
+// removed link, which needs no namespace.
 func (s *span) apply(burst []netlink.LinkUpdate) error {
-	need := false
-	dry := maps.Clone(s.ports)
 	for _, u := range burst {
 		a := u.Link.Attrs()
 		isBr, named := s.brIndex != 0 && a.Index == s.brIndex, a.Name == s.bridge
 		if isBr != named || (isBr && u.Header.Type == unix.RTM_DELLINK && u.Family != unix.AF_BRIDGE) {
 			return s.reconcile(false)
 		}
-		if isBr {
+	}
+	// change is portChange for a port's change; the bridge's ask nothing.
+	change := func(u netlink.LinkUpdate) (add, del bool) {
+		if s.brIndex != 0 && u.Link.Attrs().Index == s.brIndex {
+			return false, false
+		}
+		return portChange(u, s.brIndex, s.ports)
+	}
+	for i, u := range burst {
+		if add, del := change(u); !add && !del {
 			continue
 		}
-		// Once one change needs the namespace, the rest of the dry run
-		// can tell nothing more; the loop goes on for the bridge's
-		// changes alone.
-		if !need {
-			add, del := portChange(u, s.brIndex, dry)
-			need = add || del
-		}
-	}
-	changes := func() error {
-		var errs []error
-		for _, u := range burst {
-			if s.brIndex != 0 && u.Link.Attrs().Index == s.brIndex {
-				continue
+		// burst[i] is asked again below: a change that adds or takes
+		// off a rule has no effect on ports of its own.
+		return inNamespace(s.ns, func() error {
+			var errs []error
+			for _, u := range burst[i:] {
+				if add, del := change(u); add || del {
+					errs = append(errs, s.rule.update(u.Link, add, s.ports))
+				}
 			}
-			if add, del := portChange(u, s.brIndex, s.ports); add || del {
-				errs = append(errs, s.rule.update(u.Link, add, s.ports))
-			}
-		}
-		return errors.Join(errs...)
+			return errors.Join(errs...)
+		})
 	}
-	if !need {
-		// Nothing to add or take off: removals to forget, at most.
-		return changes()
-	}
-	return inNamespace(s.ns, changes)
+	return nil
 }
 
 // watch applies link changes, a burst at a time, until stop. The library

@@ -439,7 +439,7 @@ func TestSpanWatchBridgeRenamed(t *testing.T) {
 	awaitSpanRule(t, ns, "br9 renamed br0 again, its port p0", "p0", netlink.HANDLE_MIN_INGRESS, true)
 }
 
-// TestSpanApplyEntersOnlyWhenNeeded: apply's dry run enters the bridge's
+// TestSpanApplyEntersOnlyWhenNeeded: apply enters the bridge's
 // namespace only for a burst that adds a rule or takes one off. The
 // span's namespace here does not exist, so entering it fails: a burst
 // that needs nothing must succeed and leave the ports as they should be,
@@ -478,6 +478,8 @@ func TestSpanApplyEntersOnlyWhenNeeded(t *testing.T) {
 		{"a port leaving", []netlink.LinkUpdate{newLink(port, 0)}, true, nil},
 		{"a port removed, then made again as a port",
 			[]netlink.LinkUpdate{newLink(port, br), delLink(port, unix.AF_UNSPEC), newLink(port, br)}, true, nil},
+		{"a link joining, then a port's carrier",
+			[]netlink.LinkUpdate{newLink(other, br), newLink(port, br)}, true, nil},
 		{"the bridge renamed (a whole reconcile)",
 			[]netlink.LinkUpdate{update(unix.RTM_NEWLINK, unix.AF_UNSPEC, br, 0, "br1")}, true, nil},
 	} {
