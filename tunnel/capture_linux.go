@@ -3,7 +3,6 @@ package tunnel
 import (
 	"encoding/binary"
 	"fmt"
-	"net"
 	"net/netip"
 	"sync/atomic"
 	"time"
@@ -186,10 +185,7 @@ func (s *CaptureSocket) ReadBatch() ([]Message, error) {
 	for {
 		n, err := s.r.read(s.frames)
 		if err != nil {
-			if err == net.ErrClosed {
-				return nil, err
-			}
-			return nil, fmt.Errorf("capture on %s: %w", s.dev, err)
+			return nil, readError(err, "capture on %s", s.dev)
 		}
 		out := s.msgs[:0]
 		for i := range s.frames[:n] {

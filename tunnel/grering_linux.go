@@ -68,7 +68,8 @@ type greRing struct {
 	pos   uint64
 	given uint64 // the consumer position the kernel has
 	wrap  []byte // a record that crosses the data area's end, made whole
-	// lastDrops is the drop count read at close, for KernelDrops after.
+	// lastDrops is the drop count last read (readDrops): the one read
+	// at close, for KernelDrops after.
 	lastDrops atomic.Uint64
 	msgs      []Message // what ReadBatch returns
 }
@@ -345,7 +346,7 @@ func greRingProgram(family, bufSize, scratch, ring, drops int) []bpfInsn {
 func (r *greRing) ReadBatch() ([]Message, error) {
 	n, err := r.read(r.msgs)
 	if err != nil {
-		return nil, greReadError(r.family, err)
+		return nil, readError(err, "GRE socket (IPv%d)", r.family)
 	}
 	return r.msgs[:n], nil
 }
@@ -353,13 +354,16 @@ func (r *greRing) ReadBatch() ([]Message, error) {
 // KernelDrops returns the number of packets the ring had no room for,
 // cumulative since it opened, as of now (or of Close).
 func (r *greRing) KernelDrops() uint64 {
-	n := r.lastDrops.Load()
-	r.control(func(int) {
-		if v, err := lookupUint64(r.dropsMap, 0); err == nil {
-			n = v
-		}
-	})
-	return n
+	r.control(func(int) { r.readDrops() })
+	return r.lastDrops.Load()
+}
+
+// readDrops keeps the count in the drops map in lastDrops. A failed
+// lookup keeps the last count read: the count never goes back.
+func (r *greRing) readDrops() {
+	if v, err := lookupUint64(r.dropsMap, 0); err == nil {
+		r.lastDrops.Store(v)
+	}
 }
 
 // Close stops the ring's filling and closes it (close), making a pending
@@ -448,17 +452,15 @@ func (r *greRing) parse(m *Message, rec []byte) {
 }
 
 // close stops the ring's filling (the socket goes, and with it the
-// program; a receive softirq that found the socket before may still be
-// running it, hence the grace period), then keeps the drop count, the
-// drops up to the last packet the program saw included, and closes the
-// ring (mapped.close).
+// program), then keeps the drop count and closes the ring (mapped.close).
+// A receive softirq that found the socket before it went may still be
+// running the program and count a drop after the count was kept: at most
+// one packet per CPU, not worth an RCU grace period (~10 ms, under the
+// locks of the ring and of the Host that stops its receiver).
 func (r *greRing) close() error {
 	return r.mapped.close(func() {
 		unix.Close(r.sock)
-		gracePeriod()
-		if v, err := lookupUint64(r.dropsMap, 0); err == nil {
-			r.lastDrops.Store(v)
-		}
+		r.readDrops()
 		unix.Close(r.dropsMap)
 	})
 }

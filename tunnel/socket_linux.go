@@ -224,7 +224,7 @@ func ersFilter(family int) ([]unix.SockFilter, error) {
 func (s *GRESocket) ReadBatch() ([]Message, error) {
 	n, err := s.c.read()
 	if err != nil {
-		return nil, greReadError(s.family, err)
+		return nil, readError(err, "GRE socket (IPv%d)", s.family)
 	}
 	drops := s.lastDrops
 	for i := 0; i < n; i++ {
@@ -236,13 +236,14 @@ func (s *GRESocket) ReadBatch() ([]Message, error) {
 	return s.msgs[:n], nil
 }
 
-// greReadError is a receive socket's read error as ReadBatch returns it:
-// net.ErrClosed as it is, any other naming the socket.
-func greReadError(family int, err error) error {
+// readError is a receive socket's read error as ReadBatch returns it:
+// net.ErrClosed as it is (the receivers stop on it), anything else named
+// after the socket, format and a.
+func readError(err error, format string, a ...any) error {
 	if err == net.ErrClosed {
 		return err
 	}
-	return fmt.Errorf("GRE socket (IPv%d): %w", family, err)
+	return fmt.Errorf(format+": %w", append(a, err)...)
 }
 
 // parse fills s.msgs[i] from the i-th received message.
