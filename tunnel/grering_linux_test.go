@@ -728,21 +728,17 @@ func TestGRERingDropsAtClose(t *testing.T) {
 	}
 }
 
-// withoutCaps runs fn on an OS thread of its own whose effective
-// capabilities lack caps (capabilities are per thread), in the test
-// process's network namespace, or in ns unless it is nil. The thread is
-// never unlocked, so the runtime ends it with fn's goroutine rather than
-// reuse it.
+// withoutCaps runs fn on an OS thread of its own, in namespace ns, whose
+// effective capabilities lack caps (capabilities are per thread). The
+// thread is never unlocked, so the runtime ends it with fn's goroutine
+// rather than reuse it.
 func withoutCaps(t *testing.T, ns *testNetns, caps []uint, fn func()) {
 	t.Helper()
 	failed := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		var err error
-		if ns != nil {
-			// Before the capabilities go: setns wants CAP_SYS_ADMIN.
-			err = netns.Set(ns.h)
-		}
+		// Before the capabilities go: setns wants CAP_SYS_ADMIN.
+		err := netns.Set(ns.h)
 		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 		var data [2]unix.CapUserData
 		if err == nil {
@@ -769,8 +765,11 @@ func withoutCaps(t *testing.T, ns *testNetns, caps []uint, fn func()) {
 // CAP_BPF and memlock hint must not blame; CAP_BPF for the ring's maps
 // and program, where the kernel refuses unprivileged BPF.
 func TestGRERingErrorHints(t *testing.T) {
+	// In a namespace of its own: should the capabilities not be missed,
+	// the ring opened is there, not in the host's.
+	ns := newTestNetns(t)
 	open := func(caps ...uint) (err error) {
-		withoutCaps(t, nil, caps, func() {
+		withoutCaps(t, ns, caps, func() {
 			var r *greRing
 			if r, err = openGRERing(4, 4, 2048, 0, 0); err == nil {
 				r.Close()
