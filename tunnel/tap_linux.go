@@ -257,8 +257,8 @@ type tapQueue struct {
 	ev     unix.EpollEvent
 	// mu is held shared across every read of fd and exclusively by
 	// Close, so the number is never used after it was closed (and
-	// perhaps reused). Writes are covered by their tapWriter's batch
-	// lock, which Close also waits for (waitWriters).
+	// perhaps reused). Writes are covered by tapBatches, held by every
+	// tapWriter's batch, which Close also waits for (waitWriters).
 	mu sync.RWMutex
 }
 

@@ -203,14 +203,7 @@ func (r *uring) close() {
 
 // tapWriter is the FrameWriter of a Linux host: frames for TAP queues
 // collected, then written by one io_uring_enter, or one write(2) each
-// without io_uring. From its first Add to the end of its Flush a batch
-// holds the writer's own lock, and a queue's Close waits for every
-// writer's (waitWriters): the descriptor numbers taken at Add stay
-// the TAPs' until they are written, with no lock taken per queue. A
-// read lock per queue and batch was a locked add on a line of that queue:
-// with the sessions of 1024 interfaces interleaved, one per frame, on a
-// line nobody else had touched, which stalls the core for the whole
-// cache miss (perf: 5% of erspand's CPU).
+// without io_uring.
 type tapWriter struct {
 	ring   *uring // nil: write(2) per frame
 	frames [][]byte
@@ -218,35 +211,28 @@ type tapWriter struct {
 	res    []int32
 	idx    []int32
 	errs   []error
-	// batch is held while frames are queued: from the first Add to the
-	// end of Flush (or Close).
-	batch sync.Mutex
 }
 
-// tapWriters are the live tapWriters, which a closing queue waits for.
-var tapWriters = struct {
-	mu  sync.Mutex
-	all map[*tapWriter]struct{}
-}{all: make(map[*tapWriter]struct{})}
+// tapBatches is held shared by every tapWriter's batch, from its first
+// Add to the end of its Flush (or Close), and exclusively, for a moment,
+// by a closing queue (waitWriters): the descriptor numbers taken at Add
+// stay the TAPs' until they are written, with no lock taken per queue. A
+// read lock per queue and batch was a locked add on a line of that queue:
+// with the sessions of 1024 interfaces interleaved, one per frame, on a
+// line nobody else had touched, which stalls the core for the whole
+// cache miss (perf: 5% of erspand's CPU). A goroutine must not hold two
+// writers' batches at once: with a Close waiting, the second would wait
+// behind it, and it for the first.
+var tapBatches sync.RWMutex
 
 // waitWriters returns once no batch that began before the call is being
-// written: each writer's batch lock is taken and released in turn. A
-// queue marked closed before it is no longer in any batch after it, as
-// Add looks at closed after taking its batch lock; a writer made
-// meanwhile does too, so the set is read first and not held while
-// waiting (a writer made or closed then does not wait behind a batch).
+// written. A batch that begins while it waits (sync.RWMutex lets none in
+// while a writer waits) or after it looks at the queue's closed flag,
+// set before the call, only once it holds tapBatches.
 func waitWriters() {
-	tapWriters.mu.Lock()
-	ws := make([]*tapWriter, 0, len(tapWriters.all))
-	for w := range tapWriters.all {
-		ws = append(ws, w)
-	}
-	tapWriters.mu.Unlock()
-	for _, w := range ws {
-		w.batch.Lock()
-		//lint:ignore SA2001 an empty critical section: waiting is the point
-		w.batch.Unlock()
-	}
+	tapBatches.Lock()
+	//lint:ignore SA2001 an empty critical section: waiting is the point
+	tapBatches.Unlock()
 }
 
 // NewFrameWriter returns a FrameWriter that takes up to batch frames per
@@ -260,9 +246,6 @@ func (l *Linux) NewFrameWriter(batch int) FrameWriter {
 		idx:    make([]int32, batch),
 		errs:   make([]error, batch),
 	}
-	tapWriters.mu.Lock()
-	tapWriters.all[w] = struct{}{}
-	tapWriters.mu.Unlock()
 	if l.URing {
 		size := uint32(1)
 		for size < uint32(batch) {
@@ -296,11 +279,12 @@ func (w *tapWriter) Add(q Queue, frame []byte) bool {
 		return false
 	}
 	if len(w.frames) == 0 {
-		w.batch.Lock()
+		tapBatches.RLock()
 	}
-	// closed is read with the batch lock held, never before it: a queue
-	// closing in between would find the lock free, close its descriptor,
-	// and this batch would write to the number, perhaps reused by then.
+	// closed is read with tapBatches held, never before: a queue
+	// closing in between would find no batch to wait for, close its
+	// descriptor, and this batch would write to the number, perhaps
+	// reused by then.
 	// Every Queue of a Linux host is a *tapQueue; anything else gets -1,
 	// as a closed queue does, and its frame fails with os.ErrClosed.
 	fd := int32(-1)
@@ -329,7 +313,7 @@ func (w *tapWriter) Flush() []error {
 // release forgets the queued frames and lets queues close again.
 func (w *tapWriter) release() {
 	if len(w.frames) > 0 {
-		w.batch.Unlock()
+		tapBatches.RUnlock()
 	}
 	clear(w.frames)
 	w.frames, w.fds = w.frames[:0], w.fds[:0]
@@ -392,9 +376,6 @@ func (w *tapWriter) flushRing(errs []error) {
 // releases the writer: a queue's Close must not wait for its batch.
 func (w *tapWriter) Close() error {
 	w.release()
-	tapWriters.mu.Lock()
-	delete(tapWriters.all, w)
-	tapWriters.mu.Unlock()
 	if w.ring != nil {
 		w.ring.close()
 		w.ring = nil

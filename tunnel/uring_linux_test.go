@@ -49,16 +49,6 @@ func TestFrameWriter(t *testing.T) {
 					t.Errorf("%d writes submitted on the ring, want the batch's", n)
 				}
 			}
-			// A closed writer leaves the set a closing queue waits for:
-			// receivers come and go with namespaces, and each kept
-			// there would live (and be waited for) for ever.
-			w.Close()
-			tapWriters.mu.Lock()
-			_, kept := tapWriters.all[tw]
-			tapWriters.mu.Unlock()
-			if kept {
-				t.Error("a closed writer is still among tapWriters")
-			}
 		})
 	}
 }
