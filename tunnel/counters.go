@@ -52,28 +52,19 @@ type DaemonCounters struct {
 // address family, or its sensor NIC) writes them while erspanctl reads
 // them, and the transmit loop owns the tx ones.
 //
-// Allocate it with newIfStats. The receive path's counters of a frame
-// taken come first, on one cache line of their own: when the sessions of
-// many interfaces interleave, each frame is a run of its own and its
-// counters are a cold line, and a locked add to a cold line stalls the
-// core for the whole miss (perf with 1024 interfaces: endRun's adds 4.0%
-// of erspand's samples on two lines, 3.6% on one; no gain in frames per
-// CPU-second shown beside the runs' spread). The tx counters, which
-// the transmit loop writes, are on the next line, with the receive
-// path's rare ones.
+// The receive path's counters of a frame taken come first, the tx ones
+// last. Putting the first on a cache line of their own (a separate,
+// aligned allocation, 3d2d63f) was undone for want of a gain: when the
+// sessions of many interfaces interleave, each frame's counters are a
+// cold line, and the locked adds to them took 4.0% of erspand's samples
+// on two lines, 3.6% on one, with no difference in frames per
+// CPU-second beside the runs' spread.
 type ifStats struct {
 	rxPackets, rxBytes, rxErrors, rxTruncated, rxCaptureOnly atomic.Uint64
 	typeI, typeII, typeIII                                   atomic.Uint64
-	// The end of the first line (TestIfStatsLayout).
-	rxFrameType, rxInnerShort                          atomic.Uint64
-	txPackets, txBytes, txNoTunnel, txTooBig, txErrors atomic.Uint64
+	rxFrameType, rxInnerShort                                atomic.Uint64
+	txPackets, txBytes, txNoTunnel, txTooBig, txErrors       atomic.Uint64
 }
-
-// newIfStats returns zeroed counters whose first field starts a cache
-// line: the allocator puts a 120-byte object in its 128-byte size class,
-// at an address that is a multiple of 128 (the class's spans are
-// page-aligned).
-func newIfStats() *ifStats { return new(ifStats) }
 
 func (s *ifStats) snapshot() IfCounters {
 	return IfCounters{

@@ -163,7 +163,7 @@ type iface struct {
 	cfg   Config
 	link  Link
 	queue Queue
-	stats *ifStats // newIfStats
+	stats ifStats
 	flows flowTable
 
 	// tx is what the transmit loop needs, nil when the interface may not
@@ -252,7 +252,7 @@ func (h *Host) Create(cfg Config) (Link, error) {
 		h.undoCreate(cfg.Rdomain, cfg.Name, adopted)
 		return Link{}, fmt.Errorf("attach a queue to %s: %w", cfg.Name, err)
 	}
-	ifc := &iface{name: cfg.Name, link: link, queue: q, stats: newIfStats(), txDone: make(chan struct{})}
+	ifc := &iface{name: cfg.Name, link: link, queue: q, txDone: make(chan struct{})}
 	// Start from the state a new link is in and move it to cfg, so that
 	// Create and Update share one path.
 	ifc.cfg = Config{Name: cfg.Name, VNetID: NoSession, MTU: link.MTU, LLAddr: link.MAC, Rdomain: cfg.Rdomain}

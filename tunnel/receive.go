@@ -115,7 +115,7 @@ func (r *receiver) endRun() {
 		} else {
 			c.route.ifc.flows.overflow.Add(c.packets)
 		}
-		s := c.route.ifc.stats
+		s := &c.route.ifc.stats
 		for _, n := range [...]struct {
 			c *atomic.Uint64
 			n uint64

@@ -93,7 +93,7 @@ func (h *Host) transmit(ifc *iface) {
 	tos := make([]uint8, limit)
 	var p erspan.Packet
 	var backoff time.Duration
-	s := ifc.stats
+	s := &ifc.stats
 	var y yielder
 	var readLog, sendLog errLog
 	for {
