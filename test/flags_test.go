@@ -3,6 +3,7 @@ package test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -234,16 +235,12 @@ func TestGOMAXPROCS(t *testing.T) {
 		} else {
 			d = startDaemonEnv(t, ns, tempDir(t), env)
 		}
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			if m := re.FindStringSubmatch(d.log()); m != nil {
-				return m[1]
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("erspand (environment %q) never said its GOMAXPROCS:\n%s", env, d.log())
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		var m []string
+		waitFor(t, fmt.Sprintf("erspand (environment %q) to say its GOMAXPROCS", env), func() bool {
+			m = re.FindStringSubmatch(d.log())
+			return m != nil
+		})
+		return m[1]
 	}
 	// On every CPU of a machine with two or more, the runtime's default
 	// is at least 2 already: that case checks the line; the one-CPU case
