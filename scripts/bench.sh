@@ -775,17 +775,21 @@ if zl_pass 0; then
 	zero_loss=$offered zl_pps=$pps zl_lost=0
 	zl_note="no loss at the generator's full speed: generator-bound, erspand ${busy}% busy"
 else
-	hi=$offered lo=0
+	hi=$offered lo=0 cut=""
 	log "zero-loss: full speed ($offered pps) lost $((sent - deliv)) of $sent; bisecting"
 	steps=0
 	for _ in $(seq $ZL_STEPS); do
 		ask=$(((lo + hi) / 2))
-		[ "$ask" -gt 0 ] || break # rate 0 would be gen's full speed
+		if [ "$ask" -le 0 ]; then # rate 0 would be gen's full speed
+			cut=" (cut short: nothing left to halve)"
+			break
+		fi
 		# A step lasts up to what decap allows it (gen_secs); none that
 		# would leave TAIL short.
 		step=$(gen_secs $ask $ZL_COUNT)
 		if [ $(($(date +%s) - t0 + step + TAIL)) -gt $LIMIT ]; then
 			log "zero-loss: no time for another step (${step}s) within the run's bound"
+			cut=" (cut short: the time bound)"
 			break
 		fi
 		steps=$((steps + 1))
@@ -797,8 +801,6 @@ else
 			hi=$ask
 		fi
 	done
-	cut=""
-	[ "$steps" -eq "$ZL_STEPS" ] || cut=" (cut short: the time bound, or nothing left to halve)"
 	zl_note="bisection, $steps of $ZL_STEPS steps$cut, each passing only at 95% or more of the rate asked: passes asked $lo, fails asked $hi"
 fi
 row "zero-loss rate" 64 "$zero_loss" "$zl_pps" "$zl_lost" - - - -

@@ -33,12 +33,11 @@ work=$(mktemp -d /tmp/erspan-demo.XXXXXX)
 # The daemons erspanctl starts read this (empty) directory, not the host's
 # /etc/erspan/hostname.erspanN files.
 export ERSPAN_CONFIG_DIR=$work/etc
-tcpdump_pid=
 
 cleanup() {
-	if [ -n "$tcpdump_pid" ]; then end_pids 20 TERM "$tcpdump_pid"; fi
-	# The daemons erspanctl started (and gen, in the switch), found by
-	# namespace: every process in them is this script's.
+	# The daemons erspanctl started, gen in the switch and tcpdump in the
+	# collector, found by namespace: every process in them is this
+	# script's.
 	for ns in $ALL; do remove_netns "$ns" TERM; done
 	rm -rf "$work"
 }

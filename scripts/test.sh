@@ -60,7 +60,7 @@ step "staticcheck"
 staticcheck ./...
 
 step "shellcheck"
-shellcheck -x scripts/test.sh scripts/bench.sh scripts/demo.sh scripts/install.sh scripts/lib.sh .ci/run
+shellcheck -x scripts/*.sh .ci/run
 
 step "namespaces left by earlier test runs"
 remove_test_leftovers
