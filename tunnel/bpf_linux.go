@@ -57,6 +57,24 @@ type bpfProgLoadAttr struct {
 	expectedAttachType uint32
 }
 
+// RaiseMemlock lifts RLIMIT_MEMLOCK, as libbpf does: kernels before 5.11
+// charge eBPF maps to it (64 KiB by default then), and the GRE sockets'
+// rings (32 MiB by default) would be refused. Later kernels charge the
+// memory cgroup instead and ignore it. Without CAP_SYS_RESOURCE (some
+// containers) only the soft limit can go, up to the hard one; should the
+// ring still be refused (EPERM), ListenGRE falls back to recvmmsg and
+// says why. erspand calls it once, at start.
+func RaiseMemlock() {
+	if unix.Setrlimit(unix.RLIMIT_MEMLOCK, &unix.Rlimit{Cur: unix.RLIM_INFINITY, Max: unix.RLIM_INFINITY}) == nil {
+		return
+	}
+	var lim unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_MEMLOCK, &lim) == nil && lim.Cur < lim.Max {
+		lim.Cur = lim.Max
+		_ = unix.Setrlimit(unix.RLIMIT_MEMLOCK, &lim)
+	}
+}
+
 // loadProgram loads a program of type progType with bpf(2) and returns its
 // fd (O_CLOEXEC already set). name is the kernel's name of it,
 // [A-Za-z0-9_.] and at most 15 bytes. When the verifier refuses it, the

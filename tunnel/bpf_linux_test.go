@@ -42,3 +42,48 @@ func TestLoadProgramVerifierLog(t *testing.T) {
 		t.Errorf("loadProgram: %v; want EACCES and the verifier's reason, R0 !read_ok", err)
 	}
 }
+
+// TestRaiseMemlock: RaiseMemlock lifts RLIMIT_MEMLOCK, which kernels
+// before 5.11 charge the rings to: to unlimited with CAP_SYS_RESOURCE,
+// else the soft limit to the hard one. The second runs on a thread
+// without the capability (capabilities are per thread, and setrlimit
+// checks the caller's); the first only where the test has it.
+func TestRaiseMemlock(t *testing.T) {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_MEMLOCK, &lim); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Setrlimit(unix.RLIMIT_MEMLOCK, &lim) })
+	has := effectiveCap(unix.CAP_SYS_RESOURCE)
+	hard := lim.Max
+	if has {
+		// A hard limit below unlimited tells the two branches apart;
+		// only with the capability can the cleanup raise it again.
+		hard = 1 << 20
+	}
+	check := func(want uint64, why string) {
+		t.Helper()
+		var got unix.Rlimit
+		if err := unix.Getrlimit(unix.RLIMIT_MEMLOCK, &got); err != nil {
+			t.Fatal(err)
+		}
+		if got.Cur != want {
+			t.Errorf("RLIMIT_MEMLOCK after RaiseMemlock %s: %d, want %d", why, got.Cur, want)
+		}
+	}
+	low := &unix.Rlimit{Cur: 64 << 10, Max: hard}
+	if err := unix.Setrlimit(unix.RLIMIT_MEMLOCK, low); err != nil {
+		t.Fatal(err)
+	}
+	withoutCaps(t, newTestNetns(t), []uint{unix.CAP_SYS_RESOURCE}, RaiseMemlock)
+	check(hard, "without CAP_SYS_RESOURCE (the hard limit)")
+	if !has {
+		t.Log("no CAP_SYS_RESOURCE here: the unlimited branch not run")
+		return
+	}
+	if err := unix.Setrlimit(unix.RLIMIT_MEMLOCK, low); err != nil {
+		t.Fatal(err)
+	}
+	RaiseMemlock()
+	check(unix.RLIM_INFINITY, "with CAP_SYS_RESOURCE (unlimited)")
+}

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
-	"golang.org/x/sys/unix"
 
 	"github.com/erspan-linux/erspan/ifconfig"
 	"github.com/erspan-linux/erspan/tunnel"
@@ -102,24 +101,6 @@ func procs(env string, cur int) int {
 	return cur
 }
 
-// raiseMemlock lifts RLIMIT_MEMLOCK, as libbpf does: kernels before 5.11
-// charge eBPF maps to it (64 KiB by default then), and the GRE sockets'
-// rings (32 MiB by default) would be refused. Later kernels charge the
-// memory cgroup instead and ignore it. Without CAP_SYS_RESOURCE (some
-// containers) only the soft limit can go, up to the hard one; should the
-// ring still be refused (EPERM), erspand reads with recvmmsg and says
-// why.
-func raiseMemlock() {
-	if unix.Setrlimit(unix.RLIMIT_MEMLOCK, &unix.Rlimit{Cur: unix.RLIM_INFINITY, Max: unix.RLIM_INFINITY}) == nil {
-		return
-	}
-	var lim unix.Rlimit
-	if unix.Getrlimit(unix.RLIMIT_MEMLOCK, &lim) == nil && lim.Cur < lim.Max {
-		lim.Cur = lim.Max
-		_ = unix.Setrlimit(unix.RLIMIT_MEMLOCK, &lim)
-	}
-}
-
 // checkNoFile warns when the open-file limit would stop erspand before
 // a few thousand interfaces: each takes a descriptor (its TAP queue),
 // besides about 16 of the daemon's own (receive, guard and send sockets,
@@ -178,7 +159,7 @@ func run(c *cli.Context) error {
 		runtime.GOMAXPROCS(n)
 	}
 	checkNoFile(logger)
-	raiseMemlock()
+	tunnel.RaiseMemlock()
 	l, err := ifconfig.Listen(path)
 	if err != nil {
 		return err

@@ -2,14 +2,12 @@ package main
 
 import (
 	"log"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/urfave/cli/v2"
-	"golang.org/x/sys/unix"
 
 	"github.com/erspan-linux/erspan/tunnel"
 )
@@ -95,88 +93,4 @@ func TestProcs(t *testing.T) {
 			t.Errorf("procs(GOMAXPROCS=%q, runtime %d) = %d, want %d", c.env, c.cur, got, c.want)
 		}
 	}
-}
-
-// TestRaiseMemlock: erspand lifts RLIMIT_MEMLOCK, which kernels before
-// 5.11 charge its eBPF rings to: to unlimited with CAP_SYS_RESOURCE, else
-// the soft limit to the hard one. The second runs on a thread without the
-// capability (capabilities are per thread, and setrlimit checks the
-// caller's); the first only where the test has it.
-func TestRaiseMemlock(t *testing.T) {
-	var lim unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_MEMLOCK, &lim); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Setrlimit(unix.RLIMIT_MEMLOCK, &lim) })
-	has := capSysResource(t)
-	hard := lim.Max
-	if has {
-		// A hard limit below unlimited tells the two branches apart;
-		// only with the capability can the cleanup raise it again.
-		hard = 1 << 20
-	}
-	check := func(want uint64, why string) {
-		t.Helper()
-		var got unix.Rlimit
-		if err := unix.Getrlimit(unix.RLIMIT_MEMLOCK, &got); err != nil {
-			t.Fatal(err)
-		}
-		if got.Cur != want {
-			t.Errorf("RLIMIT_MEMLOCK after raiseMemlock %s: %d, want %d", why, got.Cur, want)
-		}
-	}
-	low := &unix.Rlimit{Cur: 64 << 10, Max: hard}
-	if err := unix.Setrlimit(unix.RLIMIT_MEMLOCK, low); err != nil {
-		t.Fatal(err)
-	}
-	withoutSysResource(t, raiseMemlock)
-	check(hard, "without CAP_SYS_RESOURCE (the hard limit)")
-	if !has {
-		t.Log("no CAP_SYS_RESOURCE here: the unlimited branch not run")
-		return
-	}
-	if err := unix.Setrlimit(unix.RLIMIT_MEMLOCK, low); err != nil {
-		t.Fatal(err)
-	}
-	raiseMemlock()
-	check(unix.RLIM_INFINITY, "with CAP_SYS_RESOURCE (unlimited)")
-}
-
-// withoutSysResource runs fn on an OS thread of its own without
-// CAP_SYS_RESOURCE in its effective set. The thread is never unlocked,
-// so the runtime ends it with fn's goroutine rather than reuse it.
-func withoutSysResource(t *testing.T, fn func()) {
-	t.Helper()
-	failed := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-		var data [2]unix.CapUserData
-		err := unix.Capget(&hdr, &data[0])
-		if err == nil {
-			const c = unix.CAP_SYS_RESOURCE
-			data[c/32].Effective &^= 1 << (c % 32)
-			err = unix.Capset(&hdr, &data[0])
-		}
-		if err == nil {
-			fn()
-		}
-		failed <- err
-	}()
-	if err := <-failed; err != nil {
-		t.Fatalf("drop CAP_SYS_RESOURCE: %v", err)
-	}
-}
-
-// capSysResource reports whether this process has CAP_SYS_RESOURCE in
-// its effective set (/proc/self/status CapEff; root in a container may
-// not).
-func capSysResource(t *testing.T) bool {
-	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-	var data [2]unix.CapUserData
-	if err := unix.Capget(&hdr, &data[0]); err != nil {
-		t.Fatal(err)
-	}
-	const c = unix.CAP_SYS_RESOURCE
-	return data[c/32].Effective&(1<<(c%32)) != 0
 }
