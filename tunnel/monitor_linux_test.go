@@ -283,6 +283,16 @@ func testMonitorDropsAtIngress(t *testing.T, tcx bool) {
 		if ids, err := tcxProgIDs(l.Index, unix.BPF_TCX_INGRESS); err != nil || len(ids) != map[bool]int{true: 1}[tcx] {
 			t.Errorf("tcx programs left: %v (%v), want the other one's alone", ids, err)
 		}
+		// A kernel without tcx is never asked what its tcx holds: the
+		// query fails there (EINVAL), and monitor mode would with it.
+		// Here a program of our name at tcx, which only a kernel with
+		// tcx can have, stands for that query and must go unseen.
+		if !tcx {
+			attachOtherTCX(t, l.Index, monitorProgName)
+			if on, err := MonitorEnabled(name); err != nil || on {
+				t.Errorf("MonitorEnabled without tcx, beside an %s program at tcx = %v, %v; want false (tcx asked)", monitorProgName, on, err)
+			}
+		}
 		if err := SetMonitor("erspan77", true); !errors.Is(err, unix.ENXIO) {
 			t.Errorf("SetMonitor on a missing link: %v, want ENXIO", err)
 		}
