@@ -355,6 +355,9 @@ func (s *span) apply(burst []netlink.LinkUpdate) error {
 		}
 	}
 	// change is portChange for a port's change; the bridge's ask nothing.
+	// (The bridge's AF_BRIDGE report of itself, after a change of its
+	// VLANs (bridge vlan add ... self), names it as its own master: to
+	// portChange, a port joining.)
 	change := func(u netlink.LinkUpdate) (add, del bool) {
 		if s.brIndex != 0 && u.Link.Attrs().Index == s.brIndex {
 			return false, false
