@@ -119,7 +119,8 @@ func withMonitorTCX(on bool, fn func()) {
 // and, as on a kernel without it, a clsact filter: a packet socket sees
 // what is written into the TAP and the stack does not; off, the stack
 // answers, nothing of ours is left, and somebody else's program or filter
-// at the same hook stays.
+// at the same hook stays. The clsact filter runs ahead of one there before
+// it (tcx's order: TestMonitorTCXDetails).
 func TestMonitorDropsAtIngress(t *testing.T) {
 	for _, tcx := range []bool{true, false} {
 		t.Run(map[bool]string{true: "tcx", false: "clsact"}[tcx], func(t *testing.T) {
@@ -240,11 +241,9 @@ func testMonitorDropsAtIngress(t *testing.T, tcx bool) {
 			}
 		}
 
-		// Off keeps somebody else's ingress filter, and the clsact qdisc that
-		// holds it, and somebody else's tcx program.
-		if err := SetMonitor(name, true); err != nil {
-			t.Fatalf("SetMonitor on again: %v", err)
-		}
+		// On runs ahead of somebody else's ingress filter (and tcx
+		// program) there before it; off keeps them, and the clsact qdisc
+		// that holds the filter.
 		link := mustLinkByName(t, name)
 		fd, err := loadProgram(unix.BPF_PROG_TYPE_SCHED_CLS, monitorInsns[:], "someone_else")
 		if err != nil {
@@ -266,6 +265,15 @@ func testMonitorDropsAtIngress(t *testing.T, tcx bool) {
 		if tcx {
 			if err := tcxAttachFirst(l.Index, fd, unix.BPF_TCX_INGRESS); err != nil {
 				t.Fatalf("attach another tcx program: %v", err)
+			}
+		}
+		if err := SetMonitor(name, true); err != nil {
+			t.Fatalf("SetMonitor on again: %v", err)
+		}
+		if !tcx {
+			fs, err := filterList(link, netlink.HANDLE_MIN_INGRESS)
+			if err != nil || len(fs) != 2 || fs[0].(*netlink.BpfFilter).Name != monitorFilterName {
+				t.Errorf("ingress filters %v (%v), want ours first of two", fs, err)
 			}
 		}
 		if err := SetMonitor(name, false); err != nil {
