@@ -669,7 +669,8 @@ func ownFD(t *testing.T) int {
 // TestMonitorRollback: when monitor mode cannot silence IPv6 on the link
 // (here a link whose MTU under 1280 took its IPv6 settings away), the
 // program attached a moment before is detached again: monitor mode is
-// either on whole or not at all.
+// either on whole or not at all. So is the clsact qdisc added for a
+// filter the kernel then refuses (here for want of a program).
 func TestMonitorRollback(t *testing.T) {
 	ns := newTestNetns(t)
 	runIP(t, "-n", ns.name, "link", "add", "v0", "mtu", "1200", "type", "veth", "peer", "name", "v1")
@@ -682,6 +683,13 @@ func TestMonitorRollback(t *testing.T) {
 		}
 		if n := monitorCount(t, mustLinkByName(t, "v0")); n != 0 {
 			t.Errorf("%d monitor programs left after the failed on, want 0", n)
+		}
+		v1 := mustLinkByName(t, "v1")
+		if err := attachMonitorFilter(v1, -1); err == nil {
+			t.Fatal("a monitor filter without a program attached")
+		}
+		if q, err := findClsact(v1); err != nil || q != nil {
+			t.Errorf("clsact qdisc left after the filter was refused (%v, %v)", q, err)
 		}
 	})
 }
