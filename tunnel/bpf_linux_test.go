@@ -47,7 +47,8 @@ func TestLoadProgramVerifierLog(t *testing.T) {
 // before 5.11 charge the rings to: to unlimited with CAP_SYS_RESOURCE,
 // else the soft limit to the hard one. The second runs on a thread
 // without the capability (capabilities are per thread, and setrlimit
-// checks the caller's); the first only where the test has it.
+// checks the caller's), also without root; the first only where the
+// test has it.
 func TestRaiseMemlock(t *testing.T) {
 	var lim unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_MEMLOCK, &lim); err != nil {
@@ -75,7 +76,7 @@ func TestRaiseMemlock(t *testing.T) {
 	if err := unix.Setrlimit(unix.RLIMIT_MEMLOCK, low); err != nil {
 		t.Fatal(err)
 	}
-	withoutCaps(t, newTestNetns(t), []uint{unix.CAP_SYS_RESOURCE}, RaiseMemlock)
+	withoutCaps(t, nil, []uint{unix.CAP_SYS_RESOURCE}, RaiseMemlock)
 	check(hard, "without CAP_SYS_RESOURCE (the hard limit)")
 	if !has {
 		t.Log("no CAP_SYS_RESOURCE here: the unlimited branch not run")

@@ -728,7 +728,8 @@ func TestGRERingDropsAtClose(t *testing.T) {
 	}
 }
 
-// withoutCaps runs fn on an OS thread of its own, in namespace ns, whose
+// withoutCaps runs fn on an OS thread of its own, in namespace ns (nil:
+// the test process's, for what needs none, and so no root), whose
 // effective capabilities lack caps (capabilities are per thread). The
 // thread is never unlocked, so the runtime ends it with fn's goroutine
 // rather than reuse it.
@@ -737,8 +738,11 @@ func withoutCaps(t *testing.T, ns *testNetns, caps []uint, fn func()) {
 	failed := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		// Before the capabilities go: setns wants CAP_SYS_ADMIN.
-		err := netns.Set(ns.h)
+		var err error
+		if ns != nil {
+			// Before the capabilities go: setns wants CAP_SYS_ADMIN.
+			err = netns.Set(ns.h)
+		}
 		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 		var data [2]unix.CapUserData
 		if err == nil {
