@@ -185,11 +185,12 @@ type recvKey struct {
 // Host owns every erspanN of the daemon: their TAPs, the receive sockets and
 // the demux tables. Its methods are safe for concurrent use; control
 // operations are serialised. The data path takes no lock per packet: the
-// demux table is read without one; a receiver's frame writer takes its
-// own lock once per batch, a transmit loop its TAP queue's read lock once
-// per batch of reads, a flow table's lock is taken once per new source.
-// Closing a TAP queue (destroy, a failed create) waits for the batches
-// the receivers are writing.
+// demux table is read without one; a receiver's frame writer takes the
+// writers' shared read lock (tapBatches on Linux) once per batch, a
+// transmit loop its TAP queue's read lock once per batch of reads, a flow
+// table's lock is taken once per new source. Closing a TAP queue
+// (destroy, a failed create) waits for the batches the receivers are
+// writing.
 type Host struct {
 	sys System
 	log *Logger
