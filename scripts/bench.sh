@@ -230,11 +230,14 @@ mid() { grep . | sort -g -k1,1 | awk '{v[NR] = $0} END {print v[int((NR + 1) / 2
 # its PID (ip netns exec and taskset exec, so $! is the program itself
 # once they have; not through nsx, which as a function would run in a
 # subshell). Those execs take a while on a loaded machine: up to ~2 s.
-# Its output goes to $LOG, by default $work/PROGRAM.log.
+# Its output goes to $start_log, if set (as a prefix to the call), else
+# to $work/PROGRAM.log; a name of the script's own, not LOG, which an
+# environment could set for every program.
+start_log=""
 start() {
 	local ns=$1 name out; shift
 	name=$(basename "$1")
-	out=${LOG:-$work/$name.log}
+	out=${start_log:-$work/$name.log}
 	ip netns exec "$ns" taskset -c $DUT_CPU "$@" >>"$out" 2>&1 9>&- &
 	started=$!
 	pids+=("$started")
@@ -559,7 +562,7 @@ erspand_in() {
 	esock=$work/$name/erspand.sock
 	mkdir -p "$work/$name"
 	: >"$elog" # an earlier erspand of this NAME's lines are not this one's
-	LOG=$elog start "$ns" "$bin/erspand" --socket "$esock" --config-dir "$work/etc" --state "$work/$name/state" "$@"
+	start_log=$elog start "$ns" "$bin/erspand" --socket "$esock" --config-dir "$work/etc" --state "$work/$name/state" "$@"
 	# Ready once it says it listens (the socket exists before), with the
 	# GOMAXPROCS it runs with.
 	wait_until "erspand $name" "$elog" grep -qF "listening on" "$elog"
