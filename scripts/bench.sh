@@ -122,6 +122,10 @@ unset GOMAXPROCS GODEBUG GOGC GOMEMLIMIT ERSPAN_RX_MODERATE ERSPAN_RX_BATCH ERSP
 
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
+# What it runs beyond Debian's essential packages: CI runs it on a fresh
+# machine after scripts/test.sh, which installs iproute2 but not procps
+# (sysctl, and pgrep for the watchdog), absent from minimal images.
+need_tools ip:iproute2 sysctl:procps pgrep:procps
 
 # One run at a time: two would share the CPUs and each other's namespace
 # names (fd 9 is closed in the processes it starts in the background).

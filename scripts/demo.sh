@@ -15,7 +15,8 @@ cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 
 [ "$(id -u)" -eq 0 ] || { echo "demo.sh: run as root (it creates network namespaces)" >&2; exit 1; }
-need_tools ip:iproute2 tcpdump:tcpdump
+# procps: sysctl, which minimal Debian images lack.
+need_tools ip:iproute2 tcpdump:tcpdump sysctl:procps
 
 # One demo at a time: a second would kill the first's daemons when it
 # clears the namespaces (below). erspanctl and tcpdump run with fd 9
