@@ -247,6 +247,11 @@ func TestFrameWriterCloseDuringBatch(t *testing.T) {
 			t.Fatal(err)
 		}
 		w2 := (&Linux{}).NewFrameWriter(8)
+		// Deferred too, so that a failure before the Close below ends
+		// the test rather than leave every deferred queue Close waiting
+		// on w2's batch until the package's timeout (Close twice is
+		// harmless).
+		defer w2.Close()
 		w2.Add(d, f)
 		go func() { closed <- d.Close() }()
 		for deadline := time.Now().Add(2 * time.Second); !d.(*tapQueue).closed.Load(); time.Sleep(time.Millisecond) {
