@@ -1,9 +1,11 @@
 package tunnel
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -105,13 +107,21 @@ func (w *memWriter) Flush() []error {
 	w.errs = w.errs[:0]
 	for i, f := range w.frames {
 		_, err := w.queues[i].(*memQueue).Write(f)
+		if errors.Is(err, net.ErrClosed) {
+			err = os.ErrClosed // FrameWriter's contract, as tapWriter's
+		}
 		w.errs = append(w.errs, err)
 	}
 	w.queues, w.frames = w.queues[:0], w.frames[:0]
 	return w.errs
 }
 
-func (w *memWriter) Close() error { return nil }
+// Close drops the frames added since the last Flush, unwritten.
+func (w *memWriter) Close() error {
+	clear(w.frames)
+	w.queues, w.frames = w.queues[:0], w.frames[:0]
+	return nil
+}
 
 func (m *memSystem) SetLinkAttrs(_, name string, mtu int, mac net.HardwareAddr) error {
 	return nil
