@@ -359,7 +359,10 @@ func (r *greRing) KernelDrops() uint64 {
 }
 
 // readDrops keeps the count in the drops map in lastDrops. A failed
-// lookup keeps the last count read: the count never goes back.
+// lookup keeps the last count read. The count never goes back because
+// its callers are serialised (the Host's lock around KernelDrops, and
+// close, with the ring closed to every other use): two at once could
+// store the older of their reads last.
 func (r *greRing) readDrops() {
 	if v, err := lookupUint64(r.dropsMap, 0); err == nil {
 		r.lastDrops.Store(v)

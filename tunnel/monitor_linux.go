@@ -46,10 +46,11 @@ var monitorInsns = [2]bpfInsn{
 // frame (TC_ACT_SHOT) at the link's tc ingress: attached with tcx
 // (Linux 6.6+) ahead of any program there, or, on a kernel without tcx or
 // without CAP_SYS_ADMIN (see tcxMonitors), in a clsact qdisc (reused if
-// there is one) as a cls_bpf filter in direct-action mode. tcx costs less per frame: it runs the program
-// straight from the device's hook, where a filter is reached through the
-// qdisc and two lists, structures of each device's own that are cold in
-// the cache when frames go to many interfaces (README, Performance).
+// there is one) as a cls_bpf filter in direct-action mode. tcx costs
+// less per frame: it runs the program straight from the device's hook,
+// where a filter is reached through the qdisc and two lists, structures
+// of each device's own that are cold in the cache when frames go to many
+// interfaces (README, Performance).
 // Packet sockets (tcpdump, Zeek, Suricata) still see every frame, because
 // the kernel hands frames to them before tc ingress; the IP stack and a
 // bridge never do. IPv6 is disabled on the link (disable_ipv6 = 1), so
